@@ -1,0 +1,282 @@
+// Command surge is the one binary of the surge ordering platform.
+//
+//	surge demo     embedded platform + demo data + a short simulation
+//	surge serve    run roles as a server
+//	surge migrate  apply migrations to every database shard
+//	surge help     this text
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/surge-platform/surge/internal/demo"
+	"github.com/surge-platform/surge/internal/node"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "surge:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+const usage = `surge — an ordering platform built for peak traffic.
+
+Usage:
+  surge demo    [serve flags] [--sim-duration 8s] [--sim-customers 16]
+                  whole platform in one process on embedded backends (a temp dir
+                  unless --data is given), demo data, a short simulation; then
+                  serves until Ctrl-C
+  surge serve   [flags]   run the platform (or some roles) as a server
+  surge migrate [--db URL ...]   apply the migrations to every database shard
+  surge help
+
+Flags of serve and demo (each also as env SURGE_<NAME>, e.g. SURGE_ADDR; SURGE_DB
+takes several URLs separated by spaces):
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		printFlags(stderr)
+		return errors.New("missing command")
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stdout, stderr, false)
+	case "demo":
+		return serve(ctx, args[1:], stdout, stderr, true)
+	case "migrate":
+		return migrate(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		printFlags(stdout)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q (try: surge help)", args[0])
+}
+
+type options struct {
+	node.Config
+	seedDemo     bool
+	logLevel     string
+	simDuration  time.Duration
+	simCustomers int
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, " ") }
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, strings.Fields(v)...)
+	return nil
+}
+
+func flags(o *options, out io.Writer) *flag.FlagSet {
+	d := node.Defaults()
+	o.Config = d
+	fs := flag.NewFlagSet("surge", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&o.Addr, "addr", d.Addr, "HTTP listen address")
+	fs.StringVar(&o.Data, "data", d.Data, "directory of the embedded backends")
+	roles := listFlag{}
+	fs.Func("roles", "roles to run: all, or a comma list of api,worker", func(v string) error {
+		roles = append(roles, v)
+		o.Roles = roles
+		return nil
+	})
+	fs.Var((*listFlag)(&o.DB), "db", "database URL, repeatable: sqlite:DIR[?shards=N&sync=full] or postgres://... (one per shard, main first); default sqlite:<data>/db")
+	fs.StringVar(&o.KV, "kv", "", "kv URL: mem: or redis://host:port/db (default mem:)")
+	fs.StringVar(&o.Bus, "bus", "", "bus URL: embedded:DIR or nats://host:port (default embedded:<data>/nats)")
+	fs.StringVar(&o.AdminToken, "admin-token", "", "operator token for /admin/v1 (default: random, printed at start)")
+	fs.DurationVar(&o.OrderTTL, "order-ttl", d.OrderTTL, "time a customer has to pay an order")
+	fs.IntVar(&o.NodeID, "node-id", d.NodeID, "id generator node 0..127 (-1: lease one from the kv store)")
+	fs.IntVar(&o.DBMaxConns, "db-max-conns", 0, "connections per PostgreSQL database (0: 8 x cores)")
+	fs.BoolVar(&o.Migrate, "migrate", d.Migrate, "apply migrations at start")
+	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
+	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
+	fs.IntVar(&o.simCustomers, "sim-customers", 16, "demo: simulated customers")
+	return fs
+}
+
+func printFlags(w io.Writer) {
+	var o options
+	fs := flags(&o, w)
+	fs.PrintDefaults()
+}
+
+// parse reads flags, then SURGE_* env vars for flags not given.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "SURGE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !given[f.Name] && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo bool) error {
+	var o options
+	fs := flags(&o, stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
+	dataGiven := false
+	fs.Visit(func(f *flag.Flag) { dataGiven = dataGiven || f.Name == "data" })
+	_, envData := os.LookupEnv("SURGE_DATA")
+	if isDemo {
+		o.seedDemo = true
+		if !dataGiven && !envData {
+			dir, err := os.MkdirTemp("", "surge-demo-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			o.Data = dir
+		}
+	}
+	generated := o.AdminToken == ""
+	if err := o.Config.Resolve(); err != nil {
+		return err
+	}
+	printConfig(log, o)
+	n, err := node.New(ctx, o.Config, log)
+	if err != nil && isDemo && o.Addr == node.Defaults().Addr && strings.Contains(err.Error(), "address already in use") {
+		log.Warn("default address busy, using a free port", "addr", o.Addr)
+		o.Addr = "127.0.0.1:0"
+		n, err = node.New(ctx, o.Config, log)
+	}
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if o.seedDemo && o.Has("api") {
+		if err := demo.Seed(ctx, n.Catalog, n.Members); err != nil {
+			return err
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	log.Info("serving", "url", n.URL(), "roles", strings.Join(n.Config().Roles, ","))
+	if generated {
+		fmt.Fprintf(stdout, "admin token (generated for this run): %s\n", o.AdminToken)
+	}
+	if isDemo {
+		intro(stdout, n.URL(), o.AdminToken)
+		if o.simDuration > 0 {
+			rep, err := demo.Simulate(ctx, n.URL(), o.simCustomers, o.simDuration)
+			if err != nil {
+				return err
+			}
+			rep.Print(stdout)
+		}
+		fmt.Fprintf(stdout, "\nstill serving on %s — press Ctrl-C to stop\n", n.URL())
+	}
+	err = <-done
+	log.Info("stopped")
+	return err
+}
+
+func printConfig(log *slog.Logger, o options) {
+	c := o.Config
+	c.AdminToken = mask(c.AdminToken)
+	dbs := make([]string, len(c.DB))
+	for i, u := range c.DB {
+		dbs[i] = sqldb.Mask(u)
+	}
+	c.DB = dbs
+	c.KV, c.Bus = sqldb.Mask(c.KV), sqldb.Mask(c.Bus)
+	b, _ := json.Marshal(c)
+	log.Info("config", "effective", json.RawMessage(b), "seed_demo", o.seedDemo, "log_level", o.logLevel)
+}
+
+func mask(s string) string {
+	if len(s) <= 8 {
+		return "****"
+	}
+	return s[:4] + "****"
+}
+
+func intro(w io.Writer, url, admin string) {
+	store := demo.StoreIDs()[0]
+	fmt.Fprintf(w, `
+surge demo is up: %[1]s
+  %[4]d stores with a 30-item menu each, %[5]d demo users; health %[1]s/healthz, readiness %[1]s/readyz
+
+Try it:
+  curl -s %[1]s/api/v1/stores
+  curl -s %[1]s/api/v1/stores/%[3]d/menu
+  TOKEN=$(curl -s -X POST %[1]s/api/v1/auth/login -d '{"phone":"+8613800000001"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
+  curl -s -X POST %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: try-1" \
+       -d '{"store_id":"%[3]d","items":[{"sku_id":"%[6]d","qty":2}]}'
+  curl -s %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN"
+  curl -s %[1]s/admin/v1/events/stats -H "Authorization: Bearer %[2]s"
+`, url, admin, store, demo.Stores, demo.Users, store*1000+6)
+}
+
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var dbs listFlag
+	data := fs.String("data", "./data", "directory of the embedded backends")
+	fs.Var(&dbs, "db", "database URL, repeatable (default sqlite:<data>/db)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(dbs) == 0 {
+		dbs = listFlag{"sqlite:" + *data + "/db"}
+	}
+	c, err := sqldb.Open(ctx, dbs, sqldb.Options{MaxConns: 2})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Migrate(ctx); err != nil {
+		return err
+	}
+	for i, d := range c.Shards() {
+		fmt.Fprintf(stdout, "migrated shard %d: %s\n", i, d.Name)
+	}
+	return nil
+}

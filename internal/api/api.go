@@ -1,0 +1,142 @@
+// Package api maps surge's HTTP API v1 (DESIGN section 6) onto the
+// contexts: customers under /api/v1, operators under /admin/v1, and the
+// operations endpoints /healthz and /readyz.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/web"
+)
+
+// Check is one readiness probe (a backend this node's roles need).
+type Check struct {
+	Name string
+	Ping func(context.Context) error
+}
+
+// EventStats reports the event pipeline for operators and tests.
+type EventStats func(ctx context.Context) (map[string]int64, error)
+
+// Server holds what the handlers call. Nil services leave their routes out
+// (a node without the api role still serves /healthz and /readyz).
+type Server struct {
+	Log        *slog.Logger
+	Members    *member.Service
+	Catalog    *catalog.Service
+	Orders     *order.Service
+	AdminToken string
+	Checks     []Check
+	Stats      EventStats
+}
+
+// Handler returns the whole HTTP surface of a node.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		web.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Members != nil {
+		s.customerRoutes(mux)
+		s.adminRoutes(mux)
+	}
+	return web.Middleware(s.Log, mux)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	out := map[string]string{}
+	ok := true
+	for _, c := range s.Checks {
+		if err := c.Ping(ctx); err != nil {
+			out[c.Name], ok = err.Error(), false
+		} else {
+			out[c.Name] = "ok"
+		}
+	}
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusServiceUnavailable
+	}
+	web.JSON(w, status, map[string]any{"ready": ok, "checks": out})
+}
+
+type ctxKey int
+
+const userKey ctxKey = 0
+
+// authed wraps h so that it runs only with a valid customer token.
+func (s *Server) authed(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		if !ok {
+			web.Error(w, r, member.ErrToken.With("missing Authorization: Bearer <token>"))
+			return
+		}
+		uid, err := s.Members.Verify(tok)
+		if err != nil {
+			web.Error(w, r, err)
+			return
+		}
+		h(w, r, uid)
+	}
+}
+
+// admin wraps h so that it runs only with the admin token.
+func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) != 1 {
+			web.Error(w, r, errkind.ErrUnauthorized.With("admin token required"))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") {
+		return "", false
+	}
+	return strings.TrimSpace(h[7:]), true
+}
+
+var ErrBadID = errkind.New(errkind.Invalid, "invalid_id", "ids are positive decimal integers")
+
+// pathID parses the {name} path value as an id.
+func pathID(r *http.Request, name string) (int64, error) {
+	v := r.PathValue(name)
+	x, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || x <= 0 {
+		return 0, ErrBadID.With("%s %q is not a valid id", name, v)
+	}
+	return x, nil
+}
+
+func queryInt(r *http.Request, name string) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	x, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || x < 0 {
+		return 0, errkind.ErrInvalid.With("query parameter %s=%q is not a non-negative integer", name, v)
+	}
+	return x, nil
+}
+
+func itoa(x int64) string { return fmt.Sprint(x) }

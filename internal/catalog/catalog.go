@@ -1,0 +1,352 @@
+// Package catalog owns stores and their menus (categories and items), in
+// the main database, read through a local cache that operators' changes
+// invalidate on every node.
+package catalog
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+var (
+	ErrNoStore    = errkind.New(errkind.NotFound, "store_not_found", "no such store")
+	ErrNoItem     = errkind.New(errkind.NotFound, "sku_not_found", "no such item")
+	ErrNoCategory = errkind.New(errkind.NotFound, "category_not_found", "no such category")
+)
+
+// Store is a shop of a chain.
+type Store struct {
+	ID      int64  `json:"store_id,string"`
+	Name    string `json:"name"`
+	City    string `json:"city"`
+	Address string `json:"address"`
+	Open    bool   `json:"open"`
+	Version int64  `json:"version"`
+	POSKey  string `json:"pos_key,omitempty"` // only in admin views
+}
+
+// Category groups items of a store's menu.
+type Category struct {
+	ID      int64  `json:"category_id,string"`
+	StoreID int64  `json:"-"`
+	Name    string `json:"name"`
+	Sort    int    `json:"sort"`
+}
+
+// Item is a sellable SKU of one store. Price is in fen.
+type Item struct {
+	SKU        int64  `json:"sku_id,string"`
+	StoreID    int64  `json:"store_id,string"`
+	CategoryID int64  `json:"category_id,string"`
+	Name       string `json:"name"`
+	Price      int64  `json:"price"`
+	Limited    bool   `json:"limited"`
+	Available  bool   `json:"available"`
+	Sort       int    `json:"sort"`
+}
+
+// Stock tells the current level of limited items (inventory implements it).
+type Stock interface {
+	Levels(ctx context.Context, skus []int64) (map[int64]int64, error)
+	Set(ctx context.Context, sku, qty int64) error
+}
+
+// Invalidator tells every node that a store's cached data changed (the bus
+// implements it; nil means this node only).
+type Invalidator interface {
+	PublishCore(subject string, data []byte) error
+}
+
+// InvalidateSubject carries the store id whose cache entries are stale.
+const InvalidateSubject = "catalog.invalidate"
+
+// Service reads and changes stores and menus.
+type Service struct {
+	db    *sqldb.DB
+	ids   *id.Generator
+	stock Stock
+	inv   Invalidator
+	cache *cache
+	now   func() time.Time
+}
+
+// New returns a service on the main database of c.
+func New(c *sqldb.Cluster, ids *id.Generator, stock Stock, inv Invalidator) *Service {
+	s := &Service{db: c.Main(), ids: ids, stock: stock, inv: inv, now: time.Now}
+	s.cache = newCache(s)
+	return s
+}
+
+// Invalidate drops the cached data of store (0 = everything). Call it when
+// another node announces a change.
+func (s *Service) Invalidate(storeID int64) { s.cache.drop(storeID) }
+
+func (s *Service) changed(storeID int64) {
+	s.cache.drop(storeID)
+	if s.inv != nil {
+		s.inv.PublishCore(InvalidateSubject, []byte(fmt.Sprint(storeID)))
+	}
+}
+
+// Stores lists all stores (cached).
+func (s *Service) Stores(ctx context.Context) ([]Store, error) { return s.cache.stores(ctx) }
+
+// Store returns one store (cached) or ErrNoStore.
+func (s *Service) Store(ctx context.Context, storeID int64) (Store, error) {
+	m, err := s.cache.menu(ctx, storeID)
+	if err != nil {
+		return Store{}, err
+	}
+	return m.Store, nil
+}
+
+// Menu returns the store's rendered menu (cached) or ErrNoStore.
+func (s *Service) Menu(ctx context.Context, storeID int64) (*Menu, error) {
+	return s.cache.menu(ctx, storeID)
+}
+
+func (s *Service) loadStores(ctx context.Context) ([]Store, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT id, name, city, address, is_open, version FROM stores ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list stores: %w", err)
+	}
+	defer rows.Close()
+	var out []Store
+	for rows.Next() {
+		var st Store
+		var open int
+		if err := rows.Scan(&st.ID, &st.Name, &st.City, &st.Address, &open, &st.Version); err != nil {
+			return nil, err
+		}
+		st.Open = open == 1
+		out = append(out, st)
+	}
+	return out, rows.Err()
+}
+
+// AdminStore returns a store with its POS key, uncached.
+func (s *Service) AdminStore(ctx context.Context, storeID int64) (Store, error) {
+	var st Store
+	var open int
+	err := s.db.W.QueryRowContext(ctx, `SELECT id, name, city, address, is_open, version, pos_key FROM stores WHERE id = $1`, storeID).
+		Scan(&st.ID, &st.Name, &st.City, &st.Address, &open, &st.Version, &st.POSKey)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Store{}, ErrNoStore.With("no store %d", storeID)
+	}
+	if err != nil {
+		return Store{}, fmt.Errorf("read store %d: %w", storeID, err)
+	}
+	st.Open = open == 1
+	return st, nil
+}
+
+// StoreInput is what an operator sets on a store.
+type StoreInput struct {
+	Name    string `json:"name"`
+	City    string `json:"city"`
+	Address string `json:"address"`
+	Open    *bool  `json:"open"`
+}
+
+func (in StoreInput) check() error {
+	if strings.TrimSpace(in.Name) == "" || len(in.Name) > 200 {
+		return errkind.ErrInvalid.With("store name must be 1 to 200 characters")
+	}
+	if len(in.City) > 100 || len(in.Address) > 500 {
+		return errkind.ErrInvalid.With("city or address too long")
+	}
+	return nil
+}
+
+// CreateStore adds a store with a fresh POS key. A non-zero storeID is used
+// as is (the demo data set uses fixed ids); creating an existing id is a
+// no-op that returns the existing store.
+func (s *Service) CreateStore(ctx context.Context, storeID int64, in StoreInput) (Store, error) {
+	if err := in.check(); err != nil {
+		return Store{}, err
+	}
+	if storeID == 0 {
+		storeID = s.ids.Next(0)
+	}
+	open := 1
+	if in.Open != nil && !*in.Open {
+		open = 0
+	}
+	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO stores (id, name, city, address, is_open, pos_key, version, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, 1, $7) ON CONFLICT (id) DO NOTHING`,
+		storeID, in.Name, in.City, in.Address, open, NewPOSKey(), s.now().UnixMilli()); err != nil {
+		return Store{}, fmt.Errorf("create store: %w", err)
+	}
+	s.changed(0)
+	return s.AdminStore(ctx, storeID)
+}
+
+// UpdateStore changes a store's fields and bumps its version.
+func (s *Service) UpdateStore(ctx context.Context, storeID int64, in StoreInput) (Store, error) {
+	if err := in.check(); err != nil {
+		return Store{}, err
+	}
+	open := 1
+	if in.Open != nil && !*in.Open {
+		open = 0
+	}
+	res, err := s.db.W.ExecContext(ctx, `UPDATE stores SET name = $1, city = $2, address = $3, is_open = $4,
+		version = version + 1, updated_at = $5 WHERE id = $6`, in.Name, in.City, in.Address, open, s.now().UnixMilli(), storeID)
+	if err != nil {
+		return Store{}, fmt.Errorf("update store %d: %w", storeID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Store{}, ErrNoStore.With("no store %d", storeID)
+	}
+	s.changed(0)
+	return s.AdminStore(ctx, storeID)
+}
+
+// NewPOSKey returns a fresh random store key.
+func NewPOSKey() string {
+	b := make([]byte, 18)
+	rand.Read(b)
+	return "pos_" + hex.EncodeToString(b)
+}
+
+// CategoryInput is what an operator sets on a category.
+type CategoryInput struct {
+	Name string `json:"name"`
+	Sort int    `json:"sort"`
+}
+
+// CreateCategory adds a category to a store (id 0 = generate).
+func (s *Service) CreateCategory(ctx context.Context, storeID, catID int64, in CategoryInput) (Category, error) {
+	if strings.TrimSpace(in.Name) == "" || len(in.Name) > 100 {
+		return Category{}, errkind.ErrInvalid.With("category name must be 1 to 100 characters")
+	}
+	if _, err := s.AdminStore(ctx, storeID); err != nil {
+		return Category{}, err
+	}
+	if catID == 0 {
+		catID = s.ids.Next(0)
+	}
+	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO categories (id, store_id, name, sort) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO NOTHING`, catID, storeID, in.Name, in.Sort); err != nil {
+		return Category{}, fmt.Errorf("create category: %w", err)
+	}
+	s.bump(ctx, storeID)
+	return Category{ID: catID, StoreID: storeID, Name: in.Name, Sort: in.Sort}, nil
+}
+
+// ItemInput is what an operator sets on an item. Stock, when given, sets the
+// level of a limited item.
+type ItemInput struct {
+	CategoryID int64  `json:"category_id,string"`
+	Name       string `json:"name"`
+	Price      int64  `json:"price"`
+	Limited    bool   `json:"limited"`
+	Available  *bool  `json:"available"`
+	Sort       int    `json:"sort"`
+	Stock      *int64 `json:"stock"`
+}
+
+func (in ItemInput) check() error {
+	switch {
+	case strings.TrimSpace(in.Name) == "" || len(in.Name) > 200:
+		return errkind.ErrInvalid.With("item name must be 1 to 200 characters")
+	case in.Price < 0 || in.Price > 100_000_00:
+		return errkind.ErrInvalid.With("price must be 0 to 10000000 fen")
+	case in.Stock != nil && (*in.Stock < 0 || !in.Limited):
+		return errkind.ErrInvalid.With("stock must be >= 0 and only on limited items")
+	}
+	return nil
+}
+
+// PutItem creates (sku 0 = generate) or replaces an item of a store.
+func (s *Service) PutItem(ctx context.Context, storeID, sku int64, in ItemInput) (Item, error) {
+	if err := in.check(); err != nil {
+		return Item{}, err
+	}
+	var catStore int64
+	err := s.db.W.QueryRowContext(ctx, `SELECT store_id FROM categories WHERE id = $1`, in.CategoryID).Scan(&catStore)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && catStore != storeID) {
+		return Item{}, ErrNoCategory.With("no category %d in store %d", in.CategoryID, storeID)
+	}
+	if err != nil {
+		return Item{}, fmt.Errorf("read category: %w", err)
+	}
+	if sku == 0 {
+		sku = s.ids.Next(0)
+	}
+	it := Item{SKU: sku, StoreID: storeID, CategoryID: in.CategoryID, Name: in.Name, Price: in.Price,
+		Limited: in.Limited, Available: in.Available == nil || *in.Available, Sort: in.Sort}
+	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO menu_items (sku_id, store_id, category_id, name, price, limited, available, sort)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (sku_id) DO UPDATE SET category_id = excluded.category_id, name = excluded.name, price = excluded.price,
+			limited = excluded.limited, available = excluded.available, sort = excluded.sort
+		WHERE menu_items.store_id = excluded.store_id`,
+		sku, storeID, it.CategoryID, it.Name, it.Price, b2i(it.Limited), b2i(it.Available), it.Sort); err != nil {
+		return Item{}, fmt.Errorf("put item: %w", err)
+	}
+	if in.Stock != nil {
+		if err := s.stock.Set(ctx, sku, *in.Stock); err != nil {
+			return Item{}, err
+		}
+	}
+	s.bump(ctx, storeID)
+	return it, nil
+}
+
+// StoreOfItem returns the store an item belongs to, uncached.
+func (s *Service) StoreOfItem(ctx context.Context, sku int64) (int64, error) {
+	var st int64
+	err := s.db.W.QueryRowContext(ctx, `SELECT store_id FROM menu_items WHERE sku_id = $1`, sku).Scan(&st)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, ErrNoItem.With("no item %d", sku)
+	}
+	return st, err
+}
+
+// SetStock sets the level of a limited item.
+func (s *Service) SetStock(ctx context.Context, sku, qty int64) error {
+	st, err := s.StoreOfItem(ctx, sku)
+	if err != nil {
+		return err
+	}
+	if err := s.stock.Set(ctx, sku, qty); err != nil {
+		return err
+	}
+	s.changed(st)
+	return nil
+}
+
+// bump raises the store's version (its menu changed) and invalidates caches.
+func (s *Service) bump(ctx context.Context, storeID int64) {
+	s.db.W.ExecContext(ctx, `UPDATE stores SET version = version + 1, updated_at = $1 WHERE id = $2`, s.now().UnixMilli(), storeID)
+	s.changed(storeID)
+}
+
+// RotatePOSKey gives a store a new POS key; the old one stops working at once.
+func (s *Service) RotatePOSKey(ctx context.Context, storeID int64) (Store, error) {
+	res, err := s.db.W.ExecContext(ctx, `UPDATE stores SET pos_key = $1 WHERE id = $2`, NewPOSKey(), storeID)
+	if err != nil {
+		return Store{}, fmt.Errorf("rotate pos key %d: %w", storeID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Store{}, ErrNoStore.With("no store %d", storeID)
+	}
+	return s.AdminStore(ctx, storeID)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,192 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Report is what a simulation did.
+type Report struct {
+	Duration time.Duration
+	Ops      map[string]*Op
+	Orders   int // orders created (201)
+	Cancels  int // orders cancelled (200)
+	SoldOut  int // 409 sold_out answers
+}
+
+// Op counts one kind of request.
+type Op struct {
+	Count, Errors int
+	hist          *hdrhistogram.Histogram
+}
+
+// Quantile returns the q-th latency percentile.
+func (o *Op) Quantile(q float64) time.Duration {
+	return time.Duration(o.hist.ValueAtQuantile(q)) * time.Microsecond
+}
+
+// Simulate runs `customers` simulated customers against base for d: each
+// logs in, browses stores and menus, places orders (with an
+// Idempotency-Key), cancels about one in five and reads them back.
+func Simulate(ctx context.Context, base string, customers int, d time.Duration) (*Report, error) {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: customers}}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	rep := &Report{Ops: map[string]*Op{}}
+	var mu sync.Mutex
+	record := func(op string, start time.Time, status int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		o := rep.Ops[op]
+		if o == nil {
+			o = &Op{hist: hdrhistogram.New(1, 60_000_000, 3)}
+			rep.Ops[op] = o
+		}
+		o.Count++
+		if err != nil || status >= 500 {
+			o.Errors++
+		}
+		o.hist.RecordValue(time.Since(start).Microseconds())
+	}
+	call := func(op, method, path, token string, body any, out any, hdr ...string) int {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+		if err != nil {
+			return 0
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			if ctx.Err() == nil {
+				record(op, start, 0, err)
+			}
+			return 0
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		record(op, start, resp.StatusCode, nil)
+		if out != nil && resp.StatusCode < 300 {
+			json.Unmarshal(b, out)
+		}
+		return resp.StatusCode
+	}
+	started := time.Now()
+	var wg sync.WaitGroup
+	for c := range customers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), uint64(started.UnixNano())))
+			var login struct{ Token string }
+			if call("login", "POST", "/api/v1/auth/login", "", map[string]string{"phone": Phone(c % Users)}, &login) != 200 {
+				return
+			}
+			for n := 0; ctx.Err() == nil; n++ {
+				if n%10 == 0 {
+					call("stores", "GET", "/api/v1/stores", "", nil, nil)
+				}
+				store := StoreIDs()[rng.IntN(Stores)]
+				var m struct {
+					Categories []struct {
+						Items []struct {
+							SKU       string `json:"sku_id"`
+							Available bool   `json:"available"`
+						} `json:"items"`
+					} `json:"categories"`
+				}
+				if call("menu", "GET", "/api/v1/stores/"+strconv.FormatInt(store, 10)+"/menu", "", nil, &m) != 200 {
+					continue
+				}
+				var skus []string
+				for _, cat := range m.Categories {
+					for _, it := range cat.Items {
+						if it.Available {
+							skus = append(skus, it.SKU)
+						}
+					}
+				}
+				if len(skus) == 0 || rng.IntN(3) > 0 { // two of three visits only browse
+					continue
+				}
+				type line struct {
+					SKU string `json:"sku_id"`
+					Qty int    `json:"qty"`
+				}
+				var lines []line
+				for range 1 + rng.IntN(3) {
+					lines = append(lines, line{skus[rng.IntN(len(skus))], 1 + rng.IntN(2)})
+				}
+				var created struct {
+					OrderID string `json:"order_id"`
+				}
+				key := fmt.Sprintf("sim-%d-%d-%d", c, started.UnixNano(), n)
+				switch call("create order", "POST", "/api/v1/orders", login.Token,
+					map[string]any{"store_id": strconv.FormatInt(store, 10), "items": lines}, &created, "Idempotency-Key", key) {
+				case 201:
+					mu.Lock()
+					rep.Orders++
+					mu.Unlock()
+				case 409:
+					mu.Lock()
+					rep.SoldOut++
+					mu.Unlock()
+					continue
+				default:
+					continue
+				}
+				call("get order", "GET", "/api/v1/orders/"+created.OrderID, login.Token, nil, nil)
+				if rng.IntN(5) == 0 && call("cancel order", "POST", "/api/v1/orders/"+created.OrderID+"/cancel", login.Token, nil, nil) == 200 {
+					mu.Lock()
+					rep.Cancels++
+					mu.Unlock()
+				}
+				if n%5 == 0 {
+					call("list orders", "GET", "/api/v1/orders?limit=10", login.Token, nil, nil)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	rep.Duration = time.Since(started)
+	return rep, nil
+}
+
+// Print writes the report as a table.
+func (r *Report) Print(w io.Writer) {
+	names := make([]string, 0, len(r.Ops))
+	total := 0
+	for k, o := range r.Ops {
+		names = append(names, k)
+		total += o.Count
+	}
+	sort.Strings(names)
+	fmt.Fprintf(w, "\nsimulation: %d requests in %.1fs (%.0f req/s), %d orders placed, %d cancelled, %d sold-out answers\n",
+		total, r.Duration.Seconds(), float64(total)/r.Duration.Seconds(), r.Orders, r.Cancels, r.SoldOut)
+	fmt.Fprintf(w, "%-14s %8s %7s %9s %9s %9s\n", "request", "count", "errors", "p50", "p99", "max")
+	for _, k := range names {
+		o := r.Ops[k]
+		fmt.Fprintf(w, "%-14s %8d %7d %9s %9s %9s\n", k, o.Count, o.Errors,
+			o.Quantile(50).Round(10*time.Microsecond), o.Quantile(99).Round(10*time.Microsecond), o.Quantile(100).Round(10*time.Microsecond))
+	}
+}

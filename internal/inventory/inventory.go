@@ -1,0 +1,206 @@
+// Package inventory owns limited stock: levels per SKU and reservations of
+// stock against orders, in the main database.
+//
+// A reservation is keyed by the order id: it is taken with a conditional
+// update (never below zero) plus a reservation row, in one transaction,
+// before the order's own transaction; it is released by order id on cancel
+// or expiry, or by the sweeper when its order never appeared. Every call is
+// idempotent, so any step can be re-run after a crash.
+package inventory
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+var ErrSoldOut = errkind.New(errkind.Conflict, "sold_out", "not enough stock left")
+
+// Line is a quantity of one SKU.
+type Line struct {
+	SKU int64
+	Qty int64
+}
+
+// Service manages stock in the cluster's main database.
+type Service struct {
+	db  *sqldb.DB
+	now func() time.Time
+}
+
+// New returns a service on the main database of c.
+func New(c *sqldb.Cluster) *Service { return &Service{db: c.Main(), now: time.Now} }
+
+// Set sets the stock level of sku (creating it).
+func (s *Service) Set(ctx context.Context, sku, qty int64) error {
+	if qty < 0 {
+		return errkind.ErrInvalid.With("stock must be >= 0")
+	}
+	_, err := s.db.W.ExecContext(ctx, `INSERT INTO stock (sku_id, qty) VALUES ($1, $2)
+		ON CONFLICT (sku_id) DO UPDATE SET qty = excluded.qty`, sku, qty)
+	if err != nil {
+		return fmt.Errorf("set stock sku %d: %w", sku, err)
+	}
+	return nil
+}
+
+// Levels returns the stock of each sku that has a level.
+func (s *Service) Levels(ctx context.Context, skus []int64) (map[int64]int64, error) {
+	out := make(map[int64]int64, len(skus))
+	if len(skus) == 0 {
+		return out, nil
+	}
+	args := make([]any, len(skus))
+	marks := make([]string, len(skus))
+	for i, k := range skus {
+		args[i], marks[i] = k, fmt.Sprintf("$%d", i+1)
+	}
+	rows, err := s.db.R.QueryContext(ctx, `SELECT sku_id, qty FROM stock WHERE sku_id IN (`+strings.Join(marks, ",")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("stock levels: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, q int64
+		if err := rows.Scan(&k, &q); err != nil {
+			return nil, err
+		}
+		out[k] = q
+	}
+	return out, rows.Err()
+}
+
+// Reserve takes lines for orderID, all or nothing. It returns ErrSoldOut
+// (naming the sku) when a line cannot be covered. Reserving again for an
+// order that already holds a reservation is a no-op.
+func (s *Service) Reserve(ctx context.Context, orderID int64, lines []Line) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	lines = merge(lines)
+	now := s.now().UnixMilli()
+	err := sqldb.Tx(ctx, s.db, func(tx *sql.Tx) error {
+		var held int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM stock_reservations WHERE order_id = $1`, orderID).Scan(&held); err != nil {
+			return err
+		}
+		if held > 0 {
+			return nil
+		}
+		for _, l := range lines { // sorted by sku: no lock-order deadlocks between orders
+			res, err := tx.ExecContext(ctx, `UPDATE stock SET qty = qty - $1 WHERE sku_id = $2 AND qty >= $1`, l.Qty, l.SKU)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return ErrSoldOut.With("sku %d: not enough stock left for %d", l.SKU, l.Qty)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO stock_reservations (order_id, sku_id, qty, created_at) VALUES ($1, $2, $3, $4)`,
+				orderID, l.SKU, l.Qty, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reserve order %d: %w", orderID, err)
+	}
+	return nil
+}
+
+// Release gives back everything reserved for orderID. Releasing twice, or
+// an order without a reservation, is a no-op; it reports how many units
+// came back.
+func (s *Service) Release(ctx context.Context, orderID int64) (int64, error) {
+	var back int64
+	err := sqldb.Tx(ctx, s.db, func(tx *sql.Tx) error {
+		back = 0
+		rows, err := tx.QueryContext(ctx, `DELETE FROM stock_reservations WHERE order_id = $1 RETURNING sku_id, qty`, orderID)
+		if err != nil {
+			return err
+		}
+		var lines []Line
+		for rows.Next() {
+			var l Line
+			if err := rows.Scan(&l.SKU, &l.Qty); err != nil {
+				rows.Close()
+				return err
+			}
+			lines = append(lines, l)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		slices.SortFunc(lines, func(a, b Line) int { return cmp.Compare(a.SKU, b.SKU) })
+		for _, l := range lines {
+			if _, err := tx.ExecContext(ctx, `UPDATE stock SET qty = qty + $1 WHERE sku_id = $2`, l.Qty, l.SKU); err != nil {
+				return err
+			}
+			back += l.Qty
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("release order %d: %w", orderID, err)
+	}
+	return back, nil
+}
+
+// Sweep releases reservations older than grace whose order does not exist
+// (the process died between reserving and writing the order). exists must
+// answer from the order's shard. It returns the number of orders released.
+func (s *Service) Sweep(ctx context.Context, grace time.Duration, exists func(context.Context, int64) (bool, error)) (int, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT order_id FROM stock_reservations WHERE created_at < $1 LIMIT 500`,
+		s.now().Add(-grace).UnixMilli())
+	if err != nil {
+		return 0, fmt.Errorf("sweep reservations: %w", err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var x int64
+		if err := rows.Scan(&x); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, x)
+	}
+	rows.Close()
+	n := 0
+	for _, x := range ids {
+		ok, err := exists(ctx, x)
+		if err != nil {
+			return n, err
+		}
+		if ok {
+			continue
+		}
+		if _, err := s.Release(ctx, x); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+func merge(lines []Line) []Line {
+	m := make(map[int64]int64, len(lines))
+	for _, l := range lines {
+		m[l.SKU] += l.Qty
+	}
+	out := make([]Line, 0, len(m))
+	for k, q := range m {
+		out = append(out, Line{k, q})
+	}
+	slices.SortFunc(out, func(a, b Line) int { return cmp.Compare(a.SKU, b.SKU) })
+	return out
+}

@@ -1,0 +1,346 @@
+// Package node is the one place where surge's roles are wired together by
+// hand: it opens the backends a node's roles need, builds the contexts,
+// serves HTTP and runs the background work, and shuts all of it down in
+// order.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/surge-platform/surge/internal/api"
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/kv"
+	"github.com/surge-platform/surge/internal/platform/outbox"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// Roles a node can take. "all" means every implemented role.
+var Roles = []string{"api", "worker"}
+
+// Config is everything a node needs; cmd/surge fills it from flags and env.
+type Config struct {
+	Addr       string        // listen address; ":0" picks a free port
+	Data       string        // directory for the embedded backends
+	Roles      []string      // subset of Roles, or ["all"]
+	DB         []string      // database URLs; empty = sqlite:<Data>/db
+	KV         string        // kv URL; empty = mem:
+	Bus        string        // bus URL; empty = embedded:<Data>/nats
+	AdminToken string        // empty = random, printed at start
+	OrderTTL   time.Duration // time to pay an order
+	NodeID     int           // id generator node; -1 = lease one from the kv store
+	DBMaxConns int           // per PostgreSQL database; 0 = default
+	Migrate    bool          // apply migrations at start
+	RelayPoll  time.Duration // outbox backstop poll; 0 = 1s
+}
+
+// Defaults returns a config that works on a laptop.
+func Defaults() Config {
+	return Config{Addr: "127.0.0.1:8080", Data: "./data", Roles: []string{"all"}, OrderTTL: 15 * time.Minute,
+		NodeID: -1, Migrate: true}
+}
+
+// Resolve fills the derived defaults and checks the roles.
+func (c *Config) Resolve() error {
+	if len(c.DB) == 0 {
+		c.DB = []string{"sqlite:" + filepath.Join(c.Data, "db")}
+	}
+	if c.KV == "" {
+		c.KV = "mem:"
+	}
+	if c.Bus == "" {
+		c.Bus = "embedded:" + filepath.Join(c.Data, "nats")
+	}
+	if c.AdminToken == "" {
+		b := make([]byte, 16)
+		rand.Read(b)
+		c.AdminToken = "adm_" + hex.EncodeToString(b)
+	}
+	var roles []string
+	for _, r := range c.Roles {
+		for _, r := range strings.Split(r, ",") {
+			r = strings.TrimSpace(r)
+			switch {
+			case r == "all":
+				roles = append(roles, Roles...)
+			case slices.Contains(Roles, r):
+				roles = append(roles, r)
+			case slices.Contains([]string{"fulfil", "push", "paysim", "monitor"}, r):
+				return fmt.Errorf("role %q is not implemented yet (available: %s)", r, strings.Join(Roles, ", "))
+			case r != "":
+				return fmt.Errorf("unknown role %q (available: all, %s)", r, strings.Join(Roles, ", "))
+			}
+		}
+	}
+	if len(roles) == 0 {
+		return errors.New("no role given")
+	}
+	slices.Sort(roles)
+	c.Roles = slices.Compact(roles)
+	return nil
+}
+
+// Has reports whether the node has role r.
+func (c *Config) Has(r string) bool { return slices.Contains(c.Roles, r) }
+
+// Node is a running set of roles.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	DB    *sqldb.Cluster
+	KV    kv.Store
+	Bus   *bus.Bus
+	IDs   *id.Generator
+	relay *outbox.Relay
+	lease *lease
+
+	Members *member.Service
+	Catalog *catalog.Service
+	Stock   *inventory.Service
+	Orders  *order.Service
+
+	ln     net.Listener
+	srv    *http.Server
+	unsub  func()
+	closer []func() error
+}
+
+// New opens the backends and builds the contexts; it listens on cfg.Addr
+// but serves only from Run.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error) {
+	if err := cfg.Resolve(); err != nil {
+		return nil, err
+	}
+	n = &Node{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if n.DB, err = sqldb.Open(ctx, cfg.DB, sqldb.Options{MaxConns: cfg.DBMaxConns}); err != nil {
+		return nil, err
+	}
+	n.closer = append(n.closer, n.DB.Close)
+	if cfg.Migrate {
+		if err := n.DB.Migrate(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if n.KV, err = kv.Open(ctx, cfg.KV); err != nil {
+		return nil, fmt.Errorf("kv: %w", err)
+	}
+	n.closer = append(n.closer, n.KV.Close)
+	if n.Bus, err = bus.Open(ctx, cfg.Bus); err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	n.closer = append(n.closer, n.Bus.Close)
+	if err := n.Bus.EnsureStream(ctx, order.Stream); err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	node := cfg.NodeID
+	if node < 0 {
+		if n.lease, err = leaseNode(ctx, n.KV); err != nil {
+			return nil, err
+		}
+		node = n.lease.node
+	}
+	if n.IDs, err = id.New(node); err != nil {
+		return nil, err
+	}
+	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
+	n.Stock = inventory.New(n.DB)
+	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus)
+	if n.Members, err = member.New(ctx, n.DB, n.IDs); err != nil {
+		return nil, err
+	}
+	var notify order.Notifier
+	if cfg.Has("worker") {
+		notify = n.relay
+	}
+	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, notify, log, order.Config{TTL: cfg.OrderTTL})
+	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
+		x, _ := strconv.ParseInt(string(data), 10, 64)
+		n.Catalog.Invalidate(x)
+	}); err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Checks: []api.Check{
+		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
+	}, Stats: n.stats}
+	if cfg.Has("api") {
+		srv.Members, srv.Catalog, srv.Orders = n.Members, n.Catalog, n.Orders
+	}
+	if n.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+		return nil, err
+	}
+	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	return n, nil
+}
+
+// Config returns the resolved configuration.
+func (n *Node) Config() Config { return n.cfg }
+
+// URL is the base URL the node serves on.
+func (n *Node) URL() string { return "http://" + n.ln.Addr().String() }
+
+// Run serves until ctx is done, then shuts down gracefully: it stops
+// accepting, lets in-flight requests finish (up to 15 s), stops the
+// background work and flushes the outbox relay. It returns the first error
+// that stopped it.
+func (n *Node) Run(ctx context.Context) error {
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	spawn := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(bg); err != nil && bg.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	if n.lease != nil {
+		spawn("node id lease", n.lease.renew)
+	}
+	if n.cfg.Has("worker") {
+		spawn("outbox relay", n.relay.Run)
+		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
+		spawn("reservation sweeper", n.sweep)
+	}
+	go func() {
+		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	n.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if serr := n.srv.Shutdown(sctx); serr != nil {
+		n.log.Warn("http shutdown", "err", serr)
+	}
+	stopBG() // the relay makes its final flush on the way out
+	wg.Wait()
+	return err
+}
+
+func (n *Node) sweep(ctx context.Context) error {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Exists)
+		if err != nil {
+			n.log.Warn("reservation sweep", "err", err)
+		} else if released > 0 {
+			n.log.Info("reservation sweep released orphans", "orders", released)
+		}
+	}
+}
+
+func (n *Node) stats(ctx context.Context) (map[string]int64, error) {
+	seen, err := n.Orders.SeenCount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	msgs, _, err := n.Bus.StreamInfo(ctx, order.Stream.Name)
+	if err != nil {
+		return nil, err
+	}
+	pending, err := n.relay.Pending(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]int64{"events_seen": seen, "stream_messages": int64(msgs), "outbox_pending": pending}, nil
+}
+
+// Close releases everything New opened (Run does not close).
+func (n *Node) Close() error {
+	if n.unsub != nil {
+		n.unsub()
+	}
+	if n.ln != nil {
+		n.ln.Close()
+	}
+	var err error
+	for i := len(n.closer) - 1; i >= 0; i-- {
+		err = errors.Join(err, n.closer[i]())
+	}
+	return err
+}
+
+type lease struct {
+	store kv.Store
+	node  int
+	key   string
+	me    []byte
+}
+
+// leaseNode takes the lowest free node id in the kv store for 30 s; renew
+// keeps it while the node runs.
+func leaseNode(ctx context.Context, store kv.Store) (*lease, error) {
+	me := make([]byte, 8)
+	rand.Read(me)
+	for node := 0; node <= id.MaxNode; node++ {
+		l := &lease{store: store, node: node, key: "surge:node:" + strconv.Itoa(node), me: []byte(hex.EncodeToString(me))}
+		ok, err := store.SetNX(ctx, l.key, l.me, 30*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("lease node id: %w", err)
+		}
+		if ok {
+			return l, nil
+		}
+	}
+	return nil, errors.New("lease node id: all 128 node ids are taken")
+}
+
+func (l *lease) renew(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if v, err := l.store.Get(c, l.key); err == nil && string(v) == string(l.me) {
+				l.store.Del(c, l.key) // let the next process have it at once
+			}
+			return nil
+		case <-t.C:
+		}
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if v, err := l.store.Get(c, l.key); err == nil && string(v) == string(l.me) {
+			l.store.Set(c, l.key, l.me, 30*time.Second)
+		}
+		cancel()
+	}
+}

@@ -1,0 +1,85 @@
+package order
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/bus"
+)
+
+// Stream is the JetStream stream of order events.
+var Stream = bus.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.events.>"}, Duplicates: 10 * time.Minute}
+
+// Consume runs the worker's consumer of order events until ctx is done: it
+// records every event it sees in events_seen (idempotently: a redelivery
+// only counts up deliveries) and releases the stock of cancelled orders
+// (idempotent too). Tests and operators count events with Seen.
+func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
+	if err := b.EnsureStream(ctx, Stream); err != nil {
+		return err
+	}
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: Stream.Name, Durable: "order-ledger", MaxAckPending: 2048, Workers: 4},
+		func(ctx context.Context, m bus.Msg) error {
+			var ev Event
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.EventID == 0 {
+				s.log.Error("order event: undecodable, dropped", "subject", m.Subject, "seq", m.Seq, "err", err)
+				return nil
+			}
+			if ev.Type == EvCancelled {
+				if _, err := s.stock.Release(ctx, ev.OrderID); err != nil {
+					return err
+				}
+			}
+			return s.record(ctx, ev)
+		})
+}
+
+func (s *Service) record(ctx context.Context, ev Event) error {
+	_, err := s.db.Main().W.ExecContext(ctx, `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
+		VALUES ($1, $2, $3, 1, $4) ON CONFLICT (event_id) DO UPDATE SET deliveries = events_seen.deliveries + 1`,
+		ev.EventID, ev.Type, ev.OrderID, s.now().UnixMilli())
+	if err != nil {
+		return fmt.Errorf("record event %d: %w", ev.EventID, err)
+	}
+	return nil
+}
+
+// Seen is one event the worker's consumer recorded.
+type Seen struct {
+	EventID    int64  `json:"event_id,string"`
+	Type       string `json:"type"`
+	OrderID    int64  `json:"order_id,string"`
+	Deliveries int    `json:"deliveries"`
+}
+
+// SeenEvents returns the recorded events of an order (0 = the latest 1000 of all).
+func (s *Service) SeenEvents(ctx context.Context, orderID int64) ([]Seen, error) {
+	q := `SELECT event_id, type, order_id, deliveries FROM events_seen WHERE order_id = $1 ORDER BY event_id`
+	args := []any{orderID}
+	if orderID == 0 {
+		q, args = `SELECT event_id, type, order_id, deliveries FROM events_seen ORDER BY event_id DESC LIMIT 1000`, nil
+	}
+	rows, err := s.db.Main().R.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("seen events: %w", err)
+	}
+	defer rows.Close()
+	out := []Seen{}
+	for rows.Next() {
+		var e Seen
+		if err := rows.Scan(&e.EventID, &e.Type, &e.OrderID, &e.Deliveries); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// SeenCount returns how many distinct events the consumer recorded.
+func (s *Service) SeenCount(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.Main().R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events_seen`).Scan(&n)
+	return n, err
+}

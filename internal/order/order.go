@@ -1,0 +1,160 @@
+// Package order owns orders: creation (priced from the catalog, limited stock
+// reserved in inventory, idempotent per Idempotency-Key), reads, cancel, and
+// the compare-and-set state machine. Orders, their items, idempotency
+// records and outbox rows live on the order's shard, chosen by the gene the
+// order id shares with its user id.
+package order
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+)
+
+// Status is a state of the order state machine (DESIGN section 5):
+//
+//	pending_payment -> paid -> accepted -> ready -> completed
+//	pending_payment -> cancelled
+//	paid|accepted -> refunding -> refunded
+type Status string
+
+const (
+	PendingPayment Status = "pending_payment"
+	Paid           Status = "paid"
+	Accepted       Status = "accepted"
+	Ready          Status = "ready"
+	Completed      Status = "completed"
+	Cancelled      Status = "cancelled"
+	Refunding      Status = "refunding"
+	Refunded       Status = "refunded"
+)
+
+// Limits on an order request.
+const (
+	MaxLines = 50
+	MaxQty   = 99
+	MaxKey   = 128
+)
+
+var (
+	ErrNotFound       = errkind.New(errkind.NotFound, "order_not_found", "no such order")
+	ErrNoLines        = errkind.New(errkind.Invalid, "no_items", "an order needs 1 to 50 lines")
+	ErrQty            = errkind.New(errkind.Invalid, "invalid_qty", "qty must be 1 to 99")
+	ErrUnknownSKU     = errkind.New(errkind.Invalid, "unknown_sku", "the item is not on this store's menu")
+	ErrUnavailable    = errkind.New(errkind.Conflict, "item_unavailable", "the item is not available now")
+	ErrStoreClosed    = errkind.New(errkind.Conflict, "store_closed", "the store is not taking orders")
+	ErrNotCancellable = errkind.New(errkind.Conflict, "not_cancellable", "only an unpaid order can be cancelled")
+	ErrChanged        = errkind.New(errkind.Conflict, "order_changed", "the order changed meanwhile, read it again")
+	ErrBadKey         = errkind.New(errkind.Invalid, "invalid_idempotency_key", "Idempotency-Key must be 1 to 128 printable ASCII characters")
+	ErrKeyReused      = errkind.New(errkind.Conflict, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
+	ErrKeyBusy        = errkind.New(errkind.Conflict, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being processed, retry")
+	ErrBadCursor      = errkind.New(errkind.Invalid, "invalid_cursor", "cursor must be an order id from a previous page")
+)
+
+// Order is an order with its lines. Money is in fen.
+type Order struct {
+	ID         int64     `json:"order_id,string"`
+	UserID     int64     `json:"user_id,string"`
+	StoreID    int64     `json:"store_id,string"`
+	Status     Status    `json:"status"`
+	Version    int64     `json:"version"`
+	Total      int64     `json:"total"`
+	Payable    int64     `json:"payable"`
+	PickupCode string    `json:"pickup_code,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	Items      []Line    `json:"items"`
+}
+
+// Line is one priced line of an order.
+type Line struct {
+	SKU   int64  `json:"sku_id,string"`
+	Name  string `json:"name"`
+	Price int64  `json:"price"`
+	Qty   int    `json:"qty"`
+}
+
+// Request is the body of POST /api/v1/orders.
+type Request struct {
+	StoreID int64         `json:"store_id,string"`
+	Items   []RequestLine `json:"items"`
+}
+
+// RequestLine asks for qty of one SKU.
+type RequestLine struct {
+	SKU int64 `json:"sku_id,string"`
+	Qty int   `json:"qty"`
+}
+
+// Check validates the shape of a request (not what it refers to).
+func (r Request) Check() error {
+	if r.StoreID <= 0 {
+		return errkind.ErrInvalid.With("store_id is required")
+	}
+	if len(r.Items) == 0 || len(r.Items) > MaxLines {
+		return ErrNoLines.With("an order needs 1 to %d lines, got %d", MaxLines, len(r.Items))
+	}
+	for i, l := range r.Items {
+		if l.SKU <= 0 {
+			return ErrUnknownSKU.With("items[%d]: sku_id is required", i)
+		}
+		if l.Qty < 1 || l.Qty > MaxQty {
+			return ErrQty.With("items[%d]: qty must be 1 to %d, got %d", i, MaxQty, l.Qty)
+		}
+	}
+	return nil
+}
+
+// Created is the answer to a successful create; a replay with the same
+// Idempotency-Key gets the very same value.
+type Created struct {
+	OrderID   int64     `json:"order_id,string"`
+	Status    Status    `json:"status"`
+	Total     int64     `json:"total"`
+	Payable   int64     `json:"payable"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Event is the payload of every order event on the bus.
+type Event struct {
+	EventID    int64     `json:"event_id,string"`
+	Type       string    `json:"type"`
+	OrderID    int64     `json:"order_id,string"`
+	UserID     int64     `json:"user_id,string"`
+	StoreID    int64     `json:"store_id,string"`
+	Status     Status    `json:"status"`
+	Version    int64     `json:"version"`
+	Payable    int64     `json:"payable"`
+	PickupCode string    `json:"pickup_code,omitempty"`
+	At         time.Time `json:"at"`
+}
+
+// Event types.
+const (
+	EvCreated   = "order.created"
+	EvCancelled = "order.cancelled"
+)
+
+// Catalog prices orders.
+type Catalog interface {
+	Menu(ctx context.Context, storeID int64) (*catalog.Menu, error)
+}
+
+// Stock reserves limited items against orders.
+type Stock interface {
+	Reserve(ctx context.Context, orderID int64, lines []inventory.Line) error
+	Release(ctx context.Context, orderID int64) (int64, error)
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only our own plain structs are marshalled
+	}
+	return b
+}

@@ -1,0 +1,1087 @@
+// Package ordertest is the conformance suite of the order store: every
+// database engine and shard layout that orders may live on must pass Run
+// before it counts as done. Each subtest builds the real services (id,
+// inventory, catalog, order) on a fresh cluster, seeds a store, and checks
+// what the services answer against what the databases hold.
+package ordertest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// ttl is the order service's default time to pay (order.Config{}).
+const ttl = 15 * time.Minute
+
+// mooncakeStock is the stock the seeded limited item starts with.
+const mooncakeStock = 100
+
+// waitFor bounds every poll of the suite.
+const waitFor = 10 * time.Second
+
+// Run runs the suite. open must return a fresh, migrated cluster that no
+// other test writes to and that is closed when its test ends
+// (sqldbtest.Engines does that). Subtests run in parallel, each on a
+// cluster of its own.
+func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, open func(t testing.TB) *sqldb.Cluster)
+	}{
+		{"CreateGetList", testCreateGetList},
+		{"ShardRouting", testShardRouting},
+		{"Outbox", testOutbox},
+		{"SoldOutRace", testSoldOutRace},
+		{"MixedQtyRace", testMixedQtyRace},
+		{"CancelReleasesOnce", testCancelReleasesOnce},
+		{"CancelRace", testCancelRace},
+		{"Idempotency", testIdempotency},
+		{"BadInput", testBadInput},
+		{"FailedInsertReleases", testFailedInsertReleases},
+		{"SweepOrphans", testSweepOrphans},
+		{"OtherUsersOrder", testOtherUsersOrder},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.fn(t, open)
+		})
+	}
+}
+
+// fixture is the services on one cluster and a seeded store: an open store
+// with two categories, three unlimited items, one limited item (mooncake)
+// with mooncakeStock units, and an unavailable item; plus a second store
+// with one item of its own.
+type fixture struct {
+	c   *sqldb.Cluster
+	ids *id.Generator
+	inv *inventory.Service
+	cat *catalog.Service
+	ord *order.Service
+	ctx context.Context // bounds every call of the test
+
+	store                catalog.Store
+	latte, bagel, muffin catalog.Item // unlimited
+	mooncake             catalog.Item // limited
+	soldOut              catalog.Item // unavailable
+	otherStore           catalog.Store
+	otherItem            catalog.Item // on otherStore's menu
+}
+
+// newFixture builds the services on a fresh cluster. wrap, when not nil,
+// wraps the inventory the order service reserves through.
+func newFixture(t *testing.T, open func(t testing.TB) *sqldb.Cluster, wrap func(order.Stock) order.Stock) *fixture {
+	t.Helper()
+	c := open(t)
+	ids, err := id.New(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{c: c, ids: ids, inv: inventory.New(c), ctx: testContext(t)}
+	f.cat = catalog.New(c, ids, f.inv, nil)
+	var stock order.Stock = f.inv
+	if wrap != nil {
+		stock = wrap(f.inv)
+	}
+	f.ord = order.New(c, ids, f.cat, stock, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{})
+
+	f.store = f.mustStore(t, "Peoples Square", true)
+	drinks := f.mustCategory(t, f.store.ID, "Drinks", 1)
+	food := f.mustCategory(t, f.store.ID, "Food", 2)
+	f.latte = f.mustItem(t, f.store.ID, catalog.ItemInput{CategoryID: drinks.ID, Name: "Latte", Price: 1800})
+	f.bagel = f.mustItem(t, f.store.ID, catalog.ItemInput{CategoryID: food.ID, Name: "Bagel", Price: 1250})
+	f.muffin = f.mustItem(t, f.store.ID, catalog.ItemInput{CategoryID: food.ID, Name: "Muffin", Price: 990})
+	f.mooncake = f.mustLimited(t, "Mooncake", 3000, mooncakeStock)
+	no := false
+	f.soldOut = f.mustItem(t, f.store.ID, catalog.ItemInput{CategoryID: food.ID, Name: "Eggnog", Price: 2000, Available: &no})
+
+	f.otherStore = f.mustStore(t, "Jingan", true)
+	oc := f.mustCategory(t, f.otherStore.ID, "Drinks", 1)
+	f.otherItem = f.mustItem(t, f.otherStore.ID, catalog.ItemInput{CategoryID: oc.ID, Name: "Mocha", Price: 2200})
+	return f
+}
+
+func (f *fixture) mustStore(t *testing.T, name string, open bool) catalog.Store {
+	t.Helper()
+	st, err := f.cat.CreateStore(f.ctx, 0, catalog.StoreInput{Name: name, City: "Shanghai", Open: &open})
+	if err != nil {
+		t.Fatalf("create store %q: %v", name, err)
+	}
+	return st
+}
+
+func (f *fixture) mustCategory(t *testing.T, storeID int64, name string, sort int) catalog.Category {
+	t.Helper()
+	cat, err := f.cat.CreateCategory(f.ctx, storeID, 0, catalog.CategoryInput{Name: name, Sort: sort})
+	if err != nil {
+		t.Fatalf("create category %q: %v", name, err)
+	}
+	return cat
+}
+
+func (f *fixture) mustItem(t *testing.T, storeID int64, in catalog.ItemInput) catalog.Item {
+	t.Helper()
+	it, err := f.cat.PutItem(f.ctx, storeID, 0, in)
+	if err != nil {
+		t.Fatalf("put item %q: %v", in.Name, err)
+	}
+	return it
+}
+
+// mustLimited adds a limited item with stock to the seeded store.
+func (f *fixture) mustLimited(t *testing.T, name string, price, stock int64) catalog.Item {
+	t.Helper()
+	cat := f.mustCategory(t, f.store.ID, "Limited "+name, 9)
+	it := f.mustItem(t, f.store.ID, catalog.ItemInput{CategoryID: cat.ID, Name: name, Price: price, Limited: true, Stock: &stock})
+	if got := f.level(t, it.SKU); got != stock {
+		t.Fatalf("stock of new item %q = %d, want %d", name, got, stock)
+	}
+	return it
+}
+
+func line(it catalog.Item, qty int) order.RequestLine {
+	return order.RequestLine{SKU: it.SKU, Qty: qty}
+}
+
+func (f *fixture) req(lines ...order.RequestLine) order.Request {
+	return order.Request{StoreID: f.store.ID, Items: lines}
+}
+
+func (f *fixture) mustCreate(t *testing.T, userID int64, key string, req order.Request) order.Created {
+	t.Helper()
+	c, err := f.ord.Create(f.ctx, userID, key, req)
+	if err != nil {
+		t.Fatalf("create order for user %d: %v", userID, err)
+	}
+	return c
+}
+
+func (f *fixture) mustGet(t *testing.T, userID, orderID int64) *order.Order {
+	t.Helper()
+	o, err := f.ord.Get(f.ctx, userID, orderID)
+	if err != nil {
+		t.Fatalf("get order %d of user %d: %v", orderID, userID, err)
+	}
+	return o
+}
+
+// level returns the stock of sku as inventory reports it.
+func (f *fixture) level(t *testing.T, sku int64) int64 {
+	t.Helper()
+	m, err := f.inv.Levels(f.ctx, []int64{sku})
+	if err != nil {
+		t.Fatalf("levels: %v", err)
+	}
+	q, ok := m[sku]
+	if !ok {
+		t.Fatalf("sku %d has no stock level", sku)
+	}
+	return q
+}
+
+// scalar runs a query returning one integer on d.
+func scalar(t *testing.T, ctx context.Context, d *sqldb.DB, q string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := d.R.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s on %s: %v", q, d.Name, err)
+	}
+	return n
+}
+
+// countAll sums a COUNT query over every physical database.
+func (f *fixture) countAll(t *testing.T, q string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	for _, d := range f.c.Shards() {
+		n += scalar(t, f.ctx, d, q, args...)
+	}
+	return n
+}
+
+// reserved returns the units held for orderID (0 = all orders) of sku (0 = all skus).
+func (f *fixture) reserved(t *testing.T, orderID, sku int64) int64 {
+	t.Helper()
+	return scalar(t, f.ctx, f.c.Main(), `SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM stock_reservations
+		WHERE ($1 = 0 OR order_id = $1) AND ($2 = 0 OR sku_id = $2)`, orderID, sku)
+}
+
+// reservationRows returns the reservation rows of sku: order id -> qty.
+func (f *fixture) reservationRows(t *testing.T, sku int64) map[int64]int64 {
+	t.Helper()
+	rows, err := f.c.Main().R.QueryContext(f.ctx, `SELECT order_id, qty FROM stock_reservations WHERE sku_id = $1`, sku)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var o, q int64
+		if err := rows.Scan(&o, &q); err != nil {
+			t.Fatal(err)
+		}
+		if _, dup := out[o]; dup {
+			t.Errorf("order %d holds two reservation rows of sku %d", o, sku)
+		}
+		out[o] = q
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// homes returns the indexes of the physical databases that hold a row of
+// table with column = v.
+func (f *fixture) homes(t *testing.T, table, column string, v int64) []int {
+	t.Helper()
+	var out []int
+	for i, d := range f.c.Shards() {
+		if scalar(t, f.ctx, d, `SELECT COUNT(*) FROM `+table+` WHERE `+column+` = $1`, v) > 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func (f *fixture) index(d *sqldb.DB) int { return slices.Index(f.c.Shards(), d) }
+
+type outboxRow struct {
+	shard     int
+	id        int64
+	subject   string
+	typ       string
+	createdAt int64
+	ev        order.Event
+}
+
+// outbox returns every outbox row of the cluster, by database then id.
+func (f *fixture) outbox(t *testing.T) []outboxRow {
+	t.Helper()
+	var out []outboxRow
+	for i, d := range f.c.Shards() {
+		rows, err := d.R.QueryContext(f.ctx, `SELECT id, subject, type, payload, created_at FROM outbox ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			r := outboxRow{shard: i}
+			var payload string
+			if err := rows.Scan(&r.id, &r.subject, &r.typ, &payload, &r.createdAt); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal([]byte(payload), &r.ev); err != nil {
+				t.Errorf("outbox row %d: payload %q: %v", r.id, payload, err)
+			}
+			out = append(out, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// testContext bounds every call of a test, so that a hung database fails
+// the test instead of hanging it.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// race runs fn(i) for i in 0..n-1 on n goroutines released together and
+// returns their errors.
+func race(n int, fn func(i int) error) []error {
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			errs[i] = fn(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return errs
+}
+
+// poll calls cond until it reports true or waitFor passes.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v waiting for %s", waitFor, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func sameCreated(a, b order.Created) bool {
+	return a.OrderID == b.OrderID && a.Status == b.Status && a.Total == b.Total && a.Payable == b.Payable &&
+		a.ExpiresAt.Equal(b.ExpiresAt)
+}
+
+// --- the subtests ---
+
+func testCreateGetList(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user = 4242
+	req := f.req(line(f.latte, 2), line(f.mooncake, 3), line(f.bagel, 1), line(f.latte, 1))
+	wantTotal := f.latte.Price*2 + f.mooncake.Price*3 + f.bagel.Price*1 + f.latte.Price*1
+
+	before := time.Now()
+	c := f.mustCreate(t, user, "", req)
+	after := time.Now()
+	if c.OrderID <= 0 || c.Status != order.PendingPayment || c.Total != wantTotal || c.Payable != wantTotal {
+		t.Fatalf("created %+v, want a new pending_payment order with total = payable = %d", c, wantTotal)
+	}
+	if lo, hi := before.Add(ttl).Truncate(time.Millisecond), after.Add(ttl); c.ExpiresAt.Before(lo) || c.ExpiresAt.After(hi) {
+		t.Errorf("expires_at %v, want within [%v, %v] (now + %v)", c.ExpiresAt, lo, hi, ttl)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-3 {
+		t.Errorf("mooncake stock after ordering 3: %d, want %d", got, mooncakeStock-3)
+	}
+
+	for _, asker := range []int64{user, 0} {
+		o := f.mustGet(t, asker, c.OrderID)
+		if o.ID != c.OrderID || o.UserID != user || o.StoreID != f.store.ID || o.Status != order.PendingPayment ||
+			o.Version != 1 || o.Total != wantTotal || o.Payable != wantTotal || o.PickupCode != "" {
+			t.Errorf("get as %d: %+v, want order %d of user %d, store %d, pending_payment v1, total %d",
+				asker, o, c.OrderID, user, f.store.ID, wantTotal)
+		}
+		if !o.ExpiresAt.Equal(c.ExpiresAt) {
+			t.Errorf("get: expires_at %v, create said %v", o.ExpiresAt, c.ExpiresAt)
+		}
+		if o.CreatedAt.Before(before.Truncate(time.Millisecond)) || o.CreatedAt.After(after) || !o.UpdatedAt.Equal(o.CreatedAt) {
+			t.Errorf("get: created_at %v updated_at %v, want both within [%v, %v]", o.CreatedAt, o.UpdatedAt, before, after)
+		}
+		want := []order.Line{
+			{SKU: f.latte.SKU, Name: "Latte", Price: f.latte.Price, Qty: 2},
+			{SKU: f.mooncake.SKU, Name: "Mooncake", Price: f.mooncake.Price, Qty: 3},
+			{SKU: f.bagel.SKU, Name: "Bagel", Price: f.bagel.Price, Qty: 1},
+			{SKU: f.latte.SKU, Name: "Latte", Price: f.latte.Price, Qty: 1},
+		}
+		if !slices.Equal(o.Items, want) {
+			t.Errorf("get: items %+v, want in request order %+v", o.Items, want)
+		}
+	}
+
+	// 25 orders of another user, paged by 10: newest first, no gaps, no duplicates.
+	const pager = 777
+	var ids []int64
+	for i := range 25 {
+		c := f.mustCreate(t, pager, "", f.req(line(f.muffin, i%3+1)))
+		if len(ids) > 0 && c.OrderID <= ids[len(ids)-1] {
+			t.Fatalf("order ids not increasing: %d after %d", c.OrderID, ids[len(ids)-1])
+		}
+		ids = append(ids, c.OrderID)
+	}
+	slices.Reverse(ids) // newest first
+	var got []int64
+	var sizes []int
+	cursor := int64(0)
+	for range 10 {
+		page, err := f.ord.List(ctx, pager, cursor, 10)
+		if err != nil {
+			t.Fatalf("list cursor %d: %v", cursor, err)
+		}
+		if page == nil {
+			t.Fatalf("list cursor %d: nil page, want an empty slice", cursor)
+		}
+		sizes = append(sizes, len(page))
+		if len(page) == 0 {
+			break
+		}
+		for _, o := range page {
+			if o.UserID != pager {
+				t.Errorf("list of user %d returned order %d of user %d", pager, o.ID, o.UserID)
+			}
+			if len(o.Items) != 1 || o.Items[0].SKU != f.muffin.SKU {
+				t.Errorf("list: order %d items %+v, want its one muffin line", o.ID, o.Items)
+			}
+			got = append(got, o.ID)
+		}
+		cursor = page[len(page)-1].ID
+	}
+	if !slices.Equal(sizes, []int{10, 10, 5, 0}) {
+		t.Errorf("page sizes %v, want [10 10 5 0]", sizes)
+	}
+	if !slices.Equal(got, ids) {
+		t.Errorf("paged ids %v\nwant newest first %v", got, ids)
+	}
+	if all, err := f.ord.List(ctx, pager, 0, 0); err != nil || len(all) != 20 {
+		t.Errorf("list with limit 0: %d orders, %v; want the default 20", len(all), err)
+	}
+	if mine, err := f.ord.List(ctx, user, 0, 100); err != nil || len(mine) != 1 || mine[0].ID != c.OrderID || len(mine[0].Items) != 4 {
+		t.Errorf("list of user %d: %v, %v; want only order %d with its 4 lines", user, mine, err, c.OrderID)
+	}
+	if none, err := f.ord.List(ctx, 999_999, 0, 10); err != nil || none == nil || len(none) != 0 {
+		t.Errorf("list of a user without orders: %v, %v; want an empty slice", none, err)
+	}
+	if _, err := f.ord.List(ctx, pager, -1, 10); !errors.Is(err, order.ErrBadCursor) {
+		t.Errorf("list with cursor -1: %v, want ErrBadCursor", err)
+	}
+}
+
+func testShardRouting(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	// Genes at both ends of every physical range for 1, 2, 4 and 8
+	// databases, and a few in between; user ids far apart with those genes.
+	genes := []int{0, 1, 127, 128, 255, 256, 257, 383, 511, 512, 513, 640, 767, 768, 769, 900, 1022, 1023}
+	used := map[int]bool{}
+	for i, g := range genes {
+		user := int64(g) + int64(id.Genes)*int64(1+i*7919)
+		if i%3 == 0 {
+			user += 1 << 40
+		}
+		if id.GeneOf(user) != g {
+			t.Fatalf("bad test data: user %d has gene %d, want %d", user, id.GeneOf(user), g)
+		}
+		home := -1
+		for n := range 2 {
+			c := f.mustCreate(t, user, "", f.req(line(f.latte, 1)))
+			if got := id.Gene(c.OrderID); got != g {
+				t.Errorf("user %d (gene %d): order %d has gene %d", user, g, c.OrderID, got)
+			}
+			dbs := f.homes(t, "orders", "id", c.OrderID)
+			if len(dbs) != 1 {
+				t.Fatalf("order %d is on physical databases %v, want exactly one", c.OrderID, dbs)
+			}
+			if want := f.index(f.c.ForID(c.OrderID)); dbs[0] != want || dbs[0] != f.c.Physical(g) {
+				t.Errorf("order %d is on database %d; ForID says %d, Physical(gene %d) says %d", c.OrderID, dbs[0], want, g, f.c.Physical(g))
+			}
+			if items := f.homes(t, "order_items", "order_id", c.OrderID); !slices.Equal(items, dbs) {
+				t.Errorf("lines of order %d are on databases %v, the order on %v", c.OrderID, items, dbs)
+			}
+			if n == 0 {
+				home = dbs[0]
+			} else if dbs[0] != home {
+				t.Errorf("user %d has orders on databases %d and %d", user, home, dbs[0])
+			}
+			if o := f.mustGet(t, user, c.OrderID); o.UserID != user {
+				t.Errorf("get order %d: user %d, want %d", c.OrderID, o.UserID, user)
+			}
+		}
+		if dbs := f.homes(t, "orders", "user_id", user); !slices.Equal(dbs, []int{home}) {
+			t.Errorf("orders of user %d are on databases %v, want only %d", user, dbs, home)
+		}
+		if list, err := f.ord.List(f.ctx, user, 0, 10); err != nil || len(list) != 2 {
+			t.Errorf("list of user %d: %d orders, %v; want 2", user, len(list), err)
+		}
+		used[home] = true
+	}
+	if len(used) != len(f.c.Shards()) {
+		t.Errorf("orders landed on databases %v of %d: routing does not spread", used, len(f.c.Shards()))
+	}
+}
+
+func testOutbox(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user = 1023 + 5*1024 // the last gene: the last database
+	c := f.mustCreate(t, user, "", f.req(line(f.mooncake, 2), line(f.latte, 1)))
+	shard := f.index(f.c.ForID(c.OrderID))
+	var orderCreated int64
+	if err := f.c.ForID(c.OrderID).R.QueryRowContext(ctx, `SELECT created_at FROM orders WHERE id = $1`, c.OrderID).Scan(&orderCreated); err != nil {
+		t.Fatal(err)
+	}
+
+	rows := f.outbox(t)
+	if len(rows) != 1 {
+		t.Fatalf("after one create the cluster holds %d outbox rows %+v, want 1", len(rows), rows)
+	}
+	r := rows[0]
+	gene := id.Gene(c.OrderID)
+	if r.shard != shard || r.typ != order.EvCreated || r.subject != order.Subject(gene) || r.createdAt != orderCreated {
+		t.Errorf("outbox row %+v, want type %s, subject %s, on database %d, created_at %d like its order",
+			r, order.EvCreated, order.Subject(gene), shard, orderCreated)
+	}
+	if e := r.ev; e.EventID != r.id || id.Gene(e.EventID) != gene || e.Type != order.EvCreated || e.OrderID != c.OrderID ||
+		e.UserID != user || e.StoreID != f.store.ID || e.Status != order.PendingPayment || e.Version != 1 || e.Payable != c.Payable {
+		t.Errorf("order.created payload %+v does not describe order %+v", e, c)
+	}
+
+	// A failed create writes no event.
+	if _, err := f.ord.Create(ctx, user, "", f.req(line(f.mooncake, 99), line(f.mooncake, 1))); !errors.Is(err, inventory.ErrSoldOut) {
+		t.Fatalf("ordering 100 of %d mooncakes: %v, want ErrSoldOut", mooncakeStock-2, err)
+	}
+	if n := len(f.outbox(t)); n != 1 {
+		t.Errorf("a sold-out create left %d outbox rows, want still 1", n)
+	}
+
+	if _, err := f.ord.Cancel(ctx, user, c.OrderID); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	rows = f.outbox(t)
+	if len(rows) != 2 {
+		t.Fatalf("after create and cancel the cluster holds %d outbox rows, want 2", len(rows))
+	}
+	r = rows[1]
+	if r.shard != shard || r.typ != order.EvCancelled || r.subject != order.Subject(gene) || r.id <= rows[0].id {
+		t.Errorf("second outbox row %+v, want %s on database %d after the first", r, order.EvCancelled, shard)
+	}
+	if e := r.ev; e.Type != order.EvCancelled || e.OrderID != c.OrderID || e.Status != order.Cancelled || e.Version != 2 ||
+		e.UserID != user || id.Gene(e.EventID) != gene {
+		t.Errorf("order.cancelled payload %+v, want order %d cancelled at version 2", e, c.OrderID)
+	}
+}
+
+// testSoldOutRace: 200 buyers at once, 50 units of stock.
+func testSoldOutRace(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	const buyers, stock = 200, 50
+	item := f.mustLimited(t, "Lantern", 8800, stock)
+	ctx := f.ctx
+	created := make([]order.Created, buyers)
+	errs := race(buyers, func(i int) error {
+		var err error
+		created[i], err = f.ord.Create(ctx, int64(10_000+i*37), "", f.req(line(item, 1)))
+		return err
+	})
+	won := map[int64]bool{}
+	soldOut := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			if won[created[i].OrderID] {
+				t.Errorf("order id %d handed out twice", created[i].OrderID)
+			}
+			won[created[i].OrderID] = true
+		case errors.Is(err, inventory.ErrSoldOut):
+			soldOut++
+		default:
+			t.Errorf("buyer %d: %v, want success or ErrSoldOut", i, err)
+		}
+	}
+	if len(won) != stock || soldOut != buyers-stock {
+		t.Errorf("%d orders succeeded and %d were sold out, want %d and %d", len(won), soldOut, stock, buyers-stock)
+	}
+	if got := f.level(t, item.SKU); got != 0 {
+		t.Errorf("stock left %d, want 0", got)
+	}
+	res := f.reservationRows(t, item.SKU)
+	if len(res) != stock {
+		t.Errorf("%d reservation rows, want %d", len(res), stock)
+	}
+	for o, q := range res {
+		if q != 1 || !won[o] {
+			t.Errorf("reservation of %d for order %d, want 1 for a successful order", q, o)
+		}
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders`); n != stock {
+		t.Errorf("%d orders in the databases, want %d", n, stock)
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM order_items WHERE sku_id = $1`, item.SKU); n != stock {
+		t.Errorf("%d order lines in the databases, want %d", n, stock)
+	}
+	for o := range won {
+		if got := f.mustGet(t, 0, o); got.Status != order.PendingPayment {
+			t.Errorf("order %d is %s, want pending_payment", o, got.Status)
+		}
+	}
+}
+
+// testMixedQtyRace: buyers of 1 to 3 units at once never take more than the stock.
+func testMixedQtyRace(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	const buyers, stock = 60, 40
+	item := f.mustLimited(t, "Lantern", 8800, stock)
+	qty := func(i int) int { return 1 + i%3 }
+	ctx := f.ctx
+	created := make([]order.Created, buyers)
+	errs := race(buyers, func(i int) error {
+		lines := []order.RequestLine{line(item, qty(i))}
+		if i%2 == 1 {
+			lines = append(lines, line(f.latte, 1))
+		}
+		var err error
+		created[i], err = f.ord.Create(ctx, int64(20_000+i), "", f.req(lines...))
+		return err
+	})
+	var sold int64
+	smallestFailed := 1 << 30
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			sold += int64(qty(i))
+			if r := f.reserved(t, created[i].OrderID, item.SKU); r != int64(qty(i)) {
+				t.Errorf("order %d of %d units holds %d", created[i].OrderID, qty(i), r)
+			}
+		case errors.Is(err, inventory.ErrSoldOut):
+			smallestFailed = min(smallestFailed, qty(i))
+		default:
+			t.Errorf("buyer %d: %v, want success or ErrSoldOut", i, err)
+		}
+	}
+	left := f.level(t, item.SKU)
+	if sold > stock || left != stock-sold {
+		t.Errorf("sold %d of %d, %d left: oversold or lost stock", sold, stock, left)
+	}
+	if r := f.reserved(t, 0, item.SKU); r != sold {
+		t.Errorf("%d units reserved, %d sold", r, sold)
+	}
+	// Stock only goes down here, so a buyer refused for q units saw fewer
+	// than q left, and fewer still are left at the end.
+	if left >= int64(smallestFailed) {
+		t.Errorf("a buyer of %d was refused, yet %d are left: sold out too early", smallestFailed, left)
+	}
+}
+
+func testCancelReleasesOnce(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user = 31
+	// The same limited sku on two lines: 5 units reserved in all.
+	c := f.mustCreate(t, user, "", f.req(line(f.mooncake, 2), line(f.latte, 1), line(f.mooncake, 3)))
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-5 {
+		t.Fatalf("stock after ordering 5: %d, want %d", got, mooncakeStock-5)
+	}
+	o, err := f.ord.Cancel(ctx, user, c.OrderID)
+	if err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	if o.Status != order.Cancelled || o.Version != 2 {
+		t.Errorf("cancel returned status %s version %d, want cancelled 2", o.Status, o.Version)
+	}
+	if got := f.mustGet(t, user, c.OrderID); got.Status != order.Cancelled || got.Version != 2 {
+		t.Errorf("after cancel the order reads %s version %d, want cancelled 2", got.Status, got.Version)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock {
+		t.Errorf("stock after cancel: %d, want %d", got, mooncakeStock)
+	}
+	if r := f.reserved(t, c.OrderID, 0); r != 0 {
+		t.Errorf("cancelled order still holds %d units", r)
+	}
+
+	if _, err := f.ord.Cancel(ctx, user, c.OrderID); !errors.Is(err, order.ErrNotCancellable) {
+		t.Errorf("second cancel: %v, want ErrNotCancellable", err)
+	}
+	if back, err := f.inv.Release(ctx, c.OrderID); err != nil || back != 0 {
+		t.Errorf("releasing a cancelled order again gave back %d (%v), want 0", back, err)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock {
+		t.Errorf("stock after the second cancel and release: %d, want %d", got, mooncakeStock)
+	}
+	if got := f.mustGet(t, user, c.OrderID); got.Version != 2 {
+		t.Errorf("a refused cancel changed the order to version %d", got.Version)
+	}
+}
+
+func testCancelRace(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	const orders, cancellers, qty = 5, 20, 2
+	ctx := f.ctx
+	for n := range orders {
+		user := int64(500 + n*211)
+		c := f.mustCreate(t, user, "", f.req(line(f.mooncake, qty), line(f.bagel, 1)))
+		errs := race(cancellers, func(int) error {
+			_, err := f.ord.Cancel(ctx, user, c.OrderID)
+			return err
+		})
+		won := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case errors.Is(err, order.ErrChanged), errors.Is(err, order.ErrNotCancellable):
+			default:
+				t.Errorf("order %d canceller %d: %v, want ErrChanged or ErrNotCancellable", c.OrderID, i, err)
+			}
+		}
+		if won != 1 {
+			t.Errorf("order %d: %d cancels succeeded, want exactly 1", c.OrderID, won)
+		}
+		if got := f.level(t, f.mooncake.SKU); got != mooncakeStock {
+			t.Errorf("after cancelling order %d the stock is %d, want %d", c.OrderID, got, mooncakeStock)
+		}
+		if o := f.mustGet(t, user, c.OrderID); o.Status != order.Cancelled || o.Version != 2 {
+			t.Errorf("order %d is %s version %d, want cancelled 2", c.OrderID, o.Status, o.Version)
+		}
+		cancelled := 0
+		for _, r := range f.outbox(t) {
+			if r.ev.OrderID == c.OrderID && r.typ == order.EvCancelled {
+				cancelled++
+			}
+		}
+		if cancelled != 1 {
+			t.Errorf("order %d has %d order.cancelled events, want 1", c.OrderID, cancelled)
+		}
+	}
+}
+
+func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user, twin, same = 8001, 8002, 50
+	const key = "checkout-7f3a"
+	req := f.req(line(f.mooncake, 2), line(f.latte, 1))
+	got := make([]order.Created, same)
+	errs := race(same, func(i int) error {
+		var err error
+		got[i], err = f.ord.Create(ctx, user, key, req)
+		return err
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("request %d with the same key: %v", i, err)
+		}
+		if !sameCreated(got[i], got[0]) {
+			t.Errorf("request %d got %+v, request 0 got %+v: want the same answer", i, got[i], got[0])
+		}
+	}
+	first := got[0]
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
+		t.Errorf("%d concurrent requests with one key wrote %d orders, want 1", same, n)
+	}
+	if lvl := f.level(t, f.mooncake.SKU); lvl != mooncakeStock-2 {
+		t.Errorf("stock %d, want %d: reserved more than once", lvl, mooncakeStock-2)
+	}
+	if n := len(f.outbox(t)); n != 1 {
+		t.Errorf("%d outbox rows, want 1", n)
+	}
+
+	// Later replays get the stored answer.
+	if again, err := f.ord.Create(ctx, user, key, req); err != nil || !sameCreated(again, first) {
+		t.Errorf("replay: %+v, %v; want %+v", again, err, first)
+	}
+	// The same key for another request is refused.
+	if _, err := f.ord.Create(ctx, user, key, f.req(line(f.latte, 3))); !errors.Is(err, order.ErrKeyReused) {
+		t.Errorf("same key, other request: %v, want ErrKeyReused", err)
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
+		t.Errorf("user %d has %d orders after the replays, want 1", user, n)
+	}
+	// Keys are per user.
+	other := f.mustCreate(t, twin, key, req)
+	if other.OrderID == first.OrderID || id.Gene(other.OrderID) != id.GeneOf(twin) {
+		t.Errorf("another user with the same key got %+v, want an order of its own", other)
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, twin); n != 1 {
+		t.Errorf("user %d has %d orders, want 1", twin, n)
+	}
+	// Without a key every request is a new order.
+	a, b := f.mustCreate(t, user, "", req), f.mustCreate(t, user, "", req)
+	if a.OrderID == b.OrderID || a.OrderID == first.OrderID {
+		t.Errorf("requests without a key gave orders %d and %d (keyed one %d), want distinct", a.OrderID, b.OrderID, first.OrderID)
+	}
+	// Bad keys.
+	for _, bad := range []string{"has space", "tab\t", strings.Repeat("k", order.MaxKey+1), "ümlaut"} {
+		if _, err := f.ord.Create(ctx, user, bad, req); !errors.Is(err, order.ErrBadKey) {
+			t.Errorf("key %q: %v, want ErrBadKey", bad, err)
+		}
+	}
+	// A request that failed lets go of its key: the retry is carried out.
+	item := f.mustLimited(t, "Lantern", 8800, 1)
+	const retry = "retry-after-restock"
+	if _, err := f.ord.Create(ctx, user, retry, f.req(line(item, 2))); !errors.Is(err, inventory.ErrSoldOut) {
+		t.Fatalf("ordering 2 of 1: %v, want ErrSoldOut", err)
+	}
+	if err := f.cat.SetStock(ctx, item.SKU, 2); err != nil {
+		t.Fatal(err)
+	}
+	c := f.mustCreate(t, user, retry, f.req(line(item, 2)))
+	if lvl := f.level(t, item.SKU); lvl != 0 || f.reserved(t, c.OrderID, item.SKU) != 2 {
+		t.Errorf("retry after restock: stock %d, reserved %d; want 0 and 2", lvl, f.reserved(t, c.OrderID, item.SKU))
+	}
+}
+
+func testBadInput(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	closed := f.mustStore(t, "Closed for renovation", false)
+	cc := f.mustCategory(t, closed.ID, "Drinks", 1)
+	stock := int64(10)
+	closedItem := f.mustItem(t, closed.ID, catalog.ItemInput{CategoryID: cc.ID, Name: "Tea", Price: 900, Limited: true, Stock: &stock})
+	scarce := f.mustLimited(t, "Lantern", 8800, 5)
+
+	many := func(n int) []order.RequestLine {
+		out := make([]order.RequestLine, n)
+		for i := range out {
+			out[i] = line(f.latte, 1)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		req  order.Request
+		want error
+	}{
+		{"unknown store", order.Request{StoreID: f.otherStore.ID + 1_000_003, Items: []order.RequestLine{line(f.latte, 1)}}, catalog.ErrNoStore},
+		{"no store", order.Request{Items: []order.RequestLine{line(f.latte, 1)}}, errkind.ErrInvalid},
+		{"sku of another store", f.req(line(f.mooncake, 1), line(f.otherItem, 1)), order.ErrUnknownSKU},
+		{"sku of no store", f.req(line(f.mooncake, 1), order.RequestLine{SKU: 123456789, Qty: 1}), order.ErrUnknownSKU},
+		{"sku 0", f.req(order.RequestLine{Qty: 1}), order.ErrUnknownSKU},
+		{"qty 0", f.req(line(f.mooncake, 1), line(f.latte, 0)), order.ErrQty},
+		{"qty 100", f.req(line(f.mooncake, 100)), order.ErrQty},
+		{"qty -1", f.req(line(f.latte, -1)), order.ErrQty},
+		{"0 lines", f.req(), order.ErrNoLines},
+		{"51 lines", f.req(many(order.MaxLines + 1)...), order.ErrNoLines},
+		{"unavailable item", f.req(line(f.mooncake, 1), line(f.soldOut, 1)), order.ErrUnavailable},
+		{"closed store", order.Request{StoreID: closed.ID, Items: []order.RequestLine{line(closedItem, 1)}}, order.ErrStoreClosed},
+		{"one line sold out", f.req(line(f.mooncake, 1), line(scarce, 6)), inventory.ErrSoldOut},
+	}
+	const user = 66
+	for _, tt := range tests {
+		for _, key := range []string{"", "key-" + strings.ReplaceAll(tt.name, " ", "-")} {
+			_, err := f.ord.Create(ctx, user, key, tt.req)
+			if !errors.Is(err, tt.want) {
+				t.Errorf("%s (key %q): %v, want %v", tt.name, key, err, tt.want)
+			}
+		}
+	}
+	if n := f.reserved(t, 0, 0); n != 0 {
+		t.Errorf("bad requests left %d units reserved", n)
+	}
+	for sku, want := range map[int64]int64{f.mooncake.SKU: mooncakeStock, scarce.SKU: 5, closedItem.SKU: 10} {
+		if got := f.level(t, sku); got != want {
+			t.Errorf("stock of sku %d is %d after bad requests, want %d", sku, got, want)
+		}
+	}
+	for _, table := range []string{"orders", "order_items", "outbox", "idempotency"} {
+		if n := f.countAll(t, `SELECT COUNT(*) FROM `+table); n != 0 {
+			t.Errorf("bad requests left %d rows in %s", n, table)
+		}
+	}
+	// The limits themselves are fine.
+	edge := f.req(append(many(order.MaxLines-1), line(f.mooncake, order.MaxQty))...)
+	c := f.mustCreate(t, user, "", edge)
+	if want := int64(order.MaxLines-1)*f.latte.Price + order.MaxQty*f.mooncake.Price; c.Total != want {
+		t.Errorf("50-line order total %d, want %d", c.Total, want)
+	}
+	if n := len(f.mustGet(t, user, c.OrderID).Items); n != order.MaxLines {
+		t.Errorf("50-line order reads back %d lines", n)
+	}
+}
+
+// spyStock wraps the inventory: it counts releases per order and runs a
+// hook after every successful reservation.
+type spyStock struct {
+	order.Stock
+
+	mu           sync.Mutex
+	afterReserve func(ctx context.Context, orderID int64) // guarded by mu; nil = none
+	releases     map[int64]int                            // guarded by mu
+}
+
+func (s *spyStock) Reserve(ctx context.Context, orderID int64, lines []inventory.Line) error {
+	if err := s.Stock.Reserve(ctx, orderID, lines); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	hook := s.afterReserve
+	s.mu.Unlock()
+	if hook != nil {
+		hook(ctx, orderID)
+	}
+	return nil
+}
+
+func (s *spyStock) Release(ctx context.Context, orderID int64) (int64, error) {
+	s.mu.Lock()
+	s.releases[orderID]++
+	s.mu.Unlock()
+	return s.Stock.Release(ctx, orderID)
+}
+
+func (s *spyStock) hook(fn func(ctx context.Context, orderID int64)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.afterReserve = fn
+}
+
+func (s *spyStock) released(orderID int64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.releases[orderID]
+}
+
+// testFailedInsertReleases makes the order's own transaction fail after the
+// stock was reserved: the reservation must be released at once, and
+// nothing of the transaction (order, lines, event) may remain.
+func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	spy := &spyStock{releases: map[int64]int{}}
+	f := newFixture(t, open, func(s order.Stock) order.Stock { spy.Stock = s; return spy })
+	ctx := f.ctx
+
+	exec := func(t *testing.T, ctx context.Context, d *sqldb.DB, q string, args ...any) {
+		if _, err := d.W.ExecContext(ctx, q, args...); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	left := func(t *testing.T, orderID int64) {
+		t.Helper()
+		if n := spy.released(orderID); n != 1 {
+			t.Errorf("order %d: released %d times after the failed insert, want once", orderID, n)
+		}
+		if r := f.reserved(t, orderID, 0); r != 0 {
+			t.Errorf("order %d still holds %d units", orderID, r)
+		}
+		if got := f.level(t, f.mooncake.SKU); got != mooncakeStock {
+			t.Errorf("stock %d after the failed order, want %d", got, mooncakeStock)
+		}
+		if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE id = $1`, orderID); n != 0 {
+			t.Errorf("the failed transaction left order %d behind", orderID)
+		}
+		if rows := f.outbox(t); len(rows) != 0 {
+			t.Errorf("the failed transaction left outbox rows %+v", rows)
+		}
+	}
+
+	t.Run("line conflicts", func(t *testing.T) {
+		// A row in the way of the order's second line.
+		var failed int64
+		spy.hook(func(ctx context.Context, orderID int64) {
+			failed = orderID
+			exec(t, ctx, f.c.ForID(orderID), `INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES ($1, 1, $2, 'in the way', 1, 1)`,
+				orderID, f.latte.SKU)
+		})
+		defer spy.hook(nil)
+		const user = 71
+		if c, err := f.ord.Create(ctx, user, "", f.req(line(f.mooncake, 2), line(f.latte, 1))); err == nil {
+			t.Fatalf("create succeeded (%+v) although its line could not be written", c)
+		}
+		if failed == 0 {
+			t.Fatal("the order never reserved")
+		}
+		left(t, failed)
+		if n := f.countAll(t, `SELECT COUNT(*) FROM order_items WHERE order_id = $1`, failed); n != 1 {
+			t.Errorf("order %d has %d lines, want only the row that was in the way", failed, n)
+		}
+	})
+
+	t.Run("claim lost", func(t *testing.T) {
+		// The idempotency claim vanishes before the commit: the last step of
+		// the transaction fails, after the order, lines and event were written.
+		const user, key = 72, "lost-claim"
+		var failed int64
+		spy.hook(func(ctx context.Context, orderID int64) {
+			failed = orderID
+			exec(t, ctx, f.c.ForID(orderID), `DELETE FROM idempotency WHERE user_id = $1 AND idem_key = $2`, user, key)
+		})
+		_, err := f.ord.Create(ctx, user, key, f.req(line(f.mooncake, 3), line(f.latte, 1)))
+		spy.hook(nil)
+		if !errors.Is(err, order.ErrKeyBusy) {
+			t.Fatalf("create whose claim vanished: %v, want ErrKeyBusy", err)
+		}
+		left(t, failed)
+		if n := f.countAll(t, `SELECT COUNT(*) FROM order_items WHERE order_id = $1`, failed); n != 0 {
+			t.Errorf("the failed transaction left %d lines of order %d", n, failed)
+		}
+		// The key is free again.
+		c := f.mustCreate(t, user, key, f.req(line(f.mooncake, 3), line(f.latte, 1)))
+		if c.OrderID == failed || f.reserved(t, c.OrderID, f.mooncake.SKU) != 3 {
+			t.Errorf("retry: order %d holding %d units; want a new order holding 3", c.OrderID, f.reserved(t, c.OrderID, f.mooncake.SKU))
+		}
+	})
+}
+
+// testSweepOrphans: a reservation whose order never appeared is released
+// after the grace; one whose order exists is kept.
+func testSweepOrphans(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user = 90
+	live := f.mustCreate(t, user, "", f.req(line(f.mooncake, 2)))
+	orphan := f.ids.Next(id.GeneOf(user)) // reserved, then the process "died"
+	if err := f.inv.Reserve(ctx, orphan, []inventory.Line{{SKU: f.mooncake.SKU, Qty: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-5 {
+		t.Fatalf("stock %d, want %d", got, mooncakeStock-5)
+	}
+	if ok, err := f.ord.Exists(ctx, live.OrderID); err != nil || !ok {
+		t.Fatalf("Exists(live order) = %v, %v", ok, err)
+	}
+	if ok, err := f.ord.Exists(ctx, orphan); err != nil || ok {
+		t.Fatalf("Exists(orphan) = %v, %v", ok, err)
+	}
+
+	if n, err := f.inv.Sweep(ctx, time.Hour, f.ord.Exists); err != nil || n != 0 {
+		t.Fatalf("sweep within the grace released %d (%v), want 0", n, err)
+	}
+	if f.reserved(t, orphan, 0) != 3 {
+		t.Fatal("sweep within the grace touched the orphan")
+	}
+	swept := 0
+	poll(t, "the sweeper to release the orphan", func() bool {
+		n, err := f.inv.Sweep(ctx, 0, f.ord.Exists)
+		if err != nil {
+			t.Fatalf("sweep: %v", err)
+		}
+		swept += n
+		return f.reserved(t, orphan, 0) == 0
+	})
+	if swept != 1 {
+		t.Errorf("sweeps released %d orders, want 1", swept)
+	}
+	if r := f.reserved(t, live.OrderID, 0); r != 2 {
+		t.Errorf("the live order holds %d units after the sweep, want 2", r)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-2 {
+		t.Errorf("stock %d after the sweep, want %d", got, mooncakeStock-2)
+	}
+	if n, err := f.inv.Sweep(ctx, 0, f.ord.Exists); err != nil || n != 0 {
+		t.Errorf("second sweep released %d (%v), want 0", n, err)
+	}
+	if _, err := f.ord.Cancel(ctx, user, live.OrderID); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock {
+		t.Errorf("stock %d after cancelling the live order, want %d", got, mooncakeStock)
+	}
+}
+
+func testOtherUsersOrder(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const owner, stranger = 1001, 1001 + 1024 // same gene: same shard, other user
+	c := f.mustCreate(t, owner, "", f.req(line(f.mooncake, 1)))
+	for _, who := range []int64{stranger, 2} {
+		if o, err := f.ord.Get(ctx, who, c.OrderID); !errors.Is(err, order.ErrNotFound) {
+			t.Errorf("user %d reads user %d's order: %+v, %v; want ErrNotFound", who, owner, o, err)
+		}
+		if _, err := f.ord.Cancel(ctx, who, c.OrderID); !errors.Is(err, order.ErrNotFound) {
+			t.Errorf("user %d cancels user %d's order: %v, want ErrNotFound", who, owner, err)
+		}
+		if list, err := f.ord.List(ctx, who, 0, 100); err != nil || len(list) != 0 {
+			t.Errorf("user %d lists %d orders (%v), want none", who, len(list), err)
+		}
+	}
+	if o := f.mustGet(t, owner, c.OrderID); o.Status != order.PendingPayment || o.Version != 1 {
+		t.Errorf("after strangers' attempts the order is %s version %d, want untouched", o.Status, o.Version)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-1 {
+		t.Errorf("stock %d, want %d: a stranger's cancel released stock", got, mooncakeStock-1)
+	}
+	missing := f.ids.Next(id.GeneOf(owner))
+	if _, err := f.ord.Get(ctx, owner, missing); !errors.Is(err, order.ErrNotFound) {
+		t.Errorf("get of an order never written: %v, want ErrNotFound", err)
+	}
+	if _, err := f.ord.Cancel(ctx, owner, missing); !errors.Is(err, order.ErrNotFound) {
+		t.Errorf("cancel of an order never written: %v, want ErrNotFound", err)
+	}
+	if errkind.Of(order.ErrNotFound).Kind != errkind.NotFound {
+		t.Error("ErrNotFound does not carry the NotFound kind")
+	}
+}

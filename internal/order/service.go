@@ -1,0 +1,455 @@
+package order
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/outbox"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// Notifier is told after a commit that wrote an outbox row (the relay).
+type Notifier interface{ Notify(gene int) }
+
+// Config tunes the service. The zero value uses the defaults.
+type Config struct {
+	TTL         time.Duration // time to pay; 0 = 15m
+	KeyWait     time.Duration // how long a duplicate request waits for the first; 0 = 10s
+	KeyTakeover time.Duration // age after which an unfinished key may be taken over; 0 = 30s
+}
+
+// Service places and changes orders.
+type Service struct {
+	db      *sqldb.Cluster
+	ids     *id.Generator
+	catalog Catalog
+	stock   Stock
+	notify  Notifier
+	log     *slog.Logger
+	cfg     Config
+	now     func() time.Time
+}
+
+// New returns an order service. notify may be nil.
+func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, notify Notifier, log *slog.Logger, cfg Config) *Service {
+	if cfg.TTL <= 0 {
+		cfg.TTL = 15 * time.Minute
+	}
+	if cfg.KeyWait <= 0 {
+		cfg.KeyWait = 10 * time.Second
+	}
+	if cfg.KeyTakeover <= 0 {
+		cfg.KeyTakeover = 30 * time.Second
+	}
+	return &Service{db: db, ids: ids, catalog: cat, stock: stock, notify: notify, log: log, cfg: cfg, now: time.Now}
+}
+
+// Subject returns the bus subject of events of logical shard gene.
+func Subject(gene int) string { return "orders.events." + strconv.Itoa(gene) }
+
+// CheckKey validates an Idempotency-Key ("" means none).
+func CheckKey(key string) error {
+	if len(key) > MaxKey {
+		return ErrBadKey
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return ErrBadKey
+		}
+	}
+	return nil
+}
+
+// Create places an order for userID. With a key, the same request from the
+// same user is carried out once: concurrent and later duplicates get the
+// same Created (after waiting for the first to finish); the same key with a
+// different request is ErrKeyReused. Errors: the request's check errors,
+// catalog.ErrNoStore, ErrUnknownSKU, ErrUnavailable, ErrStoreClosed,
+// inventory.ErrSoldOut, ErrKeyBusy.
+func (s *Service) Create(ctx context.Context, userID int64, key string, req Request) (Created, error) {
+	if err := req.Check(); err != nil {
+		return Created{}, err
+	}
+	if err := CheckKey(key); err != nil {
+		return Created{}, err
+	}
+	gene := id.GeneOf(userID)
+	orderID := s.ids.Next(gene)
+	hash := ""
+	if key != "" {
+		h := sha256.Sum256(mustJSON(req))
+		hash = hex.EncodeToString(h[:16])
+		claimed, done, err := s.claim(ctx, userID, key, hash, orderID)
+		if err != nil || done != nil {
+			if done != nil {
+				return *done, nil
+			}
+			return Created{}, err
+		}
+		orderID = claimed
+	}
+	c, err := s.place(ctx, userID, key, orderID, req)
+	if err != nil && key != "" {
+		// Let a retry with the same key try again.
+		s.db.ForGene(gene).W.ExecContext(context.WithoutCancel(ctx),
+			`DELETE FROM idempotency WHERE user_id = $1 AND idem_key = $2 AND state = 'pending'`, userID, key)
+	}
+	return c, err
+}
+
+// claim takes the idempotency key for a new order, or returns the stored
+// answer of the request that took it first (waiting while it runs). It
+// returns the order id to use: a taken-over stale claim keeps its order id,
+// so a stock reservation already made under it is reused, not repeated.
+func (s *Service) claim(ctx context.Context, userID int64, key, hash string, orderID int64) (int64, *Created, error) {
+	d := s.db.ForGene(id.GeneOf(userID))
+	deadline := s.now().Add(s.cfg.KeyWait)
+	wait := 2 * time.Millisecond
+	for {
+		_, err := d.W.ExecContext(ctx, `INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, created_at)
+			VALUES ($1, $2, $3, 'pending', $4, $5)`, userID, key, orderID, hash, s.now().UnixMilli())
+		if err == nil {
+			return orderID, nil, nil
+		}
+		if !sqldb.IsUnique(err) {
+			return 0, nil, fmt.Errorf("claim key: %w", err)
+		}
+		var (
+			prevID                int64
+			state, prevHash, body string
+			created               int64
+		)
+		err = d.W.QueryRowContext(ctx, `SELECT order_id, state, req_hash, body, created_at FROM idempotency
+			WHERE user_id = $1 AND idem_key = $2`, userID, key).Scan(&prevID, &state, &prevHash, &body, &created)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			continue // the first one failed and let go: try to claim again
+		case err != nil:
+			return 0, nil, fmt.Errorf("read key: %w", err)
+		case prevHash != hash:
+			return 0, nil, ErrKeyReused
+		case state == "done":
+			var c Created
+			if err := json.Unmarshal([]byte(body), &c); err != nil {
+				return 0, nil, fmt.Errorf("stored answer: %w", err)
+			}
+			return 0, &c, nil
+		case s.now().Sub(time.UnixMilli(created)) > s.cfg.KeyTakeover:
+			// The first request died mid-way: take its claim over (CAS on created_at).
+			res, err := d.W.ExecContext(ctx, `UPDATE idempotency SET created_at = $1
+				WHERE user_id = $2 AND idem_key = $3 AND state = 'pending' AND created_at = $4`,
+				s.now().UnixMilli(), userID, key, created)
+			if err != nil {
+				return 0, nil, fmt.Errorf("take over key: %w", err)
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				return prevID, nil, nil
+			}
+			continue
+		}
+		if s.now().After(deadline) {
+			return 0, nil, ErrKeyBusy
+		}
+		select {
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+}
+
+func (s *Service) place(ctx context.Context, userID int64, key string, orderID int64, req Request) (Created, error) {
+	menu, err := s.catalog.Menu(ctx, req.StoreID)
+	if err != nil {
+		return Created{}, err
+	}
+	if !menu.Store.Open {
+		return Created{}, ErrStoreClosed.With("store %d is closed", req.StoreID)
+	}
+	now := s.now()
+	o := Order{ID: orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL)}
+	var limited []inventory.Line
+	for i, rl := range req.Items {
+		it, ok := menu.Items[rl.SKU]
+		if !ok {
+			return Created{}, ErrUnknownSKU.With("items[%d]: sku %d is not on the menu of store %d", i, rl.SKU, req.StoreID)
+		}
+		if !it.Available {
+			return Created{}, ErrUnavailable.With("items[%d]: %s is not available now", i, it.Name)
+		}
+		o.Items = append(o.Items, Line{SKU: it.SKU, Name: it.Name, Price: it.Price, Qty: rl.Qty})
+		o.Total += it.Price * int64(rl.Qty)
+		if it.Limited {
+			limited = append(limited, inventory.Line{SKU: it.SKU, Qty: int64(rl.Qty)})
+		}
+	}
+	o.Payable = o.Total
+	if err := s.stock.Reserve(ctx, o.ID, limited); err != nil {
+		return Created{}, err
+	}
+	c := Created{OrderID: o.ID, Status: o.Status, Total: o.Total, Payable: o.Payable, ExpiresAt: o.ExpiresAt.UTC().Truncate(time.Millisecond)}
+	if err := s.insert(ctx, &o, key, c); err != nil {
+		if len(limited) > 0 {
+			if _, rerr := s.stock.Release(context.WithoutCancel(ctx), o.ID); rerr != nil {
+				s.log.Warn("release after failed order (the sweeper will retry)", "order_id", o.ID, "err", rerr)
+			}
+		}
+		return Created{}, err
+	}
+	return c, nil
+}
+
+// insert writes the order, its lines, its event and (with a key) the stored
+// answer in one transaction on the order's shard.
+func (s *Service) insert(ctx context.Context, o *Order, key string, c Created) error {
+	gene := id.Gene(o.ID)
+	ev := s.event(o, EvCreated)
+	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
+			created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
+			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli()); err != nil {
+			return err
+		}
+		for i, l := range o.Items {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO order_items (order_id, line, sku_id, name, price, qty)
+				VALUES ($1, $2, $3, $4, $5, $6)`, o.ID, i, l.SKU, l.Name, l.Price, l.Qty); err != nil {
+				return err
+			}
+		}
+		if err := outbox.Insert(ctx, tx, ev, o.CreatedAt); err != nil {
+			return err
+		}
+		if key != "" {
+			res, err := tx.ExecContext(ctx, `UPDATE idempotency SET state = 'done', body = $1
+				WHERE user_id = $2 AND idem_key = $3 AND order_id = $4 AND state = 'pending'`,
+				string(mustJSON(c)), o.UserID, key, o.ID)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				return ErrKeyBusy // our claim was taken over meanwhile
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("insert order %d: %w", o.ID, err)
+	}
+	s.wake(gene)
+	return nil
+}
+
+func (s *Service) wake(gene int) {
+	if s.notify != nil {
+		s.notify.Notify(gene)
+	}
+}
+
+func (s *Service) event(o *Order, typ string) outbox.Event {
+	gene := id.Gene(o.ID)
+	ev := Event{EventID: s.ids.Next(gene), Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
+		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, At: o.UpdatedAt.UTC()}
+	return outbox.Event{ID: ev.EventID, Subject: Subject(gene), Type: typ, Payload: mustJSON(ev)}
+}
+
+// Get returns the order if it belongs to userID (0 = any user), with its lines.
+func (s *Service) Get(ctx context.Context, userID, orderID int64) (*Order, error) {
+	o, err := s.read(ctx, s.db.ForID(orderID).R, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if userID != 0 && o.UserID != userID {
+		return nil, ErrNotFound.With("no order %d", orderID) // do not tell others' orders exist
+	}
+	return o, nil
+}
+
+// Exists reports whether an order was written (any status).
+func (s *Service) Exists(ctx context.Context, orderID int64) (bool, error) {
+	var one int
+	err := s.db.ForID(orderID).W.QueryRowContext(ctx, `SELECT 1 FROM orders WHERE id = $1`, orderID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, created_at, updated_at, expires_at`
+
+func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
+	var o Order
+	var status string
+	var created, updated, expires int64
+	if err := sc.Scan(&o.ID, &o.UserID, &o.StoreID, &status, &o.Version, &o.Total, &o.Payable, &o.PickupCode,
+		&created, &updated, &expires); err != nil {
+		return nil, err
+	}
+	o.Status = Status(status)
+	o.CreatedAt, o.UpdatedAt, o.ExpiresAt = time.UnixMilli(created).UTC(), time.UnixMilli(updated).UTC(), time.UnixMilli(expires).UTC()
+	o.Items = []Line{}
+	return &o, nil
+}
+
+func (s *Service) read(ctx context.Context, q queryer, orderID int64) (*Order, error) {
+	o, err := scanOrder(q.QueryRowContext(ctx, `SELECT `+orderCols+` FROM orders WHERE id = $1`, orderID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound.With("no order %d", orderID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read order %d: %w", orderID, err)
+	}
+	if err := s.lines(ctx, q, []*Order{o}); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
+	if len(orders) == 0 {
+		return nil
+	}
+	byID := make(map[int64]*Order, len(orders))
+	ids := ""
+	for i, o := range orders {
+		byID[o.ID] = o
+		if i > 0 {
+			ids += ","
+		}
+		ids += strconv.FormatInt(o.ID, 10)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT order_id, sku_id, name, price, qty FROM order_items
+		WHERE order_id IN (`+ids+`) ORDER BY order_id, line`)
+	if err != nil {
+		return fmt.Errorf("read order lines: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var oid int64
+		var l Line
+		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty); err != nil {
+			return err
+		}
+		byID[oid].Items = append(byID[oid].Items, l)
+	}
+	return rows.Err()
+}
+
+// List returns userID's orders, newest first, with ids below cursor (0 =
+// from the newest); limit is clamped to 1..100 (0 = 20). The next page's
+// cursor is the id of the last order returned.
+func (s *Service) List(ctx context.Context, userID, cursor int64, limit int) ([]*Order, error) {
+	limit = PageSize(limit)
+	if cursor < 0 {
+		return nil, ErrBadCursor
+	}
+	if cursor == 0 {
+		cursor = 1<<63 - 1
+	}
+	d := s.db.ForGene(id.GeneOf(userID))
+	rows, err := d.R.QueryContext(ctx, `SELECT `+orderCols+` FROM orders WHERE user_id = $1 AND id < $2
+		ORDER BY id DESC LIMIT $3`, userID, cursor, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list orders of user %d: %w", userID, err)
+	}
+	var out []*Order
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, o)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []*Order{}
+	}
+	return out, s.lines(ctx, d.R, out)
+}
+
+// PageSize clamps a requested page size to 1..100 (0 = 20).
+func PageSize(limit int) int {
+	if limit <= 0 {
+		return 20
+	}
+	return min(limit, 100)
+}
+
+// Cancel cancels userID's unpaid order and releases its stock. Errors:
+// ErrNotFound, ErrNotCancellable (paid, cancelled ...), ErrChanged (lost a
+// race with another change).
+func (s *Service) Cancel(ctx context.Context, userID, orderID int64) (*Order, error) {
+	o, err := s.Get(ctx, userID, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if o.Status != PendingPayment {
+		return nil, ErrNotCancellable.With("order %d is %s; only an unpaid order can be cancelled", orderID, o.Status)
+	}
+	if err := s.transition(ctx, o, Cancelled, EvCancelled, nil); err != nil {
+		return nil, err
+	}
+	if _, err := s.stock.Release(ctx, orderID); err != nil {
+		// The order.cancelled consumer releases it again (idempotent).
+		s.log.Warn("release on cancel (will be retried from the event)", "order_id", orderID, "err", err)
+	}
+	return o, nil
+}
+
+// transition moves o from its current status and version to `to` by
+// compare-and-set, writing event typ in the same transaction; set may change
+// other fields (the pickup code). On success o holds the new state; when the
+// row changed meanwhile it returns ErrChanged and o is untouched.
+func (s *Service) transition(ctx context.Context, o *Order, to Status, typ string, set func(*Order)) error {
+	next := *o
+	next.Status, next.Version, next.UpdatedAt = to, o.Version+1, s.now()
+	if set != nil {
+		set(&next)
+	}
+	gene := id.Gene(o.ID)
+	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE orders SET status = $1, version = $2, pickup_code = $3, updated_at = $4
+			WHERE id = $5 AND status = $6 AND version = $7`,
+			string(next.Status), next.Version, next.PickupCode, next.UpdatedAt.UnixMilli(), o.ID, string(o.Status), o.Version)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n != 1 {
+			return ErrChanged.With("order %d changed meanwhile", o.ID)
+		}
+		return outbox.Insert(ctx, tx, s.event(&next, typ), next.UpdatedAt)
+	})
+	if err != nil {
+		return fmt.Errorf("order %d %s -> %s: %w", o.ID, o.Status, to, err)
+	}
+	*o = next
+	s.wake(gene)
+	return nil
+}
+
+var _ Catalog = (*catalog.Service)(nil)
+var _ Stock = (*inventory.Service)(nil)

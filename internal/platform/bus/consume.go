@@ -1,0 +1,220 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	nakBase   = 100 * time.Millisecond // first retry delay without ConsumerConfig.Backoff
+	nakMax    = 30 * time.Second       // longest retry delay without ConsumerConfig.Backoff
+	reasonMax = 512                    // bytes of handler error kept as the termination reason
+	// drainWait bounds how long a stopping Consume waits for the messages
+	// already on their way to it (one round trip, normally).
+	drainWait = 5 * time.Second
+)
+
+// withDefaults fills the zero fields of cfg.
+func (cfg ConsumerConfig) withDefaults() ConsumerConfig {
+	if cfg.MaxDeliver == 0 {
+		cfg.MaxDeliver = defaultMaxDeliver
+	} else if cfg.MaxDeliver < 0 {
+		cfg.MaxDeliver = -1
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = defaultAckWait
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = defaultMaxAckPending
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	return cfg
+}
+
+// prefetch is how many messages the client buffers ahead of the workers:
+// enough to keep them busy, few enough that a buffered message rarely waits
+// out its AckWait.
+func (cfg ConsumerConfig) prefetch() int {
+	n := min(max(8*cfg.Workers, 16), 256)
+	if cfg.MaxAckPending > 0 {
+		n = min(n, cfg.MaxAckPending)
+	}
+	return n
+}
+
+// Consume creates or updates the durable pull consumer cfg describes (which
+// needs its stream to exist) and runs h for its messages, cfg.Workers at a
+// time, until ctx is done. Then it starts no new handler, stops pulling,
+// naks the messages it had received but not handled (they are redelivered
+// at once, to this or another consumer instance, with Deliveries one
+// higher), waits for the running handlers and returns nil. Handlers get
+// ctx, so they see it cancelled during shutdown; a handler that still
+// returns nil is acked.
+//
+// Consume returns an error if the consumer cannot be created, if the
+// server deletes it, and ErrClosed if the Bus is closed under it.
+// Reconnects are handled inside. Several Consume calls with the same durable
+// (in one process or many) share the messages between them.
+func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if cfg.Stream == "" || cfg.Durable == "" {
+		return errors.New("bus: consume: stream and durable are required")
+	}
+	cfg = cfg.withDefaults()
+	jcfg := jetstream.ConsumerConfig{
+		Durable:       b.Name(cfg.Durable),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    cfg.MaxDeliver,
+		BackOff:       cfg.Backoff,
+		MaxAckPending: cfg.MaxAckPending,
+	}
+	if cfg.FilterSubject != "" {
+		jcfg.FilterSubject = b.Subject(cfg.FilterSubject)
+	}
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.Name(cfg.Stream), jcfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, b.connErr(err))
+	}
+	it, err := cons.Messages(
+		jetstream.PullMaxMessages(cfg.prefetch()),
+		jetstream.WithMessagesErrOnMissingHeartbeat(false), // a reconnect, handled inside
+	)
+	if err != nil {
+		return fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, b.connErr(err))
+	}
+
+	work := make(chan jetstream.Msg)
+	var wg sync.WaitGroup
+	for range cfg.Workers {
+		wg.Go(func() {
+			for jm := range work {
+				if ctx.Err() != nil { // stopping: start no new handler
+					_ = jm.Nak()
+					continue
+				}
+				b.handle(ctx, cfg, h, jm)
+			}
+		})
+	}
+	runErr := b.pull(ctx, it, work)
+	if runErr != nil {
+		runErr = fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, runErr)
+	}
+	// Unsubscribe, and hand back what was buffered or still on its way.
+	it.Drain()
+	for {
+		jm, err := it.Next(jetstream.NextMaxWait(drainWait))
+		if err != nil {
+			break
+		}
+		_ = jm.Nak()
+	}
+	close(work)
+	wg.Wait()
+	return runErr
+}
+
+// pull feeds work until ctx is done (nil) or the iterator fails.
+func (b *Bus) pull(ctx context.Context, it jetstream.MessagesContext, work chan<- jetstream.Msg) error {
+	for {
+		jm, err := it.Next(jetstream.NextContext(ctx))
+		if ctx.Err() != nil {
+			if err == nil {
+				_ = jm.Nak()
+			}
+			return nil
+		}
+		if err != nil {
+			if b.closed.Load() || b.nc.IsClosed() {
+				return ErrClosed
+			}
+			return err
+		}
+		select {
+		case work <- jm:
+		case <-ctx.Done():
+			_ = jm.Nak()
+			return nil
+		}
+	}
+}
+
+// handle runs h for jm and acks, naks or terminates jm by its outcome. Ack
+// errors are ignored: the message is then redelivered, which at-least-once
+// handlers tolerate.
+func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, jm jetstream.Msg) {
+	m := b.fromJetStream(jm)
+	err := safeCall(ctx, h, m)
+	switch {
+	case err == nil:
+		_ = jm.Ack()
+	case cfg.MaxDeliver > 0 && m.Deliveries >= cfg.MaxDeliver:
+		reason := err.Error()
+		if len(reason) > reasonMax {
+			reason = strings.ToValidUTF8(reason[:reasonMax], "")
+		}
+		_ = jm.TermWithReason(reason)
+	default:
+		_ = jm.NakWithDelay(nakDelay(cfg.Backoff, m.Deliveries))
+	}
+}
+
+// safeCall runs h, turning a panic into an error.
+func safeCall(ctx context.Context, h Handler, m Msg) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bus: handler panic: %v", r)
+		}
+	}()
+	return h(ctx, m)
+}
+
+// fromJetStream converts a delivered message, removing the namespace.
+func (b *Bus) fromJetStream(jm jetstream.Msg) Msg {
+	m := Msg{Subject: b.unprefix(jm.Subject()), Data: jm.Data(), Deliveries: 1}
+	for k, vs := range jm.Headers() {
+		switch {
+		case len(vs) == 0:
+		case k == jetstream.MsgIDHeader:
+			m.ID = vs[0]
+		default:
+			if m.Header == nil {
+				m.Header = make(map[string]string)
+			}
+			m.Header[k] = vs[0]
+		}
+	}
+	if md, err := jm.Metadata(); err == nil {
+		m.Seq = md.Sequence.Stream
+		m.Deliveries = int(md.NumDelivered)
+	}
+	return m
+}
+
+// nakDelay is the redelivery delay after the given delivery failed:
+// backoff[deliveries-1] (the last entry repeating) when configured, else
+// exponential from nakBase to nakMax with the upper half jittered.
+func nakDelay(backoff []time.Duration, deliveries int) time.Duration {
+	n := max(deliveries, 1) - 1
+	if len(backoff) > 0 {
+		return backoff[min(n, len(backoff)-1)]
+	}
+	d := min(nakBase<<min(n, 20), nakMax)
+	return d/2 + rand.N(d/2+1)
+}

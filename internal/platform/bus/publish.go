@@ -1,0 +1,118 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// natsMsg builds the wire message for m: namespaced subject, m.Header, and
+// Nats-Msg-Id = m.ID when set.
+func (b *Bus) natsMsg(m Msg) (*nats.Msg, error) {
+	if m.Subject == "" {
+		return nil, errors.New("bus: publish: empty subject")
+	}
+	nm := &nats.Msg{Subject: b.Subject(m.Subject), Data: m.Data}
+	if len(m.Header) > 0 || m.ID != "" {
+		nm.Header = make(nats.Header, len(m.Header)+1)
+		for k, v := range m.Header {
+			nm.Header.Set(k, v)
+		}
+		if m.ID != "" {
+			nm.Header.Set(jetstream.MsgIDHeader, m.ID)
+		}
+	}
+	return nm, nil
+}
+
+// Publish stores m in the stream that captures its subject and waits for the
+// server's ack. A message whose ID the stream has already seen within its
+// Duplicates window is not stored again and is not an error: seq is then the
+// original message's sequence. An error means the message may or may not be
+// stored; publishing again with the same ID is safe.
+func (b *Bus) Publish(ctx context.Context, m Msg) (seq uint64, err error) {
+	if b.closed.Load() {
+		return 0, ErrClosed
+	}
+	nm, err := b.natsMsg(m)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := b.js.PublishMsg(ctx, nm)
+	if err != nil {
+		return 0, fmt.Errorf("bus: publish %s: %w", m.Subject, b.connErr(err))
+	}
+	return ack.Sequence, nil
+}
+
+// PublishBatch publishes all msgs without waiting between them and then
+// waits for every ack, or for ctx. errs[i] is nil once msgs[i] is stored
+// (duplicates included), so an outbox relay may delete exactly the rows
+// whose error is nil; the others may or may not be stored and are safe to
+// publish again with the same ID.
+func (b *Bus) PublishBatch(ctx context.Context, msgs []Msg) []error {
+	errs := make([]error, len(msgs))
+	if b.closed.Load() {
+		for i := range errs {
+			errs[i] = ErrClosed
+		}
+		return errs
+	}
+	// When too many acks are outstanding on this connection the client
+	// stalls a publish; wait that out for as long as ctx allows (bounded).
+	stall := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		stall = min(stall, max(time.Until(d), time.Millisecond))
+	}
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		nm, err := b.natsMsg(m)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		f, err := b.js.PublishMsgAsync(nm, jetstream.WithStallWait(stall))
+		if err != nil {
+			errs[i] = fmt.Errorf("bus: publish %s: %w", m.Subject, b.connErr(err))
+			continue
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		if err := waitAck(ctx, f); err != nil {
+			errs[i] = fmt.Errorf("bus: publish %s: %w", msgs[i].Subject, b.connErr(err))
+		}
+	}
+	return errs
+}
+
+// waitAck waits for f's outcome, preferring an outcome already in over a
+// done ctx.
+func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	default:
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,78 @@
+// Package errkind gives errors a kind and a stable code, so that every
+// context can declare sentinels (order.ErrNotCancellable) and the web layer
+// can map them to HTTP statuses in one table.
+package errkind
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Kind classifies an error for the edge (HTTP status, retry decisions).
+type Kind int
+
+const (
+	Internal     Kind = iota // a bug or an unexpected failure: 500
+	Invalid                  // bad input: 400
+	Unauthorized             // missing or bad credentials: 401
+	Forbidden                // authenticated but not allowed: 403
+	NotFound                 // 404
+	Conflict                 // state does not allow it (CAS lost, sold out): 409
+	TooLarge                 // body too large: 413
+	Throttled                // rate limited: 429
+	Unavailable              // a dependency is down: 503
+)
+
+// Error is a sentinel with a kind, a stable machine-readable code and a
+// human message. Compare with errors.Is against the declared sentinel.
+type Error struct {
+	Kind    Kind
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// New declares a sentinel.
+func New(kind Kind, code, message string) *Error {
+	return &Error{Kind: kind, Code: code, Message: message}
+}
+
+// detailed is a sentinel plus request-specific detail ("sku 42 is sold out").
+type detailed struct {
+	base   *Error
+	detail string
+}
+
+func (d *detailed) Error() string { return d.detail }
+func (d *detailed) Unwrap() error { return d.base }
+
+// With returns an error that matches sentinel e under errors.Is but carries
+// a more specific message for the client.
+func (e *Error) With(format string, args ...any) error {
+	return &detailed{base: e, detail: fmt.Sprintf(format, args...)}
+}
+
+// Of returns the kinded error inside err, or nil when err carries no kind.
+func Of(err error) *Error {
+	var d *detailed
+	if errors.As(err, &d) {
+		return &Error{Kind: d.base.Kind, Code: d.base.Code, Message: d.detail}
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return nil
+}
+
+// Generic errors shared by all contexts.
+var (
+	ErrInvalid      = New(Invalid, "invalid_request", "the request is invalid")
+	ErrUnauthorized = New(Unauthorized, "unauthorized", "missing or invalid credentials")
+	ErrForbidden    = New(Forbidden, "forbidden", "not allowed")
+	ErrNotFound     = New(NotFound, "not_found", "not found")
+	ErrUnavailable  = New(Unavailable, "unavailable", "a dependency is unavailable, try again")
+	ErrTooLarge     = New(TooLarge, "body_too_large", "request body too large")
+	ErrThrottled    = New(Throttled, "throttled", "too many requests")
+)

@@ -1,0 +1,568 @@
+// Package kvtest is the conformance suite every kv.Store adapter must pass
+// before it counts as done.
+package kvtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/kv"
+)
+
+// Run runs the suite. open is called once per subtest and must return a
+// usable store with a namespace no other test writes to; it registers the
+// store's Close (and any cleanup of the namespace) with t.Cleanup. Subtests
+// run in parallel and use distinct keys all the same.
+func Run(t *testing.T, open func(t *testing.T) kv.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s kv.Store)
+	}{
+		{"GetMissing", testGetMissing},
+		{"SetGet", testSetGet},
+		{"ValuesAreCopied", testValuesAreCopied},
+		{"Overwrite", testOverwrite},
+		{"NegativeTTL", testNegativeTTL},
+		{"TTLExpiry", testTTLExpiry},
+		{"SetNX", testSetNX},
+		{"SetNXRace", testSetNXRace},
+		{"Del", testDel},
+		{"IncrBy", testIncrBy},
+		{"IncrByNotInteger", testIncrByNotInteger},
+		{"IncrByConcurrent", testIncrByConcurrent},
+		{"Take", testTake},
+		{"TakeInvalid", testTakeInvalid},
+		{"TakeKeepsTTL", testTakeKeepsTTL},
+		{"TakeRace", testTakeRace},
+		{"TakeMixedRace", testTakeMixedRace},
+		{"Ping", testPing},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.fn(t, open(t))
+		})
+	}
+}
+
+// ctx returns a context bounded well above any single operation's latency,
+// so a hung backend fails the test instead of hanging it.
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func mustSet(t *testing.T, s kv.Store, key, val string, ttl time.Duration) {
+	t.Helper()
+	if err := s.Set(ctx(t), key, []byte(val), ttl); err != nil {
+		t.Fatalf("Set(%q): %v", key, err)
+	}
+}
+
+// mustGet fails the test unless key holds want.
+func mustGet(t *testing.T, s kv.Store, key, want string) {
+	t.Helper()
+	got, err := s.Get(ctx(t), key)
+	if err != nil {
+		t.Fatalf("Get(%q): %v, want %q", key, err, want)
+	}
+	if string(got) != want {
+		t.Fatalf("Get(%q) = %q, want %q", key, got, want)
+	}
+}
+
+// mustMissing fails the test unless key is absent.
+func mustMissing(t *testing.T, s kv.Store, key string) {
+	t.Helper()
+	got, err := s.Get(ctx(t), key)
+	if !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("Get(%q) = %q, %v; want ErrNotFound", key, got, err)
+	}
+}
+
+func mustTake(t *testing.T, s kv.Store, key string, n, wantLeft int64, wantOK bool) {
+	t.Helper()
+	left, ok, err := s.Take(ctx(t), key, n)
+	if err != nil {
+		t.Fatalf("Take(%q, %d): %v", key, n, err)
+	}
+	if left != wantLeft || ok != wantOK {
+		t.Fatalf("Take(%q, %d) = %d, %v; want %d, %v", key, n, left, ok, wantLeft, wantOK)
+	}
+}
+
+// waitMissing polls until key is gone, failing the test after within.
+func waitMissing(t *testing.T, s kv.Store, key string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		_, err := s.Get(ctx(t), key)
+		if errors.Is(err, kv.ErrNotFound) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("Get(%q): %v", key, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %q still present %v after its ttl", key, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// race runs fn(i) for i in [0, n) on n goroutines released at once.
+func race(n int, fn func(i int)) {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			fn(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+}
+
+func testGetMissing(t *testing.T, s kv.Store) {
+	got, err := s.Get(ctx(t), "get-missing")
+	if !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("Get(missing) = %q, %v; want ErrNotFound", got, err)
+	}
+	if got != nil {
+		t.Errorf("Get(missing) value = %q, want nil", got)
+	}
+}
+
+func testSetGet(t *testing.T, s kv.Store) {
+	tests := []struct {
+		name string
+		val  []byte
+	}{
+		{"text", []byte("hello")},
+		{"empty", []byte{}},
+		{"binary", []byte{0, 1, 0xff, '\n', 0, 'x'}},
+		{"large", bytes.Repeat([]byte("0123456789abcdef"), 4096)},
+	}
+	for _, tt := range tests {
+		key := "set-get-" + tt.name
+		if err := s.Set(ctx(t), key, tt.val, 0); err != nil {
+			t.Fatalf("Set(%q): %v", key, err)
+		}
+		got, err := s.Get(ctx(t), key)
+		if err != nil {
+			t.Fatalf("Get(%q): %v", key, err)
+		}
+		if !bytes.Equal(got, tt.val) {
+			t.Errorf("%s: Get = %q (len %d), want len %d", tt.name, truncate(got), len(got), len(tt.val))
+		}
+	}
+}
+
+func testValuesAreCopied(t *testing.T, s kv.Store) {
+	val := []byte("original")
+	if err := s.Set(ctx(t), "copied", val, 0); err != nil {
+		t.Fatal(err)
+	}
+	copy(val, "CHANGED!")
+	mustGet(t, s, "copied", "original")
+
+	got, err := s.Get(ctx(t), "copied")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(got, "CHANGED!")
+	mustGet(t, s, "copied", "original")
+
+	if ok, err := s.SetNX(ctx(t), "copied-nx", val, 0); err != nil || !ok {
+		t.Fatalf("SetNX = %v, %v; want true", ok, err)
+	}
+	copy(val, "mutated!")
+	mustGet(t, s, "copied-nx", "CHANGED!")
+}
+
+func testOverwrite(t *testing.T, s kv.Store) {
+	mustSet(t, s, "overwrite", "first value, longer", 0)
+	mustSet(t, s, "overwrite", "second", 0)
+	mustGet(t, s, "overwrite", "second")
+
+	// A counter can be overwritten by a plain value and back.
+	if _, err := s.IncrBy(ctx(t), "overwrite-counter", 7); err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, s, "overwrite-counter", "40", 0)
+	if got, err := s.IncrBy(ctx(t), "overwrite-counter", 2); err != nil || got != 42 {
+		t.Fatalf("IncrBy after Set = %d, %v; want 42", got, err)
+	}
+}
+
+func testNegativeTTL(t *testing.T, s kv.Store) {
+	if err := s.Set(ctx(t), "negative-ttl", []byte("v"), -time.Second); err == nil {
+		t.Error("Set with negative ttl: no error")
+	}
+	if _, err := s.SetNX(ctx(t), "negative-ttl", []byte("v"), -time.Second); err == nil {
+		t.Error("SetNX with negative ttl: no error")
+	}
+	mustMissing(t, s, "negative-ttl")
+}
+
+func testTTLExpiry(t *testing.T, s kv.Store) {
+	const ttl = 80 * time.Millisecond
+	// ttl-short is written last, so once it has expired every other key
+	// with the same ttl has too: all count from their write on one clock.
+	start := time.Now()
+	if ok, err := s.SetNX(ctx(t), "ttl-nx", []byte("nx"), ttl); err != nil || !ok {
+		t.Fatalf("SetNX = %v, %v; want true", ok, err)
+	}
+	mustSet(t, s, "ttl-cleared", "old", ttl)
+	mustSet(t, s, "ttl-cleared", "new", 0) // Set replaces the ttl too
+	mustSet(t, s, "ttl-long", "long", time.Hour)
+	mustSet(t, s, "ttl-counter", "5", ttl)
+	if _, err := s.IncrBy(ctx(t), "ttl-counter", 1); err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, s, "ttl-short", "short", ttl)
+
+	// Before the ttl has run out the keys must be there. On a loaded
+	// machine the ttl may be over already; then nothing can be concluded.
+	got, err := s.Get(ctx(t), "ttl-short")
+	switch {
+	case err == nil && string(got) != "short":
+		t.Fatalf("Get(ttl-short) = %q, want short", got)
+	case errors.Is(err, kv.ErrNotFound) && time.Since(start) < ttl:
+		t.Fatalf("ttl-short gone after %v, before its ttl %v", time.Since(start), ttl)
+	case err != nil && !errors.Is(err, kv.ErrNotFound):
+		t.Fatal(err)
+	}
+
+	waitMissing(t, s, "ttl-short", ttl+3*time.Second)
+	if since := time.Since(start); since < ttl-5*time.Millisecond {
+		t.Errorf("ttl-short expired after %v, want >= %v", since, ttl)
+	}
+	mustMissing(t, s, "ttl-nx")
+	mustMissing(t, s, "ttl-counter") // IncrBy keeps the ttl
+	mustGet(t, s, "ttl-cleared", "new")
+	mustGet(t, s, "ttl-long", "long")
+
+	// An expired key counts as missing for SetNX and IncrBy.
+	if ok, err := s.SetNX(ctx(t), "ttl-nx", []byte("again"), 0); err != nil || !ok {
+		t.Fatalf("SetNX after expiry = %v, %v; want true", ok, err)
+	}
+	mustGet(t, s, "ttl-nx", "again")
+	if n, err := s.IncrBy(ctx(t), "ttl-counter", 1); err != nil || n != 1 {
+		t.Fatalf("IncrBy after expiry = %d, %v; want 1", n, err)
+	}
+}
+
+func testSetNX(t *testing.T, s kv.Store) {
+	ok, err := s.SetNX(ctx(t), "setnx", []byte("first"), 0)
+	if err != nil || !ok {
+		t.Fatalf("first SetNX = %v, %v; want true", ok, err)
+	}
+	ok, err = s.SetNX(ctx(t), "setnx", []byte("second"), 0)
+	if err != nil || ok {
+		t.Fatalf("second SetNX = %v, %v; want false", ok, err)
+	}
+	mustGet(t, s, "setnx", "first")
+
+	if err := s.Del(ctx(t), "setnx"); err != nil {
+		t.Fatal(err)
+	}
+	ok, err = s.SetNX(ctx(t), "setnx", []byte("third"), time.Hour)
+	if err != nil || !ok {
+		t.Fatalf("SetNX after Del = %v, %v; want true", ok, err)
+	}
+	mustGet(t, s, "setnx", "third")
+}
+
+func testSetNXRace(t *testing.T, s kv.Store) {
+	const n = 50
+	var wins atomic.Int32
+	var winner atomic.Int64
+	errs := make(chan error, n)
+	race(n, func(i int) {
+		ok, err := s.SetNX(ctx(t), "setnx-race", []byte(strconv.Itoa(i)), time.Minute)
+		if err != nil {
+			errs <- err
+			return
+		}
+		if ok {
+			wins.Add(1)
+			winner.Store(int64(i))
+		}
+	})
+	close(errs)
+	for err := range errs {
+		t.Fatalf("SetNX: %v", err)
+	}
+	if got := wins.Load(); got != 1 {
+		t.Fatalf("%d of %d SetNX calls won, want exactly 1", got, n)
+	}
+	mustGet(t, s, "setnx-race", strconv.FormatInt(winner.Load(), 10))
+}
+
+func testDel(t *testing.T, s kv.Store) {
+	for _, k := range []string{"del-a", "del-b", "del-c"} {
+		mustSet(t, s, k, k, 0)
+	}
+	if err := s.Del(ctx(t), "del-a", "del-missing", "del-b"); err != nil {
+		t.Fatalf("Del: %v", err)
+	}
+	mustMissing(t, s, "del-a")
+	mustMissing(t, s, "del-b")
+	mustGet(t, s, "del-c", "del-c")
+
+	if err := s.Del(ctx(t)); err != nil {
+		t.Fatalf("Del(): %v", err)
+	}
+	if err := s.Del(ctx(t), "del-missing"); err != nil {
+		t.Fatalf("Del(missing): %v", err)
+	}
+	mustGet(t, s, "del-c", "del-c")
+}
+
+func testIncrBy(t *testing.T, s kv.Store) {
+	steps := []struct {
+		n, want int64
+	}{
+		{5, 5},
+		{1, 6},
+		{-10, -4},
+		{0, -4},
+		{1 << 40, 1<<40 - 4},
+	}
+	for _, st := range steps {
+		got, err := s.IncrBy(ctx(t), "incrby", st.n)
+		if err != nil {
+			t.Fatalf("IncrBy(%d): %v", st.n, err)
+		}
+		if got != st.want {
+			t.Fatalf("IncrBy(%d) = %d, want %d", st.n, got, st.want)
+		}
+	}
+	mustGet(t, s, "incrby", strconv.FormatInt(1<<40-4, 10))
+
+	mustSet(t, s, "incrby-set", "-12", 0)
+	if got, err := s.IncrBy(ctx(t), "incrby-set", 2); err != nil || got != -10 {
+		t.Fatalf("IncrBy on Set value = %d, %v; want -10", got, err)
+	}
+}
+
+func testIncrByNotInteger(t *testing.T, s kv.Store) {
+	tests := []struct {
+		name string
+		val  string
+		n    int64
+	}{
+		{"text", "abc", 1},
+		{"empty", "", 1},
+		{"float", "1.5", 1},
+		{"space", " 1", 1},
+		{"overflow", strconv.FormatInt(1<<63-1, 10), 1},
+		{"underflow", strconv.FormatInt(-1<<63, 10), -1},
+	}
+	for _, tt := range tests {
+		key := "incrby-nan-" + tt.name
+		mustSet(t, s, key, tt.val, 0)
+		got, err := s.IncrBy(ctx(t), key, tt.n)
+		if !errors.Is(err, kv.ErrNotInteger) {
+			t.Errorf("%s: IncrBy(%q, %d) = %d, %v; want ErrNotInteger", tt.name, tt.val, tt.n, got, err)
+		}
+		mustGet(t, s, key, tt.val)
+	}
+}
+
+func testIncrByConcurrent(t *testing.T, s kv.Store) {
+	const workers, each = 20, 10
+	errs := make(chan error, workers)
+	race(workers, func(int) {
+		for range each {
+			if _, err := s.IncrBy(ctx(t), "incrby-race", 3); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	close(errs)
+	for err := range errs {
+		t.Fatalf("IncrBy: %v", err)
+	}
+	mustGet(t, s, "incrby-race", strconv.Itoa(3*workers*each))
+}
+
+func testTake(t *testing.T, s kv.Store) {
+	mustTake(t, s, "take-missing", 1, 0, false)
+	mustMissing(t, s, "take-missing") // a failed Take creates nothing
+
+	mustSet(t, s, "take", "5", 0)
+	mustTake(t, s, "take", 3, 2, true)
+	mustTake(t, s, "take", 3, 2, false) // not enough: unchanged
+	mustGet(t, s, "take", "2")
+	mustTake(t, s, "take", 2, 0, true) // exact
+	mustTake(t, s, "take", 1, 0, false)
+	mustGet(t, s, "take", "0")
+
+	// A counter made by IncrBy can be taken from, and refilled.
+	if _, err := s.IncrBy(ctx(t), "take-incr", 10); err != nil {
+		t.Fatal(err)
+	}
+	mustTake(t, s, "take-incr", 10, 0, true)
+	if _, err := s.IncrBy(ctx(t), "take-incr", 4); err != nil {
+		t.Fatal(err)
+	}
+	mustTake(t, s, "take-incr", 1, 3, true)
+
+	// A negative value (possible through IncrBy) is never taken from.
+	mustSet(t, s, "take-negative", "-3", 0)
+	mustTake(t, s, "take-negative", 1, -3, false)
+	mustGet(t, s, "take-negative", "-3")
+}
+
+func testTakeInvalid(t *testing.T, s kv.Store) {
+	mustSet(t, s, "take-invalid", "5", 0)
+	for _, n := range []int64{0, -1} {
+		if _, ok, err := s.Take(ctx(t), "take-invalid", n); err == nil || ok {
+			t.Errorf("Take(n=%d) = %v, %v; want an error", n, ok, err)
+		}
+	}
+	mustGet(t, s, "take-invalid", "5")
+
+	for _, val := range []string{"abc", "", "2.5", "007"} {
+		key := "take-nan-" + val
+		mustSet(t, s, key, val, 0)
+		left, ok, err := s.Take(ctx(t), key, 1)
+		if !errors.Is(err, kv.ErrNotInteger) || ok {
+			t.Errorf("Take on %q = %d, %v, %v; want ErrNotInteger", val, left, ok, err)
+		}
+		mustGet(t, s, key, val)
+	}
+}
+
+func testTakeKeepsTTL(t *testing.T, s kv.Store) {
+	const ttl = 80 * time.Millisecond
+	mustSet(t, s, "take-ttl", "10", ttl)
+	left, ok, err := s.Take(ctx(t), "take-ttl", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key may have expired already on a slow machine; then Take saw 0.
+	if ok && left != 9 {
+		t.Fatalf("Take = %d, true; want 9", left)
+	}
+	waitMissing(t, s, "take-ttl", ttl+3*time.Second)
+}
+
+func testTakeRace(t *testing.T, s kv.Store) {
+	const stock, buyers = 50, 200
+	mustSet(t, s, "take-race", strconv.Itoa(stock), 0)
+	var (
+		mu    sync.Mutex
+		lefts = make(map[int64]int)
+		fails int
+		errs  []error
+	)
+	race(buyers, func(int) {
+		left, ok, err := s.Take(ctx(t), "take-race", 1)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case ok:
+			lefts[left]++
+		case left != 0:
+			errs = append(errs, fmt.Errorf("failed Take reported %d left, want 0", left))
+		default:
+			fails++
+		}
+	})
+	if len(errs) > 0 {
+		t.Fatalf("%d Take calls failed, first: %v", len(errs), errs[0])
+	}
+	if len(lefts) != stock || fails != buyers-stock {
+		t.Fatalf("%d distinct successful Takes and %d failures, want %d and %d", len(lefts), fails, stock, buyers-stock)
+	}
+	// Every success saw a distinct remainder 0..stock-1: no double sale.
+	for left := range int64(stock) {
+		if lefts[left] != 1 {
+			t.Fatalf("remainder %d reported %d times, want once", left, lefts[left])
+		}
+	}
+	mustGet(t, s, "take-race", "0")
+}
+
+func testTakeMixedRace(t *testing.T, s kv.Store) {
+	const stock, buyers = 100, 60
+	mustSet(t, s, "take-mixed", strconv.Itoa(stock), 0)
+	var (
+		mu      sync.Mutex
+		taken   int64
+		minFail int64 = 1 << 62
+		errs    []error
+	)
+	race(buyers, func(i int) {
+		n := int64(1 + i%5)
+		for range 3 {
+			left, ok, err := s.Take(ctx(t), "take-mixed", n)
+			mu.Lock()
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case left < 0:
+				errs = append(errs, fmt.Errorf("Take(%d) left %d, below zero", n, left))
+			case ok:
+				taken += n
+			case left >= n:
+				errs = append(errs, fmt.Errorf("Take(%d) refused with %d left", n, left))
+			default:
+				minFail = min(minFail, n)
+			}
+			mu.Unlock()
+		}
+	})
+	if len(errs) > 0 {
+		t.Fatalf("%d Take calls failed, first: %v", len(errs), errs[0])
+	}
+	got, err := s.Get(ctx(t), "take-mixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	final, err := strconv.ParseInt(string(got), 10, 64)
+	if err != nil {
+		t.Fatalf("final value %q: %v", got, err)
+	}
+	if final != stock-taken {
+		t.Fatalf("final value %d, but %d of %d were taken", final, taken, stock)
+	}
+	if final < 0 {
+		t.Fatalf("final value %d below zero", final)
+	}
+	// The value only shrinks, so every refused Take(n) means it ends below n.
+	if final >= minFail {
+		t.Fatalf("final value %d, yet a Take(%d) was refused", final, minFail)
+	}
+	if taken == 0 {
+		t.Fatal("no Take succeeded")
+	}
+}
+
+func testPing(t *testing.T, s kv.Store) {
+	if err := s.Ping(ctx(t)); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 32 {
+		return b[:32]
+	}
+	return b
+}

@@ -1,0 +1,194 @@
+// Package outbox writes events in the same transaction as the state change
+// they announce, and relays them to the bus: a relay loop per physical
+// database publishes pending rows with Nats-Msg-Id = event id and deletes a
+// row only after the bus acknowledged it. Delivery is at least once (a crash
+// between the ack and the delete publishes again, which the bus's dedup
+// window and idempotent consumers absorb).
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// Event is one outbox row.
+type Event struct {
+	ID      int64
+	Subject string
+	Type    string
+	Payload []byte
+}
+
+// Insert writes ev in tx.
+func Insert(ctx context.Context, tx *sql.Tx, ev Event, now time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, subject, type, payload, created_at) VALUES ($1, $2, $3, $4, $5)`,
+		ev.ID, ev.Subject, ev.Type, string(ev.Payload), now.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("outbox insert %d: %w", ev.ID, err)
+	}
+	return nil
+}
+
+// Publisher is the part of the bus the relay needs.
+type Publisher interface {
+	PublishBatch(ctx context.Context, msgs []bus.Msg) []error
+}
+
+// Relay publishes the outbox of every database of a cluster.
+type Relay struct {
+	db    *sqldb.Cluster
+	pub   Publisher
+	log   *slog.Logger
+	poll  time.Duration
+	batch int
+	wake  []chan struct{} // one per physical database, capacity 1
+}
+
+// NewRelay returns a relay; poll is the backstop interval (0 = 1s) for rows
+// written by other processes.
+func NewRelay(db *sqldb.Cluster, pub Publisher, log *slog.Logger, poll time.Duration) *Relay {
+	if poll <= 0 {
+		poll = time.Second
+	}
+	r := &Relay{db: db, pub: pub, log: log, poll: poll, batch: 512}
+	for range db.Shards() {
+		r.wake = append(r.wake, make(chan struct{}, 1))
+	}
+	return r
+}
+
+// Notify wakes the loop of the database that holds logical shard gene; call
+// it after committing a transaction that wrote an outbox row. It never blocks.
+func (r *Relay) Notify(gene int) {
+	select {
+	case r.wake[r.db.Physical(gene)] <- struct{}{}:
+	default:
+	}
+}
+
+// Run relays until ctx is done, then makes one last pass to flush what was
+// committed before the shutdown, and returns.
+func (r *Relay) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for i, d := range r.db.Shards() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.loop(ctx, d, r.wake[i])
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Relay) loop(ctx context.Context, d *sqldb.DB, wake <-chan struct{}) {
+	t := time.NewTicker(r.poll)
+	defer t.Stop()
+	fails := 0
+	for {
+		n, err := r.Drain(ctx, d)
+		if err != nil && ctx.Err() == nil {
+			fails++
+			r.log.Warn("outbox relay", "db", d.Name, "err", err, "failures", fails)
+		} else {
+			fails = 0
+		}
+		if n > 0 && err == nil {
+			continue // more may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := r.Drain(flush, d); err != nil {
+				r.log.Warn("outbox relay: final flush", "db", d.Name, "err", err)
+			}
+			cancel()
+			return
+		case <-wake:
+		case <-t.C:
+		}
+		if fails > 0 { // back off a little while the bus or database is down
+			select {
+			case <-ctx.Done():
+			case <-time.After(min(time.Duration(fails)*100*time.Millisecond, 2*time.Second)):
+			}
+		}
+	}
+}
+
+// Drain publishes every row of d's outbox present when called, in id
+// order, batch by batch; it returns how many it published.
+func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
+	total := 0
+	for {
+		rows, err := d.W.QueryContext(ctx, `SELECT id, subject, type, payload FROM outbox ORDER BY id LIMIT $1`, r.batch)
+		if err != nil {
+			return total, fmt.Errorf("outbox read: %w", err)
+		}
+		var msgs []bus.Msg
+		var ids []int64
+		for rows.Next() {
+			var ev Event
+			var payload string
+			if err := rows.Scan(&ev.ID, &ev.Subject, &ev.Type, &payload); err != nil {
+				rows.Close()
+				return total, err
+			}
+			ids = append(ids, ev.ID)
+			msgs = append(msgs, bus.Msg{Subject: ev.Subject, ID: strconv.FormatInt(ev.ID, 10), Data: []byte(payload),
+				Header: map[string]string{"Surge-Type": ev.Type}})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return total, err
+		}
+		if len(msgs) == 0 {
+			return total, nil
+		}
+		errs := r.pub.PublishBatch(ctx, msgs)
+		var acked []string
+		var firstErr error
+		for i, err := range errs {
+			if err == nil {
+				acked = append(acked, strconv.FormatInt(ids[i], 10))
+			} else if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if len(acked) > 0 {
+			// ids are integers we produced: safe to inline.
+			if _, err := d.W.ExecContext(ctx, `DELETE FROM outbox WHERE id IN (`+strings.Join(acked, ",")+`)`); err != nil {
+				return total, fmt.Errorf("outbox delete: %w", err)
+			}
+		}
+		total += len(acked)
+		if firstErr != nil {
+			return total, fmt.Errorf("outbox publish: %w", firstErr)
+		}
+		if len(msgs) < r.batch {
+			return total, nil
+		}
+	}
+}
+
+// Pending returns the number of unpublished rows in the whole cluster.
+func (r *Relay) Pending(ctx context.Context) (int64, error) {
+	var total int64
+	for _, d := range r.db.Shards() {
+		var n int64
+		if err := d.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&n); err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}

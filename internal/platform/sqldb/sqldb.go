@@ -1,0 +1,289 @@
+// Package sqldb opens surge's relational stores — SQLite files (embedded
+// mode) or PostgreSQL primaries (distributed mode) — routes the 1024 logical
+// shards onto them, and migrates every one of them.
+//
+// Both engines speak the same SQL: $N placeholders, BIGINT, TEXT, INTEGER,
+// ON CONFLICT, RETURNING. The first physical database is the main one: it
+// holds everything that is not an order (stores, menus, users, stock ...);
+// with one database it is also the only shard.
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	"github.com/pressly/goose/v3"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/surge-platform/surge/internal/platform/id"
+)
+
+// Engine names a database engine.
+type Engine string
+
+const (
+	SQLite   Engine = "sqlite"
+	Postgres Engine = "postgres"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DB is one physical database. W is for writes and transactions, R for
+// reads; on PostgreSQL they are the same pool, on SQLite W holds a single
+// connection (SQLite has one writer per file; queuing in the pool beats
+// busy-waiting on locks) and R several.
+type DB struct {
+	Engine Engine
+	Name   string // for logs: file path or DSN with the password masked
+	W      *sql.DB
+	R      *sql.DB
+}
+
+// Close closes both pools.
+func (d *DB) Close() error {
+	err := d.W.Close()
+	if d.R != d.W {
+		err = errors.Join(err, d.R.Close())
+	}
+	return err
+}
+
+// Options tune Open. The zero value works.
+type Options struct {
+	MaxConns int // per PostgreSQL database; 0 = 8 x GOMAXPROCS
+}
+
+// Cluster is the set of physical databases and the logical shard table.
+type Cluster struct {
+	shards []*DB
+	table  [id.Genes]uint16 // logical shard -> index into shards
+}
+
+// Open opens the databases named by urls:
+//
+//	sqlite:DIR[?shards=N&sync=full]  N SQLite files DIR/shard-<i>.db (default N=4,
+//	                                 synchronous=NORMAL; sync=full survives power loss)
+//	postgres://...                   one PostgreSQL database; give several URLs for
+//	                                 several physical shards (the first is the main one)
+//
+// Engines cannot be mixed. Open does not migrate; call Migrate.
+func Open(ctx context.Context, urls []string, opt Options) (*Cluster, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("sqldb: no database url")
+	}
+	var dbs []*DB
+	fail := func(err error) (*Cluster, error) {
+		for _, d := range dbs {
+			d.Close()
+		}
+		return nil, err
+	}
+	for _, u := range urls {
+		switch {
+		case strings.HasPrefix(u, "sqlite:"):
+			if len(urls) > 1 {
+				return fail(errors.New("sqldb: give one sqlite: url (use ?shards=N for several files)"))
+			}
+			got, err := openSQLite(strings.TrimPrefix(u, "sqlite:"))
+			if err != nil {
+				return fail(err)
+			}
+			dbs = append(dbs, got...)
+		case strings.HasPrefix(u, "postgres://"), strings.HasPrefix(u, "postgresql://"):
+			d, err := openPostgres(u, opt)
+			if err != nil {
+				return fail(err)
+			}
+			dbs = append(dbs, d)
+		default:
+			return fail(fmt.Errorf("sqldb: unsupported database url %q (want sqlite:DIR or postgres://...)", Mask(u)))
+		}
+	}
+	c := NewCluster(dbs)
+	if err := c.Ping(ctx); err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// NewCluster routes the logical shards onto dbs in contiguous ranges:
+// logical l lives on dbs[l*len(dbs)/1024].
+func NewCluster(dbs []*DB) *Cluster {
+	c := &Cluster{shards: dbs}
+	for l := range c.table {
+		c.table[l] = uint16(l * len(dbs) / id.Genes)
+	}
+	return c
+}
+
+func openSQLite(spec string) ([]*DB, error) {
+	dir, query, _ := strings.Cut(spec, "?")
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: sqlite options %q: %w", query, err)
+	}
+	n := 4
+	if s := q.Get("shards"); s != "" {
+		if n, err = strconv.Atoi(s); err != nil || n < 1 || n > id.Genes {
+			return nil, fmt.Errorf("sqldb: sqlite shards=%q: want 1..%d", s, id.Genes)
+		}
+	}
+	sync := "NORMAL"
+	switch q.Get("sync") {
+	case "", "normal":
+	case "full":
+		sync = "FULL"
+	default:
+		return nil, fmt.Errorf("sqldb: sqlite sync=%q: want normal or full", q.Get("sync"))
+	}
+	if dir == "" {
+		dir = "."
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("sqldb: %w", err)
+	}
+	var dbs []*DB
+	for i := range n {
+		path := filepath.Join(dir, fmt.Sprintf("shard-%d.db", i))
+		dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)" +
+			"&_pragma=synchronous(" + sync + ")&_txlock=immediate"
+		w, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, err
+		}
+		w.SetMaxOpenConns(1)
+		w.SetMaxIdleConns(1)
+		w.SetConnMaxLifetime(0)
+		r, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		r.SetMaxOpenConns(2 * runtime.GOMAXPROCS(0))
+		r.SetMaxIdleConns(2 * runtime.GOMAXPROCS(0))
+		dbs = append(dbs, &DB{Engine: SQLite, Name: path, W: w, R: r})
+	}
+	return dbs, nil
+}
+
+func openPostgres(dsn string, opt Options) (*DB, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqldb: %s: %w", Mask(dsn), err)
+	}
+	n := opt.MaxConns
+	if n <= 0 {
+		n = 8 * runtime.GOMAXPROCS(0)
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	return &DB{Engine: Postgres, Name: Mask(dsn), W: db, R: db}, nil
+}
+
+// Mask hides the password of a URL for printing.
+func Mask(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// Main returns the main database.
+func (c *Cluster) Main() *DB { return c.shards[0] }
+
+// Shards returns the physical databases, main first.
+func (c *Cluster) Shards() []*DB { return c.shards }
+
+// Physical returns the index of the physical database that holds logical shard l.
+func (c *Cluster) Physical(l int) int { return int(c.table[l%id.Genes]) }
+
+// ForGene returns the database of logical shard gene.
+func (c *Cluster) ForGene(gene int) *DB { return c.shards[c.Physical(gene)] }
+
+// ForID returns the database that holds the row with id (by its gene).
+func (c *Cluster) ForID(x int64) *DB { return c.ForGene(id.Gene(x)) }
+
+// Ping checks every database.
+func (c *Cluster) Ping(ctx context.Context) error {
+	for _, d := range c.shards {
+		if err := d.W.PingContext(ctx); err != nil {
+			return fmt.Errorf("sqldb: ping %s: %w", d.Name, err)
+		}
+	}
+	return nil
+}
+
+// Migrate applies the embedded migrations to every database.
+func (c *Cluster) Migrate(ctx context.Context) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	for _, d := range c.shards {
+		dialect := goose.DialectSQLite3
+		if d.Engine == Postgres {
+			dialect = goose.DialectPostgres
+		}
+		p, err := goose.NewProvider(dialect, d.W, sub)
+		if err != nil {
+			return fmt.Errorf("sqldb: migrate %s: %w", d.Name, err)
+		}
+		if _, err := p.Up(ctx); err != nil {
+			return fmt.Errorf("sqldb: migrate %s: %w", d.Name, err)
+		}
+	}
+	return nil
+}
+
+// Close closes every database.
+func (c *Cluster) Close() error {
+	var err error
+	for _, d := range c.shards {
+		err = errors.Join(err, d.Close())
+	}
+	return err
+}
+
+// IsUnique reports whether err is a unique or primary key violation.
+func IsUnique(err error) bool {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return pg.Code == "23505"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// Tx runs fn in a transaction on db's writer, committing when fn returns nil.
+func Tx(ctx context.Context, db *DB, fn func(*sql.Tx) error) error {
+	tx, err := db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}

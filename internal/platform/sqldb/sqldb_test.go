@@ -1,0 +1,63 @@
+package sqldb_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
+)
+
+func TestRoutingCoversAllShardsInRanges(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 2, 4, 8} {
+		dbs := make([]*sqldb.DB, n)
+		for i := range dbs {
+			dbs[i] = &sqldb.DB{Name: string(rune('a' + i))}
+		}
+		c := sqldb.NewCluster(dbs)
+		count := make([]int, n)
+		prev := 0
+		for l := range id.Genes {
+			p := c.Physical(l)
+			if p < prev {
+				t.Fatalf("n=%d: logical %d maps back to %d after %d", n, l, p, prev)
+			}
+			prev = p
+			count[p]++
+		}
+		for i, k := range count {
+			if k != id.Genes/n {
+				t.Fatalf("n=%d: physical %d holds %d logical shards, want %d", n, i, k, id.Genes/n)
+			}
+		}
+	}
+}
+
+func TestMigrateAndUniqueOnEveryEngine(t *testing.T) {
+	t.Parallel()
+	for _, e := range sqldbtest.Engines() {
+		t.Run(e.Name, func(t *testing.T) {
+			t.Parallel()
+			c := e.Open(t)
+			ctx := context.Background()
+			if err := c.Migrate(ctx); err != nil { // twice is a no-op
+				t.Fatal(err)
+			}
+			for _, d := range c.Shards() {
+				if _, err := d.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2)`, "k", "v"); err != nil {
+					t.Fatal(err)
+				}
+				_, err := d.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2)`, "k", "w")
+				if !sqldb.IsUnique(err) {
+					t.Fatalf("%s: duplicate insert gave %v, want a unique violation", d.Name, err)
+				}
+				var v string
+				if err := d.R.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, "k").Scan(&v); err != nil || v != "v" {
+					t.Fatalf("%s: read %q, %v", d.Name, v, err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,112 @@
+// Package sqldbtest gives every test a fresh, migrated cluster: SQLite files
+// in a temp dir, or new databases on the PostgreSQL server named by
+// SURGE_TEST_PG (default postgres://postgres@127.0.0.1:5432/postgres), dropped
+// when the test ends.
+package sqldbtest
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// PostgresServer returns the admin URL of the test PostgreSQL server.
+func PostgresServer() string {
+	if u := os.Getenv("SURGE_TEST_PG"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// SQLiteURL returns a sqlite: URL for n shard files in a fresh temp dir.
+func SQLiteURL(tb testing.TB, n int) string {
+	tb.Helper()
+	return fmt.Sprintf("sqlite:%s?shards=%d", tb.TempDir(), n)
+}
+
+// PostgresURLs creates n fresh databases and returns their URLs; they are
+// dropped at the end of the test.
+func PostgresURLs(tb testing.TB, n int) []string {
+	tb.Helper()
+	admin := PostgresServer()
+	db, err := sql.Open("pgx", admin)
+	if err != nil {
+		tb.Fatalf("postgres: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		tb.Fatalf("postgres at %s is not reachable (run scripts/deps.sh): %v", sqldb.Mask(admin), err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "surge_t_" + hex.EncodeToString(b)
+	base, _ := url.Parse(admin)
+	var urls, names []string
+	for i := range n {
+		name := fmt.Sprintf("%s_%d", prefix, i)
+		if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+			tb.Fatalf("create database %s: %v", name, err)
+		}
+		names = append(names, name)
+		u := *base
+		u.Path = "/" + name
+		urls = append(urls, u.String())
+	}
+	tb.Cleanup(func() {
+		defer db.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, name := range names {
+			db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		}
+	})
+	return urls
+}
+
+// Open opens and migrates a cluster on urls, closed at the end of the test.
+func Open(tb testing.TB, urls ...string) *sqldb.Cluster {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := sqldb.Open(ctx, urls, sqldb.Options{MaxConns: 16})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	if err := c.Migrate(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// Engines lists the cluster makers a conformance test runs against: SQLite
+// and PostgreSQL with 1, 2 and 4 physical shards.
+func Engines() []struct {
+	Name string
+	Open func(testing.TB) *sqldb.Cluster
+} {
+	type eng = struct {
+		Name string
+		Open func(testing.TB) *sqldb.Cluster
+	}
+	var out []eng
+	for _, n := range []int{1, 2, 4} {
+		out = append(out,
+			eng{fmt.Sprintf("sqlite/%d", n), func(tb testing.TB) *sqldb.Cluster { return Open(tb, SQLiteURL(tb, n)) }},
+			eng{fmt.Sprintf("postgres/%d", n), func(tb testing.TB) *sqldb.Cluster { return Open(tb, PostgresURLs(tb, n)...) }},
+		)
+	}
+	return out
+}

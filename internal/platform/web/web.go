@@ -1,0 +1,268 @@
+// Package web holds surge's HTTP plumbing: JSON bodies and errors, the error
+// kind -> status table, trace ids, request logging and panic recovery.
+package web
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+)
+
+// MaxBody is the default limit on request bodies.
+const MaxBody = 64 << 10
+
+var statusOf = map[errkind.Kind]int{
+	errkind.Internal:     http.StatusInternalServerError,
+	errkind.Invalid:      http.StatusBadRequest,
+	errkind.Unauthorized: http.StatusUnauthorized,
+	errkind.Forbidden:    http.StatusForbidden,
+	errkind.NotFound:     http.StatusNotFound,
+	errkind.Conflict:     http.StatusConflict,
+	errkind.TooLarge:     http.StatusRequestEntityTooLarge,
+	errkind.Throttled:    http.StatusTooManyRequests,
+	errkind.Unavailable:  http.StatusServiceUnavailable,
+}
+
+// ErrBody is the JSON shape of every error response.
+type ErrBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// Status returns the HTTP status for err.
+func Status(err error) int {
+	if e := errkind.Of(err); e != nil {
+		return statusOf[e.Kind]
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return http.StatusServiceUnavailable
+	}
+	if errors.Is(err, context.Canceled) {
+		return StatusClientClosed
+	}
+	return http.StatusInternalServerError
+}
+
+// StatusClientClosed is logged (and written, to nobody) when the client
+// went away before the answer was ready.
+const StatusClientClosed = 499
+
+// Error writes err as {"error":{code,message}} with the status of its kind.
+// Errors without a kind are internal: they are logged (once, here) and the
+// client sees a generic message.
+func Error(w http.ResponseWriter, r *http.Request, err error) {
+	status := Status(err)
+	var body ErrBody
+	if e := errkind.Of(err); e != nil {
+		body.Error.Code, body.Error.Message = e.Code, e.Message
+	} else if status == StatusClientClosed {
+		body.Error.Code, body.Error.Message = "client_closed", "the client closed the request"
+	} else if status == http.StatusServiceUnavailable {
+		body.Error.Code, body.Error.Message = "timeout", "the request timed out, try again"
+	} else {
+		body.Error.Code, body.Error.Message = "internal", "internal error (trace id "+TraceID(r.Context())+")"
+	}
+	if status >= 500 {
+		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	JSON(w, status, body)
+}
+
+// JSON writes v with status.
+func JSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, `{"error":{"code":"internal","message":"encode"}}`, http.StatusInternalServerError)
+		return
+	}
+	Raw(w, status, b)
+}
+
+// Raw writes an already encoded JSON body.
+func Raw(w http.ResponseWriter, status int, b []byte) {
+	h := w.Header()
+	h["Content-Type"] = jsonType
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+var jsonType = []string{"application/json"}
+
+// Errors of Decode.
+var (
+	ErrBadJSON = errkind.New(errkind.Invalid, "invalid_json", "the body is not valid JSON for this request")
+)
+
+// Decode reads one JSON object of at most MaxBody bytes into v, rejecting
+// unknown fields and trailing data. It returns kinded errors.
+func Decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return DecodeReader(http.MaxBytesReader(w, r.Body, MaxBody), v)
+}
+
+// DecodeReader is Decode on a plain reader (fuzz tests use it).
+func DecodeReader(rd io.Reader, v any) error {
+	dec := json.NewDecoder(rd)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errkind.ErrTooLarge.With("request body over %d bytes", mbe.Limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return ErrBadJSON.With("empty body")
+		}
+		return ErrBadJSON.With("invalid JSON: %s", err.Error())
+	}
+	if dec.More() {
+		return ErrBadJSON.With("invalid JSON: trailing data after the object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errkind.ErrTooLarge.With("request body over %d bytes", mbe.Limit)
+		}
+		return ErrBadJSON.With("invalid JSON: trailing data after the object")
+	}
+	return nil
+}
+
+type ctxKey int
+
+const (
+	traceKey ctxKey = iota
+	loggerKey
+)
+
+// TraceID returns the request's trace id ("" outside a request).
+func TraceID(ctx context.Context) string {
+	s, _ := ctx.Value(traceKey).(string)
+	return s
+}
+
+// Log returns the request's logger (with trace_id), or slog.Default().
+func Log(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
+}
+
+// traceFrom takes the trace id from a W3C traceparent header
+// (version-traceid-parentid-flags), or makes a new one.
+func traceFrom(r *http.Request) string {
+	if tp := r.Header.Get("Traceparent"); len(tp) == 55 && tp[2] == '-' && tp[35] == '-' {
+		if t := strings.ToLower(tp[3:35]); isHex(t) && t != strings.Repeat("0", 32) {
+			return t
+		}
+	}
+	var b [16]byte
+	hi, lo := rand.Uint64(), rand.Uint64()
+	for i := range 8 {
+		b[i], b[8+i] = byte(hi>>(8*i)), byte(lo>>(8*i))
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+type recorder struct {
+	http.ResponseWriter
+	status  int
+	swallow bool // net/http's own plain-text 404/405 was replaced by JSON
+}
+
+func (r *recorder) WriteHeader(s int) {
+	if r.status != 0 {
+		return
+	}
+	r.status = s
+	h := r.Header()
+	if (s == http.StatusNotFound || s == http.StatusMethodNotAllowed) && strings.HasPrefix(h.Get("Content-Type"), "text/plain") {
+		// The mux's own answer to an unknown route or method: say it in JSON.
+		r.swallow = true
+		h.Del("X-Content-Type-Options")
+		h["Content-Type"] = jsonType
+		r.ResponseWriter.WriteHeader(s)
+		code, msg := "not_found", "no such route"
+		if s == http.StatusMethodNotAllowed {
+			code, msg = "method_not_allowed", "method not allowed on this route (see the Allow header)"
+		}
+		b, _ := json.Marshal(errBody(code, msg))
+		r.ResponseWriter.Write(b)
+		return
+	}
+	r.ResponseWriter.WriteHeader(s)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.WriteHeader(http.StatusOK)
+	}
+	if r.swallow {
+		return len(b), nil
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Middleware wraps h with trace ids (X-Trace-Id on every response, taken
+// from traceparent when present), a request logger in the context, panic
+// recovery (a JSON 500, logged with the stack) and one log line per request
+// at debug level (warn for 5xx).
+func Middleware(base *slog.Logger, h http.Handler) http.Handler {
+	debug := base.Enabled(context.Background(), slog.LevelDebug)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		tid := traceFrom(r)
+		w.Header()["X-Trace-Id"] = []string{tid}
+		l := base.With("trace_id", tid)
+		ctx := context.WithValue(context.WithValue(r.Context(), traceKey, tid), loggerKey, l)
+		rec := &recorder{ResponseWriter: w}
+		r = r.WithContext(ctx)
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				l.Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
+				if rec.status == 0 {
+					JSON(rec, http.StatusInternalServerError, errBody("internal", "internal error (trace id "+tid+")"))
+				}
+			}
+			if debug || rec.status >= 500 && rec.status != StatusClientClosed {
+				lvl := slog.LevelDebug
+				if rec.status >= 500 {
+					lvl = slog.LevelWarn
+				}
+				l.Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+					"ms", float64(time.Since(start).Microseconds())/1000)
+			}
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+func errBody(code, msg string) ErrBody {
+	var b ErrBody
+	b.Error.Code, b.Error.Message = code, msg
+	return b
+}

@@ -1,0 +1,116 @@
+# Sourced by scripts/test.sh and scripts/bench.sh: makes sure PostgreSQL,
+# Redis and a NATS server of the version pinned in go.mod are reachable, and
+# exports their URLs as SURGE_TEST_PG, SURGE_TEST_REDIS and SURGE_TEST_NATS.
+#
+# - A URL already set in the environment is used as is.
+# - Otherwise a server already running on the default port is used
+#   (PostgreSQL on 127.0.0.1:5432 as user postgres without password, Redis
+#   on 127.0.0.1:6379).
+# - Otherwise the server is installed from Debian packages when missing and
+#   a private instance is started under .cache/ on a free port.
+# NATS is always the pinned version (go tool nats-server), started on a free
+# port for this run; deps_stop (called on exit) stops what was started here.
+
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache="$root/.cache"
+mkdir -p "$cache"
+started_pids=()
+started_pg=""
+
+say() { echo "deps: $*" >&2; }
+
+as_root() {
+	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+		say "need root to run: $*"; return 1; fi
+}
+
+apt_install() {
+	say "installing $* (apt-get)"
+	if [ -z "${deps_apt_updated:-}" ]; then as_root apt-get update -qq >&2; deps_apt_updated=1; fi
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+free_port() { # free_port START: first port >= START nobody listens on
+	local p=$1
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+	echo "$p"
+}
+
+wait_port() { # wait_port PORT SECONDS
+	local i
+	for ((i = 0; i < $2 * 10; i++)); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	return 1
+}
+
+# --- C compiler (go test -race needs cgo) -----------------------------------
+if ! command -v gcc >/dev/null; then apt_install gcc libc6-dev; fi
+
+# --- PostgreSQL ---------------------------------------------------------------
+pg_ok() { command -v psql >/dev/null && psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
+if [ -z "${SURGE_TEST_PG:-}" ]; then
+	default_pg="postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	if pg_ok "$default_pg"; then
+		export SURGE_TEST_PG="$default_pg"
+	else
+		if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql postgresql-contrib; fi
+		bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+		port=$(free_port 55432)
+		pgdir="$cache/pg"
+		run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+		if [ ! -f "$pgdir/PG_VERSION" ]; then
+			rm -rf "$pgdir"; mkdir -p "$pgdir"
+			[ "$(id -u)" = 0 ] && chown postgres "$pgdir"
+			run_pg "$bin/initdb" -D "$pgdir" -U postgres --auth=trust >/dev/null
+		fi
+		say "starting a private PostgreSQL on 127.0.0.1:$port"
+		run_pg "$bin/pg_ctl" -D "$pgdir" -l "$pgdir/log" -w -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+		started_pg="$bin/pg_ctl -D $pgdir"
+		export SURGE_TEST_PG="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+	fi
+fi
+pg_ok "$SURGE_TEST_PG" || { say "PostgreSQL at $SURGE_TEST_PG does not answer"; exit 1; }
+
+# --- Redis --------------------------------------------------------------------
+if [ -z "${SURGE_TEST_REDIS:-}" ]; then
+	if command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; then
+		export SURGE_TEST_REDIS="redis://127.0.0.1:6379/0"
+	else
+		command -v redis-server >/dev/null || apt_install redis-server
+		port=$(free_port 56379)
+		say "starting a private Redis on 127.0.0.1:$port"
+		redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --daemonize yes \
+			--pidfile "$cache/redis.pid" --logfile "$cache/redis.log" >/dev/null
+		wait_port "$port" 10 || { say "redis did not start"; exit 1; }
+		started_pids+=("$(cat "$cache/redis.pid")")
+		export SURGE_TEST_REDIS="redis://127.0.0.1:$port/0"
+	fi
+fi
+
+# --- NATS (the version pinned in go.mod) -----------------------------------------
+if [ -z "${SURGE_TEST_NATS:-}" ]; then
+	(cd "$root" && go build -o "$cache/nats-server" github.com/nats-io/nats-server/v2)
+	port=$(free_port 54222)
+	rm -rf "$cache/nats-js"
+	"$cache/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$cache/nats-js" >"$cache/nats.log" 2>&1 &
+	started_pids+=("$!")
+	wait_port "$port" 20 || { say "nats-server did not start"; cat "$cache/nats.log" >&2; exit 1; }
+	export SURGE_TEST_NATS="nats://127.0.0.1:$port"
+fi
+
+export SURGE_NATS_SERVER_BIN="$cache/nats-server"
+say "PostgreSQL $SURGE_TEST_PG"
+say "Redis      $SURGE_TEST_REDIS"
+say "NATS       $SURGE_TEST_NATS ($("$cache/nats-server" --version 2>/dev/null || echo external))"
+
+deps_stop() {
+	local p
+	for p in "${started_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	if [ -n "$started_pg" ]; then
+		if [ "$(id -u)" = 0 ]; then runuser -u postgres -- $started_pg -m fast stop >/dev/null 2>&1 || true
+		else $started_pg -m fast stop >/dev/null 2>&1 || true; fi
+	fi
+}
