@@ -108,6 +108,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.OrderTTL, "order-ttl", d.OrderTTL, "time a customer has to pay an order")
 	fs.IntVar(&o.NodeID, "node-id", d.NodeID, "id generator node 0..127 (-1: lease one from the kv store)")
 	fs.IntVar(&o.DBMaxConns, "db-max-conns", 0, "connections per PostgreSQL database (0: 8 x cores)")
+	fs.DurationVar(&o.RelayPoll, "relay-poll", time.Second, "outbox relay backstop poll (wake-ups on commit come first)")
 	fs.BoolVar(&o.Migrate, "migrate", d.Migrate, "apply migrations at start")
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")

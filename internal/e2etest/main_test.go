@@ -330,7 +330,10 @@ func TestSeparateRoles(t *testing.T) {
 		"--bus", bustest.Namespaced(t, bustest.ExternalURL(t))}
 	apiAddr, workerAddr := freeAddr(t), freeAddr(t)
 	api := start(t, apiAddr, append([]string{"serve", "--roles", "api", "--addr", apiAddr, "--seed-demo", "--data", t.TempDir()}, common...)...)
-	start(t, workerAddr, append([]string{"serve", "--roles", "worker", "--addr", workerAddr, "--data", t.TempDir()}, common...)...)
+	// The worker's backstop poll is 10 minutes: events arrive in time only
+	// because the api node's commits wake the worker's relay over the bus.
+	start(t, workerAddr, append([]string{"serve", "--roles", "worker", "--addr", workerAddr, "--relay-poll", "10m",
+		"--data", t.TempDir()}, common...)...)
 	stop := make(chan struct{})
 	time.AfterFunc(time.Second, func() { close(stop) })
 	ids := placeUntil(t, api.base, 4, stop)

@@ -170,9 +170,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.Members, err = member.New(ctx, n.DB, n.IDs); err != nil {
 		return nil, err
 	}
-	var notify order.Notifier
+	var notify order.Notifier = outbox.RemoteNotifier{Bus: n.Bus}
 	if cfg.Has("worker") {
 		notify = n.relay
+		unsub, err := n.Bus.Subscribe(outbox.WakeSubject, n.relay.OnWake)
+		if err != nil {
+			return nil, fmt.Errorf("bus: %w", err)
+		}
+		n.closer = append(n.closer, func() error { unsub(); return nil })
 	}
 	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, notify, log, order.Config{TTL: cfg.OrderTTL})
 	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {

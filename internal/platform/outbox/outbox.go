@@ -75,6 +75,29 @@ func (r *Relay) Notify(gene int) {
 	}
 }
 
+// WakeSubject carries wake-ups from nodes that write outbox rows to relays
+// in other processes (core NATS, fire and forget: the poll is the backstop).
+const WakeSubject = "outbox.wake"
+
+// Waker is the part of the bus a remote wake-up needs.
+type Waker interface {
+	PublishCore(subject string, data []byte) error
+}
+
+// RemoteNotifier wakes the relays of other processes through the bus; a
+// node that writes orders but runs no relay uses it.
+type RemoteNotifier struct{ Bus Waker }
+
+// Notify publishes a wake-up for logical shard gene.
+func (n RemoteNotifier) Notify(gene int) { n.Bus.PublishCore(WakeSubject, strconv.AppendInt(nil, int64(gene), 10)) }
+
+// OnWake handles a message of WakeSubject.
+func (r *Relay) OnWake(_ string, data []byte) {
+	if gene, err := strconv.Atoi(string(data)); err == nil && gene >= 0 {
+		r.Notify(gene)
+	}
+}
+
 // Run relays until ctx is done, then makes one last pass to flush what was
 // committed before the shutdown, and returns.
 func (r *Relay) Run(ctx context.Context) error {
