@@ -89,7 +89,9 @@ type Waker interface {
 type RemoteNotifier struct{ Bus Waker }
 
 // Notify publishes a wake-up for logical shard gene.
-func (n RemoteNotifier) Notify(gene int) { n.Bus.PublishCore(WakeSubject, strconv.AppendInt(nil, int64(gene), 10)) }
+func (n RemoteNotifier) Notify(gene int) {
+	n.Bus.PublishCore(WakeSubject, strconv.AppendInt(nil, int64(gene), 10))
+}
 
 // OnWake handles a message of WakeSubject.
 func (r *Relay) OnWake(_ string, data []byte) {
