@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/surge-platform/surge/internal/order"
@@ -73,8 +72,8 @@ func (s *Server) menu(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
-	h["Etag"] = []string{m.ETag}
-	h["Cache-Control"] = []string{"public, max-age=" + strconv.Itoa(int(m.MaxAge.Seconds()))}
+	h["Etag"] = m.ETagHeader
+	h["Cache-Control"] = m.CacheHeader
 	if match := r.Header.Get("If-None-Match"); match != "" && etagMatch(match, m.ETag) {
 		w.WriteHeader(http.StatusNotModified)
 		return

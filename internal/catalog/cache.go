@@ -26,6 +26,8 @@ type Menu struct {
 	ETag  string
 	// MaxAge is how long clients and CDNs may keep Body.
 	MaxAge time.Duration
+	// Ready-made header values (shared, never modified).
+	ETagHeader, CacheHeader []string
 }
 
 type menuView struct {
@@ -260,6 +262,8 @@ func (s *Service) buildMenu(ctx context.Context, storeID int64) (*Menu, error) {
 	h := fnv.New64a()
 	h.Write(m.Body)
 	m.ETag = fmt.Sprintf(`"%x"`, h.Sum64())
+	m.ETagHeader = []string{m.ETag}
+	m.CacheHeader = []string{fmt.Sprintf("public, max-age=%d", int(m.MaxAge.Seconds()))}
 	return m, nil
 }
 

@@ -4,13 +4,13 @@ package web
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,6 +62,9 @@ const StatusClientClosed = 499
 // Errors without a kind are internal: they are logged (once, here) and the
 // client sees a generic message.
 func Error(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil && errkind.Of(err) == nil {
+		err = context.Canceled // the client went away mid-request; whatever failed after that is noise
+	}
 	status := Status(err)
 	var body ErrBody
 	if e := errkind.Of(err); e != nil {
@@ -93,6 +96,7 @@ func JSON(w http.ResponseWriter, status int, v any) {
 func Raw(w http.ResponseWriter, status int, b []byte) {
 	h := w.Header()
 	h["Content-Type"] = jsonType
+	h["Content-Length"] = []string{strconv.Itoa(len(b))} // no chunked encoding for bodies over 2 KiB
 	w.WriteHeader(status)
 	w.Write(b)
 }
@@ -137,23 +141,21 @@ func DecodeReader(rd io.Reader, v any) error {
 	return nil
 }
 
-type ctxKey int
-
-const (
-	traceKey ctxKey = iota
-	loggerKey
-)
+type ctxKey struct{}
 
 // TraceID returns the request's trace id ("" outside a request).
 func TraceID(ctx context.Context) string {
-	s, _ := ctx.Value(traceKey).(string)
-	return s
+	if rec, ok := ctx.Value(ctxKey{}).(*recorder); ok {
+		return rec.trace
+	}
+	return ""
 }
 
-// Log returns the request's logger (with trace_id), or slog.Default().
+// Log returns a logger with the request's trace_id, or slog.Default()
+// outside a request. It is built on demand: most requests log nothing.
 func Log(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
-		return l
+	if rec, ok := ctx.Value(ctxKey{}).(*recorder); ok {
+		return rec.log.With("trace_id", rec.trace)
 	}
 	return slog.Default()
 }
@@ -166,12 +168,13 @@ func traceFrom(r *http.Request) string {
 			return t
 		}
 	}
-	var b [16]byte
+	var b [32]byte
 	hi, lo := rand.Uint64(), rand.Uint64()
-	for i := range 8 {
-		b[i], b[8+i] = byte(hi>>(8*i)), byte(lo>>(8*i))
+	const digits = "0123456789abcdef"
+	for i := range 16 {
+		b[i], b[16+i] = digits[hi>>(4*i)&15], digits[lo>>(4*i)&15]
 	}
-	return hex.EncodeToString(b[:])
+	return string(b[:])
 }
 
 func isHex(s string) bool {
@@ -185,6 +188,8 @@ func isHex(s string) bool {
 
 type recorder struct {
 	http.ResponseWriter
+	trace   string
+	log     *slog.Logger
 	status  int
 	swallow bool // net/http's own plain-text 404/405 was replaced by JSON
 }
@@ -234,16 +239,15 @@ func Middleware(base *slog.Logger, h http.Handler) http.Handler {
 		start := time.Now()
 		tid := traceFrom(r)
 		w.Header()["X-Trace-Id"] = []string{tid}
-		l := base.With("trace_id", tid)
-		ctx := context.WithValue(context.WithValue(r.Context(), traceKey, tid), loggerKey, l)
-		rec := &recorder{ResponseWriter: w}
+		rec := &recorder{ResponseWriter: w, trace: tid, log: base}
+		ctx := context.WithValue(r.Context(), ctxKey{}, rec)
 		r = r.WithContext(ctx)
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				l.Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
+				Log(ctx).Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
 				if rec.status == 0 {
 					JSON(rec, http.StatusInternalServerError, errBody("internal", "internal error (trace id "+tid+")"))
 				}
@@ -253,7 +257,7 @@ func Middleware(base *slog.Logger, h http.Handler) http.Handler {
 				if rec.status >= 500 {
 					lvl = slog.LevelWarn
 				}
-				l.Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+				Log(ctx).Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
 					"ms", float64(time.Since(start).Microseconds())/1000)
 			}
 		}()

@@ -1,0 +1,251 @@
+// Command bench measures surge against baselines taken in the same run on
+// the same machine and prints the ratios (DESIGN section 9):
+//
+//	menu reads/s of surge      vs  a hello-world net/http server   (target >= 0.8x)
+//	orders/s of surge on PG    vs  pgbench of the same inserts      (target >= 0.5x)
+//
+// Each pair is measured `rounds` times, alternating baseline and surge, and
+// the medians are compared. Run it with `make bench`.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/surge-platform/surge/bench/load"
+)
+
+var (
+	surgeBin = flag.String("surge", "", "surge binary")
+	helloBin = flag.String("hello", "", "hello-world baseline binary")
+	pgAdmin  = flag.String("pg", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL admin URL (a bench database is created and dropped)")
+	rounds   = flag.Int("rounds", 3, "rounds per measurement (medians are reported)")
+	dur      = flag.Duration("dur", 5*time.Second, "duration of one measurement")
+	workers  = flag.Int("workers", 32, "concurrent connections / pgbench clients")
+	only     = flag.String("only", "menu,orders", "which benchmarks to run")
+)
+
+func main() {
+	flag.Parse()
+	if *surgeBin == "" || *helloBin == "" {
+		fmt.Fprintln(os.Stderr, "usage: bench --surge BIN --hello BIN [--pg URL]")
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	if strings.Contains(*only, "menu") {
+		if err := menu(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "orders") {
+		if err := orders(ctx); err != nil {
+			fail(err)
+		}
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start runs a server process and waits until url answers 200.
+func start(url string, bin string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if r, err := http.Get(url); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return cmd, nil
+			}
+		}
+	}
+	cmd.Process.Kill()
+	return nil, fmt.Errorf("%s did not come up", bin)
+}
+
+func stop(cmd *exec.Cmd) {
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func report(name, base, subject string, bs, ss []float64, target float64) {
+	mb, ms := median(bs), median(ss)
+	fmt.Printf("\n%s\n", name)
+	for i := range bs {
+		fmt.Printf("  round %d: %-22s %9.0f/s   %-22s %9.0f/s   ratio %.2f\n", i+1, base, bs[i], subject, ss[i], ss[i]/bs[i])
+	}
+	verdict := "meets"
+	if ms/mb < target {
+		verdict = "BELOW"
+	}
+	fmt.Printf("  median:  %-22s %9.0f/s   %-22s %9.0f/s   ratio %.2f (%s target %.2f)\n", base, mb, subject, ms, ms/mb, verdict, target)
+}
+
+func menu(ctx context.Context) error {
+	helloAddr, surgeAddr := freeAddr(), freeAddr()
+	hello, err := start("http://"+helloAddr+"/", *helloBin, "--addr", helloAddr)
+	if err != nil {
+		return err
+	}
+	defer stop(hello)
+	data, _ := os.MkdirTemp("", "surge-bench-")
+	defer os.RemoveAll(data)
+	surge, err := start("http://"+surgeAddr+"/readyz", *surgeBin, "serve", "--addr", surgeAddr, "--data", data,
+		"--seed-demo", "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	defer stop(surge)
+	get := func(u string) load.Request {
+		return func(int, int) *http.Request { r, _ := http.NewRequest("GET", u, nil); return r }
+	}
+	menuURL := "http://" + surgeAddr + "/api/v1/stores/1001/menu"
+	load.Run(ctx, *workers, time.Second, 200, get(menuURL)) // warm up
+	var bs, ss []float64
+	for range *rounds {
+		b := load.Run(ctx, *workers, *dur, 200, get("http://"+helloAddr+"/"))
+		s := load.Run(ctx, *workers, *dur, 200, get(menuURL))
+		if s.Failed > 0 || b.Failed > 0 {
+			return fmt.Errorf("menu: %d failed requests (hello %d)", s.Failed, b.Failed)
+		}
+		bs, ss = append(bs, b.RPS()), append(ss, s.RPS())
+		fmt.Printf("  menu round: hello p99 %v, surge menu p99 %v\n", b.P99, s.P99)
+	}
+	report(fmt.Sprintf("menu reads (%d connections, %v per round, embedded surge, store 1001's 30-item menu)", *workers, *dur),
+		"hello-world", "surge menu", bs, ss, 0.8)
+	return nil
+}
+
+const pgbenchScript = `\set uid random(1, 1000000000)
+\set oid random(1, 9000000000000000000)
+BEGIN;
+INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at) VALUES (:oid, :uid, 1001, 'pending_payment', 1, 3200, 3200, 1763900000000, 1763900000000, 1763900900000);
+INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 0, 1001006, 'Jasmine Tea', 1000, 1);
+INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 1, 1001007, 'Oolong', 1100, 2);
+INSERT INTO outbox (id, subject, type, payload, created_at) VALUES (:oid, 'orders.events.1', 'order.created', '{"event_id":"383265897843787242","type":"order.created","order_id":"383265897843786218","user_id":"383265897843000001","store_id":"1001","status":"pending_payment","version":1,"payable":3200,"at":"2026-11-23T14:41:50.783Z"}', 1763900000000);
+END;
+`
+
+var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+func orders(ctx context.Context) error {
+	admin, err := sql.Open("pgx", *pgAdmin)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := "surge_bench_" + hex.EncodeToString(b)
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		return fmt.Errorf("create bench database: %w", err)
+	}
+	defer admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	u, _ := url.Parse(*pgAdmin)
+	u.Path = "/" + name
+	dsn := u.String()
+	if out, err := exec.Command(*surgeBin, "migrate", "--db", dsn).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate: %v\n%s", err, out)
+	}
+	script := filepath.Join(os.TempDir(), name+".sql")
+	os.WriteFile(script, []byte(pgbenchScript), 0o644)
+	defer os.Remove(script)
+
+	data, _ := os.MkdirTemp("", "surge-bench-")
+	defer os.RemoveAll(data)
+	addr := freeAddr()
+	surge, err := start("http://"+addr+"/readyz", *surgeBin, "serve", "--addr", addr, "--data", data, "--db", dsn,
+		"--seed-demo", "--log-level", "warn", "--db-max-conns", strconv.Itoa(*workers))
+	if err != nil {
+		return err
+	}
+	defer stop(surge)
+	base := "http://" + addr
+	tokens := make([]string, *workers)
+	for i := range tokens {
+		res, err := http.Post(base+"/api/v1/auth/login", "application/json", strings.NewReader(fmt.Sprintf(`{"phone":"+86137%08d"}`, i)))
+		if err != nil {
+			return err
+		}
+		var out struct{ Token string }
+		json.NewDecoder(res.Body).Decode(&out)
+		res.Body.Close()
+		tokens[i] = out.Token
+	}
+	body := `{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`
+	place := func(w, i int) *http.Request {
+		r, _ := http.NewRequest("POST", base+"/api/v1/orders", strings.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+tokens[w])
+		return r
+	}
+	load.Run(ctx, *workers, time.Second, 201, place) // warm up
+	pgURL, _ := url.Parse(dsn)
+	var bs, ss []float64
+	for range *rounds {
+		cmd := exec.CommandContext(ctx, "pgbench", "-n", "-f", script, "-c", strconv.Itoa(*workers), "-j", "2",
+			"-T", strconv.Itoa(int(dur.Seconds())), "-h", pgURL.Hostname(), "-p", pgURL.Port(), "-U", pgURL.User.Username(), name)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("pgbench: %v\n%s", err, out)
+		}
+		m := tpsRe.FindSubmatch(out)
+		if m == nil {
+			return fmt.Errorf("pgbench output has no tps:\n%s", out)
+		}
+		tps, _ := strconv.ParseFloat(string(m[1]), 64)
+		s := load.Run(ctx, *workers, *dur, 201, place)
+		if s.Failed > 0 {
+			return fmt.Errorf("orders: %d failed requests", s.Failed)
+		}
+		bs, ss = append(bs, tps), append(ss, s.RPS())
+		fmt.Printf("  orders round: surge p50 %v p99 %v\n", s.P50, s.P99)
+	}
+	report(fmt.Sprintf("order placement on PostgreSQL (%d clients, %v per round; 1 order + 2 lines + 1 outbox row per transaction)", *workers, *dur),
+		"pgbench same inserts", "surge POST /orders", bs, ss, 0.5)
+	return nil
+}

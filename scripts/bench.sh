@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# make bench: build surge and the baseline, find or start PostgreSQL, and
+# print surge's rates as ratios to baselines measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+trap deps_stop EXIT
+command -v pgbench >/dev/null || apt_install postgresql-client
+mkdir -p .cache
+go build -o .cache/surge ./cmd/surge
+go build -o .cache/hello ./bench/hello
+go run ./bench --surge .cache/surge --hello .cache/hello --pg "$SURGE_TEST_PG" "$@"
