@@ -1,0 +1,133 @@
+package catalog_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
+)
+
+// twoNodes returns two catalog services on one database, each with its own
+// cache, wired to invalidate each other over an embedded bus, as two api
+// nodes are.
+func twoNodes(t *testing.T) (a, b *catalog.Service) {
+	t.Helper()
+	db := sqldbtest.Open(t, sqldbtest.SQLiteURL(t, 1))
+	bs, err := bus.Open(context.Background(), "embedded:"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	ids, _ := id.New(1)
+	inv := inventory.New(db)
+	a, b = catalog.New(db, ids, inv, bs), catalog.New(db, ids, inv, bs)
+	for _, s := range []*catalog.Service{a, b} {
+		unsub, err := bs.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
+			x, _ := strconv.ParseInt(string(data), 10, 64)
+			s.Invalidate(x)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(unsub)
+	}
+	return a, b
+}
+
+func TestChangeOnOneNodeShowsOnTheOther(t *testing.T) {
+	t.Parallel()
+	a, b := twoNodes(t)
+	ctx := context.Background()
+	st, err := a.CreateStore(ctx, 0, catalog.StoreInput{Name: "One"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := a.CreateCategory(ctx, st.ID, 0, catalog.CategoryInput{Name: "Tea"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := a.PutItem(ctx, st.ID, 0, catalog.ItemInput{CategoryID: cat.ID, Name: "Oolong", Price: 900})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.Menu(ctx, st.ID) // node b caches the menu
+	if err != nil || m.Items[it.SKU].Price != 900 {
+		t.Fatalf("menu on b: %v %+v", err, m)
+	}
+	if _, err := a.PutItem(ctx, st.ID, it.SKU, catalog.ItemInput{CategoryID: cat.ID, Name: "Oolong", Price: 1200}); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := a.Menu(ctx, st.ID); m.Items[it.SKU].Price != 1200 {
+		t.Fatalf("node a serves the old price %d after its own change", m.Items[it.SKU].Price)
+	}
+	deadline := time.Now().Add(time.Second) // well inside the 30 s TTL: only the invalidation can do it
+	for {
+		m, err := b.Menu(ctx, st.ID)
+		if err == nil && m.Items[it.SKU].Price == 1200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node b still serves the old menu 1 s after the change")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestUnknownStoreIsCachedNegativelyUntilCreated(t *testing.T) {
+	t.Parallel()
+	a, b := twoNodes(t)
+	ctx := context.Background()
+	if _, err := b.Menu(ctx, 4242); !errors.Is(err, catalog.ErrNoStore) {
+		t.Fatalf("unknown store: %v", err)
+	}
+	if _, err := a.CreateStore(ctx, 4242, catalog.StoreInput{Name: "Late"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		if _, err := b.Menu(ctx, 4242); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a created store stays unknown on the other node")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestStockShowsOnLimitedItems(t *testing.T) {
+	t.Parallel()
+	a, _ := twoNodes(t)
+	ctx := context.Background()
+	st, _ := a.CreateStore(ctx, 0, catalog.StoreInput{Name: "S"})
+	cat, _ := a.CreateCategory(ctx, st.ID, 0, catalog.CategoryInput{Name: "C"})
+	five := int64(5)
+	it, err := a.PutItem(ctx, st.ID, 0, catalog.ItemInput{CategoryID: cat.ID, Name: "Rare", Price: 100, Limited: true, Stock: &five})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PutItem(ctx, st.ID, 0, catalog.ItemInput{CategoryID: cat.ID, Name: "Bad", Price: 100, Stock: &five}); err == nil {
+		t.Fatal("stock on an unlimited item was accepted")
+	}
+	m, _ := a.Menu(ctx, st.ID)
+	if m.MaxAge != time.Second || !contains(m.Body, `"stock":5`) {
+		t.Fatalf("menu: max-age %v body %s", m.MaxAge, m.Body)
+	}
+	if err := a.SetStock(ctx, it.SKU, 0); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = a.Menu(ctx, st.ID)
+	if !contains(m.Body, `"available":false`) || !contains(m.Body, `"stock":0`) {
+		t.Fatalf("sold-out item still shows available: %s", m.Body)
+	}
+}
+
+func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }
