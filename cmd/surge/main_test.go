@@ -1,0 +1,61 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagsAndEnv(t *testing.T) {
+	t.Setenv("SURGE_ADDR", "127.0.0.1:9999")
+	t.Setenv("SURGE_DB", "postgres://a/x postgres://b/y")
+	t.Setenv("SURGE_ORDER_TTL", "30s")
+	t.Setenv("SURGE_ROLES", "worker")
+	var o options
+	fs := flags(&o, io.Discard)
+	if err := parse(fs, []string{"--roles", "api", "--kv", "redis://r:6379/0"}); err != nil {
+		t.Fatal(err)
+	}
+	if o.Addr != "127.0.0.1:9999" || o.OrderTTL != 30*time.Second || o.KV != "redis://r:6379/0" {
+		t.Fatalf("env not applied: %+v", o.Config)
+	}
+	if len(o.DB) != 2 || o.DB[1] != "postgres://b/y" {
+		t.Fatalf("SURGE_DB: %q", o.DB)
+	}
+	if len(o.Roles) != 1 || o.Roles[0] != "api" {
+		t.Fatalf("a flag must win over its env var: roles %q", o.Roles)
+	}
+	if err := o.Config.Resolve(); err != nil || o.Has("worker") || !o.Has("api") {
+		t.Fatalf("resolve: %v %q", err, o.Roles)
+	}
+}
+
+func TestBadInvocations(t *testing.T) {
+	for _, args := range [][]string{
+		{"nope"},
+		{"serve", "--roles", "cashier"},
+		{"serve", "--roles", "push"},
+		{"serve", "--log-level", "loud"},
+		{"serve", "extra"},
+		{"migrate", "--db", "mysql://x"},
+	} {
+		var out, errb bytes.Buffer
+		if err := run(t.Context(), args, &out, &errb); err == nil {
+			t.Errorf("%q: no error", args)
+		}
+	}
+}
+
+func TestHelpNamesTheCommands(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"help"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"surge demo", "surge serve", "surge migrate", "-addr", "-roles", "-db", "-kv", "-bus", "-seed-demo", "-order-ttl", "-admin-token", "SURGE_"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}
