@@ -293,7 +293,7 @@ func TestCrashEmbedded(t *testing.T) {
 func TestCrashDistributed(t *testing.T) {
 	t.Parallel()
 	dbs := pgURLs(t, 2)
-	crashTest(t, []string{"--data", t.TempDir(), "--db", dbs[0], "--db", dbs[1],
+	crashTest(t, []string{"--data", t.TempDir(), "--db", dbs[0], "--db", dbs[1], "--db-max-conns", "6",
 		"--kv", redisURL(t), "--bus", bustest.Namespaced(t, bustest.ExternalURL(t))})
 }
 
@@ -326,7 +326,7 @@ func TestSeparateRoles(t *testing.T) {
 	t.Parallel()
 	const admin = "e2e-admin"
 	dbs := pgURLs(t, 2)
-	common := []string{"--admin-token", admin, "--db", dbs[0], "--db", dbs[1], "--kv", redisURL(t),
+	common := []string{"--admin-token", admin, "--db", dbs[0], "--db", dbs[1], "--db-max-conns", "6", "--kv", redisURL(t),
 		"--bus", bustest.Namespaced(t, bustest.ExternalURL(t))}
 	apiAddr, workerAddr := freeAddr(t), freeAddr(t)
 	api := start(t, apiAddr, append([]string{"serve", "--roles", "api", "--addr", apiAddr, "--seed-demo", "--data", t.TempDir()}, common...)...)

@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -22,6 +23,9 @@ import (
 )
 
 var ErrSoldOut = errkind.New(errkind.Conflict, "sold_out", "not enough stock left")
+
+// errHeld stops a Reserve that finds the order's reservation already made.
+var errHeld = errors.New("inventory: reservation already held")
 
 // Line is a quantity of one SKU.
 type Line struct {
@@ -92,7 +96,22 @@ func (s *Service) Reserve(ctx context.Context, orderID int64, lines []Line) erro
 			return err
 		}
 		if held > 0 {
-			return nil
+			return errHeld
+		}
+		// Reservation rows first: a concurrent Reserve of the same order
+		// waits here for the first one and then finds its rows, so the same
+		// reservation is never taken twice.
+		for _, l := range lines {
+			res, err := tx.ExecContext(ctx, `INSERT INTO stock_reservations (order_id, sku_id, qty, created_at)
+				VALUES ($1, $2, $3, $4) ON CONFLICT (order_id, sku_id) DO NOTHING`, orderID, l.SKU, l.Qty, now)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return errHeld
+			}
 		}
 		for _, l := range lines { // sorted by sku: no lock-order deadlocks between orders
 			res, err := tx.ExecContext(ctx, `UPDATE stock SET qty = qty - $1 WHERE sku_id = $2 AND qty >= $1`, l.Qty, l.SKU)
@@ -104,13 +123,12 @@ func (s *Service) Reserve(ctx context.Context, orderID int64, lines []Line) erro
 			} else if n == 0 {
 				return ErrSoldOut.With("sku %d: not enough stock left for %d", l.SKU, l.Qty)
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO stock_reservations (order_id, sku_id, qty, created_at) VALUES ($1, $2, $3, $4)`,
-				orderID, l.SKU, l.Qty, now); err != nil {
-				return err
-			}
 		}
 		return nil
 	})
+	if errors.Is(err, errHeld) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("reserve order %d: %w", orderID, err)
 	}

@@ -85,45 +85,90 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 		return Created{}, err
 	}
 	gene := id.GeneOf(userID)
-	orderID := s.ids.Next(gene)
-	hash := ""
+	cl := claim{userID: userID, key: key, orderID: s.ids.Next(gene)}
 	if key != "" {
 		h := sha256.Sum256(mustJSON(req))
-		hash = hex.EncodeToString(h[:16])
-		claimed, done, err := s.claim(ctx, userID, key, hash, orderID)
+		done, err := s.claim(ctx, &cl, hex.EncodeToString(h[:16]))
 		if err != nil || done != nil {
 			if done != nil {
 				return *done, nil
 			}
 			return Created{}, err
 		}
-		orderID = claimed
 	}
-	c, err := s.place(ctx, userID, key, orderID, req)
-	if err != nil && key != "" {
+	c, reserved, err := s.place(ctx, cl, req)
+	if err == nil {
+		return c, nil
+	}
+	// The order was not written by this request. Give its stock back only if
+	// no other request can be using the reservation: without a key nobody
+	// else knows the order id; with a key, only while this request still
+	// owns the claim (a takeover reuses the order id and the reservation),
+	// and never when an order with this id exists.
+	bg := context.WithoutCancel(ctx)
+	owned := true
+	if key != "" {
 		// Let a retry with the same key try again.
-		s.db.ForGene(gene).W.ExecContext(context.WithoutCancel(ctx),
-			`DELETE FROM idempotency WHERE user_id = $1 AND idem_key = $2 AND state = 'pending'`, userID, key)
+		res, derr := s.db.ForGene(gene).W.ExecContext(bg, `DELETE FROM idempotency
+			WHERE user_id = $1 AND idem_key = $2 AND state = 'pending' AND created_at = $3`, userID, key, cl.at)
+		n, _ := rowsAffected(res, derr)
+		if owned = n == 1; !owned {
+			// Not ours any more: released only if no other request holds a
+			// claim on this order id either (the row may simply be gone).
+			var others int
+			if err := s.db.ForGene(gene).W.QueryRowContext(bg, `SELECT COUNT(*) FROM idempotency
+				WHERE user_id = $1 AND idem_key = $2 AND order_id = $3`, userID, key, cl.orderID).Scan(&others); err == nil {
+				owned = others == 0
+			}
+		}
 	}
-	return c, err
+	if reserved && owned {
+		if exists, xerr := s.Exists(bg, cl.orderID); xerr != nil || !exists {
+			if _, rerr := s.stock.Release(bg, cl.orderID); rerr != nil {
+				s.log.Warn("release after failed order (the sweeper will retry)", "order_id", cl.orderID, "err", rerr)
+			}
+		}
+	}
+	if !owned {
+		return Created{}, ErrKeyBusy // the request that holds the key now answers; a retry gets its answer
+	}
+	return Created{}, err
+}
+
+func rowsAffected(res sql.Result, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// claim is an Idempotency-Key held by one request. at (the claim's
+// created_at) is its ownership token: a takeover changes it.
+type claim struct {
+	userID  int64
+	key     string
+	orderID int64
+	at      int64
 }
 
 // claim takes the idempotency key for a new order, or returns the stored
-// answer of the request that took it first (waiting while it runs). It
-// returns the order id to use: a taken-over stale claim keeps its order id,
-// so a stock reservation already made under it is reused, not repeated.
-func (s *Service) claim(ctx context.Context, userID int64, key, hash string, orderID int64) (int64, *Created, error) {
-	d := s.db.ForGene(id.GeneOf(userID))
+// answer of the request that took it first (waiting while it runs). On
+// success cl holds the order id to use: a taken-over stale claim keeps its
+// order id, so a stock reservation already made under it is reused, not
+// repeated.
+func (s *Service) claim(ctx context.Context, cl *claim, hash string) (*Created, error) {
+	d := s.db.ForGene(id.GeneOf(cl.userID))
 	deadline := s.now().Add(s.cfg.KeyWait)
 	wait := 2 * time.Millisecond
 	for {
+		cl.at = s.now().UnixMilli()
 		_, err := d.W.ExecContext(ctx, `INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, created_at)
-			VALUES ($1, $2, $3, 'pending', $4, $5)`, userID, key, orderID, hash, s.now().UnixMilli())
+			VALUES ($1, $2, $3, 'pending', $4, $5)`, cl.userID, cl.key, cl.orderID, hash, cl.at)
 		if err == nil {
-			return orderID, nil, nil
+			return nil, nil
 		}
 		if !sqldb.IsUnique(err) {
-			return 0, nil, fmt.Errorf("claim key: %w", err)
+			return nil, fmt.Errorf("claim key: %w", err)
 		}
 		var (
 			prevID                int64
@@ -131,52 +176,57 @@ func (s *Service) claim(ctx context.Context, userID int64, key, hash string, ord
 			created               int64
 		)
 		err = d.W.QueryRowContext(ctx, `SELECT order_id, state, req_hash, body, created_at FROM idempotency
-			WHERE user_id = $1 AND idem_key = $2`, userID, key).Scan(&prevID, &state, &prevHash, &body, &created)
+			WHERE user_id = $1 AND idem_key = $2`, cl.userID, cl.key).Scan(&prevID, &state, &prevHash, &body, &created)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			continue // the first one failed and let go: try to claim again
 		case err != nil:
-			return 0, nil, fmt.Errorf("read key: %w", err)
+			return nil, fmt.Errorf("read key: %w", err)
 		case prevHash != hash:
-			return 0, nil, ErrKeyReused
+			return nil, ErrKeyReused
 		case state == "done":
 			var c Created
 			if err := json.Unmarshal([]byte(body), &c); err != nil {
-				return 0, nil, fmt.Errorf("stored answer: %w", err)
+				return nil, fmt.Errorf("stored answer: %w", err)
 			}
-			return 0, &c, nil
+			return &c, nil
 		case s.now().Sub(time.UnixMilli(created)) > s.cfg.KeyTakeover:
 			// The first request died mid-way: take its claim over (CAS on created_at).
+			at := max(s.now().UnixMilli(), created+1)
 			res, err := d.W.ExecContext(ctx, `UPDATE idempotency SET created_at = $1
 				WHERE user_id = $2 AND idem_key = $3 AND state = 'pending' AND created_at = $4`,
-				s.now().UnixMilli(), userID, key, created)
+				at, cl.userID, cl.key, created)
 			if err != nil {
-				return 0, nil, fmt.Errorf("take over key: %w", err)
+				return nil, fmt.Errorf("take over key: %w", err)
 			}
 			if n, _ := res.RowsAffected(); n == 1 {
-				return prevID, nil, nil
+				cl.orderID, cl.at = prevID, at
+				return nil, nil
 			}
 			continue
 		}
 		if s.now().After(deadline) {
-			return 0, nil, ErrKeyBusy
+			return nil, ErrKeyBusy
 		}
 		select {
 		case <-ctx.Done():
-			return 0, nil, ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 50*time.Millisecond)
 	}
 }
 
-func (s *Service) place(ctx context.Context, userID int64, key string, orderID int64, req Request) (Created, error) {
+// place prices the request, reserves limited stock and writes the order. It
+// reports whether it holds a stock reservation it did not turn into an order.
+func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bool, error) {
+	userID, orderID := cl.userID, cl.orderID
 	menu, err := s.catalog.Menu(ctx, req.StoreID)
 	if err != nil {
-		return Created{}, err
+		return Created{}, false, err
 	}
 	if !menu.Store.Open {
-		return Created{}, ErrStoreClosed.With("store %d is closed", req.StoreID)
+		return Created{}, false, ErrStoreClosed.With("store %d is closed", req.StoreID)
 	}
 	now := s.now()
 	o := Order{ID: orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
@@ -185,10 +235,10 @@ func (s *Service) place(ctx context.Context, userID int64, key string, orderID i
 	for i, rl := range req.Items {
 		it, ok := menu.Items[rl.SKU]
 		if !ok {
-			return Created{}, ErrUnknownSKU.With("items[%d]: sku %d is not on the menu of store %d", i, rl.SKU, req.StoreID)
+			return Created{}, false, ErrUnknownSKU.With("items[%d]: sku %d is not on the menu of store %d", i, rl.SKU, req.StoreID)
 		}
 		if !it.Available {
-			return Created{}, ErrUnavailable.With("items[%d]: %s is not available now", i, it.Name)
+			return Created{}, false, ErrUnavailable.With("items[%d]: %s is not available now", i, it.Name)
 		}
 		o.Items = append(o.Items, Line{SKU: it.SKU, Name: it.Name, Price: it.Price, Qty: rl.Qty})
 		o.Total += it.Price * int64(rl.Qty)
@@ -198,23 +248,18 @@ func (s *Service) place(ctx context.Context, userID int64, key string, orderID i
 	}
 	o.Payable = o.Total
 	if err := s.stock.Reserve(ctx, o.ID, limited); err != nil {
-		return Created{}, err
+		return Created{}, false, err
 	}
 	c := Created{OrderID: o.ID, Status: o.Status, Total: o.Total, Payable: o.Payable, ExpiresAt: o.ExpiresAt.UTC().Truncate(time.Millisecond)}
-	if err := s.insert(ctx, &o, key, c); err != nil {
-		if len(limited) > 0 {
-			if _, rerr := s.stock.Release(context.WithoutCancel(ctx), o.ID); rerr != nil {
-				s.log.Warn("release after failed order (the sweeper will retry)", "order_id", o.ID, "err", rerr)
-			}
-		}
-		return Created{}, err
+	if err := s.insert(ctx, &o, cl, c); err != nil {
+		return Created{}, len(limited) > 0, err
 	}
-	return c, nil
+	return c, false, nil
 }
 
 // insert writes the order, its lines, its event and (with a key) the stored
 // answer in one transaction on the order's shard.
-func (s *Service) insert(ctx context.Context, o *Order, key string, c Created) error {
+func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) error {
 	gene := id.Gene(o.ID)
 	ev := s.event(o, EvCreated)
 	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
@@ -233,10 +278,10 @@ func (s *Service) insert(ctx context.Context, o *Order, key string, c Created) e
 		if err := outbox.Insert(ctx, tx, ev, o.CreatedAt); err != nil {
 			return err
 		}
-		if key != "" {
+		if cl.key != "" {
 			res, err := tx.ExecContext(ctx, `UPDATE idempotency SET state = 'done', body = $1
-				WHERE user_id = $2 AND idem_key = $3 AND order_id = $4 AND state = 'pending'`,
-				string(mustJSON(c)), o.UserID, key, o.ID)
+				WHERE user_id = $2 AND idem_key = $3 AND order_id = $4 AND state = 'pending' AND created_at = $5`,
+				string(mustJSON(c)), o.UserID, cl.key, o.ID, cl.at)
 			if err != nil {
 				return err
 			}

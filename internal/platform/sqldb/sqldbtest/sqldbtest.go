@@ -80,7 +80,7 @@ func Open(tb testing.TB, urls ...string) *sqldb.Cluster {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := sqldb.Open(ctx, urls, sqldb.Options{MaxConns: 16})
+	c, err := sqldb.Open(ctx, urls, sqldb.Options{MaxConns: 8})
 	if err != nil {
 		tb.Fatal(err)
 	}
