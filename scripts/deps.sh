@@ -6,8 +6,9 @@
 # - Otherwise a server already running on the default port is used
 #   (PostgreSQL on 127.0.0.1:5432 as user postgres without password, Redis
 #   on 127.0.0.1:6379).
-# - Otherwise the server is installed from Debian packages when missing and
-#   a private instance is started under .cache/ on a free port.
+# - Otherwise (or with SURGE_DEPS_PRIVATE=1) the server is installed from
+#   Debian packages when missing and a private instance is started on a
+#   free port (PostgreSQL data in $TMPDIR/surge-pg-<uid>, Redis in .cache/).
 # NATS is always the pinned version (go tool nats-server), started on a free
 # port for this run; deps_stop (called on exit) stops what was started here.
 
@@ -53,13 +54,13 @@ if ! command -v gcc >/dev/null; then apt_install gcc libc6-dev; fi
 pg_ok() { command -v psql >/dev/null && psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 if [ -z "${SURGE_TEST_PG:-}" ]; then
 	default_pg="postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	if pg_ok "$default_pg"; then
+	if [ -z "${SURGE_DEPS_PRIVATE:-}" ] && pg_ok "$default_pg"; then
 		export SURGE_TEST_PG="$default_pg"
 	else
 		if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql postgresql-contrib; fi
 		bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 		port=$(free_port 55432)
-		pgdir="$cache/pg"
+		pgdir="${TMPDIR:-/tmp}/surge-pg-$(id -u)" # outside the work tree: the postgres user must reach it
 		run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 		if [ ! -f "$pgdir/PG_VERSION" ]; then
 			rm -rf "$pgdir"; mkdir -p "$pgdir"
@@ -76,7 +77,7 @@ pg_ok "$SURGE_TEST_PG" || { say "PostgreSQL at $SURGE_TEST_PG does not answer"; 
 
 # --- Redis --------------------------------------------------------------------
 if [ -z "${SURGE_TEST_REDIS:-}" ]; then
-	if command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; then
+	if [ -z "${SURGE_DEPS_PRIVATE:-}" ] && command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; then
 		export SURGE_TEST_REDIS="redis://127.0.0.1:6379/0"
 	else
 		command -v redis-server >/dev/null || apt_install redis-server
