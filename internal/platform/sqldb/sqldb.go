@@ -11,6 +11,7 @@ package sqldb
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -275,15 +276,24 @@ func IsUnique(err error) bool {
 	return false
 }
 
-// Tx runs fn in a transaction on db's writer, committing when fn returns nil.
+// Tx runs fn in a transaction on db's writer, committing when fn returns
+// nil. A connection found broken before the commit (driver.ErrBadConn: the
+// server or a cancelled request closed it while it sat in the pool) is
+// replaced and fn runs again, at most twice; fn must not have effects
+// outside the transaction. A failed commit is never retried.
 func Tx(ctx context.Context, db *DB, fn func(*sql.Tx) error) error {
-	tx, err := db.W.BeginTx(ctx, nil)
-	if err != nil {
-		return err
+	for attempt := 0; ; attempt++ {
+		tx, err := db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := fn(tx); err != nil {
+			tx.Rollback()
+			if errors.Is(err, driver.ErrBadConn) && attempt < 2 && ctx.Err() == nil {
+				continue
+			}
+			return err
+		}
+		return tx.Commit()
 	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
 }

@@ -77,7 +77,7 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 		body.Error.Code, body.Error.Message = "internal", "internal error (trace id "+TraceID(r.Context())+")"
 	}
 	if status >= 500 {
-		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
 	}
 	JSON(w, status, body)
 }
