@@ -77,6 +77,7 @@ type StreamConfig struct {
 	Duplicates time.Duration // dedup window for Nats-Msg-Id; 0 = 2 minutes (capped at MaxAge)
 	MaxAge     time.Duration // 0 = keep forever
 	Replicas   int           // 0 = 1; use 3 on a cluster for power-loss safety
+	Schedules  bool          // allow message schedules (Schedule headers); needs server 2.12+
 }
 
 // ConsumerConfig describes a durable pull consumer that Consume drives.
@@ -477,6 +478,9 @@ func (b *Bus) EnsureStream(ctx context.Context, cfg StreamConfig) error {
 		Duplicates: dup,
 		MaxAge:     cfg.MaxAge,
 		Replicas:   max(cfg.Replicas, 1),
+
+		AllowMsgSchedules: cfg.Schedules,
+		AllowRollup:       cfg.Schedules,
 	})
 	if err != nil {
 		return fmt.Errorf("bus: ensure stream %s: %w", cfg.Name, b.connErr(err))

@@ -10,6 +10,26 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// Headers of JetStream message schedules (server 2.12+). A message published
+// with them to a subject of a stream with StreamConfig.Schedules is a
+// schedule: at the time given, the server publishes its body to the target
+// subject (of the same stream). The schedule's subject is its identity: a
+// new schedule on the same subject replaces the old one.
+const (
+	Schedule       = "Nats-Schedule"        // "@at <RFC3339>"
+	ScheduleTarget = "Nats-Schedule-Target" // un-prefixed subject
+)
+
+// ScheduleAt returns the Nats-Schedule value for a one-shot at t. The server
+// keeps one-second precision and truncates, which would fire up to a second
+// early, so t is rounded up to the next whole second.
+func ScheduleAt(t time.Time) string {
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		t = r.Add(time.Second)
+	}
+	return "@at " + t.UTC().Format(time.RFC3339)
+}
+
 // natsMsg builds the wire message for m: namespaced subject, m.Header, and
 // Nats-Msg-Id = m.ID when set.
 func (b *Bus) natsMsg(m Msg) (*nats.Msg, error) {
@@ -24,6 +44,9 @@ func (b *Bus) natsMsg(m Msg) (*nats.Msg, error) {
 		}
 		if m.ID != "" {
 			nm.Header.Set(jetstream.MsgIDHeader, m.ID)
+		}
+		if t := nm.Header.Get(ScheduleTarget); t != "" {
+			nm.Header.Set(ScheduleTarget, b.Subject(t)) // callers name targets un-prefixed too
 		}
 	}
 	return nm, nil

@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		{"CorePubSub", testCorePubSub},
 		{"Namespace", testNamespace},
 		{"Close", testClose},
+		{"Schedule", func(t *testing.T, open func(t *testing.T) *bus.Bus) { runSchedule(t, open(t)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -584,5 +585,48 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		case <-deadline:
 			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
 		}
+	}
+}
+
+// runSchedule checks that a scheduled message fires at its time (never
+// early) on its target subject, and that rescheduling replaces it.
+func runSchedule(t *testing.T, b *bus.Bus) {
+	ctx := context.Background()
+	if err := b.EnsureStream(ctx, bus.StreamConfig{Name: "TIMERS", Subjects: []string{"timers.>"}, Schedules: true}); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(1200 * time.Millisecond)
+	for i, when := range []time.Time{at.Add(time.Hour), at} { // the second replaces the first
+		if _, err := b.Publish(ctx, bus.Msg{Subject: "timers.schedule.x", ID: fmt.Sprint("s", i), Data: []byte("fire"),
+			Header: map[string]string{bus.Schedule: bus.ScheduleAt(when), bus.ScheduleTarget: "timers.fire.x"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan time.Time, 4)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go b.Consume(cctx, bus.ConsumerConfig{Stream: "TIMERS", Durable: "fire", FilterSubject: "timers.fire.>"},
+		func(_ context.Context, m bus.Msg) error {
+			if string(m.Data) == "fire" && m.Subject == "timers.fire.x" {
+				got <- time.Now()
+			}
+			return nil
+		})
+	select {
+	case fired := <-got:
+		due := at.Truncate(time.Second).Add(time.Second)
+		if fired.Before(due) {
+			t.Fatalf("fired %v before its time %v", fired, due)
+		}
+		if fired.After(due.Add(1500 * time.Millisecond)) {
+			t.Fatalf("fired %v, more than 1.5 s after its time %v", fired, due)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("scheduled message did not fire")
+	}
+	select {
+	case <-got:
+		t.Fatal("the replaced schedule fired too")
+	case <-time.After(200 * time.Millisecond):
 	}
 }
