@@ -222,3 +222,12 @@ func merge(lines []Line) []Line {
 	slices.SortFunc(out, func(a, b Line) int { return cmp.Compare(a.SKU, b.SKU) })
 	return out
 }
+
+// Commit turns the reservation of orderID into a sale: the rows go, the
+// stock stays taken (a paid order). Idempotent.
+func (s *Service) Commit(ctx context.Context, orderID int64) error {
+	if _, err := s.db.W.ExecContext(ctx, `DELETE FROM stock_reservations WHERE order_id = $1`, orderID); err != nil {
+		return fmt.Errorf("commit reservation of order %d: %w", orderID, err)
+	}
+	return nil
+}

@@ -151,8 +151,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	n.closer = append(n.closer, n.Bus.Close)
-	if err := n.Bus.EnsureStream(ctx, order.Stream); err != nil {
-		return nil, fmt.Errorf("bus: %w", err)
+	for _, st := range []bus.StreamConfig{order.Stream, order.Timers} {
+		if err := n.Bus.EnsureStream(ctx, st); err != nil {
+			return nil, fmt.Errorf("bus: %w", err)
+		}
 	}
 	node := cfg.NodeID
 	if node < 0 {
@@ -232,6 +234,8 @@ func (n *Node) Run(ctx context.Context) error {
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
 		spawn("reservation sweeper", n.sweep)
+		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })
+		spawn("expiry sweeper", n.expireDue)
 	}
 	go func() {
 		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -268,6 +272,24 @@ func (n *Node) sweep(ctx context.Context) error {
 			n.log.Warn("reservation sweep", "err", err)
 		} else if released > 0 {
 			n.log.Info("reservation sweep released orphans", "orders", released)
+		}
+	}
+}
+
+// expireDue is the backstop of the order timers.
+func (n *Node) expireDue(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500); err != nil {
+			n.log.Warn("expiry sweep", "err", err)
+		} else if k > 0 {
+			n.log.Info("expiry sweep expired orders its timers missed", "orders", k)
 		}
 	}
 }

@@ -53,6 +53,7 @@ var (
 	ErrKeyReused      = errkind.New(errkind.Conflict, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
 	ErrKeyBusy        = errkind.New(errkind.Conflict, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being processed, retry")
 	ErrBadCursor      = errkind.New(errkind.Invalid, "invalid_cursor", "cursor must be an order id from a previous page")
+	ErrNotPayable     = errkind.New(errkind.Conflict, "order_not_payable", "the order is not waiting for payment (cancelled, expired or paid)")
 )
 
 // Order is an order with its lines. Money is in fen.
@@ -65,6 +66,8 @@ type Order struct {
 	Total      int64     `json:"total"`
 	Payable    int64     `json:"payable"`
 	PickupCode string    `json:"pickup_code,omitempty"`
+	PaymentID  int64     `json:"payment_id,string,omitempty"` // the payment that paid it
+	Reason     string    `json:"cancel_reason,omitempty"`     // why it was cancelled: "user" or "expired"
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	ExpiresAt  time.Time `json:"expires_at"`
@@ -131,6 +134,8 @@ type Event struct {
 	Version    int64     `json:"version"`
 	Payable    int64     `json:"payable"`
 	PickupCode string    `json:"pickup_code,omitempty"`
+	PaymentID  int64     `json:"payment_id,string,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
 	At         time.Time `json:"at"`
 }
 
@@ -138,6 +143,13 @@ type Event struct {
 const (
 	EvCreated   = "order.created"
 	EvCancelled = "order.cancelled"
+	EvPaid      = "order.paid"
+)
+
+// Cancel reasons.
+const (
+	ByUser   = "user"
+	ByExpiry = "expired"
 )
 
 // Catalog prices orders.
@@ -149,6 +161,7 @@ type Catalog interface {
 type Stock interface {
 	Reserve(ctx context.Context, orderID int64, lines []inventory.Line) error
 	Release(ctx context.Context, orderID int64) (int64, error)
+	Commit(ctx context.Context, orderID int64) error
 }
 
 func mustJSON(v any) []byte {

@@ -278,6 +278,9 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) err
 		if err := outbox.Insert(ctx, tx, ev, o.CreatedAt); err != nil {
 			return err
 		}
+		if err := outbox.Insert(ctx, tx, s.timer(o), o.CreatedAt); err != nil {
+			return err
+		}
 		if cl.key != "" {
 			res, err := tx.ExecContext(ctx, `UPDATE idempotency SET state = 'done', body = $1
 				WHERE user_id = $2 AND idem_key = $3 AND order_id = $4 AND state = 'pending' AND created_at = $5`,
@@ -307,7 +310,8 @@ func (s *Service) wake(gene int) {
 func (s *Service) event(o *Order, typ string) outbox.Event {
 	gene := id.Gene(o.ID)
 	ev := Event{EventID: s.ids.Next(gene), Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
-		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, At: o.UpdatedAt.UTC()}
+		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, PaymentID: o.PaymentID,
+		Reason: o.Reason, At: o.UpdatedAt.UTC()}
 	return outbox.Event{ID: ev.EventID, Subject: Subject(gene), Type: typ, Payload: mustJSON(ev)}
 }
 
@@ -319,6 +323,13 @@ func (s *Service) Get(ctx context.Context, userID, orderID int64) (*Order, error
 	}
 	if userID != 0 && o.UserID != userID {
 		return nil, ErrNotFound.With("no order %d", orderID) // do not tell others' orders exist
+	}
+	if o.Status == PendingPayment && !s.now().Before(o.ExpiresAt) {
+		// Past its time but the timer has not fired yet: never show it as payable.
+		if _, err := s.Expire(ctx, orderID); err != nil {
+			return nil, err
+		}
+		return s.read(ctx, s.db.ForID(orderID).W, orderID)
 	}
 	return o, nil
 }
@@ -338,14 +349,15 @@ type queryer interface {
 	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
 
-const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, created_at, updated_at, expires_at`
+const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
+	created_at, updated_at, expires_at`
 
 func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var o Order
 	var status string
 	var created, updated, expires int64
 	if err := sc.Scan(&o.ID, &o.UserID, &o.StoreID, &status, &o.Version, &o.Total, &o.Payable, &o.PickupCode,
-		&created, &updated, &expires); err != nil {
+		&o.PaymentID, &o.Reason, &created, &updated, &expires); err != nil {
 		return nil, err
 	}
 	o.Status = Status(status)
@@ -453,7 +465,7 @@ func (s *Service) Cancel(ctx context.Context, userID, orderID int64) (*Order, er
 	if o.Status != PendingPayment {
 		return nil, ErrNotCancellable.With("order %d is %s; only an unpaid order can be cancelled", orderID, o.Status)
 	}
-	if err := s.transition(ctx, o, Cancelled, EvCancelled, nil); err != nil {
+	if err := s.transition(ctx, o, Cancelled, EvCancelled, func(o *Order) { o.Reason = ByUser }); err != nil {
 		return nil, err
 	}
 	if _, err := s.stock.Release(ctx, orderID); err != nil {
@@ -475,9 +487,11 @@ func (s *Service) transition(ctx context.Context, o *Order, to Status, typ strin
 	}
 	gene := id.Gene(o.ID)
 	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE orders SET status = $1, version = $2, pickup_code = $3, updated_at = $4
-			WHERE id = $5 AND status = $6 AND version = $7`,
-			string(next.Status), next.Version, next.PickupCode, next.UpdatedAt.UnixMilli(), o.ID, string(o.Status), o.Version)
+		res, err := tx.ExecContext(ctx, `UPDATE orders SET status = $1, version = $2, pickup_code = $3, updated_at = $4,
+			payment_id = $5, cancel_reason = $6
+			WHERE id = $7 AND status = $8 AND version = $9`,
+			string(next.Status), next.Version, next.PickupCode, next.UpdatedAt.UnixMilli(), next.PaymentID, next.Reason,
+			o.ID, string(o.Status), o.Version)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
@@ -55,6 +57,8 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"BadInput", testBadInput},
 		{"FailedInsertReleases", testFailedInsertReleases},
 		{"OtherUsersOrder", testOtherUsersOrder},
+		{"Expiry", testExpiry},
+		{"MarkPaid", testMarkPaid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -280,11 +284,14 @@ type outboxRow struct {
 }
 
 // outbox returns every outbox row of the cluster, by database then id.
+// outbox returns the order events waiting in the outbox of every database
+// (the expiry timers, rows of another stream, are left out: see timers).
 func (f *fixture) outbox(t *testing.T) []outboxRow {
 	t.Helper()
 	var out []outboxRow
 	for i, d := range f.c.Shards() {
-		rows, err := d.R.QueryContext(f.ctx, `SELECT id, subject, type, payload, created_at FROM outbox ORDER BY id`)
+		rows, err := d.R.QueryContext(f.ctx, `SELECT id, subject, type, payload, created_at FROM outbox
+			WHERE subject LIKE 'orders.events.%' ORDER BY id`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -303,6 +310,31 @@ func (f *fixture) outbox(t *testing.T) []outboxRow {
 		if err := rows.Err(); err != nil {
 			t.Fatal(err)
 		}
+	}
+	return out
+}
+
+// timers returns the expiry timers waiting in the outboxes: order id -> headers.
+func (f *fixture) timers(t *testing.T) map[int64]string {
+	t.Helper()
+	out := map[int64]string{}
+	for _, d := range f.c.Shards() {
+		rows, err := d.R.QueryContext(f.ctx, `SELECT payload, headers FROM outbox WHERE subject LIKE 'timers.%'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var payload, hdr string
+			if err := rows.Scan(&payload, &hdr); err != nil {
+				t.Fatal(err)
+			}
+			oid, _ := strconv.ParseInt(payload, 10, 64)
+			if _, dup := out[oid]; dup {
+				t.Errorf("order %d has two timers", oid)
+			}
+			out[oid] = hdr
+		}
+		rows.Close()
 	}
 	return out
 }
@@ -530,12 +562,23 @@ func testOutbox(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		t.Errorf("order.created payload %+v does not describe order %+v", e, c)
 	}
 
-	// A failed create writes no event.
+	// Its expiry timer is written with it: one schedule at expires_at,
+	// rounded up to the second, aimed at the shard's expiry subject.
+	timers := f.timers(t)
+	wantAt := bus.ScheduleAt(c.ExpiresAt)
+	if h := timers[c.OrderID]; len(timers) != 1 || !strings.Contains(h, wantAt) || !strings.Contains(h, fmt.Sprintf("timers.expire.%d", gene)) {
+		t.Errorf("timers %v, want one for order %d with %q", timers, c.OrderID, wantAt)
+	}
+
+	// A failed create writes no event and no timer.
 	if _, err := f.ord.Create(ctx, user, "", f.req(line(f.mooncake, 99), line(f.mooncake, 1))); !errors.Is(err, inventory.ErrSoldOut) {
 		t.Fatalf("ordering 100 of %d mooncakes: %v, want ErrSoldOut", mooncakeStock-2, err)
 	}
 	if n := len(f.outbox(t)); n != 1 {
 		t.Errorf("a sold-out create left %d outbox rows, want still 1", n)
+	}
+	if n := len(f.timers(t)); n != 1 {
+		t.Errorf("a sold-out create left %d timers, want still 1", n)
 	}
 
 	if _, err := f.ord.Cancel(ctx, user, c.OrderID); err != nil {
@@ -1091,5 +1134,152 @@ func testOtherUsersOrder(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if errkind.Of(order.ErrNotFound).Kind != errkind.NotFound {
 		t.Error("ErrNotFound does not carry the NotFound kind")
+	}
+}
+
+// testExpiry: unpaid orders past their time are cancelled exactly once, by
+// the timer's Expire, by the sweep or on read, and a payment racing the
+// expiry either wins (paid, stock sold) or loses (cancelled, stock back,
+// told to refund) — never both.
+func testExpiry(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const ttl = 100 * time.Millisecond
+	short := order.New(f.c, f.ids, f.cat, f.inv, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{TTL: ttl})
+	const user = 4242
+	c, err := short.Create(ctx, user, "", f.req(line(f.mooncake, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := short.Expire(ctx, c.OrderID); err != nil || ok {
+		t.Fatalf("expire before its time: %v %v, want false", ok, err)
+	}
+	poll(t, "the order's time to pass", func() bool { return time.Now().After(c.ExpiresAt) })
+	if ok, err := short.Expire(ctx, c.OrderID); err != nil || !ok {
+		t.Fatalf("expire after its time: %v %v, want true", ok, err)
+	}
+	if ok, err := short.Expire(ctx, c.OrderID); err != nil || ok {
+		t.Fatalf("second expire: %v %v, want false", ok, err)
+	}
+	o := f.mustGet(t, user, c.OrderID)
+	if o.Status != order.Cancelled || o.Reason != order.ByExpiry || f.level(t, f.mooncake.SKU) != mooncakeStock {
+		t.Fatalf("expired order %s (%s), stock %d; want cancelled (expired), stock %d", o.Status, o.Reason, f.level(t, f.mooncake.SKU), mooncakeStock)
+	}
+	if r, err := short.MarkPaid(ctx, c.OrderID, 77); err != nil || r != order.NotPayable {
+		t.Fatalf("paying an expired order: %v %v, want NotPayable", r, err)
+	}
+
+	// A read past the time never shows pending_payment, timer or not.
+	c2, _ := short.Create(ctx, user, "", f.req(line(f.mooncake, 1)))
+	poll(t, "the second order's time to pass", func() bool { return time.Now().After(c2.ExpiresAt) })
+	if o, err := short.Get(ctx, user, c2.OrderID); err != nil || o.Status != order.Cancelled || o.Reason != order.ByExpiry {
+		t.Fatalf("read after expiry: %+v %v", o, err)
+	}
+
+	// The sweep finds what the timers missed.
+	var due []int64
+	for i := range 5 {
+		c, err := short.Create(ctx, int64(5000+i*313), "", f.req(line(f.latte, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		due = append(due, c.OrderID)
+	}
+	poll(t, "the sweep to expire 5 orders", func() bool {
+		if _, err := short.ExpireDue(ctx, 0, 100); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range due {
+			if o, err := f.ord.Get(ctx, 0, x); err != nil || o.Status != order.Cancelled {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Payment vs expiry at the same moment, 30 times.
+	paid, expired := 0, 0
+	for i := range 30 {
+		u := int64(7000 + i*97)
+		c, err := short.Create(ctx, u, "", f.req(line(f.mooncake, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		poll(t, "the order's time to pass", func() bool { return time.Now().After(c.ExpiresAt) })
+		var res order.PaidResult
+		var won bool
+		var perr, eerr error
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; res, perr = short.MarkPaid(ctx, c.OrderID, int64(900000+i)) }()
+		go func() { defer wg.Done(); <-start; won, eerr = short.Expire(ctx, c.OrderID) }()
+		close(start)
+		wg.Wait()
+		if perr != nil || eerr != nil {
+			t.Fatalf("race %d: pay %v, expire %v", i, perr, eerr)
+		}
+		o, _ := f.ord.Get(ctx, 0, c.OrderID)
+		switch {
+		case res == order.PaidNow && !won:
+			paid++
+			if o.Status != order.Paid || o.PaymentID != int64(900000+i) || f.reserved(t, c.OrderID, 0) != 0 {
+				t.Fatalf("race %d: payment won but the order is %s paid by %d, %d units still reserved", i, o.Status, o.PaymentID, f.reserved(t, c.OrderID, 0))
+			}
+		case res == order.NotPayable && won:
+			expired++
+			if o.Status != order.Cancelled {
+				t.Fatalf("race %d: expiry won but the order is %s", i, o.Status)
+			}
+		default:
+			t.Fatalf("race %d: pay %v and expired %v: exactly one must win", i, res, won)
+		}
+	}
+	// Stock: every paid order keeps its unit, every expired one gave it back.
+	if want := int64(mooncakeStock - paid); f.level(t, f.mooncake.SKU) != want {
+		t.Fatalf("stock %d after %d paid and %d expired, want %d", f.level(t, f.mooncake.SKU), paid, expired, want)
+	}
+	t.Logf("payment vs expiry: %d paid, %d expired", paid, expired)
+}
+
+// testMarkPaid: idempotent per payment; a second payment is told apart.
+func testMarkPaid(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	c := f.mustCreate(t, 31, "", f.req(line(f.mooncake, 3)))
+	results := make([]order.PaidResult, 20)
+	errs := race(20, func(i int) error {
+		var err error
+		results[i], err = f.ord.MarkPaid(ctx, c.OrderID, 555)
+		return err
+	})
+	now := 0
+	for i, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if results[i] == order.PaidNow {
+			now++
+		} else if results[i] != order.PaidAlready {
+			t.Fatalf("result %v", results[i])
+		}
+	}
+	if now != 1 {
+		t.Fatalf("%d calls moved the order to paid, want 1", now)
+	}
+	if r, _ := f.ord.MarkPaid(ctx, c.OrderID, 556); r != order.PaidByOther {
+		t.Fatalf("second payment: %v, want PaidByOther", r)
+	}
+	if _, err := f.ord.Cancel(ctx, 31, c.OrderID); !errors.Is(err, order.ErrNotCancellable) {
+		t.Fatalf("cancel of a paid order: %v, want ErrNotCancellable", err)
+	}
+	paidEvents := 0
+	for _, r := range f.outbox(t) {
+		if r.typ == order.EvPaid && r.ev.OrderID == c.OrderID && r.ev.PaymentID == 555 {
+			paidEvents++
+		}
+	}
+	if paidEvents != 1 || f.level(t, f.mooncake.SKU) != mooncakeStock-3 || f.reserved(t, c.OrderID, 0) != 0 {
+		t.Fatalf("%d order.paid events, stock %d, reserved %d", paidEvents, f.level(t, f.mooncake.SKU), f.reserved(t, c.OrderID, 0))
 	}
 }

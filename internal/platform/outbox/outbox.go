@@ -9,6 +9,7 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -26,12 +27,21 @@ type Event struct {
 	Subject string
 	Type    string
 	Payload []byte
+	Header  map[string]string // extra message headers (e.g. a schedule)
 }
 
 // Insert writes ev in tx.
 func Insert(ctx context.Context, tx *sql.Tx, ev Event, now time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, subject, type, payload, created_at) VALUES ($1, $2, $3, $4, $5)`,
-		ev.ID, ev.Subject, ev.Type, string(ev.Payload), now.UnixMilli())
+	hdr := ""
+	if len(ev.Header) > 0 {
+		b, err := json.Marshal(ev.Header)
+		if err != nil {
+			return err
+		}
+		hdr = string(b)
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		ev.ID, ev.Subject, ev.Type, string(ev.Payload), hdr, now.UnixMilli())
 	if err != nil {
 		return fmt.Errorf("outbox insert %d: %w", ev.ID, err)
 	}
@@ -155,7 +165,7 @@ func (r *Relay) loop(ctx context.Context, d *sqldb.DB, wake <-chan struct{}) {
 func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 	total := 0
 	for {
-		rows, err := d.W.QueryContext(ctx, `SELECT id, subject, type, payload FROM outbox ORDER BY id LIMIT $1`, r.batch)
+		rows, err := d.W.QueryContext(ctx, `SELECT id, subject, type, payload, headers FROM outbox ORDER BY id LIMIT $1`, r.batch)
 		if err != nil {
 			return total, fmt.Errorf("outbox read: %w", err)
 		}
@@ -163,14 +173,18 @@ func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 		var ids []int64
 		for rows.Next() {
 			var ev Event
-			var payload string
-			if err := rows.Scan(&ev.ID, &ev.Subject, &ev.Type, &payload); err != nil {
+			var payload, hdr string
+			if err := rows.Scan(&ev.ID, &ev.Subject, &ev.Type, &payload, &hdr); err != nil {
 				rows.Close()
 				return total, err
 			}
+			h := map[string]string{}
+			if hdr != "" {
+				json.Unmarshal([]byte(hdr), &h) // written by Insert from a map: cannot fail
+			}
+			h["Surge-Type"] = ev.Type
 			ids = append(ids, ev.ID)
-			msgs = append(msgs, bus.Msg{Subject: ev.Subject, ID: strconv.FormatInt(ev.ID, 10), Data: []byte(payload),
-				Header: map[string]string{"Surge-Type": ev.Type}})
+			msgs = append(msgs, bus.Msg{Subject: ev.Subject, ID: strconv.FormatInt(ev.ID, 10), Data: []byte(payload), Header: h})
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

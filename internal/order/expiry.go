@@ -1,0 +1,166 @@
+package order
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/outbox"
+)
+
+// Timers is the stream of order timers: a schedule per unpaid order on
+// timers.order.<order id> fires its order id on timers.expire.<gene>.
+var Timers = bus.StreamConfig{Name: "TIMERS", Subjects: []string{"timers.>"}, Schedules: true, Duplicates: 10 * time.Minute}
+
+// timer is the outbox row that schedules o's expiry; it is written in the
+// order's own transaction, so every order has its timer.
+func (s *Service) timer(o *Order) outbox.Event {
+	gene := id.Gene(o.ID)
+	return outbox.Event{ID: s.ids.Next(gene), Subject: "timers.order." + strconv.FormatInt(o.ID, 10), Type: "order.timer",
+		Payload: []byte(strconv.FormatInt(o.ID, 10)),
+		Header:  map[string]string{bus.Schedule: bus.ScheduleAt(o.ExpiresAt), bus.ScheduleTarget: "timers.expire." + strconv.Itoa(gene)}}
+}
+
+// Expire cancels the order if it is still unpaid and its time is up, and
+// releases its stock. It reports whether this call expired it; an order that
+// is paid, cancelled or not yet due is left alone. Safe to call any number
+// of times from any node: the status CAS lets one caller win.
+func (s *Service) Expire(ctx context.Context, orderID int64) (bool, error) {
+	for range 3 {
+		o, err := s.read(ctx, s.db.ForID(orderID).W, orderID)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil // a timer of an order whose transaction failed
+		}
+		if err != nil {
+			return false, err
+		}
+		if o.Status != PendingPayment || s.now().Before(o.ExpiresAt) {
+			return false, nil
+		}
+		err = s.transition(ctx, o, Cancelled, EvCancelled, func(o *Order) { o.Reason = ByExpiry })
+		if errors.Is(err, ErrChanged) {
+			continue // paid or cancelled meanwhile: look again
+		}
+		if err != nil {
+			return false, err
+		}
+		if _, err := s.stock.Release(ctx, orderID); err != nil {
+			s.log.Warn("release on expiry (will be retried from the event)", "order_id", orderID, "err", err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// ConsumeTimers expires orders as their timers fire, until ctx is done.
+func (s *Service) ConsumeTimers(ctx context.Context, b *bus.Bus) error {
+	if err := b.EnsureStream(ctx, Timers); err != nil {
+		return err
+	}
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: Timers.Name, Durable: "order-expiry", FilterSubject: "timers.expire.>",
+		MaxAckPending: 4096, Workers: 4}, func(ctx context.Context, m bus.Msg) error {
+		oid, err := strconv.ParseInt(string(m.Data), 10, 64)
+		if err != nil {
+			s.log.Error("order timer: bad payload, dropped", "subject", m.Subject, "data", string(m.Data))
+			return nil
+		}
+		_, err = s.Expire(ctx, oid)
+		return err
+	})
+}
+
+// ExpireDue is the backstop of the timers: it expires unpaid orders whose
+// time passed more than grace ago, from the (status, expires_at) index of
+// every shard, at most limit per shard. It returns how many it expired.
+func (s *Service) ExpireDue(ctx context.Context, grace time.Duration, limit int) (int, error) {
+	n := 0
+	for _, d := range s.db.Shards() {
+		rows, err := d.R.QueryContext(ctx, `SELECT id FROM orders WHERE status = $1 AND expires_at < $2 ORDER BY expires_at LIMIT $3`,
+			string(PendingPayment), s.now().Add(-grace).UnixMilli(), limit)
+		if err != nil {
+			return n, fmt.Errorf("due orders on %s: %w", d.Name, err)
+		}
+		var ids []int64
+		for rows.Next() {
+			var x int64
+			if err := rows.Scan(&x); err != nil {
+				rows.Close()
+				return n, err
+			}
+			ids = append(ids, x)
+		}
+		rows.Close()
+		for _, x := range ids {
+			ok, err := s.Expire(ctx, x)
+			if err != nil {
+				return n, err
+			}
+			if ok {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// PaidResult says what MarkPaid did.
+type PaidResult int
+
+const (
+	PaidNow     PaidResult = iota // this payment moved the order to paid
+	PaidAlready                   // the order was already paid by this very payment
+	PaidByOther                   // the order was paid by another payment: refund this one
+	NotPayable                    // the order is cancelled (by the user or expiry): refund this one
+)
+
+// MarkPaid records that paymentID paid the order: pending_payment -> paid by
+// compare-and-set, with an order.paid event, and turns its stock reservation
+// into a sale. Idempotent per payment.
+func (s *Service) MarkPaid(ctx context.Context, orderID, paymentID int64) (PaidResult, error) {
+	for range 5 {
+		o, err := s.read(ctx, s.db.ForID(orderID).W, orderID)
+		if err != nil {
+			return 0, err
+		}
+		switch o.Status {
+		case PendingPayment:
+		case Paid, Accepted, Ready, Completed, Refunding, Refunded:
+			if o.PaymentID == paymentID {
+				return PaidAlready, nil
+			}
+			return PaidByOther, nil
+		default:
+			return NotPayable, nil
+		}
+		err = s.transition(ctx, o, Paid, EvPaid, func(o *Order) { o.PaymentID = paymentID })
+		if errors.Is(err, ErrChanged) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if err := s.stock.Commit(ctx, orderID); err != nil {
+			s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
+		}
+		return PaidNow, nil
+	}
+	return 0, ErrChanged.With("order %d keeps changing", orderID)
+}
+
+// Payable returns the order if userID may pay it now (unpaid, not expired),
+// or ErrNotPayable / ErrNotFound. An order found past its time is expired
+// on the spot.
+func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, error) {
+	o, err := s.Get(ctx, userID, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if o.Status != PendingPayment {
+		return nil, ErrNotPayable.With("order %d is %s", orderID, o.Status)
+	}
+	return o, nil
+}
