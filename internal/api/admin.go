@@ -164,7 +164,7 @@ func (s *Server) adminOrder(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	o, err := s.Orders.Get(r.Context(), 0, oid)
+	o, err := s.Orders.Peek(r.Context(), oid)
 	if err != nil {
 		web.Error(w, r, err)
 		return

@@ -334,6 +334,12 @@ func (s *Service) Get(ctx context.Context, userID, orderID int64) (*Order, error
 	return o, nil
 }
 
+// Peek returns the order as stored, without the expiry check of Get (for
+// operators, who must see what the database holds).
+func (s *Service) Peek(ctx context.Context, orderID int64) (*Order, error) {
+	return s.read(ctx, s.db.ForID(orderID).R, orderID)
+}
+
 // Exists reports whether an order was written (any status).
 func (s *Service) Exists(ctx context.Context, orderID int64) (bool, error) {
 	var one int
