@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/demo"
 	"github.com/surge-platform/surge/internal/node"
+	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -43,6 +46,9 @@ Usage:
                   serves until Ctrl-C
   surge serve   [flags]   run the platform (or some roles) as a server
   surge migrate [--db URL ...]   apply the migrations to every database shard
+  surge reconcile --channel wxsim [--date 2026-11-23] [--server URL] [--admin-token T] [--json]
+                  compare a channel's statement with the ledger (via a running
+                  node's admin API); fixes what is safe, reports the rest
   surge help
 
 Flags of serve and demo (each also as env SURGE_<NAME>, e.g. SURGE_ADDR; SURGE_DB
@@ -64,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stdout, stderr, true)
 	case "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
+	case "reconcile":
+		return reconcile(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		printFlags(stdout)
@@ -110,6 +118,9 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.DBMaxConns, "db-max-conns", 0, "connections per PostgreSQL database (0: 8 x cores)")
 	fs.DurationVar(&o.RelayPoll, "relay-poll", time.Second, "outbox relay backstop poll (wake-ups on commit come first)")
 	fs.BoolVar(&o.Migrate, "migrate", d.Migrate, "apply migrations at start")
+	fs.StringVar(&o.PublicURL, "public-url", "", "base URL this node is reached at, for payment callbacks (default http://<addr>)")
+	fs.StringVar(&o.PayURL, "pay-url", "", "base URL of the payment provider simulator (default this node's URL)")
+	fs.DurationVar(&o.PayQuery, "pay-query-after", 10*time.Second, "actively query a payment whose callback has not come after this long")
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
@@ -279,5 +290,49 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for i, d := range c.Shards() {
 		fmt.Fprintf(stdout, "migrated shard %d: %s\n", i, d.Name)
 	}
+	return nil
+}
+
+func reconcile(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	channel := fs.String("channel", "", "payment channel (wxsim, alisim)")
+	date := fs.String("date", time.Now().UTC().AddDate(0, 0, -1).Format(time.DateOnly), "statement date (UTC), default yesterday")
+	server := fs.String("server", "http://127.0.0.1:8080", "base URL of a running surge node with the api role")
+	token := fs.String("admin-token", "", "admin token of that node")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *channel == "" {
+		return errors.New("--channel is required")
+	}
+	body, _ := json.Marshal(map[string]string{"channel": *channel, "date": *date})
+	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimRight(*server, "/")+"/admin/v1/reconciliations", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+*token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("reconcile: %s: %s", res.Status, b)
+	}
+	if *asJSON {
+		_, err := stdout.Write(append(b, '\n'))
+		return err
+	}
+	var rep payment.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return err
+	}
+	rep.Print(stdout)
 	return nil
 }

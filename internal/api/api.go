@@ -16,6 +16,7 @@ import (
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -36,6 +37,8 @@ type Server struct {
 	Members    *member.Service
 	Catalog    *catalog.Service
 	Orders     *order.Service
+	Payments   *payment.Service
+	Extra      map[string]http.Handler // more routes (pattern -> handler), e.g. the payment simulator
 	AdminToken string
 	Checks     []Check
 	Stats      EventStats
@@ -51,6 +54,12 @@ func (s *Server) Handler() http.Handler {
 	if s.Members != nil {
 		s.customerRoutes(mux)
 		s.adminRoutes(mux)
+	}
+	if s.Payments != nil {
+		s.paymentRoutes(mux)
+	}
+	for pattern, h := range s.Extra {
+		mux.Handle(pattern, h)
 	}
 	return web.Middleware(s.Log, mux)
 }

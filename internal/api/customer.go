@@ -116,6 +116,10 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request, uid int64) {
 		return
 	}
 	o, err := s.Orders.Get(r.Context(), uid, oid)
+	if err == nil && o.Status == order.PendingPayment && s.Payments != nil {
+		s.refreshPending(r.Context(), oid)
+		o, err = s.Orders.Get(r.Context(), uid, oid)
+	}
 	if err != nil {
 		web.Error(w, r, err)
 		return

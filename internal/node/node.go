@@ -25,6 +25,10 @@ import (
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/alisim"
+	"github.com/surge-platform/surge/internal/payment/paysim"
+	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
@@ -33,7 +37,7 @@ import (
 )
 
 // Roles a node can take. "all" means every implemented role.
-var Roles = []string{"api", "worker"}
+var Roles = []string{"api", "worker", "paysim"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
@@ -49,6 +53,9 @@ type Config struct {
 	DBMaxConns int           // per PostgreSQL database; 0 = default
 	Migrate    bool          // apply migrations at start
 	RelayPoll  time.Duration // outbox backstop poll; 0 = 1s
+	PublicURL  string        // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL     string        // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	PayQuery   time.Duration // first active query of an unpaid payment; 0 = 10s
 }
 
 // Defaults returns a config that works on a laptop.
@@ -82,7 +89,7 @@ func (c *Config) Resolve() error {
 				roles = append(roles, Roles...)
 			case slices.Contains(Roles, r):
 				roles = append(roles, r)
-			case slices.Contains([]string{"fulfil", "push", "paysim", "monitor"}, r):
+			case slices.Contains([]string{"fulfil", "push", "monitor"}, r):
 				return fmt.Errorf("role %q is not implemented yet (available: %s)", r, strings.Join(Roles, ", "))
 			case r != "":
 				return fmt.Errorf("unknown role %q (available: all, %s)", r, strings.Join(Roles, ", "))
@@ -111,10 +118,12 @@ type Node struct {
 	relay *outbox.Relay
 	lease *lease
 
-	Members *member.Service
-	Catalog *catalog.Service
-	Stock   *inventory.Service
-	Orders  *order.Service
+	Members  *member.Service
+	Catalog  *catalog.Service
+	Stock    *inventory.Service
+	Orders   *order.Service
+	Payments *payment.Service
+	Sim      *paysim.Server
 
 	ln     net.Listener
 	srv    *http.Server
@@ -197,6 +206,33 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, err
 	}
+	public := cfg.PublicURL
+	if public == "" {
+		public = "http://" + n.ln.Addr().String()
+	}
+	keys, err := simKeys(ctx, n.DB)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Has("paysim") {
+		n.Sim = paysim.New(paysim.Config{Channels: keys.Channels(), ControlToken: cfg.AdminToken, PublicURL: public,
+			Log: log.With("role", "paysim")})
+		srv.Extra = map[string]http.Handler{"/paysim/v1/": n.Sim.Handler()}
+	}
+	if cfg.Has("api") || cfg.Has("worker") {
+		payURL := cfg.PayURL
+		if payURL == "" {
+			payURL = public
+		}
+		channels := []payment.Channel{
+			wxsim.New(wxsim.Config{BaseURL: payURL, Secret: keys.WXSecret}),
+			alisim.New(alisim.Config{BaseURL: payURL, Secret: keys.AliSecret, PublicKey: &keys.AliPrivateKey.PublicKey}),
+		}
+		n.Payments = payment.New(n.DB, n.IDs, n.Orders, channels, nil, log, payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
+		if cfg.Has("api") {
+			srv.Payments = n.Payments
+		}
+	}
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -230,12 +266,16 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.lease != nil {
 		spawn("node id lease", n.lease.renew)
 	}
+	if n.Sim != nil {
+		spawn("payment simulator callbacks", n.Sim.Run)
+	}
 	if n.cfg.Has("worker") {
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
 		spawn("reservation sweeper", n.sweep)
 		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })
 		spawn("expiry sweeper", n.expireDue)
+		spawn("payment queries and repairs", n.Payments.Work)
 	}
 	go func() {
 		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

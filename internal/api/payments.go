@@ -1,0 +1,143 @@
+package api
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/web"
+)
+
+func (s *Server) paymentRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/orders/{order_id}/pay", s.authed(s.pay))
+	mux.HandleFunc("POST /pay/v1/notify/{channel}", s.notify)
+	mux.HandleFunc("GET /admin/v1/orders/{order_id}/payments", s.admin(s.orderPayments))
+	mux.HandleFunc("GET /admin/v1/payments/anomalies", s.admin(s.anomalies))
+	mux.HandleFunc("GET /admin/v1/payments/channels", s.admin(s.channels))
+	mux.HandleFunc("PUT /admin/v1/payments/channels/{channel}", s.admin(s.switchChannel))
+	mux.HandleFunc("POST /admin/v1/reconciliations", s.admin(s.reconcile))
+}
+
+func (s *Server) pay(w http.ResponseWriter, r *http.Request, uid int64) {
+	oid, err := pathID(r, "order_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	var in struct {
+		Channel string `json:"channel"`
+	}
+	if r.ContentLength != 0 {
+		if err := web.Decode(w, r, &in); err != nil {
+			web.Error(w, r, err)
+			return
+		}
+	}
+	st, err := s.Payments.Pay(r.Context(), uid, oid, in.Channel)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusCreated, st)
+}
+
+// notify takes a channel's callback. Anything that does not verify is a 4xx
+// (the channel keeps retrying a real one; a forger learns nothing).
+func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, web.MaxBody))
+	if err != nil {
+		web.Error(w, r, errkind.ErrTooLarge.With("callback body over %d bytes", web.MaxBody))
+		return
+	}
+	ct, ack, err := s.Payments.Notify(r.Context(), r.PathValue("channel"), r.Header, body)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", ct)
+	w.Write(ack)
+}
+
+// refreshPending queries the channel about an unpaid order's payments once
+// (the customer waits on the result page), bounded to a second.
+func (s *Server) refreshPending(ctx context.Context, orderID int64) {
+	if s.Payments == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := s.Payments.Refresh(ctx, orderID); err != nil {
+		web.Log(ctx).Warn("refresh payments on read", "order_id", orderID, "err", err)
+	}
+}
+
+func (s *Server) orderPayments(w http.ResponseWriter, r *http.Request) {
+	oid, err := pathID(r, "order_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	ps, err := s.Payments.OfOrder(r.Context(), oid)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, map[string]any{"payments": ps})
+}
+
+func (s *Server) anomalies(w http.ResponseWriter, r *http.Request) {
+	list, err := s.Payments.Anomalies(r.Context(), 1000)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, map[string]any{"anomalies": list, "forged_callbacks": s.Payments.Forged.Load(),
+		"replayed_callbacks": s.Payments.Replayed.Load(), "callbacks": s.Payments.Callbacks.Load()})
+}
+
+func (s *Server) channels(w http.ResponseWriter, r *http.Request) {
+	web.JSON(w, http.StatusOK, map[string]any{"channels": s.Payments.Router.States()})
+}
+
+func (s *Server) switchChannel(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Enabled *bool `json:"enabled"`
+	}
+	if err := web.Decode(w, r, &in); err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	if in.Enabled == nil {
+		web.Error(w, r, web.ErrBadJSON.With("enabled is required"))
+		return
+	}
+	if err := s.Payments.Router.Force(r.PathValue("channel"), !*in.Enabled); err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, map[string]any{"channels": s.Payments.Router.States()})
+}
+
+func (s *Server) reconcile(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Channel string `json:"channel"`
+		Date    string `json:"date"`
+	}
+	if err := web.Decode(w, r, &in); err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	day, err := time.Parse(time.DateOnly, in.Date)
+	if err != nil {
+		web.Error(w, r, errkind.ErrInvalid.With("date %q: want YYYY-MM-DD", in.Date))
+		return
+	}
+	rep, err := s.Payments.Reconcile(r.Context(), in.Channel, day)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, rep)
+}

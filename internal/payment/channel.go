@@ -1,0 +1,100 @@
+// Package payment is surge's payments centre: it creates payments of orders
+// at payment channels, routes between channels by health, takes the
+// channels' signed callbacks, queries payments whose callback is missing,
+// refunds duplicate and late payments, and reconciles with the channels'
+// daily statements.
+package payment
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+)
+
+// Errors channels return (wrapped with detail).
+var (
+	ErrChannelDown  = errkind.New(errkind.Unavailable, "channel_unavailable", "the payment channel is unavailable, try another")
+	ErrBadSignature = errkind.New(errkind.Unauthorized, "bad_signature", "callback signature missing or invalid")
+	ErrBadCallback  = errkind.New(errkind.Invalid, "bad_callback", "callback body malformed")
+	ErrUnknownTxn   = errkind.New(errkind.NotFound, "unknown_transaction", "the channel has no such transaction")
+)
+
+// State of a payment as a channel reports it.
+type State string
+
+const (
+	Pending  State = "pending"  // created, not paid
+	Paid     State = "paid"     // the payer paid
+	Closed   State = "closed"   // closed unpaid at the channel
+	Refunded State = "refunded" // paid, then refunded in full
+)
+
+// Txn asks a channel to create a transaction. Money in fen.
+type Txn struct {
+	PaymentID int64 // ours; unique; the channel echoes it as the merchant transaction id
+	OrderID   int64
+	Amount    int64
+	Subject   string
+	NotifyURL string // where the channel posts its callbacks
+}
+
+// Created is the channel's answer to Txn.
+type Created struct {
+	ChannelTxnID string
+	PayURL       string // what the payer opens (on the simulator: one POST pays)
+}
+
+// Status is a channel's view of one payment.
+type Status struct {
+	PaymentID    int64
+	ChannelTxnID string
+	State        State
+	Amount       int64
+	PaidAt       time.Time // zero unless paid (or refunded after paying)
+}
+
+// Notice is a verified, parsed callback.
+type Notice struct {
+	Status
+	NoticeID  string    // unique per notice sent (a retry of the same notice repeats it)
+	Timestamp time.Time // when the channel signed it (replay window)
+}
+
+// Refund asks a channel to refund a payment; RefundID makes it idempotent.
+type Refund struct {
+	RefundID  int64
+	PaymentID int64
+	Amount    int64
+	Reason    string
+}
+
+// Line is one row of a channel's daily statement.
+type Line struct {
+	Kind         string // "payment" or "refund"
+	PaymentID    int64
+	ChannelTxnID string
+	RefundID     int64 // refunds only
+	Amount       int64
+	At           time.Time
+}
+
+// Channel is one payment provider. Implementations talk to the provider over
+// HTTP and translate its errors: ErrChannelDown for timeouts, 5xx and
+// refused connections, ErrUnknownTxn for a payment the provider never saw.
+// All methods are safe for concurrent use.
+type Channel interface {
+	Name() string
+	Create(ctx context.Context, t Txn) (Created, error)
+	Query(ctx context.Context, paymentID int64) (Status, error)
+	Refund(ctx context.Context, r Refund) error
+	// ParseCallback verifies the signature of a callback and parses it. It
+	// returns ErrBadSignature or ErrBadCallback for anything it cannot trust.
+	// It does not judge freshness (the caller checks Timestamp and NoticeID).
+	ParseCallback(h http.Header, body []byte) (Notice, error)
+	// Ack is the answer the provider expects for a callback it must not repeat.
+	Ack() (contentType string, body []byte)
+	// Statement returns the provider's statement of day (UTC date).
+	Statement(ctx context.Context, day time.Time) ([]Line, error)
+}

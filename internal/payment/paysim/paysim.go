@@ -1,0 +1,801 @@
+// Package paysim is a simulated third-party payment provider that behaves
+// like WeChat Pay or Alipay would, in memory: merchants create, query and
+// refund transactions over a signed HTTP API, payers pay with one request,
+// the provider posts signed callbacks to the merchant and retries them with
+// back-off until they are acknowledged, and it serves a CSV statement per
+// day. Faults (delayed, dropped, duplicated and reordered callbacks, a slow
+// or failing API, a full outage) are switched per channel at run time.
+//
+// One Server serves several channels, each with its own keys and signing
+// scheme: "wxsim" (HMAC-SHA256, JSON callbacks) and "alisim" (RSA2, form
+// callbacks). State lives in the process: run one paysim per deployment.
+//
+// # Protocol
+//
+// Every route is under /paysim/v1/{channel}/. Money is in fen, ids of the
+// merchant are decimal strings in JSON, times are RFC 3339 in UTC (seconds).
+//
+//	POST /transactions            {merchant_txn_id, amount, subject, notify_url} -> txn
+//	GET  /transactions/{merchant_txn_id}                                         -> txn | 404 unknown_transaction
+//	POST /refunds                 {refund_id, merchant_txn_id, amount, reason}   -> refund
+//	GET  /statements/{YYYY-MM-DD} -> text/csv: kind,merchant_txn_id,txn_id,refund_id,amount,time
+//	POST /pay/{txn_id}            the payer pays (no authentication)             -> txn
+//	GET|PUT /faults               Authorization: Bearer <ControlToken>           -> Faults
+//
+// where txn is {merchant_txn_id, txn_id, state, amount, refunded, paid_at, pay_url}
+// and refund is {refund_id, merchant_txn_id, txn_id, amount, refunded_at, state}.
+// Errors are {"error":{"code","message"}} with a fitting status.
+//
+// Merchant requests (transactions, refunds, statements) carry the headers
+// Paysim-Timestamp (unix seconds), Paysim-Nonce (1..64 printable characters)
+// and Paysim-Signature = hex(HMAC-SHA256(channel Secret,
+// "paysim-merchant-v1\n" + method + "\n" + request URI + "\n" + timestamp + "\n" + nonce + "\n" + body)),
+// for both schemes (alisim's Secret is a merchant key separate from its RSA
+// callback key). A missing or wrong signature is answered 401. The timestamp
+// is not judged: every merchant call is idempotent. See Client.
+//
+// Callbacks are described at EncodeCallback.
+package paysim
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/subtle"
+	"encoding/csv"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/web"
+)
+
+// Scheme is how a channel signs its callbacks, and so their format.
+type Scheme string
+
+const (
+	// HMAC is WeChat-Pay-like: JSON callbacks signed with HMAC-SHA256 under
+	// the channel's shared Secret; the merchant answers {"code":"SUCCESS"}.
+	HMAC Scheme = "hmac-sha256"
+	// RSA is Alipay-like: form-encoded callbacks signed with RSA PKCS#1 v1.5
+	// over SHA-256 ("RSA2") under the provider's PrivateKey; the merchant
+	// verifies with the public half and answers "success".
+	RSA Scheme = "rsa2"
+)
+
+// ChannelConfig is one channel's scheme and keys, as the provider holds them.
+type ChannelConfig struct {
+	Scheme Scheme
+	// Secret authenticates merchant API requests (both schemes); under HMAC
+	// it also signs callbacks. At least 16 bytes; the merchant holds a copy.
+	Secret []byte
+	// PrivateKey signs callbacks under RSA (2048 bits or more); the
+	// merchant holds only &PrivateKey.PublicKey. Unused under HMAC.
+	PrivateKey *rsa.PrivateKey
+}
+
+// Config of a Server. The zero value serves DevKeys("") channels with the
+// default back-off and no control token.
+type Config struct {
+	// Channels by name ([a-z0-9]{1,32}, e.g. "wxsim", "alisim").
+	// Empty = DevKeys("").Channels().
+	Channels map[string]ChannelConfig
+	// ControlToken is the bearer token of the HTTP faults API; "" disables
+	// that API (403). SetFaults works regardless.
+	ControlToken string
+	// Now stamps payments, refunds and callbacks (the provider's business
+	// clock); nil = time.Now. Callback scheduling uses the real clock.
+	Now func() time.Time
+	// Backoff before the n-th retry of a callback (the last value repeats);
+	// empty = 1s, 5s, 30s, 60s.
+	Backoff []time.Duration
+	// MaxAttempts ends the retries of one callback; 0 = retry until acked.
+	MaxAttempts int
+	// Workers is the number of concurrent callback senders; 0 = 64.
+	Workers int
+	// Client posts callbacks; nil = a client with a 5 s timeout.
+	Client *http.Client
+	// PublicURL is the base of pay URLs ("http://paysim.example:8080"); "" =
+	// the scheme and Host of each create request.
+	PublicURL string
+	// ReorderBatch and ReorderWait shape the reorder fault: callbacks are
+	// held until ReorderBatch are waiting or the oldest waited ReorderWait,
+	// then sent in reverse order, one after the other. 0 = 4 and 1 s.
+	ReorderBatch int
+	ReorderWait  time.Duration
+	// Log receives callback failures (debug) and abandoned callbacks
+	// (warn); nil = discard.
+	Log *slog.Logger
+}
+
+// Faults of one channel, switchable at run time (PUT /paysim/v1/{channel}/faults
+// or SetFaults). The zero value is a healthy channel.
+type Faults struct {
+	CallbackDelayMS    int64   `json:"callback_delay_ms"`   // first delivery of each callback waits this long
+	DropCallbacks      bool    `json:"drop_callbacks"`      // callbacks are discarded, never sent
+	DuplicateCallbacks bool    `json:"duplicate_callbacks"` // each payment sends two notices (different ids), concurrently
+	Reorder            bool    `json:"reorder"`             // callbacks are held and sent in reverse order in small batches
+	APILatencyMS       int64   `json:"api_latency_ms"`      // every merchant API call waits this long first
+	APIErrorRate       float64 `json:"api_error_rate"`      // 0..1: fraction of merchant API calls answering 500
+	Outage             bool    `json:"outage"`              // merchant API and pay answer 503, callbacks wait until lifted
+}
+
+// Limits.
+const (
+	MaxAmount  = 1_000_000_000_000 // fen per transaction
+	MaxSubject = 256               // bytes
+	MaxURL     = 1024              // bytes of a notify_url
+	MaxRefunds = 50                // refunds per transaction, as WeChat Pay
+	maxFaultMS = 3_600_000
+)
+
+// Errors the provider answers with (besides payment.ErrUnknownTxn).
+var (
+	ErrUnknownChannel = errkind.New(errkind.NotFound, "unknown_channel", "paysim has no such channel")
+	ErrBadAuth        = errkind.New(errkind.Unauthorized, "bad_merchant_signature", "merchant request signature missing or invalid")
+	ErrControlAuth    = errkind.New(errkind.Unauthorized, "bad_control_token", "missing or wrong control token")
+	ErrControlOff     = errkind.New(errkind.Forbidden, "control_disabled", "the faults API is disabled (no control token configured)")
+	ErrOutage         = errkind.New(errkind.Unavailable, "outage", "the provider is down (simulated outage)")
+	ErrInjected       = errkind.New(errkind.Internal, "injected_error", "simulated provider error")
+	ErrTxnConflict    = errkind.New(errkind.Conflict, "txn_conflict", "merchant_txn_id already used with another amount or notify_url")
+	ErrNotPaid        = errkind.New(errkind.Conflict, "not_paid", "only a paid transaction can be refunded")
+	ErrRefundExceeds  = errkind.New(errkind.Conflict, "refund_exceeds_amount", "refunds would exceed the paid amount")
+	ErrRefundConflict = errkind.New(errkind.Conflict, "refund_conflict", "refund_id already used for another transaction or amount")
+	ErrTooManyRefunds = errkind.New(errkind.Conflict, "too_many_refunds", "a transaction takes at most 50 refunds")
+)
+
+// Server is the simulated provider. It is safe for concurrent use; callbacks
+// are queued by the HTTP handlers and sent by Run.
+type Server struct {
+	cfg      Config
+	chans    map[string]*channel // read-only after New
+	order    []*channel          // chans in name order
+	instance string              // random, part of txn ids: ids never repeat across restarts
+	now      func() time.Time
+
+	qmu   sync.Mutex
+	queue deliveryHeap // guarded by qmu
+	wake  chan struct{}
+
+	running atomic.Bool
+}
+
+type channel struct {
+	name   string
+	cfg    ChannelConfig
+	faults atomic.Pointer[Faults]
+
+	mu         sync.Mutex
+	seq        uint64
+	byMerchant map[int64]*txn    // guarded by mu
+	byID       map[string]*txn   // guarded by mu
+	refunds    map[int64]*refund // guarded by mu
+	days       map[string][]line // statement lines by UTC date; guarded by mu; append-only
+	urls       map[string]string // interned notify URLs; guarded by mu
+
+	parked    []*delivery // held back by an outage; guarded by Server.qmu
+	held      []*delivery // held back for reordering; guarded by Server.qmu
+	heldSince time.Time   // guarded by Server.qmu
+
+	txns, paid, refundN                       atomic.Int64
+	pending, attempts, acked, failed, dropped atomic.Int64
+	gaveUp                                    atomic.Int64
+}
+
+// txn is one transaction; fields other than id, merchantID, amount and
+// notifyURL are guarded by channel.mu.
+type txn struct {
+	merchantID int64
+	id         string
+	amount     int64
+	notifyURL  string
+	state      payment.State
+	paidAt     time.Time
+	refunded   int64
+	nRefunds   uint8
+}
+
+type refund struct {
+	id     int64
+	txn    *txn
+	amount int64
+	at     time.Time
+}
+
+// line of a statement; immutable once appended.
+type line struct {
+	refund *refund // nil for a payment
+	txn    *txn
+	amount int64
+	at     time.Time
+}
+
+var channelName = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+
+// Validate reports what is wrong with c (before defaults are applied).
+func (c Config) Validate() error {
+	for name, cc := range c.Channels {
+		if !channelName.MatchString(name) {
+			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}", name)
+		}
+		if len(cc.Secret) < 16 {
+			return fmt.Errorf("paysim: channel %s: Secret must be at least 16 bytes", name)
+		}
+		switch cc.Scheme {
+		case HMAC:
+		case RSA:
+			if cc.PrivateKey == nil || cc.PrivateKey.N.BitLen() < 2048 {
+				return fmt.Errorf("paysim: channel %s: RSA needs a PrivateKey of 2048 bits or more", name)
+			}
+		default:
+			return fmt.Errorf("paysim: channel %s: unknown scheme %q", name, cc.Scheme)
+		}
+	}
+	for _, d := range c.Backoff {
+		if d <= 0 {
+			return errors.New("paysim: Backoff values must be positive")
+		}
+	}
+	if c.MaxAttempts < 0 || c.Workers < 0 || c.ReorderBatch < 0 || c.ReorderWait < 0 {
+		return errors.New("paysim: MaxAttempts, Workers, ReorderBatch and ReorderWait must not be negative")
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("paysim: PublicURL %q is not an absolute http(s) URL", c.PublicURL)
+		}
+	}
+	return nil
+}
+
+// New returns a provider for cfg. It panics if cfg.Validate fails (a
+// wiring bug; call Validate first to report it nicely).
+func New(cfg Config) *Server {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	if len(cfg.Channels) == 0 {
+		cfg.Channels = DevKeys("").Channels()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if len(cfg.Backoff) == 0 {
+		cfg.Backoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, 60 * time.Second}
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 64
+	}
+	if cfg.Client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = cfg.Workers
+		cfg.Client = &http.Client{Timeout: 5 * time.Second, Transport: tr}
+	}
+	if cfg.ReorderBatch == 0 {
+		cfg.ReorderBatch = 4
+	}
+	if cfg.ReorderWait == 0 {
+		cfg.ReorderWait = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
+	var tag [3]byte
+	rand.Read(tag[:])
+	s := &Server{cfg: cfg, chans: map[string]*channel{}, instance: hex.EncodeToString(tag[:]), now: cfg.Now,
+		wake: make(chan struct{}, 1)}
+	for name, cc := range cfg.Channels {
+		ch := &channel{name: name, cfg: cc, byMerchant: map[int64]*txn{}, byID: map[string]*txn{},
+			refunds: map[int64]*refund{}, days: map[string][]line{}, urls: map[string]string{}}
+		ch.faults.Store(&Faults{})
+		s.chans[name] = ch
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.chans)) {
+		s.order = append(s.order, s.chans[name])
+	}
+	return s
+}
+
+// Handler serves the provider's routes under /paysim/v1/.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /paysim/v1/{channel}/transactions", s.merchant(s.create))
+	mux.HandleFunc("GET /paysim/v1/{channel}/transactions/{id}", s.merchant(s.query))
+	mux.HandleFunc("POST /paysim/v1/{channel}/refunds", s.merchant(s.refund))
+	mux.HandleFunc("GET /paysim/v1/{channel}/statements/{day}", s.merchant(s.statement))
+	mux.HandleFunc("POST /paysim/v1/{channel}/pay/{txn}", s.payHTTP)
+	mux.HandleFunc("GET /paysim/v1/{channel}/faults", s.control(s.getFaults))
+	mux.HandleFunc("PUT /paysim/v1/{channel}/faults", s.control(s.putFaults))
+	return mux
+}
+
+// SetFaults replaces the faults of channel. Lifting an outage releases the
+// callbacks it held back; ending reorder releases the held ones in order.
+func (s *Server) SetFaults(channel string, f Faults) error {
+	ch := s.chans[channel]
+	if ch == nil {
+		return ErrUnknownChannel.With("paysim has no channel %q", channel)
+	}
+	if err := f.validate(); err != nil {
+		return err
+	}
+	ch.faults.Store(&f)
+	now := time.Now()
+	s.qmu.Lock()
+	var moved bool
+	if !f.Outage && len(ch.parked) > 0 {
+		for _, d := range ch.parked {
+			d.due = now
+			s.queue.push(d)
+		}
+		ch.parked, moved = nil, true
+	}
+	if !f.Reorder && len(ch.held) > 0 {
+		for _, d := range ch.held {
+			d.due = now
+			s.queue.push(d)
+		}
+		ch.held, moved = nil, true
+	}
+	s.qmu.Unlock()
+	if moved {
+		s.poke()
+	}
+	return nil
+}
+
+// Faults returns the current faults of channel (zero for an unknown one).
+func (s *Server) Faults(channel string) Faults {
+	if ch := s.chans[channel]; ch != nil {
+		return *ch.faults.Load()
+	}
+	return Faults{}
+}
+
+func (f Faults) validate() error {
+	switch {
+	case f.CallbackDelayMS < 0 || f.CallbackDelayMS > maxFaultMS:
+		return errkind.ErrInvalid.With("callback_delay_ms must be 0..%d", maxFaultMS)
+	case f.APILatencyMS < 0 || f.APILatencyMS > maxFaultMS:
+		return errkind.ErrInvalid.With("api_latency_ms must be 0..%d", maxFaultMS)
+	case !(f.APIErrorRate >= 0 && f.APIErrorRate <= 1): // also NaN
+		return errkind.ErrInvalid.With("api_error_rate must be 0..1")
+	}
+	return nil
+}
+
+// Stats of one channel, for tests and the dashboard.
+type Stats struct {
+	Transactions int64 // created
+	Paid         int64
+	Refunds      int64
+	Pending      int64 // callbacks neither acknowledged, dropped nor abandoned
+	Parked       int   // callbacks held back by an outage
+	Held         int   // callbacks held back for reordering
+	Attempts     int64 // callback deliveries tried
+	Acked        int64 // callbacks acknowledged with success
+	Failed       int64 // deliveries that did not get success
+	Dropped      int64 // callbacks discarded by the drop fault
+	GaveUp       int64 // callbacks abandoned after MaxAttempts
+}
+
+// Stats returns the counters of channel (zero for an unknown one).
+func (s *Server) Stats(channel string) Stats {
+	ch := s.chans[channel]
+	if ch == nil {
+		return Stats{}
+	}
+	s.qmu.Lock()
+	parked, held := len(ch.parked), len(ch.held)
+	s.qmu.Unlock()
+	return Stats{Transactions: ch.txns.Load(), Paid: ch.paid.Load(), Refunds: ch.refundN.Load(),
+		Pending: ch.pending.Load(), Parked: parked, Held: held, Attempts: ch.attempts.Load(),
+		Acked: ch.acked.Load(), Failed: ch.failed.Load(), Dropped: ch.dropped.Load(), GaveUp: ch.gaveUp.Load()}
+}
+
+// Pay is the payer paying transaction txnID (the channel's id) in process,
+// as POST pay_url does. Paying twice is a no-op. It returns
+// payment.ErrUnknownTxn, ErrUnknownChannel, or ErrOutage during an outage.
+func (s *Server) Pay(channel, txnID string) error {
+	ch := s.chans[channel]
+	if ch == nil {
+		return ErrUnknownChannel.With("paysim has no channel %q", channel)
+	}
+	_, err := s.pay(ch, txnID)
+	return err
+}
+
+// ---- HTTP plumbing
+
+// fail writes a kinded error without logging it: injected 5xx answers are
+// the point of a simulator, not incidents.
+func fail(w http.ResponseWriter, err error) {
+	e := errkind.Of(err)
+	if e == nil {
+		e = errkind.New(errkind.Internal, "internal", err.Error())
+	}
+	var b web.ErrBody
+	b.Error.Code, b.Error.Message = e.Code, e.Message
+	web.JSON(w, web.Status(e), b)
+}
+
+type merchantFunc func(w http.ResponseWriter, r *http.Request, ch *channel, body []byte)
+
+// merchant wraps a merchant API handler: outage, authentication, injected
+// latency and errors, in that order.
+func (s *Server) merchant(h merchantFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ch := s.chans[r.PathValue("channel")]
+		if ch == nil {
+			fail(w, ErrUnknownChannel)
+			return
+		}
+		f := ch.faults.Load()
+		if f.Outage {
+			fail(w, ErrOutage)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, web.MaxBody))
+		if err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				fail(w, errkind.ErrTooLarge.With("request body over %d bytes", web.MaxBody))
+			}
+			return // the client went away
+		}
+		uri := r.RequestURI
+		if uri == "" {
+			uri = r.URL.RequestURI()
+		}
+		if !verifyRequest(ch.cfg.Secret, r.Method, uri, r.Header, body) {
+			fail(w, ErrBadAuth)
+			return
+		}
+		if f.APILatencyMS > 0 {
+			t := time.NewTimer(time.Duration(f.APILatencyMS) * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		if f.APIErrorRate > 0 && mrand.Float64() < f.APIErrorRate {
+			fail(w, ErrInjected)
+			return
+		}
+		h(w, r, ch, body)
+	}
+}
+
+func (s *Server) control(h func(w http.ResponseWriter, r *http.Request, ch *channel)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.ControlToken == "" {
+			fail(w, ErrControlOff)
+			return
+		}
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.ControlToken)) != 1 {
+			fail(w, ErrControlAuth)
+			return
+		}
+		ch := s.chans[r.PathValue("channel")]
+		if ch == nil {
+			fail(w, ErrUnknownChannel)
+			return
+		}
+		h(w, r, ch)
+	}
+}
+
+func (s *Server) getFaults(w http.ResponseWriter, r *http.Request, ch *channel) {
+	web.JSON(w, http.StatusOK, ch.faults.Load())
+}
+
+func (s *Server) putFaults(w http.ResponseWriter, r *http.Request, ch *channel) {
+	var f Faults
+	if err := web.Decode(w, r, &f); err != nil {
+		fail(w, err)
+		return
+	}
+	if err := s.SetFaults(ch.name, f); err != nil {
+		fail(w, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, f)
+}
+
+// ---- merchant API
+
+type createReq struct {
+	MerchantTxnID int64  `json:"merchant_txn_id,string"`
+	Amount        int64  `json:"amount"`
+	Subject       string `json:"subject"`
+	NotifyURL     string `json:"notify_url"`
+}
+
+// txnView is the JSON of a transaction.
+type txnView struct {
+	MerchantTxnID int64         `json:"merchant_txn_id,string"`
+	TxnID         string        `json:"txn_id"`
+	State         payment.State `json:"state"`
+	Amount        int64         `json:"amount"`
+	Refunded      int64         `json:"refunded"`
+	PaidAt        string        `json:"paid_at,omitempty"` // RFC 3339, UTC
+	PayURL        string        `json:"pay_url,omitempty"`
+}
+
+// viewLocked needs channel.mu.
+func (t *txn) viewLocked() txnView {
+	v := txnView{MerchantTxnID: t.merchantID, TxnID: t.id, State: t.state, Amount: t.amount, Refunded: t.refunded}
+	if !t.paidAt.IsZero() {
+		v.PaidAt = t.paidAt.Format(time.RFC3339)
+	}
+	return v
+}
+
+func validNotifyURL(s string) bool {
+	if len(s) > MaxURL {
+		return false
+	}
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request, ch *channel, body []byte) {
+	var req createReq
+	if err := web.DecodeReader(bytes.NewReader(body), &req); err != nil {
+		fail(w, err)
+		return
+	}
+	switch {
+	case req.MerchantTxnID <= 0:
+		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal string"))
+		return
+	case req.Amount <= 0 || req.Amount > MaxAmount:
+		fail(w, errkind.ErrInvalid.With("amount must be 1..%d fen", MaxAmount))
+		return
+	case len(req.Subject) > MaxSubject:
+		fail(w, errkind.ErrInvalid.With("subject is over %d bytes", MaxSubject))
+		return
+	case !validNotifyURL(req.NotifyURL):
+		fail(w, errkind.ErrInvalid.With("notify_url must be an absolute http(s) URL of at most %d bytes", MaxURL))
+		return
+	}
+	ch.mu.Lock()
+	t := ch.byMerchant[req.MerchantTxnID]
+	if t == nil {
+		ch.seq++
+		u, ok := ch.urls[req.NotifyURL]
+		if !ok {
+			u = req.NotifyURL
+			if len(ch.urls) < 256 {
+				ch.urls[u] = u
+			}
+		}
+		t = &txn{merchantID: req.MerchantTxnID, amount: req.Amount, notifyURL: u, state: payment.Pending,
+			id: fmt.Sprintf("%s%s%s%08d", ch.name, s.now().UTC().Format("20060102"), s.instance, ch.seq)}
+		ch.byMerchant[t.merchantID], ch.byID[t.id] = t, t
+		ch.txns.Add(1)
+	} else if t.amount != req.Amount || t.notifyURL != req.NotifyURL {
+		ch.mu.Unlock()
+		fail(w, ErrTxnConflict.With("merchant_txn_id %d was created with amount %d", t.merchantID, t.amount))
+		return
+	}
+	v := t.viewLocked()
+	ch.mu.Unlock()
+	v.PayURL = s.payURL(r, ch.name, v.TxnID)
+	web.JSON(w, http.StatusOK, v)
+}
+
+func (s *Server) payURL(r *http.Request, channel, txnID string) string {
+	base := s.cfg.PublicURL
+	if base == "" {
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		base = scheme + "://" + r.Host
+	}
+	return base + "/paysim/v1/" + channel + "/pay/" + txnID
+}
+
+// parseID parses a positive decimal id in canonical form.
+func parseID(s string) (int64, bool) {
+	v, err := strconv.ParseInt(s, 10, 64)
+	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
+}
+
+func (s *Server) query(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
+	id, ok := parseID(r.PathValue("id"))
+	if !ok {
+		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal"))
+		return
+	}
+	ch.mu.Lock()
+	t := ch.byMerchant[id]
+	var v txnView
+	if t != nil {
+		v = t.viewLocked()
+	}
+	ch.mu.Unlock()
+	if t == nil {
+		fail(w, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", id))
+		return
+	}
+	web.JSON(w, http.StatusOK, v)
+}
+
+type refundReq struct {
+	RefundID      int64  `json:"refund_id,string"`
+	MerchantTxnID int64  `json:"merchant_txn_id,string"`
+	Amount        int64  `json:"amount"`
+	Reason        string `json:"reason"`
+}
+
+type refundView struct {
+	RefundID      int64         `json:"refund_id,string"`
+	MerchantTxnID int64         `json:"merchant_txn_id,string"`
+	TxnID         string        `json:"txn_id"`
+	Amount        int64         `json:"amount"`
+	RefundedAt    string        `json:"refunded_at"`
+	State         payment.State `json:"state"` // of the transaction after the refund
+}
+
+func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, body []byte) {
+	var req refundReq
+	if err := web.DecodeReader(bytes.NewReader(body), &req); err != nil {
+		fail(w, err)
+		return
+	}
+	switch {
+	case req.RefundID <= 0 || req.MerchantTxnID <= 0:
+		fail(w, errkind.ErrInvalid.With("refund_id and merchant_txn_id must be positive decimal strings"))
+		return
+	case req.Amount <= 0:
+		fail(w, errkind.ErrInvalid.With("amount must be positive"))
+		return
+	case len(req.Reason) > MaxSubject:
+		fail(w, errkind.ErrInvalid.With("reason is over %d bytes", MaxSubject))
+		return
+	}
+	v, err := ch.refund(req, s.now().UTC().Truncate(time.Second))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, v)
+}
+
+func (ch *channel) refund(req refundReq, now time.Time) (refundView, error) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if rf := ch.refunds[req.RefundID]; rf != nil {
+		if rf.txn.merchantID != req.MerchantTxnID || rf.amount != req.Amount {
+			return refundView{}, ErrRefundConflict.With("refund_id %d was for merchant_txn_id %d, amount %d", rf.id, rf.txn.merchantID, rf.amount)
+		}
+		return rf.viewLocked(), nil
+	}
+	t := ch.byMerchant[req.MerchantTxnID]
+	switch {
+	case t == nil:
+		return refundView{}, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", req.MerchantTxnID)
+	case t.state != payment.Paid && t.state != payment.Refunded:
+		return refundView{}, ErrNotPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
+	case req.Amount > t.amount-t.refunded:
+		return refundView{}, ErrRefundExceeds.With("merchant_txn_id %d: %d of %d fen refunded already", t.merchantID, t.refunded, t.amount)
+	case t.nRefunds >= MaxRefunds:
+		return refundView{}, ErrTooManyRefunds
+	}
+	rf := &refund{id: req.RefundID, txn: t, amount: req.Amount, at: now}
+	t.refunded += req.Amount
+	t.state = payment.Refunded
+	t.nRefunds++
+	ch.refunds[rf.id] = rf
+	day := now.Format(time.DateOnly)
+	ch.days[day] = append(ch.days[day], line{refund: rf, txn: t, amount: rf.amount, at: now})
+	ch.refundN.Add(1)
+	return rf.viewLocked(), nil
+}
+
+// viewLocked needs channel.mu.
+func (rf *refund) viewLocked() refundView {
+	return refundView{RefundID: rf.id, MerchantTxnID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
+		RefundedAt: rf.at.Format(time.RFC3339), State: rf.txn.state}
+}
+
+// StatementHeader is the first row of a statement.
+var StatementHeader = []string{"kind", "merchant_txn_id", "txn_id", "refund_id", "amount", "time"}
+
+func (s *Server) statement(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
+	day, err := time.Parse(time.DateOnly, r.PathValue("day"))
+	if err != nil {
+		fail(w, errkind.ErrInvalid.With("the day must be YYYY-MM-DD"))
+		return
+	}
+	ch.mu.Lock()
+	lines := ch.days[day.Format(time.DateOnly)] // append-only: this prefix never changes
+	ch.mu.Unlock()
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	cw := csv.NewWriter(w)
+	cw.Write(StatementHeader)
+	for _, l := range lines {
+		kind, refundID := "payment", ""
+		if l.refund != nil {
+			kind, refundID = "refund", strconv.FormatInt(l.refund.id, 10)
+		}
+		cw.Write([]string{kind, strconv.FormatInt(l.txn.merchantID, 10), l.txn.id, refundID,
+			strconv.FormatInt(l.amount, 10), l.at.Format(time.RFC3339)})
+	}
+	cw.Flush()
+}
+
+// ---- the payer
+
+func (s *Server) payHTTP(w http.ResponseWriter, r *http.Request) {
+	ch := s.chans[r.PathValue("channel")]
+	if ch == nil {
+		fail(w, ErrUnknownChannel)
+		return
+	}
+	v, err := s.pay(ch, r.PathValue("txn"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, v)
+}
+
+// pay marks a pending transaction paid and queues its callback (two under
+// the duplicate fault). A transaction already paid or refunded is left as
+// it is.
+func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
+	f := ch.faults.Load()
+	if f.Outage {
+		return txnView{}, ErrOutage
+	}
+	ch.mu.Lock()
+	t := ch.byID[txnID]
+	if t == nil {
+		ch.mu.Unlock()
+		return txnView{}, payment.ErrUnknownTxn.With("no transaction %.64q", txnID)
+	}
+	var ds []*delivery
+	if t.state == payment.Pending {
+		now := s.now().UTC().Truncate(time.Second)
+		t.state, t.paidAt = payment.Paid, now
+		day := now.Format(time.DateOnly)
+		ch.days[day] = append(ch.days[day], line{txn: t, amount: t.amount, at: now})
+		ch.paid.Add(1)
+		due := time.Now().Add(time.Duration(f.CallbackDelayMS) * time.Millisecond)
+		n := 1
+		if f.DuplicateCallbacks {
+			n = 2
+		}
+		for range n {
+			ds = append(ds, &delivery{ch: ch, merchantID: t.merchantID, txnID: t.id, amount: t.amount,
+				paidAt: now, notifyURL: t.notifyURL, noticeID: newID(), due: due})
+		}
+	}
+	v := t.viewLocked()
+	ch.mu.Unlock()
+	s.enqueue(ds...)
+	return v, nil
+}
+
+// newID returns 26 random base32 characters (notice ids and nonces).
+func newID() string { return rand.Text() }

@@ -1,0 +1,207 @@
+package payment
+
+import (
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
+)
+
+var (
+	ErrUnknownChannel = errkind.New(errkind.Invalid, "unknown_channel", "no such payment channel")
+	ErrNoChannel      = errkind.New(errkind.Unavailable, "no_channel_available", "every payment channel is unavailable, try again later")
+)
+
+// Routing parameters. A channel is judged on the calls of the last Window:
+// with at least MinCalls calls and an error rate above MaxErrors it is taken
+// out for Cooldown; then it is on probation (a small share of traffic) until
+// a call succeeds. A mean latency above SlowLatency halves its weight.
+const (
+	Window      = 30 * time.Second
+	MinCalls    = 5
+	MaxErrors   = 0.5
+	Cooldown    = 10 * time.Second
+	SlowLatency = time.Second
+	probation   = 0.1 // share of picks a probation channel gets when another is healthy
+)
+
+type bucket struct {
+	sec          int64
+	calls, fails int
+	latency      time.Duration
+}
+
+type health struct {
+	weight    int
+	forcedOff bool
+	outUntil  time.Time // taken out until then
+	probation bool      // back from an outage, not yet proven
+	buckets   [30]bucket
+}
+
+// Router picks a channel for each new payment from the channels' recent
+// health and the operator's switches. Safe for concurrent use; each node
+// judges from its own calls.
+type Router struct {
+	now   func() time.Time
+	mu    sync.Mutex
+	names []string           // in configuration order
+	h     map[string]*health // guarded by mu
+}
+
+// NewRouter routes between the named channels with the given weights (> 0).
+func NewRouter(weights map[string]int) *Router {
+	r := &Router{now: time.Now, h: map[string]*health{}}
+	for name, w := range weights {
+		r.names = append(r.names, name)
+		r.h[name] = &health{weight: max(w, 1)}
+	}
+	slices.Sort(r.names)
+	return r
+}
+
+// Record tells the router how a call to a channel went.
+func (r *Router) Record(name string, err error, took time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.h[name]
+	if h == nil {
+		return
+	}
+	now := r.now()
+	b := &h.buckets[now.Unix()%int64(len(h.buckets))]
+	if b.sec != now.Unix() {
+		*b = bucket{sec: now.Unix()}
+	}
+	b.calls++
+	b.latency += took
+	if err != nil {
+		b.fails++
+		if h.probation {
+			h.outUntil = now.Add(Cooldown) // failed its probation: out again
+		}
+		calls, fails, _ := h.statsLocked(now)
+		if calls >= MinCalls && float64(fails)/float64(calls) > MaxErrors && !now.Before(h.outUntil) {
+			h.outUntil, h.probation = now.Add(Cooldown), true
+		}
+		return
+	}
+	h.probation = false
+}
+
+func (h *health) statsLocked(now time.Time) (calls, fails int, mean time.Duration) {
+	var lat time.Duration
+	for _, b := range h.buckets {
+		if now.Unix()-b.sec < int64(Window/time.Second) {
+			calls, fails, lat = calls+b.calls, fails+b.fails, lat+b.latency
+		}
+	}
+	if calls > 0 {
+		mean = lat / time.Duration(calls)
+	}
+	return calls, fails, mean
+}
+
+// Force switches a channel off (or back on) for this node.
+func (r *Router) Force(name string, off bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.h[name]
+	if h == nil {
+		return ErrUnknownChannel.With("no payment channel %q", name)
+	}
+	h.forcedOff = off
+	return nil
+}
+
+// ChannelState is one channel as the router sees it.
+type ChannelState struct {
+	Name      string  `json:"name"`
+	Weight    int     `json:"weight"`
+	Effective int     `json:"effective_weight"`
+	ForcedOff bool    `json:"forced_off"`
+	Out       bool    `json:"out"`
+	Probation bool    `json:"probation"`
+	Calls     int     `json:"calls"`
+	ErrorRate float64 `json:"error_rate"`
+	MeanMS    float64 `json:"mean_latency_ms"`
+}
+
+// States reports every channel.
+func (r *Router) States() []ChannelState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	var out []ChannelState
+	for _, name := range r.names {
+		h := r.h[name]
+		calls, fails, mean := h.statsLocked(now)
+		st := ChannelState{Name: name, Weight: h.weight, Effective: h.effectiveLocked(now), ForcedOff: h.forcedOff,
+			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000}
+		if calls > 0 {
+			st.ErrorRate = float64(fails) / float64(calls)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// effectiveLocked is the weight a pick uses now: 0 when off or out.
+func (h *health) effectiveLocked(now time.Time) int {
+	if h.forcedOff || now.Before(h.outUntil) {
+		return 0
+	}
+	w := h.weight * 10
+	if _, _, mean := h.statsLocked(now); mean > SlowLatency {
+		w /= 2
+	}
+	return max(w, 1)
+}
+
+// Pick returns the channel for a new payment. A requested channel is used
+// if it is up (ErrUnknownChannel, or ErrChannelDown when it is off or out);
+// otherwise a weighted random pick among the channels that are up, where a
+// channel on probation gets a small share. ErrNoChannel when none is up.
+func (r *Router) Pick(requested string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if requested != "" {
+		h := r.h[requested]
+		if h == nil {
+			return "", ErrUnknownChannel.With("no payment channel %q (have %v)", requested, r.names)
+		}
+		if h.effectiveLocked(now) == 0 {
+			return "", ErrChannelDown.With("payment channel %s is unavailable now; try another or none", requested)
+		}
+		return requested, nil
+	}
+	total, healthy := 0, 0
+	weights := make([]int, len(r.names))
+	for i, name := range r.names {
+		h := r.h[name]
+		weights[i] = h.effectiveLocked(now)
+		if weights[i] > 0 && !h.probation {
+			healthy++
+		}
+	}
+	for i, name := range r.names {
+		if r.h[name].probation && healthy > 0 && weights[i] > 0 {
+			weights[i] = max(int(float64(weights[i])*probation), 1)
+		}
+		total += weights[i]
+	}
+	if total == 0 {
+		return "", ErrNoChannel
+	}
+	x := rand.IntN(total)
+	for i, w := range weights {
+		if x < w {
+			return r.names[i], nil
+		}
+		x -= w
+	}
+	return r.names[len(r.names)-1], nil
+}

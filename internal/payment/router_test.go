@@ -1,0 +1,76 @@
+package payment
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestRouterTakesFailingChannelOutAndBack(t *testing.T) {
+	t.Parallel()
+	r := NewRouter(map[string]int{"a": 1, "b": 1})
+	now := time.Unix(1_800_000_000, 0)
+	r.now = func() time.Time { return now }
+	picks := func(n int) map[string]int {
+		m := map[string]int{}
+		for range n {
+			name, err := r.Pick("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[name]++
+		}
+		return m
+	}
+	if m := picks(1000); m["a"] < 400 || m["b"] < 400 {
+		t.Fatalf("equal weights picked %v", m)
+	}
+	boom := errors.New("boom")
+	for range MinCalls {
+		r.Record("a", boom, time.Millisecond)
+	}
+	if m := picks(200); m["a"] != 0 {
+		t.Fatalf("a failed every call but got %d picks", m["a"])
+	}
+	if _, err := r.Pick("a"); !errors.Is(err, ErrChannelDown) {
+		t.Fatalf("asking for a down channel: %v, want ErrChannelDown", err)
+	}
+	now = now.Add(Cooldown + time.Second) // cooldown over: probation, a small share
+	if m := picks(1000); m["a"] == 0 || m["a"] > 200 {
+		t.Fatalf("on probation a got %d of 1000 picks, want a small share", m["a"])
+	}
+	r.Record("a", nil, time.Millisecond) // proved itself
+	if m := picks(1000); m["a"] < 300 {
+		t.Fatalf("after a success a got %d of 1000 picks", m["a"])
+	}
+	if err := r.Force("b", true); err != nil {
+		t.Fatal(err)
+	}
+	if m := picks(100); m["b"] != 0 {
+		t.Fatalf("b forced off but picked %d times", m["b"])
+	}
+	r.Force("a", true)
+	if _, err := r.Pick(""); !errors.Is(err, ErrNoChannel) {
+		t.Fatalf("all off: %v, want ErrNoChannel", err)
+	}
+	if _, err := r.Pick("zzz"); !errors.Is(err, ErrUnknownChannel) {
+		t.Fatalf("unknown: %v", err)
+	}
+}
+
+func TestRouterHalvesSlowChannel(t *testing.T) {
+	t.Parallel()
+	r := NewRouter(map[string]int{"fast": 1, "slow": 1})
+	for range 10 {
+		r.Record("slow", nil, 2*SlowLatency)
+		r.Record("fast", nil, time.Millisecond)
+	}
+	m := map[string]int{}
+	for range 3000 {
+		name, _ := r.Pick("")
+		m[name]++
+	}
+	if m["slow"] > 1300 || m["slow"] < 700 {
+		t.Fatalf("slow channel got %d of 3000 picks, want about a third", m["slow"])
+	}
+}

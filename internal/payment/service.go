@@ -1,0 +1,369 @@
+package payment
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+var (
+	ErrNotFound = errkind.New(errkind.NotFound, "payment_not_found", "no such payment")
+	ErrReplay   = errkind.New(errkind.Unauthorized, "stale_callback", "callback timestamp outside the accepted window (replayed?)")
+)
+
+// Payment states in our ledger.
+const (
+	stCreated  = "created" // row written, channel not yet asked
+	stPending  = "pending" // the channel has the transaction; waiting for the payer
+	stPaid     = "paid"    // the channel says paid; not yet applied to the order
+	stSettled  = "settled" // applied: this payment paid its order
+	stRefund   = "refund"  // paid but must go back (duplicate, or the order was cancelled)
+	stClosed   = "closed"  // closed unpaid
+	stFailed   = "failed"  // the channel refused or never saw it
+	anomalyDup = "duplicate_payment"
+	anomalyCxl = "paid_after_cancel"
+	anomalyAmt = "amount_mismatch"
+)
+
+// Orders is what payments need of the order context.
+type Orders interface {
+	Payable(ctx context.Context, userID, orderID int64) (*order.Order, error)
+	Peek(ctx context.Context, orderID int64) (*order.Order, error)
+	MarkPaid(ctx context.Context, orderID, paymentID int64) (order.PaidResult, error)
+}
+
+// Config tunes the service. Zero values take the defaults.
+type Config struct {
+	NotifyBase   string        // public base URL the channels call back (…/pay/v1/notify/<channel>)
+	QueryAfter   time.Duration // first active query of a pending payment; 0 = 10s
+	ReplayWindow time.Duration // accepted callback age; 0 = 5m
+}
+
+// Service is the payments centre.
+type Service struct {
+	db       *sqldb.Cluster
+	ids      *id.Generator
+	orders   Orders
+	channels map[string]Channel
+	Router   *Router
+	log      *slog.Logger
+	cfg      Config
+	now      func() time.Time
+
+	// Counters for operators and tests.
+	Forged, Replayed, Callbacks atomic.Int64
+}
+
+// New returns the payments centre over channels (routed with weights).
+func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
+	if cfg.QueryAfter <= 0 {
+		cfg.QueryAfter = 10 * time.Second
+	}
+	if cfg.ReplayWindow <= 0 {
+		cfg.ReplayWindow = 5 * time.Minute
+	}
+	s := &Service{db: db, ids: ids, orders: orders, channels: map[string]Channel{}, log: log, cfg: cfg, now: time.Now}
+	w := map[string]int{}
+	for _, c := range channels {
+		s.channels[c.Name()] = c
+		w[c.Name()] = max(weights[c.Name()], 1)
+	}
+	s.Router = NewRouter(w)
+	return s
+}
+
+// Payment is one row of the ledger.
+type Payment struct {
+	ID         int64     `json:"payment_id,string"`
+	OrderID    int64     `json:"order_id,string"`
+	UserID     int64     `json:"user_id,string"`
+	Channel    string    `json:"channel"`
+	Amount     int64     `json:"amount"`
+	State      string    `json:"state"`
+	ChannelTxn string    `json:"channel_txn,omitempty"`
+	PayURL     string    `json:"pay_url,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	PaidAt     time.Time `json:"paid_at,omitzero"`
+	queries    int
+}
+
+// Started is the answer to Pay.
+type Started struct {
+	PaymentID int64  `json:"payment_id,string"`
+	Channel   string `json:"channel"`
+	PayURL    string `json:"pay_url"`
+}
+
+// call runs one channel call, timing it for the router.
+func (s *Service) call(name string, f func() error) error {
+	start := time.Now()
+	err := f()
+	var kerr *errkind.Error
+	// Only the channel's availability counts against it, not our bad input.
+	if err == nil || errors.Is(err, ErrChannelDown) || errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &kerr) {
+		s.Router.Record(name, err, time.Since(start))
+	}
+	return err
+}
+
+// Pay starts a payment of userID's unpaid order at channel ("" = routed).
+// A cancelled, expired or paid order is refused before any channel is
+// called (order.ErrNotPayable). When a routed channel fails, the next one is
+// tried; a requested one that is down gives ErrChannelDown.
+func (s *Service) Pay(ctx context.Context, userID, orderID int64, channel string) (Started, error) {
+	o, err := s.orders.Payable(ctx, userID, orderID)
+	if err != nil {
+		return Started{}, err
+	}
+	tried := map[string]bool{}
+	for {
+		name, err := s.Router.Pick(channel)
+		if err != nil {
+			return Started{}, err
+		}
+		if tried[name] {
+			return Started{}, ErrNoChannel
+		}
+		tried[name] = true
+		st, err := s.start(ctx, o, s.channels[name])
+		if err == nil || channel != "" || !errors.Is(err, ErrChannelDown) {
+			return st, err
+		}
+	}
+}
+
+func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Started, error) {
+	now := s.now()
+	p := Payment{ID: s.ids.Next(id.Gene(o.ID)), OrderID: o.ID, UserID: o.UserID, Channel: ch.Name(), Amount: o.Payable,
+		State: stCreated, CreatedAt: now}
+	d := s.db.ForID(p.ID)
+	if _, err := d.W.ExecContext(ctx, `INSERT INTO payments (id, order_id, user_id, channel, amount, state, created_at, updated_at, query_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)`, p.ID, p.OrderID, p.UserID, p.Channel, p.Amount, p.State, now.UnixMilli(),
+		now.Add(s.cfg.QueryAfter).UnixMilli()); err != nil {
+		return Started{}, fmt.Errorf("insert payment: %w", err)
+	}
+	var c Created
+	err := s.call(ch.Name(), func() (err error) {
+		c, err = ch.Create(ctx, Txn{PaymentID: p.ID, OrderID: o.ID, Amount: p.Amount,
+			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name()})
+		return err
+	})
+	if err != nil {
+		// Not marked failed: the channel may have it after all; the active
+		// query finds out and closes or settles it.
+		return Started{}, fmt.Errorf("create payment at %s: %w", ch.Name(), err)
+	}
+	if _, err := d.W.ExecContext(ctx, `UPDATE payments SET state = $1, channel_txn = $2, pay_url = $3, updated_at = $4
+		WHERE id = $5 AND state = $6`, stPending, c.ChannelTxnID, c.PayURL, s.now().UnixMilli(), p.ID, stCreated); err != nil {
+		return Started{}, fmt.Errorf("update payment %d: %w", p.ID, err)
+	}
+	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
+}
+
+// Notify takes a channel's callback: it verifies and parses it, refuses
+// stale ones, and applies a payment (idempotently: a callback repeated any
+// number of times changes state once). It returns the answer the channel
+// expects; an error means "do not acknowledge" (4xx for forged or stale).
+func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body []byte) (string, []byte, error) {
+	ch := s.channels[channel]
+	if ch == nil {
+		return "", nil, ErrUnknownChannel.With("no payment channel %q", channel)
+	}
+	s.Callbacks.Add(1)
+	n, err := ch.ParseCallback(h, body)
+	if err != nil {
+		s.Forged.Add(1)
+		return "", nil, err
+	}
+	if age := s.now().Sub(n.Timestamp); age > s.cfg.ReplayWindow || age < -s.cfg.ReplayWindow {
+		s.Replayed.Add(1)
+		return "", nil, ErrReplay.With("callback signed at %s is outside the %v window", n.Timestamp.UTC().Format(time.RFC3339), s.cfg.ReplayWindow)
+	}
+	if n.State == Paid || n.State == Refunded {
+		if err := s.received(ctx, n.Status); err != nil {
+			return "", nil, err
+		}
+	}
+	ct, ack := ch.Ack()
+	return ct, ack, nil
+}
+
+// received applies a channel's word that payment st.PaymentID was paid.
+func (s *Service) received(ctx context.Context, st Status) error {
+	p, err := s.get(ctx, st.PaymentID)
+	if err != nil {
+		return err
+	}
+	if st.Amount != p.Amount {
+		return s.anomaly(ctx, anomalyAmt, p, 0, fmt.Sprintf("channel says %d fen, ledger %d fen", st.Amount, p.Amount))
+	}
+	paidAt := st.PaidAt
+	if paidAt.IsZero() {
+		paidAt = s.now()
+	}
+	d := s.db.ForID(p.ID)
+	if _, err := d.W.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
+		WHERE id = $5 AND state IN ($6, $7, $8, $9)`, stPaid, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
+		stCreated, stPending, stClosed, stFailed); err != nil {
+		return fmt.Errorf("mark payment %d paid: %w", p.ID, err)
+	}
+	return s.settle(ctx, p.ID)
+}
+
+// settle applies a paid payment to its order: it pays the order, or, when
+// the order was already paid by another payment or was cancelled, refunds
+// this one and records the anomaly. Idempotent; re-run by the worker for
+// payments left paid-but-unapplied by a crash.
+func (s *Service) settle(ctx context.Context, paymentID int64) error {
+	p, err := s.get(ctx, paymentID)
+	if err != nil {
+		return err
+	}
+	if p.State != stPaid {
+		return nil // settled or refunding already, or not paid
+	}
+	res, err := s.orders.MarkPaid(ctx, p.OrderID, p.ID)
+	if err != nil {
+		return err
+	}
+	switch res {
+	case order.PaidNow, order.PaidAlready:
+		return s.setState(ctx, p.ID, stPaid, stSettled)
+	case order.PaidByOther:
+		o, err := s.orders.Peek(ctx, p.OrderID)
+		if err != nil {
+			return err
+		}
+		if err := s.anomaly(ctx, anomalyDup, p, o.PaymentID, "the order was already paid by payment "+strconv.FormatInt(o.PaymentID, 10)); err != nil {
+			return err
+		}
+		return s.refund(ctx, p, anomalyDup)
+	default: // order.NotPayable
+		if err := s.anomaly(ctx, anomalyCxl, p, 0, "paid after the order was cancelled"); err != nil {
+			return err
+		}
+		return s.refund(ctx, p, anomalyCxl)
+	}
+}
+
+func (s *Service) setState(ctx context.Context, paymentID int64, from, to string) error {
+	_, err := s.db.ForID(paymentID).W.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`,
+		to, s.now().UnixMilli(), paymentID, from)
+	if err != nil {
+		return fmt.Errorf("payment %d %s -> %s: %w", paymentID, from, to, err)
+	}
+	return nil
+}
+
+// refund marks p for refund and asks its channel; a failed call is retried
+// by RetryRefunds. The refund id is fixed per payment: the channel refunds
+// once however often it is asked.
+func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
+	now := s.now().UnixMilli()
+	d := s.db.ForID(p.ID)
+	err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO refunds (id, payment_id, order_id, channel, amount, reason, state, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) ON CONFLICT (payment_id) DO NOTHING`,
+			s.ids.Next(id.Gene(p.ID)), p.ID, p.OrderID, p.Channel, p.Amount, reason, now); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`, stRefund, now, p.ID, stPaid)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("refund payment %d: %w", p.ID, err)
+	}
+	return s.sendRefund(ctx, p.ID)
+}
+
+// sendRefund asks the channel to refund paymentID's pending refund.
+func (s *Service) sendRefund(ctx context.Context, paymentID int64) error {
+	d := s.db.ForID(paymentID)
+	var r Refund
+	var channel, state string
+	err := d.W.QueryRowContext(ctx, `SELECT id, payment_id, amount, reason, channel, state FROM refunds WHERE payment_id = $1`, paymentID).
+		Scan(&r.RefundID, &r.PaymentID, &r.Amount, &r.Reason, &channel, &state)
+	if err != nil {
+		return fmt.Errorf("read refund of payment %d: %w", paymentID, err)
+	}
+	if state == "done" {
+		return nil
+	}
+	ch := s.channels[channel]
+	if ch == nil {
+		return fmt.Errorf("refund of payment %d: channel %q not configured", paymentID, channel)
+	}
+	if err := s.call(channel, func() error { return ch.Refund(ctx, r) }); err != nil {
+		s.log.Warn("refund failed, will retry", "payment_id", paymentID, "err", err)
+		return nil // the refund stays pending; RetryRefunds sends it again
+	}
+	_, err = d.W.ExecContext(ctx, `UPDATE refunds SET state = 'done', updated_at = $1 WHERE payment_id = $2`, s.now().UnixMilli(), paymentID)
+	return err
+}
+
+// anomaly records a payment anomaly once per kind and payment.
+func (s *Service) anomaly(ctx context.Context, kind string, p *Payment, other int64, detail string) error {
+	_, err := s.db.Main().W.ExecContext(ctx, `INSERT INTO anomalies (id, kind, order_id, payment_id, other_id, detail, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, payment_id) DO NOTHING`,
+		s.ids.Next(0), kind, p.OrderID, p.ID, other, detail, s.now().UnixMilli())
+	if err != nil {
+		return fmt.Errorf("record anomaly %s of payment %d: %w", kind, p.ID, err)
+	}
+	s.log.Warn("payment anomaly", "kind", kind, "order_id", p.OrderID, "payment_id", p.ID, "other_id", other, "detail", detail)
+	return nil
+}
+
+const paymentCols = `id, order_id, user_id, channel, amount, state, channel_txn, pay_url, created_at, paid_at, queries`
+
+func scanPayment(sc interface{ Scan(...any) error }) (*Payment, error) {
+	var p Payment
+	var created, paid int64
+	if err := sc.Scan(&p.ID, &p.OrderID, &p.UserID, &p.Channel, &p.Amount, &p.State, &p.ChannelTxn, &p.PayURL, &created, &paid, &p.queries); err != nil {
+		return nil, err
+	}
+	p.CreatedAt = time.UnixMilli(created).UTC()
+	if paid > 0 {
+		p.PaidAt = time.UnixMilli(paid).UTC()
+	}
+	return &p, nil
+}
+
+func (s *Service) get(ctx context.Context, paymentID int64) (*Payment, error) {
+	p, err := scanPayment(s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, paymentID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound.With("no payment %d", paymentID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read payment %d: %w", paymentID, err)
+	}
+	return p, nil
+}
+
+// OfOrder lists the payments of an order.
+func (s *Service) OfOrder(ctx context.Context, orderID int64) ([]*Payment, error) {
+	rows, err := s.db.ForID(orderID).W.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE order_id = $1 ORDER BY id`, orderID)
+	if err != nil {
+		return nil, fmt.Errorf("payments of order %d: %w", orderID, err)
+	}
+	defer rows.Close()
+	var out []*Payment
+	for rows.Next() {
+		p, err := scanPayment(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}

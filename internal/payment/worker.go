@@ -1,0 +1,190 @@
+package payment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Work runs the payments centre's background duties until ctx is done:
+// actively querying payments whose callback has not come, settling paid
+// payments a crash left unapplied, and retrying refunds.
+func (s *Service) Work(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.QueryPending(ctx, 200); err != nil && ctx.Err() == nil {
+			s.log.Warn("payment queries", "err", err)
+		}
+		if err := s.Repair(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("payment repair", "err", err)
+		}
+	}
+}
+
+// QueryPending asks the channels about payments still unpaid QueryAfter
+// after they started (then with backoff up to a minute): a paid answer is
+// applied exactly as a callback would be, a closed or unknown one closes
+// the payment. At most limit per database per call.
+func (s *Service) QueryPending(ctx context.Context, limit int) error {
+	for _, d := range s.db.Shards() {
+		rows, err := d.R.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE state IN ($1, $2) AND query_at <= $3
+			ORDER BY query_at LIMIT $4`, stCreated, stPending, s.now().UnixMilli(), limit)
+		if err != nil {
+			return fmt.Errorf("pending payments on %s: %w", d.Name, err)
+		}
+		var ps []*Payment
+		for rows.Next() {
+			p, err := scanPayment(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			ps = append(ps, p)
+		}
+		rows.Close()
+		for _, p := range ps {
+			if err := s.query(ctx, p); err != nil {
+				s.log.Warn("payment query", "payment_id", p.ID, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// query asks p's channel once and applies the answer.
+func (s *Service) query(ctx context.Context, p *Payment) error {
+	ch := s.channels[p.Channel]
+	if ch == nil {
+		return fmt.Errorf("channel %q not configured", p.Channel)
+	}
+	var st Status
+	err := s.call(p.Channel, func() (err error) { st, err = ch.Query(ctx, p.ID); return err })
+	next := s.now().Add(min(time.Duration(1<<min(p.queries, 6))*time.Second, time.Minute)).UnixMilli()
+	d := s.db.ForID(p.ID)
+	switch {
+	case err == nil && (st.State == Paid || st.State == Refunded):
+		return s.received(ctx, st)
+	case err == nil && st.State == Closed, errors.Is(err, ErrUnknownTxn) && s.now().Sub(p.CreatedAt) > 10*time.Minute:
+		return s.setState(ctx, p.ID, p.State, stClosed)
+	}
+	if _, uerr := d.W.ExecContext(ctx, `UPDATE payments SET query_at = $1, queries = queries + 1 WHERE id = $2`, next, p.ID); uerr != nil {
+		return uerr
+	}
+	if errors.Is(err, ErrUnknownTxn) {
+		return nil
+	}
+	return err
+}
+
+// Refresh queries the pending payments of an order once, now (the payer is
+// looking at the result page and the callback has not come). Payments
+// started less than two seconds ago are left to their callback.
+func (s *Service) Refresh(ctx context.Context, orderID int64) error {
+	ps, err := s.OfOrder(ctx, orderID)
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		if (p.State == stPending || p.State == stCreated) && s.now().Sub(p.CreatedAt) > 2*time.Second {
+			if err := s.query(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Repair settles payments left paid but unapplied and resends pending
+// refunds, older than a few seconds (so it does not race the request that
+// is doing it right now).
+func (s *Service) Repair(ctx context.Context) error {
+	before := s.now().Add(-5 * time.Second).UnixMilli()
+	for _, d := range s.db.Shards() {
+		var paid, refunds []int64
+		rows, err := d.R.QueryContext(ctx, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid, before)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var x int64
+			rows.Scan(&x)
+			paid = append(paid, x)
+		}
+		rows.Close()
+		rows, err = d.R.QueryContext(ctx, `SELECT payment_id FROM refunds WHERE state = 'pending' AND updated_at < $1 LIMIT 200`, before)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var x int64
+			rows.Scan(&x)
+			refunds = append(refunds, x)
+		}
+		rows.Close()
+		for _, x := range paid {
+			if err := s.settle(ctx, x); err != nil {
+				return err
+			}
+		}
+		for _, x := range refunds {
+			if _, err := d.W.ExecContext(ctx, `UPDATE refunds SET updated_at = $1 WHERE payment_id = $2`, s.now().UnixMilli(), x); err != nil {
+				return err
+			}
+			if err := s.sendRefund(ctx, x); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Anomaly is one recorded payment anomaly.
+type Anomaly struct {
+	ID        int64     `json:"id,string"`
+	Kind      string    `json:"kind"`
+	OrderID   int64     `json:"order_id,string"`
+	PaymentID int64     `json:"payment_id,string"`
+	OtherID   int64     `json:"other_payment_id,string,omitempty"`
+	Detail    string    `json:"detail"`
+	At        time.Time `json:"at"`
+	Refund    string    `json:"refund,omitempty"` // pending | done, for kinds that refund
+}
+
+// Anomalies lists the latest anomalies (newest first), with their refund state.
+func (s *Service) Anomalies(ctx context.Context, limit int) ([]Anomaly, error) {
+	rows, err := s.db.Main().R.QueryContext(ctx, `SELECT id, kind, order_id, payment_id, other_id, detail, created_at
+		FROM anomalies ORDER BY id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("anomalies: %w", err)
+	}
+	var out []Anomaly
+	for rows.Next() {
+		var a Anomaly
+		var at int64
+		if err := rows.Scan(&a.ID, &a.Kind, &a.OrderID, &a.PaymentID, &a.OtherID, &a.Detail, &at); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		a.At = time.UnixMilli(at).UTC()
+		out = append(out, a)
+	}
+	rows.Close()
+	for i := range out {
+		var st string
+		if err := s.db.ForID(out[i].PaymentID).R.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1`,
+			out[i].PaymentID).Scan(&st); err == nil {
+			out[i].Refund = st
+		}
+	}
+	if out == nil {
+		out = []Anomaly{}
+	}
+	return out, nil
+}
