@@ -208,6 +208,12 @@ func (s *Service) received(ctx context.Context, st Status) error {
 	if st.Amount != p.Amount {
 		return s.anomaly(ctx, anomalyAmt, p, 0, fmt.Sprintf("channel says %d fen, ledger %d fen", st.Amount, p.Amount))
 	}
+	switch p.State {
+	case stSettled, stRefund:
+		return nil // a repeated callback: already applied
+	case stPaid:
+		return s.settle(ctx, p.ID) // applied half-way (a crash, or a concurrent callback): finish
+	}
 	paidAt := st.PaidAt
 	if paidAt.IsZero() {
 		paidAt = s.now()
@@ -340,7 +346,7 @@ func scanPayment(sc interface{ Scan(...any) error }) (*Payment, error) {
 }
 
 func (s *Service) get(ctx context.Context, paymentID int64) (*Payment, error) {
-	p, err := scanPayment(s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, paymentID))
+	p, err := scanPayment(s.db.ForID(paymentID).R.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, paymentID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound.With("no payment %d", paymentID)
 	}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/surge-platform/surge/bench/load"
+	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/paysim"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+// callbacks measures signed wxsim payment callbacks handled per second by
+// an embedded surge — signature check, replay window, ledger read, and on
+// the first delivery of each payment the paid -> settled -> order paid
+// transitions; later deliveries are the duplicates every channel sends —
+// against the hello-world server.
+func callbacks(ctx context.Context) error {
+	helloAddr, addr := freeAddr(), freeAddr()
+	hello, err := start("http://"+helloAddr+"/", *helloBin, "--addr", helloAddr)
+	if err != nil {
+		return err
+	}
+	defer stop(hello)
+	data, _ := os.MkdirTemp("", "surge-bench-")
+	defer os.RemoveAll(data)
+	surge, err := start("http://"+addr+"/readyz", *surgeBin, "serve", "--addr", addr, "--data", data, "--seed-demo",
+		"--log-level", "error", "--pay-query-after", "1h", "--order-ttl", "1h")
+	if err != nil {
+		return err
+	}
+	defer stop(surge)
+	base := "http://" + addr
+
+	const users, each = 8, 250
+	type ref struct{ id, amount int64 }
+	var mu sync.Mutex
+	var refs []ref
+	var wg sync.WaitGroup
+	var setupErr atomic.Value
+	for u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tok, err := benchLogin(base, fmt.Sprintf("+86135%08d", u))
+			if err != nil {
+				setupErr.Store(err)
+				return
+			}
+			for range each {
+				var c struct {
+					OrderID string `json:"order_id"`
+					Payable int64  `json:"payable"`
+				}
+				if err := post(base+"/api/v1/orders", tok, `{"store_id":"1002","items":[{"sku_id":"1002010","qty":1}]}`, 201, &c); err != nil {
+					setupErr.Store(err)
+					return
+				}
+				var p struct {
+					PaymentID string `json:"payment_id"`
+				}
+				if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tok, `{"channel":"wxsim"}`, 201, &p); err != nil {
+					setupErr.Store(err)
+					return
+				}
+				x, _ := strconv.ParseInt(p.PaymentID, 10, 64)
+				mu.Lock()
+				refs = append(refs, ref{x, c.Payable})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := setupErr.Load().(error); err != nil {
+		return fmt.Errorf("callbacks setup: %w", err)
+	}
+	// The node's simulator keys, from its settings (as the channel holds them).
+	c, err := sqldb.Open(ctx, []string{"sqlite:" + data + "/db"}, sqldb.Options{})
+	if err != nil {
+		return err
+	}
+	seed, err := member.Secret(ctx, c, "paysim_seed")
+	c.Close()
+	if err != nil {
+		return err
+	}
+	cc := paysim.DevKeys(hex.EncodeToString(seed)).Channels()["wxsim"]
+	type encoded struct {
+		h    http.Header
+		body []byte
+	}
+	now := time.Now()
+	cbs := make([]encoded, len(refs))
+	for i, r := range refs {
+		h, b, err := paysim.EncodeCallback(cc, payment.Notice{
+			Status:   payment.Status{PaymentID: r.id, ChannelTxnID: "bench" + strconv.Itoa(i), State: payment.Paid, Amount: r.amount, PaidAt: now},
+			NoticeID: "n" + strconv.Itoa(i), Timestamp: now})
+		if err != nil {
+			return err
+		}
+		cbs[i] = encoded{h, b}
+	}
+	var next atomic.Int64
+	notify := func(int, int) *http.Request {
+		e := cbs[int(next.Add(1))%len(cbs)]
+		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", bytes.NewReader(e.body))
+		r.Header = e.h.Clone()
+		return r
+	}
+	get := func(int, int) *http.Request { r, _ := http.NewRequest("GET", "http://"+helloAddr+"/", nil); return r }
+	var bs, ss []float64
+	for range *rounds {
+		b := load.Run(ctx, *workers, *dur, 200, get)
+		s := load.Run(ctx, *workers, *dur, 200, notify)
+		if s.Failed > 0 {
+			return fmt.Errorf("callbacks: %d failed", s.Failed)
+		}
+		bs, ss = append(bs, b.RPS()), append(ss, s.RPS())
+		fmt.Printf("  callbacks round: surge p50 %v p99 %v\n", s.P50, s.P99)
+	}
+	report(fmt.Sprintf("payment callbacks (%d connections, %v per round, embedded surge; %d payments, the first delivery of each settles its order, the rest are duplicates)",
+		*workers, *dur, len(cbs)), "hello-world", "surge notify/wxsim", bs, ss, 0)
+	return nil
+}
+
+func benchLogin(base, phone string) (string, error) {
+	var out struct{ Token string }
+	err := post(base+"/api/v1/auth/login", "", `{"phone":"`+phone+`"}`, 200, &out)
+	return out.Token, err
+}
+
+func post(url, token, body string, want int, out any) error {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != want {
+		return fmt.Errorf("POST %s: %d %s", url, res.StatusCode, b)
+	}
+	return json.Unmarshal(b, out)
+}
