@@ -260,8 +260,12 @@ Try it:
   curl -s %[1]s/api/v1/stores
   curl -s %[1]s/api/v1/stores/%[3]d/menu
   TOKEN=$(curl -s -X POST %[1]s/api/v1/auth/login -d '{"phone":"+8613800000001"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
-  curl -s -X POST %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: try-1" \
-       -d '{"store_id":"%[3]d","items":[{"sku_id":"%[6]d","qty":2}]}'
+  ORDER=$(curl -s -X POST %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: try-1" \
+       -d '{"store_id":"%[3]d","items":[{"sku_id":"%[6]d","qty":2}]}' | sed 's/.*"order_id":"\([0-9]*\)".*/\1/')
+  PAYURL=$(curl -s -X POST %[1]s/api/v1/orders/$ORDER/pay -H "Authorization: Bearer $TOKEN" -d '{"channel":"wxsim"}' \
+       | sed 's/.*"pay_url":"\([^"]*\)".*/\1/')
+  curl -s -X POST $PAYURL            # the simulated payer pays
+  curl -s %[1]s/api/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"     # "status":"paid"
   curl -s %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN"
   curl -s %[1]s/admin/v1/events/stats -H "Authorization: Bearer %[2]s"
 `, url, admin, store, demo.Stores, demo.Users, store*1000+6)

@@ -22,6 +22,7 @@ type Report struct {
 	Ops      map[string]*Op
 	Orders   int // orders created (201)
 	Cancels  int // orders cancelled (200)
+	Paid     int // orders paid at the simulated channel
 	SoldOut  int // 409 sold_out answers
 }
 
@@ -38,7 +39,8 @@ func (o *Op) Quantile(q float64) time.Duration {
 
 // Simulate runs `customers` simulated customers against base for d: each
 // logs in, browses stores and menus, places orders (with an
-// Idempotency-Key), cancels about one in five and reads them back.
+// Idempotency-Key), pays most of them at the simulated channels, cancels
+// some of the others and reads them back.
 func Simulate(ctx context.Context, base string, customers int, d time.Duration) (*Report, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: customers}}
 	ctx, cancel := context.WithTimeout(ctx, d)
@@ -155,8 +157,27 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration) 
 				default:
 					continue
 				}
+				if rng.IntN(10) < 6 { // most customers pay, at either channel
+					var st struct {
+						PayURL string `json:"pay_url"`
+					}
+					ch := []string{"wxsim", "alisim"}[rng.IntN(2)]
+					if call("pay order", "POST", "/api/v1/orders/"+created.OrderID+"/pay", login.Token, map[string]string{"channel": ch}, &st) == 201 {
+						if req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil); err == nil {
+							if res, err := client.Do(req); err == nil {
+								io.Copy(io.Discard, res.Body)
+								res.Body.Close()
+								mu.Lock()
+								rep.Paid++
+								mu.Unlock()
+							}
+						}
+					}
+					call("get order", "GET", "/api/v1/orders/"+created.OrderID, login.Token, nil, nil)
+					continue
+				}
 				call("get order", "GET", "/api/v1/orders/"+created.OrderID, login.Token, nil, nil)
-				if rng.IntN(5) == 0 && call("cancel order", "POST", "/api/v1/orders/"+created.OrderID+"/cancel", login.Token, nil, nil) == 200 {
+				if rng.IntN(3) == 0 && call("cancel order", "POST", "/api/v1/orders/"+created.OrderID+"/cancel", login.Token, nil, nil) == 200 {
 					mu.Lock()
 					rep.Cancels++
 					mu.Unlock()
@@ -181,8 +202,8 @@ func (r *Report) Print(w io.Writer) {
 		total += o.Count
 	}
 	sort.Strings(names)
-	fmt.Fprintf(w, "\nsimulation: %d requests in %.1fs (%.0f req/s), %d orders placed, %d cancelled, %d sold-out answers\n",
-		total, r.Duration.Seconds(), float64(total)/r.Duration.Seconds(), r.Orders, r.Cancels, r.SoldOut)
+	fmt.Fprintf(w, "\nsimulation: %d requests in %.1fs (%.0f req/s), %d orders placed, %d paid, %d cancelled, %d sold-out answers\n",
+		total, r.Duration.Seconds(), float64(total)/r.Duration.Seconds(), r.Orders, r.Paid, r.Cancels, r.SoldOut)
 	fmt.Fprintf(w, "%-14s %8s %7s %9s %9s %9s\n", "request", "count", "errors", "p50", "p99", "max")
 	for _, k := range names {
 		o := r.Ops[k]
