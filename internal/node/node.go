@@ -276,6 +276,7 @@ func (n *Node) Run(ctx context.Context) error {
 		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })
 		spawn("expiry sweeper", n.expireDue)
 		spawn("payment queries and repairs", n.Payments.Work)
+		spawn("daily reconciliation", n.Payments.ReconcileDaily)
 	}
 	go func() {
 		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -187,4 +188,37 @@ func (s *Service) Anomalies(ctx context.Context, limit int) ([]Anomaly, error) {
 		out = []Anomaly{}
 	}
 	return out, nil
+}
+
+// ReconcileDaily reconciles every channel's statement of the previous UTC
+// day shortly after midnight (00:10 UTC), until ctx is done, and logs each
+// report (warn when it has findings). Running it on several nodes is safe:
+// every fix it makes is idempotent.
+func (s *Service) ReconcileDaily(ctx context.Context) error {
+	for {
+		now := s.now().UTC()
+		next := time.Date(now.Year(), now.Month(), now.Day(), 0, 10, 0, 0, time.UTC)
+		if !next.After(now) {
+			next = next.Add(24 * time.Hour)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(next.Sub(now)):
+		}
+		day := next.Add(-24 * time.Hour)
+		for name := range s.channels {
+			rep, err := s.Reconcile(ctx, name, day)
+			if err != nil {
+				s.log.Error("daily reconciliation failed", "channel", name, "date", day.Format(time.DateOnly), "err", err)
+				continue
+			}
+			lvl := slog.LevelInfo
+			if len(rep.Findings) > 0 {
+				lvl = slog.LevelWarn
+			}
+			s.log.Log(ctx, lvl, "daily reconciliation", "channel", name, "date", rep.Date, "statement_lines", rep.StatementLines,
+				"ledger_payments", rep.LedgerPayments, "findings", rep.Findings)
+		}
+	}
 }
