@@ -326,9 +326,10 @@ func TestSeparateRoles(t *testing.T) {
 	t.Parallel()
 	const admin = "e2e-admin"
 	dbs := pgURLs(t, 2)
+	apiAddr, workerAddr, simAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	common := []string{"--admin-token", admin, "--db", dbs[0], "--db", dbs[1], "--db-max-conns", "6", "--kv", redisURL(t),
-		"--bus", bustest.Namespaced(t, bustest.ExternalURL(t))}
-	apiAddr, workerAddr := freeAddr(t), freeAddr(t)
+		"--bus", bustest.Namespaced(t, bustest.ExternalURL(t)), "--pay-url", "http://" + simAddr}
+	sim := start(t, simAddr, append([]string{"serve", "--roles", "paysim", "--addr", simAddr, "--data", t.TempDir()}, common...)...)
 	api := start(t, apiAddr, append([]string{"serve", "--roles", "api", "--addr", apiAddr, "--seed-demo", "--data", t.TempDir()}, common...)...)
 	// The worker's backstop poll is 10 minutes: events arrive in time only
 	// because the api node's commits wake the worker's relay over the bus.
@@ -344,6 +345,37 @@ func TestSeparateRoles(t *testing.T) {
 	// A worker-only node serves no customer API.
 	if status, _, _ := call("http://"+workerAddr, "GET", "/api/v1/stores", "", ""); status != 404 {
 		t.Fatalf("worker node answered the customer API: %d", status)
+	}
+	// A payment crosses three processes: api -> simulator (create), payer ->
+	// simulator (pay), simulator -> api (signed callback).
+	tok := mustLogin(t, api.base, "+8613900000099")
+	oid := placeN(t, api.base, tok, 1)[0]
+	for _, ch := range []string{"wxsim", "alisim"} {
+		if ch == "alisim" {
+			oid = placeN(t, api.base, tok, 1)[0]
+		}
+		status, b, err := call(api.base, "POST", "/api/v1/orders/"+oid+"/pay", tok, `{"channel":"`+ch+`"}`)
+		var st struct {
+			PayURL string `json:"pay_url"`
+		}
+		json.Unmarshal(b, &st)
+		if err != nil || status != 201 || !strings.HasPrefix(st.PayURL, sim.base) {
+			t.Fatalf("pay at %s: %d %s %v", ch, status, b, err)
+		}
+		if status, b, err := call(st.PayURL, "POST", "", "", ""); err != nil || status != 200 {
+			t.Fatalf("payer pays: %d %s %v", status, b, err)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			_, b, _ := call(api.base, "GET", "/admin/v1/orders/"+oid, admin, "")
+			if bytes.Contains(b, []byte(`"status":"paid"`)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("order paid at %s never became paid: %s", ch, b)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
