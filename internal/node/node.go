@@ -299,40 +299,41 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-func (n *Node) sweep(ctx context.Context) error {
-	t := time.NewTicker(30 * time.Second)
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func(context.Context)) error {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			f(ctx)
 		}
+	}
+}
+
+// sweep releases stock reservations whose order never appeared.
+func (n *Node) sweep(ctx context.Context) error {
+	return every(ctx, 30*time.Second, func(ctx context.Context) {
 		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Exists)
 		if err != nil {
 			n.log.Warn("reservation sweep", "err", err)
 		} else if released > 0 {
 			n.log.Info("reservation sweep released orphans", "orders", released)
 		}
-	}
+	})
 }
 
 // expireDue is the backstop of the order timers.
 func (n *Node) expireDue(ctx context.Context) error {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return every(ctx, 5*time.Second, func(ctx context.Context) {
 		if k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500); err != nil {
 			n.log.Warn("expiry sweep", "err", err)
 		} else if k > 0 {
 			n.log.Info("expiry sweep expired orders its timers missed", "orders", k)
 		}
-	}
+	})
 }
 
 func (n *Node) stats(ctx context.Context) (map[string]int64, error) {

@@ -131,11 +131,11 @@ func (c *Channel) ParseCallback(_ http.Header, body []byte) (payment.Notice, err
 
 	var n payment.Notice
 	var ok bool
-	if n.PaymentID, ok = parseID(v.Get("out_trade_no")); !ok {
+	if n.PaymentID, ok = paysim.ParseID(v.Get("out_trade_no")); !ok {
 		return payment.Notice{}, bad("out_trade_no %.40q is not a positive decimal", v.Get("out_trade_no"))
 	}
 	n.ChannelTxnID, n.NoticeID = v.Get("trade_no"), v.Get("notify_id")
-	if !token(n.ChannelTxnID) || !token(n.NoticeID) {
+	if !paysim.Token(n.ChannelTxnID) || !paysim.Token(n.NoticeID) {
 		return payment.Notice{}, bad("trade_no and notify_id must be 1..64 printable characters")
 	}
 	if n.Amount, err = ParseYuan(v.Get("total_amount")); err != nil || n.Amount == 0 || n.Amount > paysim.MaxAmount {
@@ -229,20 +229,3 @@ func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("alisim callback: "+format, args...)
 }
 
-// parseID parses a positive decimal in canonical form.
-func parseID(s string) (int64, bool) {
-	v, err := strconv.ParseInt(s, 10, 64)
-	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
-}
-
-func token(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
-}

@@ -156,21 +156,21 @@ func ParseStatement(r io.Reader) ([]payment.Line, error) {
 		row := len(lines) + 2
 		l := payment.Line{Kind: rec[0], ChannelTxnID: rec[2]}
 		var ok bool
-		if l.PaymentID, ok = parseID(rec[1]); !ok || l.ChannelTxnID == "" {
+		if l.PaymentID, ok = ParseID(rec[1]); !ok || l.ChannelTxnID == "" {
 			return nil, ErrBadStatement.With("statement row %d: bad merchant_txn_id or txn_id", row)
 		}
 		switch l.Kind {
 		case "payment":
 			ok = rec[3] == ""
 		case "refund":
-			l.RefundID, ok = parseID(rec[3])
+			l.RefundID, ok = ParseID(rec[3])
 		default:
 			ok = false
 		}
 		if !ok {
 			return nil, ErrBadStatement.With("statement row %d: bad kind or refund_id", row)
 		}
-		if l.Amount, ok = parseID(rec[4]); !ok {
+		if l.Amount, ok = ParseID(rec[4]); !ok {
 			return nil, ErrBadStatement.With("statement row %d: bad amount %q", row, rec[4])
 		}
 		if l.At, err = time.Parse(time.RFC3339, rec[5]); err != nil {

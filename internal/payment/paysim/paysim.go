@@ -614,14 +614,29 @@ func (s *Server) payURL(r *http.Request, channel, txnID string) string {
 	return base + "/paysim/v1/" + channel + "/pay/" + txnID
 }
 
-// parseID parses a positive decimal id in canonical form.
-func parseID(s string) (int64, bool) {
+// ParseID parses a positive decimal id in canonical form (no sign, no
+// leading zeros), as ids appear in callbacks and statements.
+func ParseID(s string) (int64, bool) {
 	v, err := strconv.ParseInt(s, 10, 64)
 	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
 }
 
+// Token reports whether s is a plausible opaque token (a transaction or
+// notice id): 1 to 64 printable ASCII characters without spaces.
+func Token(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *Server) query(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
-	id, ok := parseID(r.PathValue("id"))
+	id, ok := ParseID(r.PathValue("id"))
 	if !ok {
 		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal"))
 		return

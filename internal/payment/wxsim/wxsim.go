@@ -22,7 +22,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/surge-platform/surge/internal/payment"
@@ -127,16 +126,16 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 	if err := json.Unmarshal(body, &n); err != nil {
 		return payment.Notice{}, bad("body: %v", err)
 	}
-	unix, ok := parseID(ts)
+	unix, ok := paysim.ParseID(ts)
 	if !ok || n.Timestamp != unix {
 		return payment.Notice{}, bad("timestamp %q does not match the body's %d", ts, n.Timestamp)
 	}
 	out := payment.Notice{NoticeID: n.NoticeID, Timestamp: time.Unix(unix, 0).UTC()}
 	out.ChannelTxnID, out.Amount = n.TxnID, n.Amount
-	if out.PaymentID, ok = parseID(n.MerchantTxnID); !ok {
+	if out.PaymentID, ok = paysim.ParseID(n.MerchantTxnID); !ok {
 		return payment.Notice{}, bad("merchant_txn_id %.40q is not a positive decimal", n.MerchantTxnID)
 	}
-	if !token(n.TxnID) || !token(n.NoticeID) {
+	if !paysim.Token(n.TxnID) || !paysim.Token(n.NoticeID) {
 		return payment.Notice{}, bad("txn_id and notice_id must be 1..64 printable characters")
 	}
 	if n.Amount <= 0 || n.Amount > paysim.MaxAmount {
@@ -167,20 +166,3 @@ func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("wxsim callback: "+format, args...)
 }
 
-// parseID parses a positive decimal in canonical form.
-func parseID(s string) (int64, bool) {
-	v, err := strconv.ParseInt(s, 10, 64)
-	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
-}
-
-func token(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
-}
