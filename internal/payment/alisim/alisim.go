@@ -228,4 +228,3 @@ func badSig(msg string) error { return payment.ErrBadSignature.With("alisim call
 func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("alisim callback: "+format, args...)
 }
-

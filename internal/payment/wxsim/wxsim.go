@@ -165,4 +165,3 @@ func badSig(msg string) error {
 func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("wxsim callback: "+format, args...)
 }
-
