@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -120,6 +121,18 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.Migrate, "migrate", d.Migrate, "apply migrations at start")
 	fs.StringVar(&o.PublicURL, "public-url", "", "base URL this node is reached at, for payment callbacks (default http://<addr>)")
 	fs.StringVar(&o.PayURL, "pay-url", "", "base URL of the payment provider simulator (default this node's URL)")
+	fs.Func("pay-weights", "routing weights of the payment channels, e.g. wxsim=3,alisim=1 (default 1 each)", func(v string) error {
+		o.PayWeights = map[string]int{}
+		for _, kv := range strings.Split(v, ",") {
+			name, w, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			n, err := strconv.Atoi(w)
+			if !ok || err != nil || n < 1 || n > 1000 {
+				return fmt.Errorf("%q: want channel=weight with a weight of 1 to 1000", kv)
+			}
+			o.PayWeights[name] = n
+		}
+		return nil
+	})
 	fs.DurationVar(&o.PayQuery, "pay-query-after", 10*time.Second, "actively query a payment whose callback has not come after this long")
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")

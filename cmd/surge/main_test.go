@@ -15,11 +15,14 @@ func TestFlagsAndEnv(t *testing.T) {
 	t.Setenv("SURGE_ROLES", "worker")
 	var o options
 	fs := flags(&o, io.Discard)
-	if err := parse(fs, []string{"--roles", "api", "--kv", "redis://r:6379/0"}); err != nil {
+	if err := parse(fs, []string{"--roles", "api", "--kv", "redis://r:6379/0", "--pay-weights", "wxsim=3,alisim=1"}); err != nil {
 		t.Fatal(err)
 	}
 	if o.Addr != "127.0.0.1:9999" || o.OrderTTL != 30*time.Second || o.KV != "redis://r:6379/0" {
 		t.Fatalf("env not applied: %+v", o.Config)
+	}
+	if o.PayWeights["wxsim"] != 3 || o.PayWeights["alisim"] != 1 {
+		t.Fatalf("pay weights %v", o.PayWeights)
 	}
 	if len(o.DB) != 2 || o.DB[1] != "postgres://b/y" {
 		t.Fatalf("SURGE_DB: %q", o.DB)
@@ -40,6 +43,8 @@ func TestBadInvocations(t *testing.T) {
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},
 		{"migrate", "--db", "mysql://x"},
+		{"serve", "--pay-weights", "wxsim=0"},
+		{"serve", "--pay-weights", "wxsim"},
 	} {
 		var out, errb bytes.Buffer
 		if err := run(t.Context(), args, &out, &errb); err == nil {

@@ -56,6 +56,7 @@ type Config struct {
 	PublicURL  string        // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
 	PayURL     string        // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
 	PayQuery   time.Duration // first active query of an unpaid payment; 0 = 10s
+	PayWeights map[string]int // routing weight per channel; missing = 1
 }
 
 // Defaults returns a config that works on a laptop.
@@ -228,7 +229,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			wxsim.New(wxsim.Config{BaseURL: payURL, Secret: keys.WXSecret}),
 			alisim.New(alisim.Config{BaseURL: payURL, Secret: keys.AliSecret, PublicKey: &keys.AliPrivateKey.PublicKey}),
 		}
-		n.Payments = payment.New(n.DB, n.IDs, n.Orders, channels, nil, log, payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
+		n.Payments = payment.New(n.DB, n.IDs, n.Orders, channels, cfg.PayWeights, log, payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
 		if cfg.Has("api") {
 			srv.Payments = n.Payments
 		}
