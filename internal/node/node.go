@@ -41,21 +41,21 @@ var Roles = []string{"api", "worker", "paysim"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
-	Addr       string        // listen address; ":0" picks a free port
-	Data       string        // directory for the embedded backends
-	Roles      []string      // subset of Roles, or ["all"]
-	DB         []string      // database URLs; empty = sqlite:<Data>/db
-	KV         string        // kv URL; empty = mem:
-	Bus        string        // bus URL; empty = embedded:<Data>/nats
-	AdminToken string        // empty = random, printed at start
-	OrderTTL   time.Duration // time to pay an order
-	NodeID     int           // id generator node; -1 = lease one from the kv store
-	DBMaxConns int           // per PostgreSQL database; 0 = default
-	Migrate    bool          // apply migrations at start
-	RelayPoll  time.Duration // outbox backstop poll; 0 = 1s
-	PublicURL  string        // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
-	PayURL     string        // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
-	PayQuery   time.Duration // first active query of an unpaid payment; 0 = 10s
+	Addr       string         // listen address; ":0" picks a free port
+	Data       string         // directory for the embedded backends
+	Roles      []string       // subset of Roles, or ["all"]
+	DB         []string       // database URLs; empty = sqlite:<Data>/db
+	KV         string         // kv URL; empty = mem:
+	Bus        string         // bus URL; empty = embedded:<Data>/nats
+	AdminToken string         // empty = random, printed at start
+	OrderTTL   time.Duration  // time to pay an order
+	NodeID     int            // id generator node; -1 = lease one from the kv store
+	DBMaxConns int            // per PostgreSQL database; 0 = default
+	Migrate    bool           // apply migrations at start
+	RelayPoll  time.Duration  // outbox backstop poll; 0 = 1s
+	PublicURL  string         // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL     string         // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	PayQuery   time.Duration  // first active query of an unpaid payment; 0 = 10s
 	PayWeights map[string]int // routing weight per channel; missing = 1
 }
 
