@@ -74,3 +74,16 @@ func TestRouterHalvesSlowChannel(t *testing.T) {
 		t.Fatalf("slow channel got %d of 3000 picks, want about a third", m["slow"])
 	}
 }
+
+func TestRouterFollowsWeights(t *testing.T) {
+	t.Parallel()
+	r := NewRouter(map[string]int{"big": 3, "small": 1})
+	m := map[string]int{}
+	for range 4000 {
+		name, _ := r.Pick("")
+		m[name]++
+	}
+	if m["big"] < 2700 || m["big"] > 3300 {
+		t.Fatalf("weights 3:1 picked %v, want about 3000:1000", m)
+	}
+}
