@@ -162,9 +162,10 @@ func (h *health) effectiveLocked(now time.Time) int {
 
 // Pick returns the channel for a new payment. A requested channel is used
 // if it is up (ErrUnknownChannel, or ErrChannelDown when it is off or out);
-// otherwise a weighted random pick among the channels that are up, where a
-// channel on probation gets a small share. ErrNoChannel when none is up.
-func (r *Router) Pick(requested string) (string, error) {
+// otherwise a weighted random pick among the channels that are up and not
+// in except, where a channel on probation gets a small share. ErrNoChannel
+// when none is left.
+func (r *Router) Pick(requested string, except ...string) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -182,6 +183,9 @@ func (r *Router) Pick(requested string) (string, error) {
 	weights := make([]int, len(r.names))
 	for i, name := range r.names {
 		h := r.h[name]
+		if slices.Contains(except, name) {
+			continue
+		}
 		weights[i] = h.effectiveLocked(now)
 		if weights[i] > 0 && !h.probation {
 			healthy++

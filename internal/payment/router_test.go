@@ -87,3 +87,16 @@ func TestRouterFollowsWeights(t *testing.T) {
 		t.Fatalf("weights 3:1 picked %v, want about 3000:1000", m)
 	}
 }
+
+func TestRouterPicksOnlyUntriedChannels(t *testing.T) {
+	t.Parallel()
+	r := NewRouter(map[string]int{"a": 1, "b": 1})
+	for range 100 {
+		if name, err := r.Pick("", "a"); err != nil || name != "b" {
+			t.Fatalf("pick except a: %q %v", name, err)
+		}
+	}
+	if _, err := r.Pick("", "a", "b"); !errors.Is(err, ErrNoChannel) {
+		t.Fatalf("all tried: %v, want ErrNoChannel", err)
+	}
+}

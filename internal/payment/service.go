@@ -126,16 +126,16 @@ func (s *Service) Pay(ctx context.Context, userID, orderID int64, channel string
 	if err != nil {
 		return Started{}, err
 	}
-	tried := map[string]bool{}
+	var tried []string
 	for {
-		name, err := s.Router.Pick(channel)
+		name, err := s.Router.Pick(channel, tried...)
 		if err != nil {
+			if len(tried) > 0 && errors.Is(err, ErrNoChannel) {
+				return Started{}, ErrNoChannel.With("every payment channel failed: %v", tried)
+			}
 			return Started{}, err
 		}
-		if tried[name] {
-			return Started{}, ErrNoChannel
-		}
-		tried[name] = true
+		tried = append(tried, name)
 		st, err := s.start(ctx, o, s.channels[name])
 		if err == nil || channel != "" || !errors.Is(err, ErrChannelDown) {
 			return st, err
