@@ -318,9 +318,9 @@ func every(ctx context.Context, d time.Duration, f func(context.Context)) error 
 func (n *Node) sweep(ctx context.Context) error {
 	return every(ctx, 30*time.Second, func(ctx context.Context) {
 		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Exists)
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			n.log.Warn("reservation sweep", "err", err)
-		} else if released > 0 {
+		} else if released > 0 && err == nil {
 			n.log.Info("reservation sweep released orphans", "orders", released)
 		}
 	})
@@ -329,9 +329,9 @@ func (n *Node) sweep(ctx context.Context) error {
 // expireDue is the backstop of the order timers.
 func (n *Node) expireDue(ctx context.Context) error {
 	return every(ctx, 5*time.Second, func(ctx context.Context) {
-		if k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500); err != nil {
+		if k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500); err != nil && ctx.Err() == nil {
 			n.log.Warn("expiry sweep", "err", err)
-		} else if k > 0 {
+		} else if k > 0 && err == nil {
 			n.log.Info("expiry sweep expired orders its timers missed", "orders", k)
 		}
 	})
