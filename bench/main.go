@@ -171,12 +171,13 @@ func menu(ctx context.Context) error {
 }
 
 const pgbenchScript = `\set uid random(1, 1000000000)
-\set oid random(1, 9000000000000000000)
+\set oid random(1, 4000000000000000000)
 BEGIN;
 INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at) VALUES (:oid, :uid, 1001, 'pending_payment', 1, 3200, 3200, 1763900000000, 1763900000000, 4102444800000);
 INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 0, 1001006, 'Jasmine Tea', 1000, 1);
 INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 1, 1001007, 'Oolong', 1100, 2);
 INSERT INTO outbox (id, subject, type, payload, created_at) VALUES (:oid, 'orders.events.1', 'order.created', '{"event_id":"383265897843787242","type":"order.created","order_id":"383265897843786218","user_id":"383265897843000001","store_id":"1001","status":"pending_payment","version":1,"payable":3200,"at":"2026-11-23T14:41:50.783Z"}', 1763900000000);
+INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES (:oid + 4000000000000000000, 'timers.order.383265897843786218', 'order.timer', '383265897843786218', '{"Nats-Schedule":"@at 2026-11-23T15:00:00Z","Nats-Schedule-Target":"timers.expire.1"}', 1763900000000);
 END;
 `
 
@@ -188,19 +189,26 @@ func orders(ctx context.Context) error {
 		return err
 	}
 	defer admin.Close()
+	// Two databases with the same schema on the same server: pgbench's and
+	// surge's, so neither's rows load the other (surge would relay pgbench's
+	// outbox rows).
 	b := make([]byte, 4)
 	rand.Read(b)
 	name := "surge_bench_" + hex.EncodeToString(b)
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		return fmt.Errorf("create bench database: %w", err)
+	var dsns []string
+	for _, db := range []string{name + "_pgbench", name + "_surge"} {
+		if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+db); err != nil {
+			return fmt.Errorf("create bench database: %w", err)
+		}
+		defer admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)")
+		u, _ := url.Parse(*pgAdmin)
+		u.Path = "/" + db
+		dsns = append(dsns, u.String())
+		if out, err := exec.Command(*surgeBin, "migrate", "--db", u.String()).CombinedOutput(); err != nil {
+			return fmt.Errorf("migrate: %v\n%s", err, out)
+		}
 	}
-	defer admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	u, _ := url.Parse(*pgAdmin)
-	u.Path = "/" + name
-	dsn := u.String()
-	if out, err := exec.Command(*surgeBin, "migrate", "--db", dsn).CombinedOutput(); err != nil {
-		return fmt.Errorf("migrate: %v\n%s", err, out)
-	}
+	dsn := dsns[1]
 	script := filepath.Join(os.TempDir(), name+".sql")
 	os.WriteFile(script, []byte(pgbenchScript), 0o644)
 	defer os.Remove(script)
@@ -233,11 +241,11 @@ func orders(ctx context.Context) error {
 		return r
 	}
 	load.Run(ctx, *workers, time.Second, 201, place) // warm up
-	pgURL, _ := url.Parse(dsn)
+	pgURL, _ := url.Parse(dsns[0])
 	var bs, ss []float64
 	for range *rounds {
 		cmd := exec.CommandContext(ctx, "pgbench", "-n", "-f", script, "-c", strconv.Itoa(*workers), "-j", "2",
-			"-T", strconv.Itoa(int(dur.Seconds())), "-h", pgURL.Hostname(), "-p", pgURL.Port(), "-U", pgURL.User.Username(), name)
+			"-T", strconv.Itoa(int(dur.Seconds())), "-h", pgURL.Hostname(), "-p", pgURL.Port(), "-U", pgURL.User.Username(), name+"_pgbench")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("pgbench: %v\n%s", err, out)
@@ -254,7 +262,7 @@ func orders(ctx context.Context) error {
 		bs, ss = append(bs, tps), append(ss, s.RPS())
 		fmt.Printf("  orders round: surge p50 %v p99 %v\n", s.P50, s.P99)
 	}
-	report(fmt.Sprintf("order placement on PostgreSQL (%d clients, %v per round; 1 order + 2 lines + 1 outbox row per transaction)", *workers, *dur),
+	report(fmt.Sprintf("order placement on PostgreSQL (%d clients, %v per round; 1 order + 2 lines + 2 outbox rows (event, expiry timer) per transaction)", *workers, *dur),
 		"pgbench same inserts", "surge POST /orders", bs, ss, 0.5)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
 // Stream is the JetStream stream of order events.
@@ -37,7 +38,9 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 }
 
 func (s *Service) record(ctx context.Context, ev Event) error {
-	_, err := s.db.Main().W.ExecContext(ctx, `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
+	// A record lost in a database crash is at worst missing from the count;
+	// it does not wait for the disk.
+	err := sqldb.Lazy(ctx, s.db.Main(), `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
 		VALUES ($1, $2, $3, 1, $4) ON CONFLICT (event_id) DO UPDATE SET deliveries = events_seen.deliveries + 1`,
 		ev.EventID, ev.Type, ev.OrderID, s.now().UnixMilli())
 	if err != nil {

@@ -297,3 +297,23 @@ func Tx(ctx context.Context, db *DB, fn func(*sql.Tx) error) error {
 		return tx.Commit()
 	}
 }
+
+// Lazy runs one statement whose loss in a database crash is harmless (it
+// is redone: deleting relayed outbox rows, recording seen events) without
+// waiting for its commit to reach the disk: on PostgreSQL with
+// synchronous_commit off for that transaction, on SQLite as a plain
+// statement (its commits do not wait for an fsync in WAL mode with
+// synchronous=NORMAL anyway).
+func Lazy(ctx context.Context, db *DB, query string, args ...any) error {
+	if db.Engine != Postgres {
+		_, err := db.W.ExecContext(ctx, query, args...)
+		return err
+	}
+	return Tx(ctx, db, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit TO OFF`); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, query, args...)
+		return err
+	})
+}
