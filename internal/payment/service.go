@@ -358,7 +358,7 @@ func (s *Service) get(ctx context.Context, paymentID int64) (*Payment, error) {
 
 // OfOrder lists the payments of an order.
 func (s *Service) OfOrder(ctx context.Context, orderID int64) ([]*Payment, error) {
-	rows, err := s.db.ForID(orderID).W.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE order_id = $1 ORDER BY id`, orderID)
+	rows, err := s.db.ForID(orderID).R.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE order_id = $1 ORDER BY id`, orderID)
 	if err != nil {
 		return nil, fmt.Errorf("payments of order %d: %w", orderID, err)
 	}
