@@ -122,6 +122,10 @@ func (c *cache) menu(ctx context.Context, storeID int64) (*Menu, error) {
 func (c *cache) load(ctx context.Context, storeID int64) (*Menu, error) {
 	key := strconv.FormatInt(storeID, 10)
 	v, err, _ := c.flight.Do(key, func() (any, error) {
+		// Shared by every caller waiting on it: not cut short by the first
+		// caller going away.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
 		c.mu.RLock()
 		gen := c.gen
 		c.mu.RUnlock()
@@ -159,6 +163,8 @@ func (c *cache) stores(ctx context.Context) ([]Store, error) {
 		return list, nil
 	}
 	v, err, _ := c.flight.Do("stores", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
 		c.mu.RLock()
 		gen := c.gen
 		c.mu.RUnlock()

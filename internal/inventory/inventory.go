@@ -14,6 +14,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -96,7 +97,10 @@ func (s *Service) Reserve(ctx context.Context, orderID int64, lines []Line) erro
 			return err
 		}
 		if held > 0 {
-			return errHeld
+			// Already reserved (a retry that took over the order id): mark it
+			// fresh so the sweeper does not take it back from under the retry.
+			_, err := tx.ExecContext(ctx, `UPDATE stock_reservations SET created_at = $1 WHERE order_id = $2`, now, orderID)
+			return err
 		}
 		// Reservation rows first: a concurrent Reserve of the same order
 		// waits here for the first one and then finds its rows, so the same
@@ -139,10 +143,17 @@ func (s *Service) Reserve(ctx context.Context, orderID int64, lines []Line) erro
 // an order without a reservation, is a no-op; it reports how many units
 // came back.
 func (s *Service) Release(ctx context.Context, orderID int64) (int64, error) {
+	return s.release(ctx, orderID, math.MaxInt64)
+}
+
+// release gives back the reservation rows of orderID made before cutoff
+// (unix ms).
+func (s *Service) release(ctx context.Context, orderID, cutoff int64) (int64, error) {
 	var back int64
 	err := sqldb.Tx(ctx, s.db, func(tx *sql.Tx) error {
 		back = 0
-		rows, err := tx.QueryContext(ctx, `DELETE FROM stock_reservations WHERE order_id = $1 RETURNING sku_id, qty`, orderID)
+		rows, err := tx.QueryContext(ctx, `DELETE FROM stock_reservations WHERE order_id = $1 AND created_at < $2 RETURNING sku_id, qty`,
+			orderID, cutoff)
 		if err != nil {
 			return err
 		}
@@ -174,40 +185,66 @@ func (s *Service) Release(ctx context.Context, orderID int64) (int64, error) {
 	return back, nil
 }
 
-// Sweep releases reservations older than grace whose order does not exist
-// (the process died between reserving and writing the order). exists must
-// answer from the order's shard. It returns the number of orders released.
-func (s *Service) Sweep(ctx context.Context, grace time.Duration, exists func(context.Context, int64) (bool, error)) (int, error) {
-	rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT order_id FROM stock_reservations WHERE created_at < $1 LIMIT 500`,
-		s.now().Add(-grace).UnixMilli())
-	if err != nil {
-		return 0, fmt.Errorf("sweep reservations: %w", err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var x int64
-		if err := rows.Scan(&x); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		ids = append(ids, x)
-	}
-	rows.Close()
+// Fate is what became of the order behind a reservation.
+type Fate int
+
+const (
+	Pending Fate = iota // the order waits for payment: keep the reservation
+	Gone                // no such order, or cancelled: give the stock back
+	Sold                // paid (or further): the stock stays taken
+)
+
+// Sweep settles reservations older than grace by the fate of their order
+// (fate must answer from the order's shard): orphans of a crash between
+// reserving and writing the order, and of cancelled orders whose release
+// was lost, give their stock back; those of paid orders whose commit was
+// lost are committed. It walks every old reservation, page by page, and
+// returns the number of orders it released or committed.
+func (s *Service) Sweep(ctx context.Context, grace time.Duration, fate func(context.Context, int64) (Fate, error)) (int, error) {
+	cutoff := s.now().Add(-grace).UnixMilli()
 	n := 0
-	for _, x := range ids {
-		ok, err := exists(ctx, x)
+	after := int64(0)
+	for {
+		rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT order_id FROM stock_reservations
+			WHERE created_at < $1 AND order_id > $2 ORDER BY order_id LIMIT 500`, cutoff, after)
 		if err != nil {
-			return n, err
+			return n, fmt.Errorf("sweep reservations: %w", err)
 		}
-		if ok {
-			continue
+		var ids []int64
+		for rows.Next() {
+			var x int64
+			if err := rows.Scan(&x); err != nil {
+				rows.Close()
+				return n, err
+			}
+			ids = append(ids, x)
 		}
-		if _, err := s.Release(ctx, x); err != nil {
-			return n, err
+		rows.Close()
+		if len(ids) == 0 {
+			return n, nil
 		}
-		n++
+		after = ids[len(ids)-1]
+		for _, x := range ids {
+			f, err := fate(ctx, x)
+			if err != nil {
+				return n, err
+			}
+			switch f {
+			case Gone:
+				// Only rows still older than the cutoff: a retry that took the
+				// order id over meanwhile has refreshed them.
+				if _, err := s.release(ctx, x, cutoff); err != nil {
+					return n, err
+				}
+				n++
+			case Sold:
+				if err := s.Commit(ctx, x); err != nil {
+					return n, err
+				}
+				n++
+			}
+		}
 	}
-	return n, nil
 }
 
 func merge(lines []Line) []Line {

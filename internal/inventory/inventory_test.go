@@ -442,9 +442,12 @@ func testSweep(t *testing.T, e env) {
 		}
 	}
 	var asked []int64
-	exists := func(_ context.Context, o int64) (bool, error) {
+	exists := func(_ context.Context, o int64) (Fate, error) {
 		asked = append(asked, o)
-		return o != orphan, nil
+		if o == orphan {
+			return Gone, nil
+		}
+		return Pending, nil
 	}
 
 	clock = t0.Add(30 * time.Second)
@@ -453,7 +456,7 @@ func testSweep(t *testing.T, e env) {
 	}
 
 	clock = t0.Add(2 * time.Minute)
-	failing := func(context.Context, int64) (bool, error) { return false, fmt.Errorf("shard down") }
+	failing := func(context.Context, int64) (Fate, error) { return Gone, fmt.Errorf("shard down") }
 	if n, err := s.Sweep(e.ctx, time.Minute, failing); err == nil || n != 0 {
 		t.Errorf("sweep with the order shard down: released %d, err %v; want 0 and the error", n, err)
 	}

@@ -317,7 +317,7 @@ func every(ctx context.Context, d time.Duration, f func(context.Context)) error 
 // sweep releases stock reservations whose order never appeared.
 func (n *Node) sweep(ctx context.Context) error {
 	return every(ctx, 30*time.Second, func(ctx context.Context) {
-		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Exists)
+		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Fate)
 		if err != nil && ctx.Err() == nil {
 			n.log.Warn("reservation sweep", "err", err)
 		} else if released > 0 && err == nil {
@@ -393,9 +393,13 @@ func leaseNode(ctx context.Context, store kv.Store) (*lease, error) {
 	return nil, errors.New("lease node id: all 128 node ids are taken")
 }
 
+// renew keeps the lease while the node runs. A lease found taken by
+// another process, or not renewable before it runs out, stops the node: two
+// nodes with one id would make the same ids.
 func (l *lease) renew(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
+	renewed := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -408,9 +412,28 @@ func (l *lease) renew(ctx context.Context) error {
 		case <-t.C:
 		}
 		c, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if v, err := l.store.Get(c, l.key); err == nil && string(v) == string(l.me) {
-			l.store.Set(c, l.key, l.me, 30*time.Second)
+		v, err := l.store.Get(c, l.key)
+		switch {
+		case err == nil && string(v) == string(l.me):
+			err = l.store.Set(c, l.key, l.me, 30*time.Second)
+		case errors.Is(err, kv.ErrNotFound): // expired while the kv store was away: take it back if still free
+			var ok bool
+			if ok, err = l.store.SetNX(c, l.key, l.me, 30*time.Second); err == nil && !ok {
+				err = errLeaseLost
+			}
+		case err == nil:
+			err = errLeaseLost
 		}
 		cancel()
+		if errors.Is(err, errLeaseLost) {
+			return fmt.Errorf("node id %d: %w", l.node, err)
+		}
+		if err == nil {
+			renewed = time.Now()
+		} else if time.Since(renewed) > 25*time.Second {
+			return fmt.Errorf("node id %d: lease not renewable for %v: %w", l.node, time.Since(renewed).Round(time.Second), err)
+		}
 	}
 }
+
+var errLeaseLost = errors.New("lease taken by another process")

@@ -55,6 +55,9 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, notify 
 	return &Service{db: db, ids: ids, catalog: cat, stock: stock, notify: notify, log: log, cfg: cfg, now: time.Now}
 }
 
+// placeTimeout bounds pricing, reserving and writing one order.
+const placeTimeout = 30 * time.Second
+
 // Subject returns the bus subject of events of logical shard gene.
 func Subject(gene int) string { return "orders.events." + strconv.Itoa(gene) }
 
@@ -96,7 +99,11 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 			return Created{}, err
 		}
 	}
-	c, reserved, err := s.place(ctx, cl, req)
+	// Bounded well under the sweeper's grace, so a reservation it finds
+	// without an order is never one a live request is about to use.
+	pctx, cancel := context.WithTimeout(ctx, placeTimeout)
+	c, reserved, err := s.place(pctx, cl, req)
+	cancel()
 	if err == nil {
 		return c, nil
 	}
@@ -123,7 +130,9 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 		}
 	}
 	if reserved && owned {
-		if exists, xerr := s.Exists(bg, cl.orderID); xerr != nil || !exists {
+		// Only when the order is known not to exist: an unanswered check
+		// (the commit may have reached the server) is left to the sweeper.
+		if exists, xerr := s.Exists(bg, cl.orderID); xerr == nil && !exists {
 			if _, rerr := s.stock.Release(bg, cl.orderID); rerr != nil {
 				s.log.Warn("release after failed order (the sweeper will retry)", "order_id", cl.orderID, "err", rerr)
 			}
@@ -338,6 +347,23 @@ func (s *Service) Get(ctx context.Context, userID, orderID int64) (*Order, error
 // operators, who must see what the database holds).
 func (s *Service) Peek(ctx context.Context, orderID int64) (*Order, error) {
 	return s.read(ctx, s.db.ForID(orderID).R, orderID)
+}
+
+// Fate tells the inventory sweeper what became of an order.
+func (s *Service) Fate(ctx context.Context, orderID int64) (inventory.Fate, error) {
+	var status string
+	err := s.db.ForID(orderID).W.QueryRowContext(ctx, `SELECT status FROM orders WHERE id = $1`, orderID).Scan(&status)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return inventory.Gone, nil
+	case err != nil:
+		return 0, err
+	case Status(status) == PendingPayment:
+		return inventory.Pending, nil
+	case Status(status) == Cancelled:
+		return inventory.Gone, nil
+	}
+	return inventory.Sold, nil
 }
 
 // Exists reports whether an order was written (any status).

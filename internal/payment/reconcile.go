@@ -50,7 +50,7 @@ func (s *Service) Reconcile(ctx context.Context, channel string, day time.Time) 
 	}
 	day = time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)
 	var lines []Line
-	if err := s.call(channel, func() (err error) { lines, err = ch.Statement(ctx, day); return err }); err != nil {
+	if err := s.call(ctx, channel, func() (err error) { lines, err = ch.Statement(ctx, day); return err }); err != nil {
 		return nil, fmt.Errorf("statement of %s for %s: %w", channel, day.Format(time.DateOnly), err)
 	}
 	rep := &Report{Channel: channel, Date: day.Format(time.DateOnly), StatementLines: len(lines), Findings: []Finding{}}

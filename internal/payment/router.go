@@ -116,6 +116,16 @@ func (r *Router) Force(name string, off bool) error {
 	return nil
 }
 
+// Out reports whether the channel is taken out for failing (an operator's
+// switch does not count: queries and refunds still go to a switched-off
+// channel).
+func (r *Router) Out(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.h[name]
+	return h != nil && r.now().Before(h.outUntil)
+}
+
 // ChannelState is one channel as the router sees it.
 type ChannelState struct {
 	Name      string  `json:"name"`

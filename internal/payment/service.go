@@ -105,12 +105,16 @@ type Started struct {
 	PayURL    string `json:"pay_url"`
 }
 
-// call runs one channel call, timing it for the router.
-func (s *Service) call(name string, f func() error) error {
+// call runs one channel call, timing it for the router. Only the channel's
+// availability counts against it: not our bad input, and not a call cut
+// short by our own deadline or a caller that went away.
+func (s *Service) call(ctx context.Context, name string, f func() error) error {
 	start := time.Now()
 	err := f()
+	if ctx.Err() != nil {
+		return err
+	}
 	var kerr *errkind.Error
-	// Only the channel's availability counts against it, not our bad input.
 	if err == nil || errors.Is(err, ErrChannelDown) || errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &kerr) {
 		s.Router.Record(name, err, time.Since(start))
 	}
@@ -154,7 +158,7 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 		return Started{}, fmt.Errorf("insert payment: %w", err)
 	}
 	var c Created
-	err := s.call(ch.Name(), func() (err error) {
+	err := s.call(ctx, ch.Name(), func() (err error) {
 		c, err = ch.Create(ctx, Txn{PaymentID: p.ID, OrderID: o.ID, Amount: p.Amount,
 			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name()})
 		return err
@@ -191,6 +195,14 @@ func (s *Service) Notify(ctx context.Context, channel string, h http.Header, bod
 		return "", nil, ErrReplay.With("callback signed at %s is outside the %v window", n.Timestamp.UTC().Format(time.RFC3339), s.cfg.ReplayWindow)
 	}
 	if n.State == Paid || n.State == Refunded {
+		p, err := s.get(ctx, n.PaymentID)
+		if err != nil {
+			return "", nil, err
+		}
+		if p.Channel != channel {
+			s.Forged.Add(1)
+			return "", nil, ErrBadCallback.With("payment %d was made at %s, not %s", p.ID, p.Channel, channel)
+		}
 		if err := s.received(ctx, n.Status); err != nil {
 			return "", nil, err
 		}
@@ -310,7 +322,7 @@ func (s *Service) sendRefund(ctx context.Context, paymentID int64) error {
 	if ch == nil {
 		return fmt.Errorf("refund of payment %d: channel %q not configured", paymentID, channel)
 	}
-	if err := s.call(channel, func() error { return ch.Refund(ctx, r) }); err != nil {
+	if err := s.call(ctx, channel, func() error { return ch.Refund(ctx, r) }); err != nil {
 		s.log.Warn("refund failed, will retry", "payment_id", paymentID, "err", err)
 		return nil // the refund stays pending; RetryRefunds sends it again
 	}

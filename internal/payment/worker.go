@@ -51,6 +51,9 @@ func (s *Service) QueryPending(ctx context.Context, limit int) error {
 		}
 		rows.Close()
 		for _, p := range ps {
+			if s.Router.Out(p.Channel) {
+				continue // down: asking now would only wait out timeouts; the next pass tries again
+			}
 			if err := s.query(ctx, p); err != nil {
 				s.log.Warn("payment query", "payment_id", p.ID, "err", err)
 			}
@@ -66,17 +69,19 @@ func (s *Service) query(ctx context.Context, p *Payment) error {
 		return fmt.Errorf("channel %q not configured", p.Channel)
 	}
 	var st Status
-	err := s.call(p.Channel, func() (err error) { st, err = ch.Query(ctx, p.ID); return err })
+	err := s.call(ctx, p.Channel, func() (err error) { st, err = ch.Query(ctx, p.ID); return err })
 	next := s.now().Add(min(time.Duration(1<<min(p.queries, 6))*time.Second, time.Minute)).UnixMilli()
 	d := s.db.ForID(p.ID)
+	// Move the next query on first, whatever the answer does: a payment the
+	// answer cannot settle (an amount mismatch) must not hold the queue.
+	if _, uerr := d.W.ExecContext(ctx, `UPDATE payments SET query_at = $1, queries = queries + 1 WHERE id = $2`, next, p.ID); uerr != nil {
+		return uerr
+	}
 	switch {
 	case err == nil && (st.State == Paid || st.State == Refunded):
 		return s.received(ctx, st)
 	case err == nil && st.State == Closed, errors.Is(err, ErrUnknownTxn) && s.now().Sub(p.CreatedAt) > 10*time.Minute:
 		return s.setState(ctx, p.ID, p.State, stClosed)
-	}
-	if _, uerr := d.W.ExecContext(ctx, `UPDATE payments SET query_at = $1, queries = queries + 1 WHERE id = $2`, next, p.ID); uerr != nil {
-		return uerr
 	}
 	if errors.Is(err, ErrUnknownTxn) {
 		return nil
@@ -129,9 +134,10 @@ func (s *Service) Repair(ctx context.Context) error {
 			refunds = append(refunds, x)
 		}
 		rows.Close()
+		// One bad item must not stop the others: log and go on.
 		for _, x := range paid {
 			if err := s.settle(ctx, x); err != nil {
-				return err
+				s.log.Warn("settle paid payment", "payment_id", x, "err", err)
 			}
 		}
 		for _, x := range refunds {
@@ -139,7 +145,7 @@ func (s *Service) Repair(ctx context.Context) error {
 				return err
 			}
 			if err := s.sendRefund(ctx, x); err != nil {
-				return err
+				s.log.Warn("resend refund", "payment_id", x, "err", err)
 			}
 		}
 	}

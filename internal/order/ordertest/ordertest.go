@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"OtherUsersOrder", testOtherUsersOrder},
 		{"Expiry", testExpiry},
 		{"MarkPaid", testMarkPaid},
+		{"SweepByFate", testSweepByFate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -976,11 +977,6 @@ func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Clust
 	f := newFixture(t, open, func(s order.Stock) order.Stock { spy.Stock = s; return spy })
 	ctx := f.ctx
 
-	exec := func(t *testing.T, ctx context.Context, d *sqldb.DB, q string, args ...any) {
-		if _, err := d.W.ExecContext(ctx, q, args...); err != nil {
-			t.Errorf("%s: %v", q, err)
-		}
-	}
 	left := func(t *testing.T, orderID int64) {
 		t.Helper()
 		if n := spy.released(orderID); n != 1 {
@@ -1067,7 +1063,7 @@ func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Clust
 		if ok, err := f.ord.Exists(ctx, orphan); err != nil || ok {
 			t.Fatalf("Exists(orphan) = %v, %v", ok, err)
 		}
-		if n, err := f.inv.Sweep(ctx, time.Hour, f.ord.Exists); err != nil || n != 0 {
+		if n, err := f.inv.Sweep(ctx, time.Hour, f.ord.Fate); err != nil || n != 0 {
 			t.Fatalf("sweep within the grace released %d (%v), want 0", n, err)
 		}
 		if f.reserved(t, orphan, 0) != 3 {
@@ -1075,7 +1071,7 @@ func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Clust
 		}
 		swept := 0
 		poll(t, "the sweeper to release the orphan", func() bool {
-			n, err := f.inv.Sweep(ctx, 0, f.ord.Exists)
+			n, err := f.inv.Sweep(ctx, 0, f.ord.Fate)
 			if err != nil {
 				t.Fatalf("sweep: %v", err)
 			}
@@ -1091,7 +1087,7 @@ func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Clust
 		if got := f.level(t, f.mooncake.SKU); got != base-2 {
 			t.Errorf("stock %d after the sweep, want %d", got, base-2)
 		}
-		if n, err := f.inv.Sweep(ctx, 0, f.ord.Exists); err != nil || n != 0 {
+		if n, err := f.inv.Sweep(ctx, 0, f.ord.Fate); err != nil || n != 0 {
 			t.Errorf("second sweep released %d (%v), want 0", n, err)
 		}
 		if _, err := f.ord.Cancel(ctx, user, live.OrderID); err != nil {
@@ -1281,5 +1277,51 @@ func testMarkPaid(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if paidEvents != 1 || f.level(t, f.mooncake.SKU) != mooncakeStock-3 || f.reserved(t, c.OrderID, 0) != 0 {
 		t.Fatalf("%d order.paid events, stock %d, reserved %d", paidEvents, f.level(t, f.mooncake.SKU), f.reserved(t, c.OrderID, 0))
+	}
+}
+
+// testSweepByFate: reservations left behind by a lost step are settled by
+// the sweeper from their order's status: a paid order's are committed (the
+// stock stays sold), a cancelled order's are released (the stock comes
+// back once), a pending order's are kept.
+func testSweepByFate(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	main := f.c.Main()
+	leftover := func(orderID, qty int64) { // a reservation whose Commit or Release was lost
+		exec(t, ctx, main, `INSERT INTO stock_reservations (order_id, sku_id, qty, created_at) VALUES ($1, $2, $3, 0)`, orderID, f.mooncake.SKU, qty)
+		exec(t, ctx, main, `UPDATE stock SET qty = qty - $1 WHERE sku_id = $2`, qty, f.mooncake.SKU)
+	}
+	paid := f.mustCreate(t, 61, "", f.req(line(f.mooncake, 2)))
+	if r, err := f.ord.MarkPaid(ctx, paid.OrderID, 1); err != nil || r != order.PaidNow {
+		t.Fatalf("mark paid: %v %v", r, err)
+	}
+	cancelled := f.mustCreate(t, 62, "", f.req(line(f.mooncake, 3)))
+	if _, err := f.ord.Cancel(ctx, 62, cancelled.OrderID); err != nil {
+		t.Fatal(err)
+	}
+	pending := f.mustCreate(t, 63, "", f.req(line(f.mooncake, 4)))
+	base := f.level(t, f.mooncake.SKU) // 100 - 2 (sold) - 4 (pending)
+	exec(t, ctx, main, `UPDATE stock_reservations SET created_at = 0 WHERE order_id = $1`, pending.OrderID)
+	leftover(paid.OrderID, 2)      // the commit was lost: the stock counted twice now
+	leftover(cancelled.OrderID, 3) // the release was lost
+	if n, err := f.inv.Sweep(ctx, time.Minute, f.ord.Fate); err != nil || n != 2 {
+		t.Fatalf("sweep settled %d orders (%v), want 2", n, err)
+	}
+	if got := f.level(t, f.mooncake.SKU); got != base-2 {
+		t.Errorf("stock %d after the sweep, want %d (the cancelled order's 3 back, the paid order's 2 still sold)", got, base-2)
+	}
+	if r := f.reserved(t, paid.OrderID, 0) + f.reserved(t, cancelled.OrderID, 0); r != 0 {
+		t.Errorf("%d units still reserved for the paid and cancelled orders", r)
+	}
+	if r := f.reserved(t, pending.OrderID, 0); r != 4 {
+		t.Errorf("the pending order holds %d units after the sweep, want 4", r)
+	}
+}
+
+func exec(t *testing.T, ctx context.Context, d *sqldb.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := d.W.ExecContext(ctx, q, args...); err != nil {
+		t.Errorf("%s: %v", q, err)
 	}
 }
