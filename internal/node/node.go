@@ -373,6 +373,7 @@ type lease struct {
 	node  int
 	key   string
 	me    []byte
+	every time.Duration // renewal interval; the lease lasts 3 of them
 }
 
 // leaseNode takes the lowest free node id in the kv store for 30 s; renew
@@ -381,8 +382,8 @@ func leaseNode(ctx context.Context, store kv.Store) (*lease, error) {
 	me := make([]byte, 8)
 	rand.Read(me)
 	for node := 0; node <= id.MaxNode; node++ {
-		l := &lease{store: store, node: node, key: "surge:node:" + strconv.Itoa(node), me: []byte(hex.EncodeToString(me))}
-		ok, err := store.SetNX(ctx, l.key, l.me, 30*time.Second)
+		l := &lease{store: store, node: node, key: "surge:node:" + strconv.Itoa(node), me: []byte(hex.EncodeToString(me)), every: 10 * time.Second}
+		ok, err := store.SetNX(ctx, l.key, l.me, 3*l.every)
 		if err != nil {
 			return nil, fmt.Errorf("lease node id: %w", err)
 		}
@@ -397,7 +398,7 @@ func leaseNode(ctx context.Context, store kv.Store) (*lease, error) {
 // another process, or not renewable before it runs out, stops the node: two
 // nodes with one id would make the same ids.
 func (l *lease) renew(ctx context.Context) error {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(l.every)
 	defer t.Stop()
 	renewed := time.Now()
 	for {
@@ -411,14 +412,14 @@ func (l *lease) renew(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, cancel := context.WithTimeout(ctx, l.every/2)
 		v, err := l.store.Get(c, l.key)
 		switch {
 		case err == nil && string(v) == string(l.me):
-			err = l.store.Set(c, l.key, l.me, 30*time.Second)
+			err = l.store.Set(c, l.key, l.me, 3*l.every)
 		case errors.Is(err, kv.ErrNotFound): // expired while the kv store was away: take it back if still free
 			var ok bool
-			if ok, err = l.store.SetNX(c, l.key, l.me, 30*time.Second); err == nil && !ok {
+			if ok, err = l.store.SetNX(c, l.key, l.me, 3*l.every); err == nil && !ok {
 				err = errLeaseLost
 			}
 		case err == nil:
@@ -430,7 +431,7 @@ func (l *lease) renew(ctx context.Context) error {
 		}
 		if err == nil {
 			renewed = time.Now()
-		} else if time.Since(renewed) > 25*time.Second {
+		} else if time.Since(renewed) > 5*l.every/2 {
 			return fmt.Errorf("node id %d: lease not renewable for %v: %w", l.node, time.Since(renewed).Round(time.Second), err)
 		}
 	}
