@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
@@ -38,6 +39,7 @@ type Server struct {
 	Catalog    *catalog.Service
 	Orders     *order.Service
 	Payments   *payment.Service
+	Fulfil     *fulfil.Service
 	Extra      map[string]http.Handler // more routes (pattern -> handler), e.g. the payment simulator
 	AdminToken string
 	Checks     []Check
@@ -57,6 +59,9 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.Payments != nil {
 		s.paymentRoutes(mux)
+	}
+	if s.Fulfil != nil {
+		s.posRoutes(mux)
 	}
 	for pattern, h := range s.Extra {
 		mux.Handle(pattern, h)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/api"
 	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
@@ -37,7 +38,7 @@ import (
 )
 
 // Roles a node can take. "all" means every implemented role.
-var Roles = []string{"api", "worker", "paysim"}
+var Roles = []string{"api", "worker", "paysim", "fulfil"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
@@ -90,7 +91,7 @@ func (c *Config) Resolve() error {
 				roles = append(roles, Roles...)
 			case slices.Contains(Roles, r):
 				roles = append(roles, r)
-			case slices.Contains([]string{"fulfil", "push", "monitor"}, r):
+			case slices.Contains([]string{"push", "monitor"}, r):
 				return fmt.Errorf("role %q is not implemented yet (available: %s)", r, strings.Join(Roles, ", "))
 			case r != "":
 				return fmt.Errorf("unknown role %q (available: all, %s)", r, strings.Join(Roles, ", "))
@@ -125,6 +126,7 @@ type Node struct {
 	Orders   *order.Service
 	Payments *payment.Service
 	Sim      *paysim.Server
+	Fulfil   *fulfil.Service
 
 	ln     net.Listener
 	srv    *http.Server
@@ -220,6 +222,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			Log: log.With("role", "paysim")})
 		srv.Extra = map[string]http.Handler{"/paysim/v1/": n.Sim.Handler()}
 	}
+	if cfg.Has("fulfil") {
+		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, notify.Notify, nil, log.With("role", "fulfil"))
+		srv.Fulfil = n.Fulfil
+		if strings.HasPrefix(cfg.KV, "mem:") { // the store queues live in this process: rebuild them
+			k, err := n.Fulfil.Restore(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("restore store queues: %w", err)
+			}
+			if k > 0 {
+				log.Info("store queues restored", "orders", k)
+			}
+		}
+	}
 	if cfg.Has("api") || cfg.Has("worker") {
 		payURL := cfg.PayURL
 		if payURL == "" {
@@ -269,6 +284,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)
+	}
+	if n.Fulfil != nil {
+		spawn("fulfilment consumer", func(ctx context.Context) error { return n.Fulfil.Consume(ctx, n.Bus) })
 	}
 	if n.cfg.Has("worker") {
 		spawn("outbox relay", n.relay.Run)

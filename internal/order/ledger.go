@@ -3,6 +3,7 @@ package order
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,8 +29,13 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 				s.log.Error("order event: undecodable, dropped", "subject", m.Subject, "seq", m.Seq, "err", err)
 				return nil
 			}
-			if ev.Type == EvCancelled {
+			switch ev.Type {
+			case EvCancelled:
 				if _, err := s.stock.Release(ctx, ev.OrderID); err != nil {
+					return err
+				}
+			case EvAccepted, EvReady, EvCompleted:
+				if err := s.Fulfilled(ctx, ev.OrderID, ev.Type, ev.PickupCode); err != nil {
 					return err
 				}
 			}
@@ -85,4 +91,45 @@ func (s *Service) SeenCount(ctx context.Context) (int64, error) {
 	var n int64
 	err := s.db.Main().R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events_seen`).Scan(&n)
 	return n, err
+}
+
+// steps of fulfilment: the status an event moves the order to, from which.
+var steps = map[string]struct{ from, to Status }{
+	EvAccepted:  {Paid, Accepted},
+	EvReady:     {Accepted, Ready},
+	EvCompleted: {Ready, Completed},
+}
+
+// Fulfilled applies a fulfilment step the store reported (order.accepted
+// with its pickup code, order.ready, order.completed) by compare-and-set.
+// A step already applied (or passed) is a no-op; a step that arrives
+// before the one it follows returns an error so it is delivered again.
+func (s *Service) Fulfilled(ctx context.Context, orderID int64, typ, pickupCode string) error {
+	st, ok := steps[typ]
+	if !ok {
+		return fmt.Errorf("not a fulfilment step: %s", typ)
+	}
+	rank := map[Status]int{Paid: 1, Accepted: 2, Ready: 3, Completed: 4}
+	for range 5 {
+		o, err := s.read(ctx, s.db.ForID(orderID).W, orderID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case rank[o.Status] >= rank[st.to]:
+			return nil
+		case o.Status != st.from:
+			return fmt.Errorf("order %d is %s; %s waits for %s", orderID, o.Status, typ, st.from)
+		}
+		err = s.transition(ctx, o, st.to, "", func(o *Order) {
+			if pickupCode != "" {
+				o.PickupCode = pickupCode
+			}
+		})
+		if errors.Is(err, ErrChanged) {
+			continue
+		}
+		return err
+	}
+	return ErrChanged.With("order %d keeps changing", orderID)
 }

@@ -144,6 +144,10 @@ const (
 	EvCreated   = "order.created"
 	EvCancelled = "order.cancelled"
 	EvPaid      = "order.paid"
+	// Fulfilment steps, announced by the fulfil context and applied here.
+	EvAccepted  = "order.accepted"
+	EvReady     = "order.ready"
+	EvCompleted = "order.completed"
 )
 
 // Cancel reasons.

@@ -508,7 +508,7 @@ func (s *Service) Cancel(ctx context.Context, userID, orderID int64) (*Order, er
 }
 
 // transition moves o from its current status and version to `to` by
-// compare-and-set, writing event typ in the same transaction; set may change
+// compare-and-set, writing event typ (none when "") in the same transaction; set may change
 // other fields (the pickup code). On success o holds the new state; when the
 // row changed meanwhile it returns ErrChanged and o is untouched.
 func (s *Service) transition(ctx context.Context, o *Order, to Status, typ string, set func(*Order)) error {
@@ -531,6 +531,9 @@ func (s *Service) transition(ctx context.Context, o *Order, to Status, typ strin
 			return err
 		} else if n != 1 {
 			return ErrChanged.With("order %d changed meanwhile", o.ID)
+		}
+		if typ == "" {
+			return nil // the event that caused it is the record (fulfilment steps)
 		}
 		return outbox.Insert(ctx, tx, s.event(&next, typ), next.UpdatedAt)
 	})

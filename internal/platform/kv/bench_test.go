@@ -2,6 +2,7 @@ package kv_test
 
 import (
 	"net/url"
+	"strconv"
 	"testing"
 
 	"github.com/surge-platform/surge/internal/platform/kv"
@@ -46,5 +47,34 @@ func BenchmarkTake(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkMemoryZQueue measures the new-order queue pattern on a set that
+// holds about 50,000 members: add one above the top, read a page after a
+// cursor, trim the oldest.
+func BenchmarkMemoryZQueue(b *testing.B) {
+	m := kv.NewMemory()
+	b.Cleanup(func() { m.Close() })
+	ctx := b.Context()
+	const backlog = 50000
+	for i := range int64(backlog) {
+		if err := m.ZAdd(ctx, "queue", i, strconv.FormatInt(i, 10)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	next := int64(backlog)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.ZAdd(ctx, "queue", next, strconv.FormatInt(next, 10)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := m.ZAfter(ctx, "queue", next-backlog/2, 20); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := m.ZTrim(ctx, "queue", next-backlog); err != nil {
+			b.Fatal(err)
+		}
+		next++
 	}
 }

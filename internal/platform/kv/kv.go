@@ -19,6 +19,30 @@ var ErrNotFound = errors.New("kv: key not found")
 // overflow an int64.
 var ErrNotInteger = errors.New("kv: value is not an integer or out of range")
 
+// ErrWrongType is returned (wrapped with the operation and key) when a value
+// operation (Get, IncrBy, Take) meets a sorted set, or a sorted-set
+// operation meets a value. Set, SetNX and Del treat a sorted set like any
+// other key: Set replaces it, SetNX finds it present, Del removes it.
+var ErrWrongType = errors.New("kv: operation against a key holding the wrong kind of value")
+
+// ErrScoreRange is returned (wrapped with the operation and key) by ZAdd for
+// a score outside [MinScore, MaxScore].
+var ErrScoreRange = errors.New("kv: sorted-set score out of range")
+
+// MaxScore and MinScore bound the scores a sorted set holds. Redis keeps
+// scores as float64, which is exact for integers only up to 2^53, so every
+// adapter rejects scores beyond ±(2^53-1) with ErrScoreRange.
+const (
+	MaxScore = 1<<53 - 1
+	MinScore = -MaxScore
+)
+
+// Scored is one member of a sorted set and its score.
+type Scored struct {
+	Score  int64
+	Member string
+}
+
 // Store is the contract every adapter implements. Keys are plain strings; an
 // adapter opened with a prefix applies it to every key transparently.
 // A ttl of 0 means "no expiry"; a negative ttl is rejected with an error.
@@ -47,6 +71,30 @@ type Store interface {
 	// ttl is kept. Returns an error for n <= 0 and ErrNotInteger if the value
 	// is not an integer.
 	Take(ctx context.Context, key string, n int64) (left int64, ok bool, err error)
+
+	// Sorted sets. A sorted set lives in the same key space as values but
+	// never has a ttl: a set is created by its first ZAdd and removed when
+	// its last member is trimmed or by Del. Members are ordered by score,
+	// then bytewise by member. Each operation is atomic. A missing key is
+	// an empty set. Using a sorted-set operation on a key holding a value,
+	// or the reverse, returns ErrWrongType.
+
+	// ZAdd adds member with score to the sorted set at key, replacing its
+	// score if it is present. Returns ErrScoreRange unless MinScore <= score
+	// <= MaxScore.
+	ZAdd(ctx context.Context, key string, score int64, member string) error
+	// ZAfter returns up to limit (> 0) members with score > after, ascending
+	// by score, then member. after may lie outside the score range. Paging
+	// with after = the last score returned skips members that share that
+	// score but did not fit the page, so a set paged this way should give
+	// every member a distinct score. Returns an error for limit <= 0.
+	ZAfter(ctx context.Context, key string, after int64, limit int) ([]Scored, error)
+	// ZTrim removes every member with score <= upTo and returns how many it
+	// removed. upTo may lie outside the score range.
+	ZTrim(ctx context.Context, key string, upTo int64) (int64, error)
+	// ZCard returns the number of members of the sorted set at key.
+	ZCard(ctx context.Context, key string) (int64, error)
+
 	// Ping reports whether the backend is reachable.
 	Ping(ctx context.Context) error
 	// Close releases connections; the store must not be used afterwards.

@@ -26,6 +26,7 @@ var errClosed = errors.New("kv: store is closed")
 // Memory is the in-process Store. Keys are spread over 64 shards, each behind
 // its own mutex. Expired keys are dropped when read and, for keys nobody
 // reads, by a janitor goroutine that NewMemory starts and Close stops.
+// Sorted sets live in the same shards (see zset) and never expire.
 // The zero value is not usable; call NewMemory.
 type Memory struct {
 	seed   maphash.Seed
@@ -49,11 +50,13 @@ type shard struct {
 	_         [48]byte // keep neighbouring mutexes on separate cache lines
 }
 
-// entry is a stored value. exp is the expiry in nanoseconds since the
-// store's epoch; 0 means none.
+// entry is a stored value or sorted set. exp is the expiry in nanoseconds
+// since the store's epoch; 0 means none. A sorted set has a non-nil z, no
+// val and no expiry.
 type entry struct {
 	val []byte
 	exp int64
+	z   *zset
 }
 
 // NewMemory returns an empty Memory store and starts its janitor, which runs
@@ -121,12 +124,15 @@ func (m *Memory) Get(_ context.Context, key string) ([]byte, error) {
 	s.mu.Lock()
 	e, ok := s.lookupLocked(key, m.now())
 	var val []byte
-	if ok {
+	if ok && e.z == nil {
 		val = append(make([]byte, 0, len(e.val)), e.val...)
 	}
 	s.mu.Unlock()
-	if !ok {
+	switch {
+	case !ok:
 		return nil, ErrNotFound
+	case e.z != nil:
+		return nil, fmt.Errorf("kv: get %q: %w", key, ErrWrongType)
 	}
 	return val, nil
 }
@@ -181,6 +187,9 @@ func (m *Memory) IncrBy(_ context.Context, key string, n int64) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, found := s.lookupLocked(key, m.now())
+	if e.z != nil {
+		return 0, fmt.Errorf("kv: incrby %q: %w", key, ErrWrongType)
+	}
 	cur := int64(0)
 	if found {
 		var ok bool
@@ -209,6 +218,9 @@ func (m *Memory) Take(_ context.Context, key string, n int64) (int64, bool, erro
 	e, found := s.lookupLocked(key, m.now())
 	if !found {
 		return 0, false, nil
+	}
+	if e.z != nil {
+		return 0, false, fmt.Errorf("kv: take %q: %w", key, ErrWrongType)
 	}
 	cur, ok := parseInt(e.val)
 	if !ok {

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"strconv"
 	"testing"
 	"time"
@@ -131,4 +132,76 @@ func FuzzParseInt(f *testing.F) {
 			t.Fatalf("parseInt(%q) = %d, %v; strconv says %d, canonical %v", b, got, ok, want, canonical)
 		}
 	})
+}
+
+// TestZsetModel checks a zset against a plain map after every step of a
+// random mix of adds (new members, moves, repeats) and trims.
+func TestZsetModel(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(1, 2))
+	z := newZset()
+	model := make(map[string]int64)
+	for step := range 20000 {
+		switch op := r.IntN(10); {
+		case op < 8:
+			member := "m" + strconv.Itoa(r.IntN(3000))
+			score := int64(step/4 + r.IntN(200) - 100)
+			z.add(score, member)
+			model[member] = score
+		default:
+			upTo := int64(step/4 - 150 + r.IntN(50))
+			want := 0
+			for m, sc := range model {
+				if sc <= upTo {
+					delete(model, m)
+					want++
+				}
+			}
+			if got := z.trim(upTo); got != want {
+				t.Fatalf("step %d: trim(%d) = %d, want %d", step, upTo, got, want)
+			}
+		}
+		if step%97 == 0 || step > 19900 {
+			checkZset(t, z, model)
+		}
+	}
+}
+
+func checkZset(t *testing.T, z *zset, model map[string]int64) {
+	t.Helper()
+	if len(z.items) != len(model) || len(z.score) != len(model) {
+		t.Fatalf("%d items, %d scores, want %d", len(z.items), len(z.score), len(model))
+	}
+	for i, it := range z.items {
+		if sc, ok := model[it.Member]; !ok || sc != it.Score || z.score[it.Member] != sc {
+			t.Fatalf("item %v: model has %d, %v; map has %d", it, sc, ok, z.score[it.Member])
+		}
+		if i > 0 && compareScored(z.items[i-1], it) >= 0 {
+			t.Fatalf("items %d and %d out of order: %v, %v", i-1, i, z.items[i-1], it)
+		}
+	}
+}
+
+// TestZsetTrimCompacts checks that a queue drained to a few members does not
+// keep the slice of its peak.
+func TestZsetTrimCompacts(t *testing.T) {
+	t.Parallel()
+	z := newZset()
+	const n = 50000
+	for i := range int64(n) {
+		z.add(i, strconv.FormatInt(i, 10))
+	}
+	if got := z.trim(n - 11); got != n-10 {
+		t.Fatalf("trim removed %d, want %d", got, n-10)
+	}
+	if c := cap(z.items); c > 4*zsetCompactMin {
+		t.Fatalf("cap %d after trimming to 10 members", c)
+	}
+	checkZset(t, z, func() map[string]int64 {
+		m := make(map[string]int64)
+		for i := int64(n - 10); i < n; i++ {
+			m[strconv.FormatInt(i, 10)] = i
+		}
+		return m
+	}())
 }

@@ -3,6 +3,7 @@ package kv
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +14,9 @@ import (
 
 // Redis is the Store backed by a Redis server (or cluster) through rueidis.
 // Every key is prefixed with the store's prefix. Take runs as a Lua script,
-// so it is atomic across every process sharing the server.
+// so it is atomic across every process sharing the server. Sorted sets are
+// Redis sorted sets; their float64 scores are why scores are bounded by
+// MaxScore.
 type Redis struct {
 	client    rueidis.Client
 	prefix    string
@@ -56,7 +59,7 @@ func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
 		if rueidis.IsRedisNil(err) {
 			return nil, ErrNotFound
 		}
-		return nil, fmt.Errorf("kv: get %q: %w", key, err)
+		return nil, fmt.Errorf("kv: get %q: %w", key, translate(err))
 	}
 	return val, nil
 }
@@ -152,6 +155,75 @@ func (r *Redis) Take(ctx context.Context, key string, n int64) (int64, bool, err
 	return left, took == 1, nil
 }
 
+// ZAdd implements Store with ZADD.
+func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string) error {
+	if score < MinScore || score > MaxScore {
+		return fmt.Errorf("kv: zadd %q score %d: %w", key, score, ErrScoreRange)
+	}
+	// float64(score) is exact within the score range, and rueidis formats
+	// it without an exponent.
+	cmd := r.client.B().Zadd().Key(r.key(key)).ScoreMember().ScoreMember(float64(score), member).Build()
+	if err := r.client.Do(ctx, cmd).Error(); err != nil {
+		return fmt.Errorf("kv: zadd %q: %w", key, translate(err))
+	}
+	return nil
+}
+
+// ZAfter implements Store with ZRANGE key (after +inf BYSCORE LIMIT 0 limit
+// WITHSCORES. A score that is not an integer within the score range (written
+// by something other than ZAdd) is reported as an error.
+func (r *Redis) ZAfter(ctx context.Context, key string, after int64, limit int) ([]Scored, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("kv: zafter %q: limit must be > 0, got %d", key, limit)
+	}
+	cmd := r.client.B().Zrange().Key(r.key(key)).
+		Min("("+strconv.FormatInt(scoreBound(after), 10)).Max("+inf").
+		Byscore().Limit(0, int64(limit)).Withscores().Build()
+	zs, err := r.client.Do(ctx, cmd).AsZScores()
+	if err != nil {
+		return nil, fmt.Errorf("kv: zafter %q: %w", key, translate(err))
+	}
+	if len(zs) == 0 {
+		return nil, nil
+	}
+	out := make([]Scored, len(zs))
+	for i, z := range zs {
+		if z.Score < MinScore || z.Score > MaxScore || z.Score != math.Trunc(z.Score) {
+			return nil, fmt.Errorf("kv: zafter %q: member %q has score %v, not an integer in [%d, %d]",
+				key, z.Member, z.Score, int64(MinScore), int64(MaxScore))
+		}
+		out[i] = Scored{Score: int64(z.Score), Member: z.Member}
+	}
+	return out, nil
+}
+
+// ZTrim implements Store with ZREMRANGEBYSCORE key -inf upTo.
+func (r *Redis) ZTrim(ctx context.Context, key string, upTo int64) (int64, error) {
+	cmd := r.client.B().Zremrangebyscore().Key(r.key(key)).
+		Min("-inf").Max(strconv.FormatInt(scoreBound(upTo), 10)).Build()
+	n, err := r.client.Do(ctx, cmd).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("kv: ztrim %q: %w", key, translate(err))
+	}
+	return n, nil
+}
+
+// ZCard implements Store with ZCARD.
+func (r *Redis) ZCard(ctx context.Context, key string) (int64, error) {
+	n, err := r.client.Do(ctx, r.client.B().Zcard().Key(r.key(key)).Build()).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("kv: zcard %q: %w", key, translate(err))
+	}
+	return n, nil
+}
+
+// scoreBound clamps a range bound to [MinScore-1, MaxScore], where Redis
+// parses it exactly; since every score lies within [MinScore, MaxScore], the
+// range selects the same members as the unclamped bound would.
+func scoreBound(b int64) int64 {
+	return min(max(b, MinScore-1), MaxScore)
+}
+
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error {
 	if err := r.client.Do(ctx, r.client.B().Ping().Build()).Error(); err != nil {
@@ -171,11 +243,13 @@ func millis(ttl time.Duration) int64 {
 	return int64((ttl + time.Millisecond - 1) / time.Millisecond)
 }
 
-// translate maps Redis integer errors to ErrNotInteger and returns any other
-// error unchanged.
+// translate maps Redis type errors to ErrWrongType and integer errors to
+// ErrNotInteger, and returns any other error unchanged.
 func translate(err error) error {
 	if re, ok := rueidis.IsRedisErr(err); ok {
 		switch msg := re.Error(); {
+		case strings.HasPrefix(msg, "WRONGTYPE"):
+			return ErrWrongType
 		case strings.Contains(msg, "not an integer"):
 			return ErrNotInteger
 		case strings.Contains(msg, "overflow"):

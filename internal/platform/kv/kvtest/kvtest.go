@@ -7,6 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -42,6 +45,16 @@ func Run(t *testing.T, open func(t *testing.T) kv.Store) {
 		{"TakeKeepsTTL", testTakeKeepsTTL},
 		{"TakeRace", testTakeRace},
 		{"TakeMixedRace", testTakeMixedRace},
+		{"ZOrder", testZOrder},
+		{"ZAfterPaging", testZAfterPaging},
+		{"ZAddReplaces", testZAddReplaces},
+		{"ZTrim", testZTrim},
+		{"ZEmpty", testZEmpty},
+		{"ZScoreRange", testZScoreRange},
+		{"ZAfterInvalidLimit", testZAfterInvalidLimit},
+		{"ZWrongType", testZWrongType},
+		{"ZAddConcurrent", testZAddConcurrent},
+		{"ZTrimRace", testZTrimRace},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {
@@ -551,6 +564,339 @@ func testTakeMixedRace(t *testing.T, s kv.Store) {
 	}
 	if taken == 0 {
 		t.Fatal("no Take succeeded")
+	}
+}
+
+func mustZAdd(t *testing.T, s kv.Store, key string, score int64, member string) {
+	t.Helper()
+	if err := s.ZAdd(ctx(t), key, score, member); err != nil {
+		t.Fatalf("ZAdd(%q, %d, %q): %v", key, score, member, err)
+	}
+}
+
+// mustZAfter fails the test unless ZAfter(key, after, limit) returns want.
+func mustZAfter(t *testing.T, s kv.Store, key string, after int64, limit int, want []kv.Scored) {
+	t.Helper()
+	got, err := s.ZAfter(ctx(t), key, after, limit)
+	if err != nil {
+		t.Fatalf("ZAfter(%q, %d, %d): %v", key, after, limit, err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ZAfter(%q, %d, %d) = %v, want %v", key, after, limit, got, want)
+	}
+}
+
+func mustZCard(t *testing.T, s kv.Store, key string, want int64) {
+	t.Helper()
+	got, err := s.ZCard(ctx(t), key)
+	if err != nil || got != want {
+		t.Fatalf("ZCard(%q) = %d, %v; want %d", key, got, err, want)
+	}
+}
+
+func mustZTrim(t *testing.T, s kv.Store, key string, upTo, want int64) {
+	t.Helper()
+	got, err := s.ZTrim(ctx(t), key, upTo)
+	if err != nil || got != want {
+		t.Fatalf("ZTrim(%q, %d) = %d, %v; want %d", key, upTo, got, err, want)
+	}
+}
+
+// member is the member name the sorted-set tests give to score i.
+func member(i int64) string {
+	return fmt.Sprintf("m%04d", i)
+}
+
+func testZOrder(t *testing.T, s kv.Store) {
+	want := []kv.Scored{
+		{Score: -40, Member: "neg"},
+		{Score: 0, Member: "zero"},
+		{Score: 3, Member: ""},
+		{Score: 3, Member: "A"},
+		{Score: 3, Member: "a"},
+		{Score: 3, Member: "ab"},
+		{Score: 3, Member: "b"},
+		{Score: 3, Member: "\xff"},
+		{Score: 7, Member: "seven"},
+		{Score: 1 << 40, Member: "big"},
+	}
+	for _, i := range rand.Perm(len(want)) {
+		mustZAdd(t, s, "z-order", want[i].Score, want[i].Member)
+	}
+	mustZCard(t, s, "z-order", int64(len(want)))
+	mustZAfter(t, s, "z-order", math.MinInt64, 100, want)
+	mustZAfter(t, s, "z-order", -41, len(want), want)
+	mustZAfter(t, s, "z-order", -40, 100, want[1:])
+	mustZAfter(t, s, "z-order", 2, 3, want[2:5])
+	mustZAfter(t, s, "z-order", 3, 100, want[8:])
+	mustZAfter(t, s, "z-order", 1<<40, 100, nil)
+}
+
+func testZAfterPaging(t *testing.T, s kv.Store) {
+	const n, page = 100, 7
+	for _, i := range rand.Perm(n) {
+		score := int64(i + 1)
+		mustZAdd(t, s, "z-paging", score, member(score))
+	}
+	var got []kv.Scored
+	cursor, pages := int64(0), 0
+	for {
+		p, err := s.ZAfter(ctx(t), "z-paging", cursor, page)
+		if err != nil {
+			t.Fatalf("ZAfter(%d): %v", cursor, err)
+		}
+		if len(p) == 0 {
+			break
+		}
+		if len(p) > page {
+			t.Fatalf("ZAfter(%d, %d) returned %d members", cursor, page, len(p))
+		}
+		pages++
+		got = append(got, p...)
+		cursor = p[len(p)-1].Score
+		if pages > n {
+			t.Fatal("paging does not end")
+		}
+	}
+	if want := (n + page - 1) / page; pages != want {
+		t.Errorf("%d pages, want %d", pages, want)
+	}
+	if len(got) != n {
+		t.Fatalf("paged through %d members, want %d", len(got), n)
+	}
+	for i, sc := range got {
+		if want := (kv.Scored{Score: int64(i + 1), Member: member(int64(i + 1))}); sc != want {
+			t.Fatalf("member %d of the pages = %v, want %v", i, sc, want)
+		}
+	}
+	mustZCard(t, s, "z-paging", n) // reading removes nothing
+}
+
+func testZAddReplaces(t *testing.T, s kv.Store) {
+	mustZAdd(t, s, "z-replace", 5, "a")
+	mustZAdd(t, s, "z-replace", 9, "b")
+	mustZAdd(t, s, "z-replace", 12, "a") // moves up, past b
+	mustZCard(t, s, "z-replace", 2)
+	mustZAfter(t, s, "z-replace", 0, 10, []kv.Scored{{Score: 9, Member: "b"}, {Score: 12, Member: "a"}})
+
+	mustZAdd(t, s, "z-replace", 12, "a") // same score: no change
+	mustZAdd(t, s, "z-replace", 1, "b")  // moves down
+	mustZCard(t, s, "z-replace", 2)
+	mustZAfter(t, s, "z-replace", 0, 10, []kv.Scored{{Score: 1, Member: "b"}, {Score: 12, Member: "a"}})
+	mustZAfter(t, s, "z-replace", 1, 10, []kv.Scored{{Score: 12, Member: "a"}})
+}
+
+func testZTrim(t *testing.T, s kv.Store) {
+	for i := int64(1); i <= 10; i++ {
+		mustZAdd(t, s, "z-trim", i, member(i))
+	}
+	mustZTrim(t, s, "z-trim", 0, 0)
+	mustZTrim(t, s, "z-trim", 3, 3)
+	mustZTrim(t, s, "z-trim", 3, 0)
+	mustZCard(t, s, "z-trim", 7)
+	mustZAfter(t, s, "z-trim", math.MinInt64, 1, []kv.Scored{{Score: 4, Member: member(4)}})
+
+	// Trimming does not stop new members below the trimmed scores.
+	mustZAdd(t, s, "z-trim", 2, "late")
+	mustZAfter(t, s, "z-trim", 0, 2, []kv.Scored{{Score: 2, Member: "late"}, {Score: 4, Member: member(4)}})
+	mustZTrim(t, s, "z-trim", 5, 3)
+	mustZTrim(t, s, "z-trim", math.MaxInt64, 5)
+	mustZCard(t, s, "z-trim", 0)
+	// A set trimmed empty is gone: the key is free for a value.
+	mustMissing(t, s, "z-trim")
+	if ok, err := s.SetNX(ctx(t), "z-trim", []byte("v"), 0); err != nil || !ok {
+		t.Fatalf("SetNX on an emptied set = %v, %v; want true", ok, err)
+	}
+}
+
+func testZEmpty(t *testing.T, s kv.Store) {
+	got, err := s.ZAfter(ctx(t), "z-empty", math.MinInt64, 10)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("ZAfter(missing) = %v, %v; want none", got, err)
+	}
+	mustZCard(t, s, "z-empty", 0)
+	mustZTrim(t, s, "z-empty", math.MaxInt64, 0)
+	mustMissing(t, s, "z-empty") // reading creates nothing
+}
+
+func testZScoreRange(t *testing.T, s kv.Store) {
+	for _, score := range []int64{kv.MaxScore + 1, kv.MinScore - 1, math.MaxInt64, math.MinInt64} {
+		if err := s.ZAdd(ctx(t), "z-range", score, "out"); !errors.Is(err, kv.ErrScoreRange) {
+			t.Errorf("ZAdd(score %d) = %v, want ErrScoreRange", score, err)
+		}
+	}
+	mustZCard(t, s, "z-range", 0)
+
+	// Scores next to the bounds stay distinct and exact.
+	want := []kv.Scored{
+		{Score: kv.MinScore, Member: "min"},
+		{Score: kv.MinScore + 1, Member: "min+1"},
+		{Score: kv.MaxScore - 1, Member: "max-1"},
+		{Score: kv.MaxScore, Member: "max"},
+	}
+	for _, sc := range want {
+		mustZAdd(t, s, "z-range", sc.Score, sc.Member)
+	}
+	mustZAfter(t, s, "z-range", math.MinInt64, 10, want)
+	mustZAfter(t, s, "z-range", kv.MinScore, 10, want[1:])
+	mustZAfter(t, s, "z-range", kv.MaxScore-2, 10, want[2:])
+	mustZAfter(t, s, "z-range", kv.MaxScore-1, 10, want[3:])
+	mustZAfter(t, s, "z-range", kv.MaxScore, 10, nil)
+	mustZAfter(t, s, "z-range", math.MaxInt64, 10, nil)
+	mustZTrim(t, s, "z-range", math.MinInt64, 0)
+	mustZTrim(t, s, "z-range", kv.MinScore, 1)
+	mustZTrim(t, s, "z-range", kv.MaxScore-1, 2)
+	mustZAfter(t, s, "z-range", math.MinInt64, 10, want[3:])
+}
+
+func testZAfterInvalidLimit(t *testing.T, s kv.Store) {
+	mustZAdd(t, s, "z-limit", 1, "a")
+	for _, limit := range []int{0, -1} {
+		if got, err := s.ZAfter(ctx(t), "z-limit", 0, limit); err == nil {
+			t.Errorf("ZAfter(limit %d) = %v, nil; want an error", limit, got)
+		}
+	}
+	mustZAfter(t, s, "z-limit", 0, math.MaxInt32, []kv.Scored{{Score: 1, Member: "a"}})
+}
+
+func testZWrongType(t *testing.T, s kv.Store) {
+	mustSet(t, s, "z-value", "5", 0)
+	mustZAdd(t, s, "z-set", 1, "a")
+	tests := []struct {
+		name string
+		key  string // holds the other kind
+		op   func(key string) error
+	}{
+		{"ZAdd", "z-value", func(k string) error { return s.ZAdd(ctx(t), k, 1, "a") }},
+		{"ZAfter", "z-value", func(k string) error { _, err := s.ZAfter(ctx(t), k, 0, 10); return err }},
+		{"ZTrim", "z-value", func(k string) error { _, err := s.ZTrim(ctx(t), k, 10); return err }},
+		{"ZCard", "z-value", func(k string) error { _, err := s.ZCard(ctx(t), k); return err }},
+		{"Get", "z-set", func(k string) error { _, err := s.Get(ctx(t), k); return err }},
+		{"IncrBy", "z-set", func(k string) error { _, err := s.IncrBy(ctx(t), k, 1); return err }},
+		{"Take", "z-set", func(k string) error { _, _, err := s.Take(ctx(t), k, 1); return err }},
+	}
+	for _, tt := range tests {
+		if err := tt.op(tt.key); !errors.Is(err, kv.ErrWrongType) {
+			t.Errorf("%s on %s: %v, want ErrWrongType", tt.name, tt.key, err)
+		}
+	}
+	mustGet(t, s, "z-value", "5")
+	mustZAfter(t, s, "z-set", 0, 10, []kv.Scored{{Score: 1, Member: "a"}})
+
+	if ok, err := s.SetNX(ctx(t), "z-set", []byte("v"), 0); err != nil || ok {
+		t.Fatalf("SetNX on a sorted set = %v, %v; want false", ok, err)
+	}
+	mustZCard(t, s, "z-set", 1)
+	mustSet(t, s, "z-set", "replaced", 0) // Set replaces a sorted set
+	mustGet(t, s, "z-set", "replaced")
+	if err := s.Del(ctx(t), "z-set"); err != nil {
+		t.Fatal(err)
+	}
+	mustZAdd(t, s, "z-set", 2, "b")
+	if err := s.Del(ctx(t), "z-set"); err != nil { // Del removes a sorted set
+		t.Fatal(err)
+	}
+	mustZCard(t, s, "z-set", 0)
+	mustMissing(t, s, "z-set")
+}
+
+func testZAddConcurrent(t *testing.T, s kv.Store) {
+	const n = 50
+	race(n, func(i int) {
+		if err := s.ZAdd(ctx(t), "z-concurrent", int64(i), member(int64(i))); err != nil {
+			t.Errorf("ZAdd(%d): %v", i, err)
+		}
+	})
+	mustZCard(t, s, "z-concurrent", n)
+	want := make([]kv.Scored, n)
+	for i := range want {
+		want[i] = kv.Scored{Score: int64(i), Member: member(int64(i))}
+	}
+	mustZAfter(t, s, "z-concurrent", -1, 2*n, want)
+}
+
+// testZTrimRace runs the queue pattern: a producer appends scores above
+// the initial ones, a consumer acknowledges (trims) all but the last step
+// of the initial ones, and readers page from the start. A reader must never
+// see a score the consumer had trimmed before the read began, nor a trim
+// half done, and every read is one contiguous run.
+func testZTrimRace(t *testing.T, s kv.Store) {
+	const (
+		initial, added = 300, 200
+		step, readers  = 10, 8
+		page           = 40
+	)
+	const key = "z-trim-race"
+	for i := int64(1); i <= initial; i++ {
+		mustZAdd(t, s, key, i, member(i))
+	}
+	var (
+		trimmed atomic.Int64 // every score <= trimmed is gone
+		done    atomic.Bool
+		reads   atomic.Int64
+	)
+	race(readers+2, func(i int) {
+		switch i {
+		case 0: // producer
+			for sc := int64(initial + 1); sc <= initial+added; sc++ {
+				if err := s.ZAdd(ctx(t), key, sc, member(sc)); err != nil {
+					t.Errorf("ZAdd(%d): %v", sc, err)
+					return
+				}
+			}
+		case 1: // consumer
+			defer done.Store(true)
+			for upTo := int64(step); upTo < initial; upTo += step {
+				n, err := s.ZTrim(ctx(t), key, upTo)
+				if err != nil {
+					t.Errorf("ZTrim(%d): %v", upTo, err)
+					return
+				}
+				if n != step {
+					t.Errorf("ZTrim(%d) removed %d, want %d", upTo, n, step)
+					return
+				}
+				trimmed.Store(upTo)
+			}
+		default: // reader
+			for first := true; first || !done.Load(); first = false {
+				floor := trimmed.Load()
+				got, err := s.ZAfter(ctx(t), key, 0, page)
+				if err != nil {
+					t.Errorf("ZAfter: %v", err)
+					return
+				}
+				reads.Add(1)
+				if len(got) == 0 {
+					t.Errorf("ZAfter returned nothing; the last %d initial members are never trimmed", step)
+					return
+				}
+				if got[0].Score <= floor {
+					t.Errorf("ZAfter returned score %d, trimmed (up to %d) before the read", got[0].Score, floor)
+					return
+				}
+				if (got[0].Score-1)%step != 0 {
+					t.Errorf("ZAfter starts at score %d: it saw a ZTrim of %d members half done", got[0].Score, step)
+					return
+				}
+				for j, sc := range got {
+					want := got[0].Score + int64(j)
+					if sc.Score != want || sc.Member != member(want) {
+						t.Errorf("ZAfter member %d = %v, want score %d: a gap or a duplicate in %v", j, sc, want, got)
+						return
+					}
+				}
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	mustZCard(t, s, key, step+added)
+	first := int64(initial - step + 1)
+	mustZAfter(t, s, key, 0, 1, []kv.Scored{{Score: first, Member: member(first)}})
+	if reads.Load() < readers {
+		t.Fatalf("%d reads, want at least %d", reads.Load(), readers)
 	}
 }
 

@@ -1,0 +1,286 @@
+// Package fulfil is the order management side of a store (OMS): it takes
+// paid orders off the bus, queues them per store for the store's POS
+// terminal, and records what the store does with them — accept (with a
+// pickup code), ready, complete — announcing each step as an order event.
+package fulfil
+
+import (
+	"context"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/kv"
+	"github.com/surge-platform/surge/internal/platform/outbox"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+)
+
+var (
+	ErrBadKey     = errkind.New(errkind.Unauthorized, "invalid_pos_key", "missing or invalid store POS key")
+	ErrNotFound   = errkind.New(errkind.NotFound, "order_not_found", "no such order for this store")
+	ErrStep       = errkind.New(errkind.Conflict, "wrong_step", "the order is not at the step this action follows")
+	ErrPickupCode = errkind.New(errkind.Invalid, "invalid_pickup_code", "a pickup code is 1 to 8 letters or digits")
+	ErrCodeInUse  = errkind.New(errkind.Conflict, "pickup_code_in_use", "this pickup code is already used today in this store")
+)
+
+// Statuses of a fulfilment.
+const (
+	Received  = "new" // paid, waiting for the store
+	Accepted  = "accepted"
+	Ready     = "ready"
+	Completed = "completed"
+)
+
+// Notifier is told that a store has new orders (the push centre).
+type Notifier interface{ StoreNews(storeID int64) }
+
+// Service runs fulfilment on the main database and a kv store.
+type Service struct {
+	db     *sqldb.DB
+	kv     kv.Store
+	ids    *id.Generator
+	orders *order.Service
+	wake   func(gene int)
+	news   Notifier
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// New returns the fulfilment service. wake tells the outbox relay about
+// new events; news may be nil.
+func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake func(int), news Notifier, log *slog.Logger) *Service {
+	return &Service{db: c.Main(), kv: store, ids: ids, orders: orders, wake: wake, news: news, log: log, now: time.Now}
+}
+
+func queueKey(storeID int64) string { return "fulfil:new:" + strconv.FormatInt(storeID, 10) }
+func seqKey(storeID int64) string   { return "fulfil:seq:" + strconv.FormatInt(storeID, 10) }
+
+// Consume takes paid orders off the bus until ctx is done: each is recorded
+// (idempotently) and appended to its store's queue.
+func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "fulfil", MaxAckPending: 2048, Workers: 4},
+		func(ctx context.Context, m bus.Msg) error {
+			if m.Header["Surge-Type"] != order.EvPaid {
+				return nil
+			}
+			var ev order.Event
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.OrderID == 0 {
+				s.log.Error("fulfil: undecodable order.paid, dropped", "seq", m.Seq, "err", err)
+				return nil
+			}
+			return s.Take(ctx, ev.OrderID, ev.StoreID, ev.UserID)
+		})
+}
+
+// Take records a paid order for its store and queues it for the POS.
+// Taking an order again queues it again only while the store has not
+// accepted it.
+func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) error {
+	now := s.now().UnixMilli()
+	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO fulfilments (order_id, store_id, user_id, status, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING`, orderID, storeID, userID, Received, now); err != nil {
+		return fmt.Errorf("record fulfilment of order %d: %w", orderID, err)
+	}
+	var status string
+	if err := s.db.W.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status); err != nil {
+		return err
+	}
+	if status != Received {
+		return nil
+	}
+	return s.queue(ctx, storeID, orderID)
+}
+
+func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
+	seq, err := s.kv.IncrBy(ctx, seqKey(storeID), 1)
+	if err != nil {
+		return fmt.Errorf("queue order %d: %w", orderID, err)
+	}
+	if err := s.kv.ZAdd(ctx, queueKey(storeID), seq, strconv.FormatInt(orderID, 10)); err != nil {
+		return fmt.Errorf("queue order %d: %w", orderID, err)
+	}
+	if s.news != nil {
+		s.news.StoreNews(storeID)
+	}
+	return nil
+}
+
+// Restore queues again every order still new, for a kv store that lost
+// its contents (the in-memory one after a restart). It reads the database
+// once, at start, never per pull.
+func (s *Service) Restore(ctx context.Context) (int, error) {
+	rows, err := s.db.R.QueryContext(ctx, `SELECT order_id, store_id FROM fulfilments WHERE status = $1 ORDER BY order_id`, Received)
+	if err != nil {
+		return 0, err
+	}
+	type pair struct{ o, st int64 }
+	var ps []pair
+	for rows.Next() {
+		var p pair
+		if err := rows.Scan(&p.o, &p.st); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ps = append(ps, p)
+	}
+	rows.Close()
+	for _, p := range ps {
+		if err := s.queue(ctx, p.st, p.o); err != nil {
+			return 0, err
+		}
+	}
+	return len(ps), nil
+}
+
+// Store returns the store a POS key belongs to, or ErrBadKey.
+func (s *Service) Store(ctx context.Context, key string) (int64, error) {
+	if len(key) < 8 || len(key) > 128 {
+		return 0, ErrBadKey
+	}
+	var storeID int64
+	var stored string
+	err := s.db.R.QueryRowContext(ctx, `SELECT id, pos_key FROM stores WHERE pos_key = $1`, key).Scan(&storeID, &stored)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(key)) != 1 {
+		return 0, ErrBadKey
+	}
+	if err != nil {
+		return 0, fmt.Errorf("pos key: %w", err)
+	}
+	return storeID, nil
+}
+
+// NewOrder is one entry of a store's queue, as its POS sees it.
+type NewOrder struct {
+	Seq   int64        `json:"seq"`
+	Order *order.Order `json:"order"`
+}
+
+// Pull acknowledges every entry up to cursor and returns up to limit
+// entries after it. A POS that restarts with cursor 0 gets every entry it
+// has not acknowledged again.
+func (s *Service) Pull(ctx context.Context, storeID, cursor int64, limit int) ([]NewOrder, error) {
+	if cursor > 0 {
+		if _, err := s.kv.ZTrim(ctx, queueKey(storeID), cursor); err != nil {
+			return nil, err
+		}
+	}
+	entries, err := s.kv.ZAfter(ctx, queueKey(storeID), cursor, min(max(limit, 1), 100))
+	if err != nil {
+		return nil, err
+	}
+	out := []NewOrder{}
+	for _, e := range entries {
+		oid, _ := strconv.ParseInt(e.Member, 10, 64)
+		o, err := s.orders.Peek(ctx, oid)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, NewOrder{Seq: e.Score, Order: o})
+	}
+	return out, nil
+}
+
+// Step moves a store's order to the next status: accept (with the POS's
+// pickup code, or one made here), ready, complete. Repeating the step the
+// order is already at answers the same (a POS retry); anything else is
+// ErrStep. Each step writes its order event in the same transaction.
+func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code string) (string, error) {
+	from := map[string]string{Accepted: Received, Ready: Accepted, Completed: Ready}[to]
+	ev := map[string]string{Accepted: order.EvAccepted, Ready: order.EvReady, Completed: order.EvCompleted}[to]
+	if from == "" {
+		return "", fmt.Errorf("unknown step %q", to)
+	}
+	if code != "" && !validCode(code) {
+		return "", ErrPickupCode
+	}
+	var status, have string
+	var userID int64
+	err := s.db.W.QueryRowContext(ctx, `SELECT status, pickup_code, user_id FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
+		orderID, storeID).Scan(&status, &have, &userID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrNotFound.With("no order %d for store %d", orderID, storeID)
+	}
+	if err != nil {
+		return "", err
+	}
+	if status == to {
+		return have, nil
+	}
+	if status != from {
+		return "", ErrStep.With("order %d is %s; %s follows %s", orderID, status, to, from)
+	}
+	day := s.now().UTC().Format(time.DateOnly)
+	for attempt := 0; ; attempt++ {
+		pick := have
+		if to == Accepted {
+			pick = code
+			if pick == "" {
+				pick = makeCode()
+			}
+		}
+		err = sqldb.Tx(ctx, s.db, func(tx *sql.Tx) error {
+			if to == Accepted {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO pickup_codes (store_id, day, code, order_id) VALUES ($1, $2, $3, $4)`,
+					storeID, day, pick, orderID); err != nil {
+					return err
+				}
+			}
+			res, err := tx.ExecContext(ctx, `UPDATE fulfilments SET status = $1, pickup_code = $2, updated_at = $3
+				WHERE order_id = $4 AND status = $5`, to, pick, s.now().UnixMilli(), orderID, from)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				return ErrStep.With("order %d changed meanwhile", orderID)
+			}
+			gene := id.Gene(orderID)
+			e := order.Event{EventID: s.ids.Next(gene), Type: ev, OrderID: orderID, UserID: userID, StoreID: storeID,
+				PickupCode: pick, At: s.now().UTC()}
+			payload, _ := json.Marshal(e)
+			return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene), Type: ev, Payload: payload}, s.now())
+		})
+		if sqldb.IsUnique(err) && to == Accepted {
+			if code != "" {
+				return "", ErrCodeInUse.With("pickup code %s is already used today in store %d", code, storeID)
+			}
+			if attempt < 20 {
+				continue // a made-up code collided: make another
+			}
+		}
+		if err != nil {
+			return "", fmt.Errorf("%s order %d: %w", to, orderID, err)
+		}
+		if s.wake != nil {
+			s.wake(id.Gene(orderID))
+		}
+		return pick, nil
+	}
+}
+
+// makeCode makes a pickup code that is easy to read aloud: four digits,
+// none of them confusable, never starting with 0.
+func makeCode() string {
+	return strconv.Itoa(1000 + rand.IntN(9000))
+}
+
+func validCode(c string) bool {
+	if len(c) < 1 || len(c) > 8 {
+		return false
+	}
+	for _, r := range c {
+		if !('0' <= r && r <= '9' || 'A' <= r && r <= 'Z' || 'a' <= r && r <= 'z') {
+			return false
+		}
+	}
+	return true
+}
