@@ -105,7 +105,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Addr, "addr", d.Addr, "HTTP listen address")
 	fs.StringVar(&o.Data, "data", d.Data, "directory of the embedded backends")
 	roles := listFlag{}
-	fs.Func("roles", "roles to run: all, or a comma list of api,worker", func(v string) error {
+	fs.Func("roles", "roles to run: all, or a comma list of api,worker,fulfil,paysim", func(v string) error {
 		roles = append(roles, v)
 		o.Roles = roles
 		return nil
