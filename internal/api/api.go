@@ -153,4 +153,12 @@ func queryInt(r *http.Request, name string) (int64, error) {
 	return x, nil
 }
 
+// page reads the cursor and limit query parameters of a paged list.
+func page(r *http.Request) (cursor, limit int64, err error) {
+	if cursor, err = queryInt(r, "cursor"); err == nil {
+		limit, err = queryInt(r, "limit")
+	}
+	return cursor, limit, err
+}
+
 func itoa(x int64) string { return fmt.Sprint(x) }

@@ -128,12 +128,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request, uid int64) {
 }
 
 func (s *Server) listOrders(w http.ResponseWriter, r *http.Request, uid int64) {
-	cursor, err := queryInt(r, "cursor")
-	if err != nil {
-		web.Error(w, r, err)
-		return
-	}
-	limit, err := queryInt(r, "limit")
+	cursor, limit, err := page(r)
 	if err != nil {
 		web.Error(w, r, err)
 		return

@@ -33,12 +33,7 @@ func (s *Server) pos(h func(http.ResponseWriter, *http.Request, int64)) http.Han
 }
 
 func (s *Server) posPull(w http.ResponseWriter, r *http.Request, storeID int64) {
-	cursor, err := queryInt(r, "cursor")
-	if err != nil {
-		web.Error(w, r, err)
-		return
-	}
-	limit, err := queryInt(r, "limit")
+	cursor, limit, err := page(r)
 	if err != nil {
 		web.Error(w, r, err)
 		return

@@ -205,21 +205,11 @@ func (s *Service) Sweep(ctx context.Context, grace time.Duration, fate func(cont
 	n := 0
 	after := int64(0)
 	for {
-		rows, err := s.db.R.QueryContext(ctx, `SELECT DISTINCT order_id FROM stock_reservations
+		ids, err := sqldb.IDs(ctx, s.db.R, `SELECT DISTINCT order_id FROM stock_reservations
 			WHERE created_at < $1 AND order_id > $2 ORDER BY order_id LIMIT 500`, cutoff, after)
 		if err != nil {
 			return n, fmt.Errorf("sweep reservations: %w", err)
 		}
-		var ids []int64
-		for rows.Next() {
-			var x int64
-			if err := rows.Scan(&x); err != nil {
-				rows.Close()
-				return n, err
-			}
-			ids = append(ids, x)
-		}
-		rows.Close()
 		if len(ids) == 0 {
 			return n, nil
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/outbox"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
 // Timers is the stream of order timers: a schedule per unpaid order on
@@ -79,21 +80,11 @@ func (s *Service) ConsumeTimers(ctx context.Context, b *bus.Bus) error {
 func (s *Service) ExpireDue(ctx context.Context, grace time.Duration, limit int) (int, error) {
 	n := 0
 	for _, d := range s.db.Shards() {
-		rows, err := d.R.QueryContext(ctx, `SELECT id FROM orders WHERE status = $1 AND expires_at < $2 ORDER BY expires_at LIMIT $3`,
+		ids, err := sqldb.IDs(ctx, d.R, `SELECT id FROM orders WHERE status = $1 AND expires_at < $2 ORDER BY expires_at LIMIT $3`,
 			string(PendingPayment), s.now().Add(-grace).UnixMilli(), limit)
 		if err != nil {
 			return n, fmt.Errorf("due orders on %s: %w", d.Name, err)
 		}
-		var ids []int64
-		for rows.Next() {
-			var x int64
-			if err := rows.Scan(&x); err != nil {
-				rows.Close()
-				return n, err
-			}
-			ids = append(ids, x)
-		}
-		rows.Close()
 		for _, x := range ids {
 			ok, err := s.Expire(ctx, x)
 			if err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
 // Work runs the payments centre's background duties until ctx is done:
@@ -113,27 +115,14 @@ func (s *Service) Refresh(ctx context.Context, orderID int64) error {
 func (s *Service) Repair(ctx context.Context) error {
 	before := s.now().Add(-5 * time.Second).UnixMilli()
 	for _, d := range s.db.Shards() {
-		var paid, refunds []int64
-		rows, err := d.R.QueryContext(ctx, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid, before)
+		paid, err := sqldb.IDs(ctx, d.R, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid, before)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var x int64
-			rows.Scan(&x)
-			paid = append(paid, x)
-		}
-		rows.Close()
-		rows, err = d.R.QueryContext(ctx, `SELECT payment_id FROM refunds WHERE state = 'pending' AND updated_at < $1 LIMIT 200`, before)
+		refunds, err := sqldb.IDs(ctx, d.R, `SELECT payment_id FROM refunds WHERE state = 'pending' AND updated_at < $1 LIMIT 200`, before)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var x int64
-			rows.Scan(&x)
-			refunds = append(refunds, x)
-		}
-		rows.Close()
 		// One bad item must not stop the others: log and go on.
 		for _, x := range paid {
 			if err := s.settle(ctx, x); err != nil {

@@ -317,3 +317,22 @@ func Lazy(ctx context.Context, db *DB, query string, args ...any) error {
 		return err
 	})
 }
+
+// IDs runs a query on pool that selects one integer column and returns the
+// values (ids to work through).
+func IDs(ctx context.Context, pool *sql.DB, query string, args ...any) ([]int64, error) {
+	rows, err := pool.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var x int64
+		if err := rows.Scan(&x); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, rows.Err()
+}
