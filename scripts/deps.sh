@@ -32,7 +32,7 @@ apt_install() {
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
 }
 
-free_port() { # free_port START: first port >= START nobody listens on
+free_port() { # free_port START: first port >= START nobody listens on (START below 32768: outside the ephemeral range)
 	local p=$1
 	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
 	echo "$p"
@@ -59,7 +59,7 @@ if [ -z "${SURGE_TEST_PG:-}" ]; then
 	else
 		if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql postgresql-contrib; fi
 		bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-		port=$(free_port 55432)
+		port=$(free_port 25432) # below the ephemeral port range (32768+), where test clients bind
 		pgdir="${TMPDIR:-/tmp}/surge-pg-$(id -u)" # outside the work tree: the postgres user must reach it
 		run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 		if [ ! -f "$pgdir/PG_VERSION" ]; then
@@ -81,7 +81,7 @@ if [ -z "${SURGE_TEST_REDIS:-}" ]; then
 		export SURGE_TEST_REDIS="redis://127.0.0.1:6379/0"
 	else
 		command -v redis-server >/dev/null || apt_install redis-server
-		port=$(free_port 56379)
+		port=$(free_port 26379)
 		say "starting a private Redis on 127.0.0.1:$port"
 		redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --daemonize yes \
 			--pidfile "$cache/redis.pid" --logfile "$cache/redis.log" >/dev/null
@@ -94,11 +94,22 @@ fi
 # --- NATS (the version pinned in go.mod) -----------------------------------------
 if [ -z "${SURGE_TEST_NATS:-}" ]; then
 	(cd "$root" && go build -o "$cache/nats-server" github.com/nats-io/nats-server/v2)
-	port=$(free_port 54222)
-	rm -rf "$cache/nats-js"
-	"$cache/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$cache/nats-js" >"$cache/nats.log" 2>&1 &
-	started_pids+=("$!")
-	wait_port "$port" 20 || { say "nats-server did not start"; cat "$cache/nats.log" >&2; exit 1; }
+	nats_pid=""
+	for attempt in 1 2 3 4 5; do # a free port can be taken between the check and the bind: retry
+		port=$(free_port $((24222 + RANDOM % 2000)))
+		rm -rf "$cache/nats-js"
+		"$cache/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$cache/nats-js" >"$cache/nats.log" 2>&1 &
+		nats_pid=$!
+		for ((i = 0; i < 200; i++)); do # ready, or dead (the port was taken after all)
+			if grep -q "Server is ready" "$cache/nats.log" 2>/dev/null || ! kill -0 "$nats_pid" 2>/dev/null; then break; fi
+			sleep 0.1
+		done
+		if kill -0 "$nats_pid" 2>/dev/null && grep -q "Server is ready" "$cache/nats.log"; then break; fi
+		kill "$nats_pid" 2>/dev/null || true
+		nats_pid=""
+	done
+	[ -n "$nats_pid" ] || { say "nats-server did not start"; cat "$cache/nats.log" >&2; exit 1; }
+	started_pids+=("$nats_pid")
 	export SURGE_TEST_NATS="nats://127.0.0.1:$port"
 fi
 
