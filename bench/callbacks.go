@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,20 +27,11 @@ import (
 // transitions; later deliveries are the duplicates every channel sends —
 // against the hello-world server.
 func callbacks(ctx context.Context) error {
-	helloAddr, addr := freeAddr(), freeAddr()
-	hello, err := start("http://"+helloAddr+"/", *helloBin, "--addr", helloAddr)
+	helloAddr, addr, data, done, err := pair("--log-level", "error", "--pay-query-after", "1h", "--order-ttl", "1h")
 	if err != nil {
 		return err
 	}
-	defer stop(hello)
-	data, _ := os.MkdirTemp("", "surge-bench-")
-	defer os.RemoveAll(data)
-	surge, err := start("http://"+addr+"/readyz", *surgeBin, "serve", "--addr", addr, "--data", data, "--seed-demo",
-		"--log-level", "error", "--pay-query-after", "1h", "--order-ttl", "1h")
-	if err != nil {
-		return err
-	}
-	defer stop(surge)
+	defer done()
 	base := "http://" + addr
 
 	const users, each = 8, 250

@@ -135,21 +135,31 @@ func report(name, base, subject string, bs, ss []float64, target float64) {
 	fmt.Printf("  median:  %-22s %9.0f/s   %-22s %9.0f/s   ratio %.2f (%s target %.2f)\n", base, mb, subject, ms, ms/mb, verdict, target)
 }
 
-func menu(ctx context.Context) error {
-	helloAddr, surgeAddr := freeAddr(), freeAddr()
+// pair starts the hello-world baseline and an embedded surge (with the demo
+// data and extra flags) on free ports; done stops both.
+func pair(extra ...string) (helloAddr, surgeAddr, data string, done func(), err error) {
+	helloAddr, surgeAddr = freeAddr(), freeAddr()
 	hello, err := start("http://"+helloAddr+"/", *helloBin, "--addr", helloAddr)
 	if err != nil {
-		return err
+		return "", "", "", nil, err
 	}
-	defer stop(hello)
-	data, _ := os.MkdirTemp("", "surge-bench-")
-	defer os.RemoveAll(data)
-	surge, err := start("http://"+surgeAddr+"/readyz", *surgeBin, "serve", "--addr", surgeAddr, "--data", data,
-		"--seed-demo", "--log-level", "warn")
+	data, _ = os.MkdirTemp("", "surge-bench-")
+	surge, err := start("http://"+surgeAddr+"/readyz", *surgeBin,
+		append([]string{"serve", "--addr", surgeAddr, "--data", data, "--seed-demo"}, extra...)...)
+	if err != nil {
+		stop(hello)
+		os.RemoveAll(data)
+		return "", "", "", nil, err
+	}
+	return helloAddr, surgeAddr, data, func() { stop(surge); stop(hello); os.RemoveAll(data) }, nil
+}
+
+func menu(ctx context.Context) error {
+	helloAddr, surgeAddr, _, done, err := pair("--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	defer stop(surge)
+	defer done()
 	get := func(u string) load.Request {
 		return func(int, int) *http.Request { r, _ := http.NewRequest("GET", u, nil); return r }
 	}

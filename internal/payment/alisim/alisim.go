@@ -14,7 +14,6 @@
 package alisim
 
 import (
-	"context"
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -50,8 +49,8 @@ type Config struct {
 
 // Channel implements payment.Channel for alisim. Safe for concurrent use.
 type Channel struct {
-	api *paysim.Client
-	pub *rsa.PublicKey
+	*paysim.Client // the merchant API: Create, Query, Refund, Statement
+	pub            *rsa.PublicKey
 }
 
 var _ payment.Channel = (*Channel)(nil)
@@ -60,31 +59,13 @@ var _ payment.Channel = (*Channel)(nil)
 // fail verification.
 func New(cfg Config) *Channel {
 	return &Channel{
-		api: paysim.NewClient(paysim.ClientConfig{BaseURL: cfg.BaseURL, Channel: Name, Secret: cfg.Secret, HTTP: cfg.HTTP}),
-		pub: cfg.PublicKey,
+		Client: paysim.NewClient(paysim.ClientConfig{BaseURL: cfg.BaseURL, Channel: Name, Secret: cfg.Secret, HTTP: cfg.HTTP}),
+		pub:    cfg.PublicKey,
 	}
 }
 
 // Name returns "alisim".
 func (c *Channel) Name() string { return Name }
-
-// Create creates the transaction at alisim (idempotent by t.PaymentID).
-func (c *Channel) Create(ctx context.Context, t payment.Txn) (payment.Created, error) {
-	return c.api.Create(ctx, t)
-}
-
-// Query returns alisim's view of a payment.
-func (c *Channel) Query(ctx context.Context, paymentID int64) (payment.Status, error) {
-	return c.api.Query(ctx, paymentID)
-}
-
-// Refund refunds a payment (idempotent by r.RefundID).
-func (c *Channel) Refund(ctx context.Context, r payment.Refund) error { return c.api.Refund(ctx, r) }
-
-// Statement returns alisim's statement of day (UTC date).
-func (c *Channel) Statement(ctx context.Context, day time.Time) ([]payment.Line, error) {
-	return c.api.Statement(ctx, day)
-}
 
 // Ack is alisim's success answer.
 func (c *Channel) Ack() (string, []byte) { return "text/plain; charset=utf-8", []byte("success") }

@@ -14,7 +14,6 @@
 package wxsim
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -50,8 +49,8 @@ type Config struct {
 
 // Channel implements payment.Channel for wxsim. Safe for concurrent use.
 type Channel struct {
-	api    *paysim.Client
-	secret []byte
+	*paysim.Client // the merchant API: Create, Query, Refund, Statement
+	secret         []byte
 }
 
 var _ payment.Channel = (*Channel)(nil)
@@ -59,31 +58,13 @@ var _ payment.Channel = (*Channel)(nil)
 // New returns the channel for cfg.
 func New(cfg Config) *Channel {
 	return &Channel{
-		api:    paysim.NewClient(paysim.ClientConfig{BaseURL: cfg.BaseURL, Channel: Name, Secret: cfg.Secret, HTTP: cfg.HTTP}),
+		Client: paysim.NewClient(paysim.ClientConfig{BaseURL: cfg.BaseURL, Channel: Name, Secret: cfg.Secret, HTTP: cfg.HTTP}),
 		secret: slices.Clone(cfg.Secret),
 	}
 }
 
 // Name returns "wxsim".
 func (c *Channel) Name() string { return Name }
-
-// Create creates the transaction at wxsim (idempotent by t.PaymentID).
-func (c *Channel) Create(ctx context.Context, t payment.Txn) (payment.Created, error) {
-	return c.api.Create(ctx, t)
-}
-
-// Query returns wxsim's view of a payment.
-func (c *Channel) Query(ctx context.Context, paymentID int64) (payment.Status, error) {
-	return c.api.Query(ctx, paymentID)
-}
-
-// Refund refunds a payment (idempotent by r.RefundID).
-func (c *Channel) Refund(ctx context.Context, r payment.Refund) error { return c.api.Refund(ctx, r) }
-
-// Statement returns wxsim's statement of day (UTC date).
-func (c *Channel) Statement(ctx context.Context, day time.Time) ([]payment.Line, error) {
-	return c.api.Statement(ctx, day)
-}
 
 // Ack is wxsim's success answer.
 func (c *Channel) Ack() (string, []byte) { return "application/json", []byte(`{"code":"SUCCESS"}`) }
