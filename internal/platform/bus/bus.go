@@ -32,6 +32,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,6 +41,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +80,7 @@ type StreamConfig struct {
 	MaxAge     time.Duration // 0 = keep forever
 	Replicas   int           // 0 = 1; use 3 on a cluster for power-loss safety
 	Schedules  bool          // allow message schedules (Schedule headers); needs server 2.12+
+	PerSubject int64         // keep at most this many messages per subject; 0 = no limit
 }
 
 // ConsumerConfig describes a durable pull consumer that Consume drives.
@@ -99,6 +102,10 @@ type ConsumerConfig struct {
 	// Workers is the number of handlers run in parallel; 0 = 1. With more
 	// than one, messages are no longer handled in stream order.
 	Workers int
+	// FromNow makes a consumer created for the first time start after the
+	// stream's last message instead of its first (for consumers to whom
+	// old messages mean nothing, like notifications).
+	FromNow bool
 }
 
 // Handler processes one delivered message. Returning nil acks it; returning an
@@ -130,6 +137,13 @@ type Bus struct {
 
 	srv    *server.Server // embedded mode only
 	tmpDir string         // removed by Close; embedded: only
+
+	streams sync.Map // stream name -> jetstream.Stream, for After
+
+	// manage serializes stream and consumer changes: the NATS server (2.15)
+	// has a data race when a stream is updated while a consumer is being
+	// added to it, which a node starting its roles concurrently provoked.
+	manage sync.Mutex
 
 	connClosed chan struct{} // closed by the connection's ClosedHandler
 	closed     atomic.Bool
@@ -470,7 +484,7 @@ func (b *Bus) EnsureStream(ctx context.Context, cfg StreamConfig) error {
 	for i, s := range cfg.Subjects {
 		subjects[i] = b.Subject(s)
 	}
-	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	want := jetstream.StreamConfig{
 		Name:       b.Name(cfg.Name),
 		Subjects:   subjects,
 		Storage:    jetstream.FileStorage,
@@ -481,11 +495,28 @@ func (b *Bus) EnsureStream(ctx context.Context, cfg StreamConfig) error {
 
 		AllowMsgSchedules: cfg.Schedules,
 		AllowRollup:       cfg.Schedules,
-	})
-	if err != nil {
+		MaxMsgsPerSubject: cmp.Or(cfg.PerSubject, -1),
+		AllowDirect:       cfg.PerSubject > 0,
+	}
+	b.manage.Lock()
+	defer b.manage.Unlock()
+	if s, err := b.js.Stream(ctx, want.Name); err == nil && sameStream(s.CachedInfo().Config, want) {
+		return nil // every role of a node ensures its streams: no update when nothing changes
+	}
+	if _, err := b.js.CreateOrUpdateStream(ctx, want); err != nil {
 		return fmt.Errorf("bus: ensure stream %s: %w", cfg.Name, b.connErr(err))
 	}
 	return nil
+}
+
+// sameStream reports whether the stream's config has every setting
+// EnsureStream sets as want has it.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Storage == want.Storage &&
+		have.Retention == want.Retention && have.Duplicates == want.Duplicates &&
+		have.MaxAge == want.MaxAge && have.Replicas == want.Replicas &&
+		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowRollup == want.AllowRollup &&
+		have.MaxMsgsPerSubject == want.MaxMsgsPerSubject && have.AllowDirect == want.AllowDirect
 }
 
 // StreamInfo returns the number of messages in the stream and its last

@@ -72,24 +72,12 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 		return errors.New("bus: consume: stream and durable are required")
 	}
 	cfg = cfg.withDefaults()
-	jcfg := jetstream.ConsumerConfig{
-		Durable:       b.Name(cfg.Durable),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       cfg.AckWait,
-		MaxDeliver:    cfg.MaxDeliver,
-		BackOff:       cfg.Backoff,
-		MaxAckPending: cfg.MaxAckPending,
-	}
-	if cfg.FilterSubject != "" {
-		jcfg.FilterSubject = b.Subject(cfg.FilterSubject)
-	}
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.Name(cfg.Stream), jcfg)
+	cons, err := b.ensureConsumer(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, b.connErr(err))
+		return err
 	}
 	it, err := cons.Messages(
 		jetstream.PullMaxMessages(cfg.prefetch()),
@@ -217,4 +205,49 @@ func nakDelay(backoff []time.Duration, deliveries int) time.Duration {
 	}
 	d := min(nakBase<<min(n, 20), nakMax)
 	return d/2 + rand.N(d/2+1)
+}
+
+// EnsureConsumer creates the durable consumer cfg describes, or updates it,
+// without consuming: a FromNow consumer made before the first message it
+// must see is published sees it.
+func (b *Bus) EnsureConsumer(ctx context.Context, cfg ConsumerConfig) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if cfg.Stream == "" || cfg.Durable == "" {
+		return errors.New("bus: ensure consumer: stream and durable are required")
+	}
+	_, err := b.ensureConsumer(ctx, cfg.withDefaults())
+	return err
+}
+
+func (b *Bus) ensureConsumer(ctx context.Context, cfg ConsumerConfig) (jetstream.Consumer, error) {
+	jcfg := jetstream.ConsumerConfig{
+		Durable:       b.Name(cfg.Durable),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    cfg.MaxDeliver,
+		BackOff:       cfg.Backoff,
+		MaxAckPending: cfg.MaxAckPending,
+	}
+	if cfg.FilterSubject != "" {
+		jcfg.FilterSubject = b.Subject(cfg.FilterSubject)
+	}
+	b.manage.Lock()
+	defer b.manage.Unlock()
+	if cfg.FromNow {
+		// Only at creation: the server refuses to change the deliver policy
+		// of an existing consumer, so one is kept as it was made.
+		jcfg.DeliverPolicy = jetstream.DeliverNewPolicy
+		if old, err := b.js.Consumer(ctx, b.Name(cfg.Stream), jcfg.Durable); err == nil {
+			oc := old.CachedInfo().Config
+			jcfg.DeliverPolicy, jcfg.OptStartSeq, jcfg.OptStartTime = oc.DeliverPolicy, oc.OptStartSeq, oc.OptStartTime
+		}
+	}
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.Name(cfg.Stream), jcfg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, b.connErr(err))
+	}
+	return cons, nil
 }

@@ -40,6 +40,10 @@ func Run(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		{"MaxDeliver", testMaxDeliver},
 		{"Workers", testWorkers},
 		{"CorePubSub", testCorePubSub},
+		{"Mux", testMux},
+		{"EnsureConcurrently", testEnsureConcurrently},
+		{"FromNow", testFromNow},
+		{"Replay", testReplay},
 		{"Namespace", testNamespace},
 		{"Close", testClose},
 		{"Schedule", func(t *testing.T, open func(t *testing.T) *bus.Bus) { runSchedule(t, open(t)) }},
@@ -392,6 +396,126 @@ func testCorePubSub(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	unsub() // safe twice
 }
 
+// testFromNow: a consumer created with FromNow skips what the stream held
+// before it, and once created continues from its acks like any other.
+func testFromNow(t *testing.T, open func(t *testing.T) *bus.Bus) {
+	b := open(t)
+	mustEnsure(t, b, bus.StreamConfig{Name: "NOW", Subjects: []string{"now.>"}})
+	mustPublish(t, b, bus.Msg{Subject: "now.a", Data: []byte("old")})
+	got := make(chan string, 10)
+	cfg := bus.ConsumerConfig{Stream: "NOW", Durable: "fresh", FromNow: true}
+	h := func(_ context.Context, m bus.Msg) error { got <- string(m.Data); return nil }
+	stop := startConsume(t, b, cfg, h)
+	eventually(t, "consumer created", func() bool {
+		_, err := b.JetStream().Consumer(t.Context(), b.Name("NOW"), b.Name("fresh"))
+		return err == nil
+	})
+	mustPublish(t, b, bus.Msg{Subject: "now.a", Data: []byte("new")})
+	if m := receive(t, got, "the message published after the start"); m != "new" {
+		t.Fatalf("got %q; want new (old must be skipped)", m)
+	}
+	stop()
+	mustPublish(t, b, bus.Msg{Subject: "now.a", Data: []byte("while away")})
+	startConsume(t, b, cfg, h)
+	if m := receive(t, got, "the message published while stopped"); m != "while away" {
+		t.Fatalf("got %q after a restart; want the message published while stopped", m)
+	}
+	// A durable first made without FromNow keeps working when a later
+	// version of its owner asks for FromNow (the server cannot change it).
+	old := bus.ConsumerConfig{Stream: "NOW", Durable: "older"}
+	got2 := make(chan string, 10)
+	h2 := func(_ context.Context, m bus.Msg) error { got2 <- string(m.Data); return nil }
+	stop = startConsume(t, b, old, h2)
+	for range 3 { // everything so far, from the start
+		receive(t, got2, "a message for the older consumer")
+	}
+	stop()
+	old.FromNow = true
+	mustPublish(t, b, bus.Msg{Subject: "now.a", Data: []byte("after the upgrade")})
+	startConsume(t, b, old, h2)
+	if m := receive(t, got2, "the message published after the upgrade"); m != "after the upgrade" {
+		t.Fatalf("older consumer after the upgrade got %q", m)
+	}
+}
+
+// testMux: many subjects, one handler; Add/Remove are reference counted.
+func testMux(t *testing.T, open func(t *testing.T) *bus.Bus) {
+	b := open(t)
+	m := b.NewMux(64)
+	type core struct{ subject, data string }
+	got := make(chan core, 64)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go m.Run(ctx, func(subject string, data []byte) { got <- core{subject, string(data)} })
+	for _, s := range []string{"live.u.1", "live.u.2", "live.u.1"} {
+		if err := m.Add(s); err != nil {
+			t.Fatalf("Add %s: %v", s, err)
+		}
+	}
+	if m.Len() != 2 {
+		t.Fatalf("Len = %d; want 2", m.Len())
+	}
+	b.PublishCore("live.u.3", []byte("not followed"))
+	b.PublishCore("live.u.2", []byte("two"))
+	if c := receive(t, got, "message on live.u.2"); c != (core{"live.u.2", "two"}) {
+		t.Fatalf("got %+v; want live.u.2 two", c)
+	}
+	m.Remove("live.u.1") // still followed once
+	m.Remove("live.u.2")
+	b.PublishCore("live.u.2", []byte("gone"))
+	b.PublishCore("live.u.1", []byte("one"))
+	if c := receive(t, got, "message on live.u.1"); c != (core{"live.u.1", "one"}) {
+		t.Fatalf("got %+v; want live.u.1 one (nothing from removed or unfollowed subjects)", c)
+	}
+	m.Remove("live.u.1")
+	if m.Len() != 0 {
+		t.Fatalf("Len = %d after removing all; want 0", m.Len())
+	}
+}
+
+// testReplay: the messages of one subject after a sequence, and whether
+// the stream can vouch that none is missing.
+func testReplay(t *testing.T, open func(t *testing.T) *bus.Bus) {
+	b := open(t)
+	mustEnsure(t, b, bus.StreamConfig{Name: "WINDOW", Subjects: []string{"win.>"}, PerSubject: 3})
+	var mine []uint64
+	for i := range 5 {
+		mine = append(mine, mustPublish(t, b, bus.Msg{Subject: "win.a", Data: []byte{byte('0' + i)}}))
+		mustPublish(t, b, bus.Msg{Subject: "win.b", Data: []byte("other")})
+	}
+	ctx := testContext(t)
+	for _, tc := range []struct {
+		name     string
+		after    uint64
+		want     string
+		complete bool
+	}{
+		{"after the second to last", mine[3], "4", true},
+		{"after the last", mine[4], "", true},
+		{"within the cap", mine[1], "234", true},
+		{"the cap dropped some", mine[0], "234", false},
+		{"from the start", 0, "234", false},
+		{"beyond the end", mine[4] + 100, "", false},
+	} {
+		msgs, complete, end, err := b.Replay(ctx, "WINDOW", "win.a", tc.after, 3)
+		if end != mine[4]+1 { // win.b's last message follows win.a's
+			t.Errorf("%s: end = %d; want %d", tc.name, end, mine[4]+1)
+		}
+		var got string
+		for _, m := range msgs {
+			got += string(m.Data)
+			if m.Subject != "win.a" || m.Seq <= tc.after {
+				t.Errorf("%s: message %+v", tc.name, m)
+			}
+		}
+		// "within the cap": three messages found = the cap, so it cannot vouch.
+		wantComplete := tc.complete && len(tc.want) < 3
+		if err != nil || got != tc.want || complete != wantComplete {
+			t.Errorf("%s: Replay = %q, %v, %v; want %q, %v", tc.name, got, complete, err, tc.want, wantComplete)
+		}
+	}
+}
+
 func testNamespace(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	a, b := open(t), open(t)
 	ctx := testContext(t)
@@ -501,6 +625,47 @@ func testClose(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	}
 	if err := b.Close(); err != nil {
 		t.Errorf("second Close = %v; want nil", err)
+	}
+}
+
+// testEnsureConcurrently has many goroutines ensure one stream and each its
+// own consumer on it at once, as the roles of a starting node do (the NATS
+// server races when a stream is updated while a consumer is added), then
+// checks that a changed setting still reaches the stream.
+func testEnsureConcurrently(t *testing.T, open func(t *testing.T) *bus.Bus) {
+	b := open(t)
+	ctx := testContext(t)
+	cfg := bus.StreamConfig{Name: "ENSURE", Subjects: []string{"ensure.>"}, MaxAge: time.Hour}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 16 {
+		wg.Go(func() {
+			if err := b.EnsureStream(ctx, cfg); err != nil {
+				errs <- err
+			}
+			errs <- b.EnsureConsumer(ctx, bus.ConsumerConfig{Stream: "ENSURE", Durable: fmt.Sprintf("c%d", i)})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent ensure: %v", err)
+		}
+	}
+	for i := range 16 {
+		if _, err := b.JetStream().Consumer(ctx, b.Name("ENSURE"), b.Name(fmt.Sprintf("c%d", i))); err != nil {
+			t.Errorf("consumer c%d: %v", i, err)
+		}
+	}
+	cfg.MaxAge, cfg.PerSubject = 2*time.Hour, 8
+	mustEnsure(t, b, cfg)
+	s, err := b.JetStream().Stream(ctx, b.Name("ENSURE"))
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if c := s.CachedInfo().Config; c.MaxAge != 2*time.Hour || c.MaxMsgsPerSubject != 8 {
+		t.Errorf("after a changed ensure MaxAge, MaxMsgsPerSubject = %v, %d; want 2h, 8", c.MaxAge, c.MaxMsgsPerSubject)
 	}
 }
 
