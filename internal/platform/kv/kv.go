@@ -83,6 +83,13 @@ type Store interface {
 	// score if it is present. Returns ErrScoreRange unless MinScore <= score
 	// <= MaxScore.
 	ZAdd(ctx context.Context, key string, score int64, member string) error
+	// ZAppend increments the integer at counter (missing = 0) and adds
+	// member to the sorted set at key with the new value as its score, as
+	// one step: a reader that sees a score also sees every lower score
+	// handed out by ZAppend on the same counter (unless trimmed). Returns
+	// the score. Errors as IncrBy and ZAdd. (On Redis both keys must be in
+	// one hash slot for a cluster.)
+	ZAppend(ctx context.Context, key, counter, member string) (int64, error)
 	// ZAfter returns up to limit (> 0) members with score > after, ascending
 	// by score, then member. after may lie outside the score range. Paging
 	// with after = the last score returned skips members that share that

@@ -33,6 +33,8 @@ type Memory struct {
 	epoch  time.Time // origin of the monotonic clock used for expiry
 	shards [shardCount]shard
 
+	appendMu sync.Mutex // serialises ZAppend, whose two keys may be in two shards
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	stop      chan struct{}

@@ -117,6 +117,18 @@ func (m *Memory) ZAdd(_ context.Context, key string, score int64, member string)
 	return nil
 }
 
+// ZAppend implements Store. Appends are serialised, so scores become
+// visible in the order they are handed out.
+func (m *Memory) ZAppend(ctx context.Context, key, counter, member string) (int64, error) {
+	m.appendMu.Lock()
+	defer m.appendMu.Unlock()
+	score, err := m.IncrBy(ctx, counter, 1)
+	if err != nil {
+		return 0, err
+	}
+	return score, m.ZAdd(ctx, key, score, member)
+}
+
 // ZAfter implements Store.
 func (m *Memory) ZAfter(_ context.Context, key string, after int64, limit int) ([]Scored, error) {
 	if limit <= 0 {

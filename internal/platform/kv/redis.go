@@ -48,6 +48,14 @@ end
 return {redis.call('DECRBY', KEYS[1], ARGV[1]), 1}
 `)
 
+// appendScript implements ZAppend: KEYS[1] the set, KEYS[2] the counter,
+// ARGV[1] the member.
+var appendScript = rueidis.NewLuaScript(`
+local s = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], s, ARGV[1])
+return s
+`)
+
 func (r *Redis) key(k string) string {
 	return r.prefix + k
 }
@@ -167,6 +175,15 @@ func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string
 		return fmt.Errorf("kv: zadd %q: %w", key, translate(err))
 	}
 	return nil
+}
+
+// ZAppend implements Store with a Lua script (INCR then ZADD).
+func (r *Redis) ZAppend(ctx context.Context, key, counter, member string) (int64, error) {
+	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)}, []string{member}).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("kv: zappend %q: %w", key, translate(err))
+	}
+	return s, nil
 }
 
 // ZAfter implements Store with ZRANGE key (after +inf BYSCORE LIMIT 0 limit

@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) kv.Store) {
 		{"ZWrongType", testZWrongType},
 		{"ZAddConcurrent", testZAddConcurrent},
 		{"ZTrimRace", testZTrimRace},
+		{"ZAppend", testZAppend},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {
@@ -911,4 +912,71 @@ func truncate(b []byte) []byte {
 		return b[:32]
 	}
 	return b
+}
+
+// testZAppend: concurrent appenders get distinct consecutive scores, and a
+// reader paging behind them never sees a score before a lower one (the gap
+// a POS would skip for good).
+func testZAppend(t *testing.T, s kv.Store) {
+	const writers, each = 16, 40
+	key, counter := "zapp:"+t.Name(), "zapp-seq:"+t.Name()
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	gap := make(chan string, 1)
+	go func() { // the reader: consecutive scores only
+		var last int64
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			got, err := s.ZAfter(ctx(t), key, last, 100)
+			if err != nil {
+				gap <- err.Error()
+				return
+			}
+			for _, m := range got {
+				if m.Score != last+1 {
+					gap <- fmt.Sprintf("saw score %d right after %d", m.Score, last)
+					return
+				}
+				last = m.Score
+			}
+		}
+	}()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", w, i)); err != nil {
+					t.Errorf("ZAppend: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	select {
+	case g := <-gap:
+		t.Fatalf("reader: %s", g)
+	default:
+	}
+	all, err := s.ZAfter(ctx(t), key, 0, writers*each+10)
+	if err != nil || len(all) != writers*each {
+		t.Fatalf("ZAfter = %d members, %v; want %d", len(all), err, writers*each)
+	}
+	for i, m := range all {
+		if m.Score != int64(i+1) {
+			t.Fatalf("member %d has score %d; want %d", i, m.Score, i+1)
+		}
+	}
+	if err := s.Set(ctx(t), counter, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ZAppend(ctx(t), key, counter, "bad"); !errors.Is(err, kv.ErrNotInteger) {
+		t.Fatalf("ZAppend on a non-integer counter = %v; want ErrNotInteger", err)
+	}
 }
