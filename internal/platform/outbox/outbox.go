@@ -165,7 +165,9 @@ func (r *Relay) loop(ctx context.Context, d *sqldb.DB, wake <-chan struct{}) {
 func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 	total := 0
 	for {
-		rows, err := d.W.QueryContext(ctx, `SELECT id, subject, type, payload, headers FROM outbox ORDER BY id LIMIT $1`, r.batch)
+		// Read on the reader pool: committed rows are all it needs, and the
+		// one SQLite writer stays free for the transactions.
+		rows, err := d.R.QueryContext(ctx, `SELECT id, subject, type, payload, headers FROM outbox ORDER BY id LIMIT $1`, r.batch)
 		if err != nil {
 			return total, fmt.Errorf("outbox read: %w", err)
 		}

@@ -162,18 +162,11 @@ func openSQLite(spec string) ([]*DB, error) {
 		path := filepath.Join(dir, fmt.Sprintf("shard-%d.db", i))
 		dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)" +
 			"&_pragma=synchronous(" + sync + ")&_txlock=immediate"
-		w, err := sql.Open("sqlite", dsn)
-		if err != nil {
-			return nil, err
-		}
+		w := sql.OpenDB(stmtConnector{dsn: dsn, drv: &sqlite.Driver{}})
 		w.SetMaxOpenConns(1)
 		w.SetMaxIdleConns(1)
 		w.SetConnMaxLifetime(0)
-		r, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
-		if err != nil {
-			w.Close()
-			return nil, err
-		}
+		r := sql.OpenDB(stmtConnector{dsn: dsn + "&_pragma=query_only(1)", drv: &sqlite.Driver{}})
 		r.SetMaxOpenConns(2 * runtime.GOMAXPROCS(0))
 		r.SetMaxIdleConns(2 * runtime.GOMAXPROCS(0))
 		dbs = append(dbs, &DB{Engine: SQLite, Name: path, W: w, R: r})
@@ -209,6 +202,10 @@ func Mask(raw string) string {
 
 // Main returns the main database.
 func (c *Cluster) Main() *DB { return c.shards[0] }
+
+// MainGene is a logical shard the main database always holds (the first
+// range): waking the outbox relay for it wakes the main database's.
+const MainGene = 0
 
 // Shards returns the physical databases, main first.
 func (c *Cluster) Shards() []*DB { return c.shards }

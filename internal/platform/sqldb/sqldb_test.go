@@ -17,6 +17,9 @@ func TestRoutingCoversAllShardsInRanges(t *testing.T) {
 			dbs[i] = &sqldb.DB{Name: string(rune('a' + i))}
 		}
 		c := sqldb.NewCluster(dbs)
+		if c.ForGene(sqldb.MainGene) != c.Main() {
+			t.Fatalf("n=%d: MainGene is not on the main database", n)
+		}
 		count := make([]int, n)
 		prev := 0
 		for l := range id.Genes {

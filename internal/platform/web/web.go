@@ -270,3 +270,12 @@ func errBody(code, msg string) ErrBody {
 	b.Error.Code, b.Error.Message = code, msg
 	return b
 }
+
+// Bearer returns the token of an "Authorization: Bearer <token>" header.
+func Bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") {
+		return "", false
+	}
+	return strings.TrimSpace(h[7:]), true
+}
