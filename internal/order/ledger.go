@@ -1,10 +1,12 @@
 package order
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -46,7 +48,9 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 func (s *Service) record(ctx context.Context, ev Event) error {
 	// A record lost in a database crash is at worst missing from the count;
 	// it does not wait for the disk.
-	err := sqldb.Lazy(ctx, s.db.Main(), `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
+	// On the order's shard (an event id carries its order's gene), not all
+	// on the main database's one writer.
+	err := sqldb.Lazy(ctx, s.db.ForID(ev.OrderID), `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
 		VALUES ($1, $2, $3, 1, $4) ON CONFLICT (event_id) DO UPDATE SET deliveries = events_seen.deliveries + 1`,
 		ev.EventID, ev.Type, ev.OrderID, s.now().UnixMilli())
 	if err != nil {
@@ -65,12 +69,23 @@ type Seen struct {
 
 // SeenEvents returns the recorded events of an order (0 = the latest 1000 of all).
 func (s *Service) SeenEvents(ctx context.Context, orderID int64) ([]Seen, error) {
-	q := `SELECT event_id, type, order_id, deliveries FROM events_seen WHERE order_id = $1 ORDER BY event_id`
-	args := []any{orderID}
-	if orderID == 0 {
-		q, args = `SELECT event_id, type, order_id, deliveries FROM events_seen ORDER BY event_id DESC LIMIT 1000`, nil
+	if orderID != 0 {
+		return seen(ctx, s.db.ForID(orderID), `SELECT event_id, type, order_id, deliveries FROM events_seen WHERE order_id = $1 ORDER BY event_id`, orderID)
 	}
-	rows, err := s.db.Main().R.QueryContext(ctx, q, args...)
+	out := []Seen{}
+	for _, d := range s.db.Shards() {
+		some, err := seen(ctx, d, `SELECT event_id, type, order_id, deliveries FROM events_seen ORDER BY event_id DESC LIMIT 1000`)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, some...)
+	}
+	slices.SortFunc(out, func(a, b Seen) int { return cmp.Compare(b.EventID, a.EventID) })
+	return out[:min(len(out), 1000)], nil
+}
+
+func seen(ctx context.Context, d *sqldb.DB, q string, args ...any) ([]Seen, error) {
+	rows, err := d.R.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("seen events: %w", err)
 	}
@@ -88,9 +103,15 @@ func (s *Service) SeenEvents(ctx context.Context, orderID int64) ([]Seen, error)
 
 // SeenCount returns how many distinct events the consumer recorded.
 func (s *Service) SeenCount(ctx context.Context) (int64, error) {
-	var n int64
-	err := s.db.Main().R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events_seen`).Scan(&n)
-	return n, err
+	var total int64
+	for _, d := range s.db.Shards() {
+		var n int64
+		if err := d.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM events_seen`).Scan(&n); err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // steps of fulfilment: the status an event moves the order to, from which.
@@ -111,7 +132,7 @@ func (s *Service) Fulfilled(ctx context.Context, orderID int64, typ, pickupCode 
 	}
 	rank := map[Status]int{Paid: 1, Accepted: 2, Ready: 3, Completed: 4}
 	for range 5 {
-		o, err := s.read(ctx, s.db.ForID(orderID).W, orderID)
+		o, err := s.head(ctx, s.db.ForID(orderID).R, orderID) // the transition's CAS catches a stale read
 		if err != nil {
 			return err
 		}

@@ -399,15 +399,24 @@ func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 }
 
 func (s *Service) read(ctx context.Context, q queryer, orderID int64) (*Order, error) {
+	o, err := s.head(ctx, q, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.lines(ctx, q, []*Order{o}); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// head reads an order without its lines (enough for a transition).
+func (s *Service) head(ctx context.Context, q queryer, orderID int64) (*Order, error) {
 	o, err := scanOrder(q.QueryRowContext(ctx, `SELECT `+orderCols+` FROM orders WHERE id = $1`, orderID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound.With("no order %d", orderID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read order %d: %w", orderID, err)
-	}
-	if err := s.lines(ctx, q, []*Order{o}); err != nil {
-		return nil, err
 	}
 	return o, nil
 }
@@ -425,8 +434,12 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		}
 		ids += strconv.FormatInt(o.ID, 10)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT order_id, sku_id, name, price, qty FROM order_items
-		WHERE order_id IN (`+ids+`) ORDER BY order_id, line`)
+	query, args := `SELECT order_id, sku_id, name, price, qty FROM order_items
+		WHERE order_id IN (`+ids+`) ORDER BY order_id, line`, []any(nil)
+	if len(orders) == 1 { // the common case, as one cacheable statement
+		query, args = `SELECT order_id, sku_id, name, price, qty FROM order_items WHERE order_id = $1 ORDER BY line`, []any{orders[0].ID}
+	}
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("read order lines: %w", err)
 	}
@@ -518,31 +531,35 @@ func (s *Service) transition(ctx context.Context, o *Order, to Status, typ strin
 		set(&next)
 	}
 	gene := id.Gene(o.ID)
-	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE orders SET status = $1, version = $2, pickup_code = $3, updated_at = $4,
-			payment_id = $5, cancel_reason = $6
-			WHERE id = $7 AND status = $8 AND version = $9`,
-			string(next.Status), next.Version, next.PickupCode, next.UpdatedAt.UnixMilli(), next.PaymentID, next.Reason,
-			o.ID, string(o.Status), o.Version)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n != 1 {
-			return ErrChanged.With("order %d changed meanwhile", o.ID)
-		}
-		if typ == "" {
-			return nil // the event that caused it is the record (fulfilment steps)
-		}
-		return outbox.Insert(ctx, tx, s.event(&next, typ), next.UpdatedAt)
-	})
+	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error { return s.transitionTx(ctx, tx, o, &next, typ) })
 	if err != nil {
 		return fmt.Errorf("order %d %s -> %s: %w", o.ID, o.Status, to, err)
 	}
 	*o = next
 	s.wake(gene)
 	return nil
+}
+
+// transitionTx writes next over o by compare-and-set in tx, with its event
+// (typ "" = none).
+func (s *Service) transitionTx(ctx context.Context, tx *sql.Tx, o, next *Order, typ string) error {
+	res, err := tx.ExecContext(ctx, `UPDATE orders SET status = $1, version = $2, pickup_code = $3, updated_at = $4,
+		payment_id = $5, cancel_reason = $6
+		WHERE id = $7 AND status = $8 AND version = $9`,
+		string(next.Status), next.Version, next.PickupCode, next.UpdatedAt.UnixMilli(), next.PaymentID, next.Reason,
+		o.ID, string(o.Status), o.Version)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return ErrChanged.With("order %d changed meanwhile", o.ID)
+	}
+	if typ == "" {
+		return nil // the event that caused it is the record (fulfilment steps)
+	}
+	return outbox.Insert(ctx, tx, s.event(next, typ), next.UpdatedAt)
 }
 
 var _ Catalog = (*catalog.Service)(nil)

@@ -41,6 +41,10 @@ type Orders interface {
 	Payable(ctx context.Context, userID, orderID int64) (*order.Order, error)
 	Peek(ctx context.Context, orderID int64) (*order.Order, error)
 	MarkPaid(ctx context.Context, orderID, paymentID int64) (order.PaidResult, error)
+	// PayTx and Paid do MarkPaid inside a transaction on the order's
+	// database, which a payment shares with its order.
+	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (order.PaidResult, error)
+	Paid(ctx context.Context, orderID int64)
 }
 
 // Config tunes the service. Zero values take the defaults.
@@ -203,7 +207,7 @@ func (s *Service) Notify(ctx context.Context, channel string, h http.Header, bod
 			s.Forged.Add(1)
 			return "", nil, ErrBadCallback.With("payment %d was made at %s, not %s", p.ID, p.Channel, channel)
 		}
-		if err := s.received(ctx, n.Status); err != nil {
+		if err := s.apply(ctx, p, n.Status); err != nil {
 			return "", nil, err
 		}
 	}
@@ -217,6 +221,11 @@ func (s *Service) received(ctx context.Context, st Status) error {
 	if err != nil {
 		return err
 	}
+	return s.apply(ctx, p, st)
+}
+
+// apply is received with the payment as just read.
+func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 	if st.Amount != p.Amount {
 		return s.anomaly(ctx, anomalyAmt, p, 0, fmt.Sprintf("channel says %d fen, ledger %d fen", st.Amount, p.Amount))
 	}
@@ -224,20 +233,63 @@ func (s *Service) received(ctx context.Context, st Status) error {
 	case stSettled, stRefund:
 		return nil // a repeated callback: already applied
 	case stPaid:
-		return s.settle(ctx, p.ID) // applied half-way (a crash, or a concurrent callback): finish
+		return s.settleRead(ctx, p) // applied half-way (a crash, or a concurrent callback): finish
+	}
+	if id.Gene(p.ID) != id.Gene(p.OrderID) { // not made by Pay: no shared database to rely on
+		return fmt.Errorf("payment %d and its order %d live on different shards", p.ID, p.OrderID)
 	}
 	paidAt := st.PaidAt
 	if paidAt.IsZero() {
 		paidAt = s.now()
 	}
-	d := s.db.ForID(p.ID)
-	if _, err := d.W.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
-		WHERE id = $5 AND state IN ($6, $7, $8, $9)`, stPaid, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
-		stCreated, stPending, stClosed, stFailed); err != nil {
-		return fmt.Errorf("mark payment %d paid: %w", p.ID, err)
+	// One transaction on the shard the payment shares with its order: the
+	// payment paid, the order paid (with its event), the payment settled.
+	// An order another payment paid, or that was cancelled, leaves this one
+	// paid for settle to refund.
+	var res order.PaidResult
+	var err error
+	for range 5 { // the order changed under the compare-and-set: read again
+		err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
+			r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
+			WHERE id = $5 AND state IN ($6, $7, $8, $9)`, stPaid, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
+				stCreated, stPending, stClosed, stFailed)
+			if err != nil {
+				return fmt.Errorf("mark payment %d paid: %w", p.ID, err)
+			}
+			if n, err := r.RowsAffected(); err != nil || n != 1 {
+				return errMoved
+			}
+			if res, err = s.orders.PayTx(ctx, tx, p.OrderID, p.ID); err != nil {
+				return err
+			}
+			if res != order.PaidNow && res != order.PaidAlready {
+				return nil
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`,
+				stSettled, s.now().UnixMilli(), p.ID, stPaid)
+			return err
+		})
+		if !errors.Is(err, order.ErrChanged) {
+			break
+		}
 	}
-	return s.settle(ctx, p.ID)
+	switch {
+	case errors.Is(err, errMoved):
+		return s.settle(ctx, p.ID) // another callback moved the payment meanwhile: finish its way
+	case err != nil:
+		return err
+	case res == order.PaidNow:
+		s.orders.Paid(ctx, p.OrderID)
+		return nil
+	case res == order.PaidAlready:
+		return nil
+	}
+	p.State = stPaid
+	return s.settleRead(ctx, p) // refund it, with the anomaly
 }
+
+// errMoved: the payment's state changed since it was read.
+var errMoved = errors.New("payment moved meanwhile")
 
 // settle applies a paid payment to its order: it pays the order, or, when
 // the order was already paid by another payment or was cancelled, refunds
@@ -248,6 +300,11 @@ func (s *Service) settle(ctx context.Context, paymentID int64) error {
 	if err != nil {
 		return err
 	}
+	return s.settleRead(ctx, p)
+}
+
+// settleRead is settle with the payment as just read.
+func (s *Service) settleRead(ctx context.Context, p *Payment) error {
 	if p.State != stPaid {
 		return nil // settled or refunding already, or not paid
 	}
