@@ -105,7 +105,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Addr, "addr", d.Addr, "HTTP listen address")
 	fs.StringVar(&o.Data, "data", d.Data, "directory of the embedded backends")
 	roles := listFlag{}
-	fs.Func("roles", "roles to run: all, or a comma list of api,worker,fulfil,paysim", func(v string) error {
+	fs.Func("roles", "roles to run: all, or a comma list of api,worker,fulfil,paysim,push", func(v string) error {
 		roles = append(roles, v)
 		o.Roles = roles
 		return nil
@@ -134,6 +134,8 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 		return nil
 	})
 	fs.DurationVar(&o.PayQuery, "pay-query-after", 10*time.Second, "actively query a payment whose callback has not come after this long")
+	fs.StringVar(&o.NotifyURL, "notify-url", "", "webhook for customer notifications (signed, retried, behind a breaker); default the simulator's inbox at <pay-url>/paysim/v1/messages; off: none")
+	fs.DurationVar(&o.WSPing, "ws-ping", 25*time.Second, "push: ping a socket idle this long; drop one silent for 3 times it")
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
@@ -279,9 +281,15 @@ Try it:
        | sed 's/.*"pay_url":"\([^"]*\)".*/\1/')
   curl -s -X POST $PAYURL            # the simulated payer pays
   curl -s %[1]s/api/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"     # "status":"paid"
+  KEY=$(curl -s %[1]s/admin/v1/stores/%[3]d -H "Authorization: Bearer %[2]s" | sed 's/.*"pos_key":"\([^"]*\)".*/\1/')
+  curl -s "%[1]s/pos/v1/orders/new?cursor=0" -H "Authorization: Bearer $KEY"   # the store's POS sees it
+  curl -s -X POST %[1]s/pos/v1/orders/$ORDER/accept -H "Authorization: Bearer $KEY"   # gives a pickup code
+  curl -s %[1]s/api/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"     # "status":"accepted","pickup_code"
+  curl -s %[1]s/paysim/v1/messages -H "Authorization: Bearer %[2]s"   # the customer's notification
+  (WebSockets: %[7]s/api/v1/ws with the token, %[7]s/pos/v1/ws with the key; see docs/pos.md)
   curl -s %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN"
   curl -s %[1]s/admin/v1/events/stats -H "Authorization: Bearer %[2]s"
-`, url, admin, store, demo.Stores, demo.Users, store*1000+6)
+`, url, admin, store, demo.Stores, demo.Users, store*1000+6, strings.Replace(url, "http", "ws", 1))
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -39,7 +39,8 @@ func TestBadInvocations(t *testing.T) {
 	for _, args := range [][]string{
 		{"nope"},
 		{"serve", "--roles", "cashier"},
-		{"serve", "--roles", "push"},
+		{"serve", "--roles", "monitor"},
+		{"serve", "--ws-ping", "1ms"},
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},
 		{"migrate", "--db", "mysql://x"},

@@ -9,8 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
+	"runtime"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/surge-platform/surge/internal/catalog"
@@ -44,6 +45,7 @@ type Server struct {
 	AdminToken string
 	Checks     []Check
 	Stats      EventStats
+	PushStats  func() any // the push centre's counters, for operators; nil = no push role
 }
 
 // Handler returns the whole HTTP surface of a node.
@@ -62,6 +64,17 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.Fulfil != nil {
 		s.posRoutes(mux)
+	}
+	// Profiles for operators (admin token): go tool pprof -H 'Authorization: Bearer T' .../debug/pprof/profile
+	mux.HandleFunc("GET /debug/pprof/", s.admin(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.admin(pprof.Profile))
+	if s.PushStats != nil {
+		mux.HandleFunc("GET /push/v1/stats", s.admin(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Query().Get("gc") == "1" { // for memory measurements: live memory only
+				runtime.GC()
+			}
+			web.JSON(w, http.StatusOK, s.PushStats())
+		}))
 	}
 	for pattern, h := range s.Extra {
 		mux.Handle(pattern, h)
@@ -95,7 +108,7 @@ const userKey ctxKey = 0
 // authed wraps h so that it runs only with a valid customer token.
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := bearer(r)
+		tok, ok := web.Bearer(r)
 		if !ok {
 			web.Error(w, r, member.ErrToken.With("missing Authorization: Bearer <token>"))
 			return
@@ -112,21 +125,13 @@ func (s *Server) authed(h func(http.ResponseWriter, *http.Request, int64)) http.
 // admin wraps h so that it runs only with the admin token.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := bearer(r)
+		tok, ok := web.Bearer(r)
 		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) != 1 {
 			web.Error(w, r, errkind.ErrUnauthorized.With("admin token required"))
 			return
 		}
 		h(w, r)
 	}
-}
-
-func bearer(r *http.Request) (string, bool) {
-	h := r.Header.Get("Authorization")
-	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") {
-		return "", false
-	}
-	return strings.TrimSpace(h[7:]), true
 }
 
 var ErrBadID = errkind.New(errkind.Invalid, "invalid_id", "ids are positive decimal integers")

@@ -18,7 +18,7 @@ func (s *Server) posRoutes(mux *http.ServeMux) {
 // pos wraps h so that it runs only with a store's POS key.
 func (s *Server) pos(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		key, ok := bearer(r)
+		key, ok := web.Bearer(r)
 		if !ok {
 			web.Error(w, r, fulfil.ErrBadKey.With("missing Authorization: Bearer <store POS key>"))
 			return

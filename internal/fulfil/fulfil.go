@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/surge-platform/surge/internal/order"
@@ -41,8 +42,11 @@ const (
 	Completed = "completed"
 )
 
-// Notifier is told that a store has new orders (the push centre).
-type Notifier interface{ StoreNews(storeID int64) }
+// Notifier is told of each order queued for a store (the push centre): seq
+// is its place in the store's queue. It must not block.
+type Notifier interface {
+	StoreNews(storeID, seq, orderID int64)
+}
 
 // Service runs fulfilment on the main database and a kv store.
 type Service struct {
@@ -54,6 +58,7 @@ type Service struct {
 	news   Notifier
 	log    *slog.Logger
 	now    func() time.Time
+	based  sync.Map // store id -> true once its seq counter has a base
 }
 
 // New returns the fulfilment service. wake tells the outbox relay about
@@ -68,7 +73,7 @@ func seqKey(storeID int64) string   { return "fulfil:seq:" + strconv.FormatInt(s
 // Consume takes paid orders off the bus until ctx is done: each is recorded
 // (idempotently) and appended to its store's queue.
 func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "fulfil", MaxAckPending: 2048, Workers: 4},
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "fulfil", MaxAckPending: 2048, Workers: 16},
 		func(ctx context.Context, m bus.Msg) error {
 			if m.Header["Surge-Type"] != order.EvPaid {
 				return nil
@@ -87,30 +92,43 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 // accepted it.
 func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) error {
 	now := s.now().UnixMilli()
-	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO fulfilments (order_id, store_id, user_id, status, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING`, orderID, storeID, userID, Received, now); err != nil {
+	res, err := s.db.W.ExecContext(ctx, `INSERT INTO fulfilments (order_id, store_id, user_id, status, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING`, orderID, storeID, userID, Received, now)
+	if err != nil {
 		return fmt.Errorf("record fulfilment of order %d: %w", orderID, err)
 	}
-	var status string
-	if err := s.db.W.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status); err != nil {
-		return err
-	}
-	if status != Received {
-		return nil
+	if n, err := res.RowsAffected(); err != nil || n == 0 { // taken before: queue it again only if still new
+		var status string
+		if err := s.db.R.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status); err != nil {
+			return err
+		}
+		if status != Received {
+			return nil
+		}
 	}
 	return s.queue(ctx, storeID, orderID)
 }
 
+// queue appends an order to its store's queue. Seqs are handed out and
+// made visible as one step (a POS paging behind the appends never skips
+// one), and start above the time in microseconds when a store's counter is
+// new, so a POS still holding a cursor from before the queue was lost (an
+// in-memory store restarted, Redis flushed) cannot acknowledge new orders
+// with it.
 func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
-	seq, err := s.kv.IncrBy(ctx, seqKey(storeID), 1)
+	if _, ok := s.based.Load(storeID); !ok {
+		base := strconv.FormatInt(s.now().UnixMicro(), 10)
+		if _, err := s.kv.SetNX(ctx, seqKey(storeID), []byte(base), 0); err != nil {
+			return fmt.Errorf("queue order %d: %w", orderID, err)
+		}
+		s.based.Store(storeID, true)
+	}
+	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10))
 	if err != nil {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}
-	if err := s.kv.ZAdd(ctx, queueKey(storeID), seq, strconv.FormatInt(orderID, 10)); err != nil {
-		return fmt.Errorf("queue order %d: %w", orderID, err)
-	}
 	if s.news != nil {
-		s.news.StoreNews(storeID)
+		s.news.StoreNews(storeID, seq, orderID)
 	}
 	return nil
 }
@@ -169,11 +187,26 @@ type NewOrder struct {
 // entries after it. A POS that restarts with cursor 0 gets every entry it
 // has not acknowledged again.
 func (s *Service) Pull(ctx context.Context, storeID, cursor int64, limit int) ([]NewOrder, error) {
-	if cursor > 0 {
-		if _, err := s.kv.ZTrim(ctx, queueKey(storeID), cursor); err != nil {
-			return nil, err
-		}
+	if err := s.Ack(ctx, storeID, cursor); err != nil {
+		return nil, err
 	}
+	return s.Queued(ctx, storeID, cursor, limit)
+}
+
+// Ack removes the entries of a store's queue up to cursor.
+func (s *Service) Ack(ctx context.Context, storeID, cursor int64) error {
+	if cursor <= 0 {
+		return nil
+	}
+	if _, err := s.kv.ZTrim(ctx, queueKey(storeID), cursor); err != nil {
+		return fmt.Errorf("ack store %d queue: %w", storeID, err)
+	}
+	return nil
+}
+
+// Queued returns up to limit (at most 100) entries of a store's queue
+// after cursor, without acknowledging anything.
+func (s *Service) Queued(ctx context.Context, storeID, cursor int64, limit int) ([]NewOrder, error) {
 	entries, err := s.kv.ZAfter(ctx, queueKey(storeID), cursor, min(max(limit, 1), 100))
 	if err != nil {
 		return nil, err
@@ -205,7 +238,8 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 	}
 	var status, have string
 	var userID int64
-	err := s.db.W.QueryRowContext(ctx, `SELECT status, pickup_code, user_id FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
+	// The reader pool is fresh enough: the update below is a compare-and-set.
+	err := s.db.R.QueryRowContext(ctx, `SELECT status, pickup_code, user_id FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
 		orderID, storeID).Scan(&status, &have, &userID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", ErrNotFound.With("no order %d for store %d", orderID, storeID)
@@ -261,7 +295,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 			return "", fmt.Errorf("%s order %d: %w", to, orderID, err)
 		}
 		if s.wake != nil {
-			s.wake(id.Gene(orderID))
+			s.wake(sqldb.MainGene) // the event is in the main database's outbox
 		}
 		return pick, nil
 	}

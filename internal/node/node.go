@@ -5,6 +5,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,6 +26,7 @@ import (
 	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/notify"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/alisim"
@@ -35,10 +37,11 @@ import (
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/push"
 )
 
 // Roles a node can take. "all" means every implemented role.
-var Roles = []string{"api", "worker", "paysim", "fulfil"}
+var Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
@@ -58,6 +61,8 @@ type Config struct {
 	PayURL     string         // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
 	PayQuery   time.Duration  // first active query of an unpaid payment; 0 = 10s
 	PayWeights map[string]int // routing weight per channel; missing = 1
+	WSPing     time.Duration  // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
+	NotifyURL  string         // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
 }
 
 // Defaults returns a config that works on a laptop.
@@ -91,7 +96,7 @@ func (c *Config) Resolve() error {
 				roles = append(roles, Roles...)
 			case slices.Contains(Roles, r):
 				roles = append(roles, r)
-			case slices.Contains([]string{"push", "monitor"}, r):
+			case r == "monitor":
 				return fmt.Errorf("role %q is not implemented yet (available: %s)", r, strings.Join(Roles, ", "))
 			case r != "":
 				return fmt.Errorf("unknown role %q (available: all, %s)", r, strings.Join(Roles, ", "))
@@ -100,6 +105,9 @@ func (c *Config) Resolve() error {
 	}
 	if len(roles) == 0 {
 		return errors.New("no role given")
+	}
+	if c.WSPing != 0 && c.WSPing < 100*time.Millisecond {
+		return fmt.Errorf("--ws-ping %v: want at least 100ms", c.WSPing)
 	}
 	slices.Sort(roles)
 	c.Roles = slices.Compact(roles)
@@ -127,6 +135,9 @@ type Node struct {
 	Payments *payment.Service
 	Sim      *paysim.Server
 	Fulfil   *fulfil.Service
+	Push     *push.Hub
+	Notify   *notify.Service // customer notifications (worker role); nil when off
+	Inbox    *notify.Sink    // the simulator's notification inbox (paysim role)
 
 	ln     net.Listener
 	srv    *http.Server
@@ -184,16 +195,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.Members, err = member.New(ctx, n.DB, n.IDs); err != nil {
 		return nil, err
 	}
-	var notify order.Notifier = outbox.RemoteNotifier{Bus: n.Bus}
+	var wake order.Notifier = outbox.RemoteNotifier{Bus: n.Bus}
 	if cfg.Has("worker") {
-		notify = n.relay
+		wake = n.relay
 		unsub, err := n.Bus.Subscribe(outbox.WakeSubject, n.relay.OnWake)
 		if err != nil {
 			return nil, fmt.Errorf("bus: %w", err)
 		}
 		n.closer = append(n.closer, func() error { unsub(); return nil })
 	}
-	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, notify, log, order.Config{TTL: cfg.OrderTTL})
+	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL})
 	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
 		x, _ := strconv.ParseInt(string(data), 10, 64)
 		n.Catalog.Invalidate(x)
@@ -213,6 +224,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if public == "" {
 		public = "http://" + n.ln.Addr().String()
 	}
+	srv.Extra = map[string]http.Handler{}
 	keys, err := simKeys(ctx, n.DB)
 	if err != nil {
 		return nil, err
@@ -220,10 +232,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if cfg.Has("paysim") {
 		n.Sim = paysim.New(paysim.Config{Channels: keys.Channels(), ControlToken: cfg.AdminToken, PublicURL: public,
 			Log: log.With("role", "paysim")})
-		srv.Extra = map[string]http.Handler{"/paysim/v1/": n.Sim.Handler()}
+		srv.Extra["/paysim/v1/"] = n.Sim.Handler()
+	}
+	notifySecret, err := member.Secret(ctx, n.DB, "notify_secret")
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Has("paysim") {
+		n.Inbox = notify.NewSink(notifySecret, cfg.AdminToken)
+		srv.Extra[notify.SinkPath] = n.Inbox.Handler()
 	}
 	if cfg.Has("fulfil") {
-		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, notify.Notify, nil, log.With("role", "fulfil"))
+		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Notify, push.StoreNotifier{Bus: n.Bus}, log.With("role", "fulfil"))
 		srv.Fulfil = n.Fulfil
 		if strings.HasPrefix(cfg.KV, "mem:") { // the store queues live in this process: rebuild them
 			k, err := n.Fulfil.Restore(ctx)
@@ -235,6 +255,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			}
 		}
 	}
+	if cfg.Has("push") {
+		stores := n.Fulfil
+		if stores == nil { // POS keys and store queues, read only
+			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, nil, nil, log.With("role", "push"))
+		}
+		if err := push.Prepare(ctx, n.Bus); err != nil {
+			return nil, fmt.Errorf("push: %w", err)
+		}
+		n.Push = push.New(n.Bus, n.Members, stores, push.Config{Ping: cfg.WSPing}, log.With("role", "push"))
+		for pattern, h := range n.Push.Routes() {
+			srv.Extra[pattern] = h
+		}
+		srv.PushStats = func() any { return n.Push.Stats() }
+	}
 	if cfg.Has("api") || cfg.Has("worker") {
 		payURL := cfg.PayURL
 		if payURL == "" {
@@ -245,6 +279,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			alisim.New(alisim.Config{BaseURL: payURL, Secret: keys.AliSecret, PublicKey: &keys.AliPrivateKey.PublicKey}),
 		}
 		n.Payments = payment.New(n.DB, n.IDs, n.Orders, channels, cfg.PayWeights, log, payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
+		if url := cmp.Or(cfg.NotifyURL, strings.TrimSuffix(payURL, "/")+notify.SinkPath); cfg.Has("worker") && url != "off" {
+			if err := notify.Prepare(ctx, n.Bus); err != nil {
+				return nil, fmt.Errorf("notify: %w", err)
+			}
+			n.Notify = notify.New(notify.Config{}, notify.NewWebhook(url, notifySecret, 0), log.With("role", "notify"))
+		}
 		if cfg.Has("api") {
 			srv.Payments = n.Payments
 		}
@@ -288,6 +328,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.Fulfil != nil {
 		spawn("fulfilment consumer", func(ctx context.Context) error { return n.Fulfil.Consume(ctx, n.Bus) })
 	}
+	if n.Push != nil {
+		spawn("push sockets", n.Push.Run)
+		spawn("push routing", func(ctx context.Context) error { return push.Route(ctx, n.Bus) })
+	}
 	if n.cfg.Has("worker") {
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
@@ -296,6 +340,9 @@ func (n *Node) Run(ctx context.Context) error {
 		spawn("expiry sweeper", n.expireDue)
 		spawn("payment queries and repairs", n.Payments.Work)
 		spawn("daily reconciliation", n.Payments.ReconcileDaily)
+		if n.Notify != nil {
+			spawn("customer notifications", func(ctx context.Context) error { return n.Notify.Consume(ctx, n.Bus) })
+		}
 	}
 	go func() {
 		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -368,7 +415,12 @@ func (n *Node) stats(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]int64{"events_seen": seen, "stream_messages": int64(msgs), "outbox_pending": pending}, nil
+	out := map[string]int64{"events_seen": seen, "stream_messages": int64(msgs), "outbox_pending": pending}
+	if n.Notify != nil {
+		st := n.Notify.Stats()
+		out["notify_sent"], out["notify_failed"], out["notify_skipped"] = st.Sent, st.Failed, st.Skipped
+	}
+	return out, nil
 }
 
 // Close releases everything New opened (Run does not close).
