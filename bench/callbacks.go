@@ -76,31 +76,13 @@ func callbacks(ctx context.Context) error {
 	if err, _ := setupErr.Load().(error); err != nil {
 		return fmt.Errorf("callbacks setup: %w", err)
 	}
-	// The node's simulator keys, from its settings (as the channel holds them).
-	c, err := sqldb.Open(ctx, []string{"sqlite:" + data + "/db"}, sqldb.Options{})
-	if err != nil {
-		return err
-	}
-	seed, err := member.Secret(ctx, c, "paysim_seed")
-	c.Close()
-	if err != nil {
-		return err
-	}
-	cc := paysim.DevKeys(hex.EncodeToString(seed)).Channels()["wxsim"]
-	type encoded struct {
-		h    http.Header
-		body []byte
-	}
-	now := time.Now()
-	cbs := make([]encoded, len(refs))
+	pays := make([]paid, len(refs))
 	for i, r := range refs {
-		h, b, err := paysim.EncodeCallback(cc, payment.Notice{
-			Status:   payment.Status{PaymentID: r.id, ChannelTxnID: "bench" + strconv.Itoa(i), State: payment.Paid, Amount: r.amount, PaidAt: now},
-			NoticeID: "n" + strconv.Itoa(i), Timestamp: now})
-		if err != nil {
-			return err
-		}
-		cbs[i] = encoded{h, b}
+		pays[i] = paid{r.id, r.amount}
+	}
+	cbs, err := signedCallbacks(ctx, data, "bench", pays)
+	if err != nil {
+		return err
 	}
 	var next atomic.Int64
 	notify := func(int, int) *http.Request {
@@ -123,6 +105,42 @@ func callbacks(ctx context.Context) error {
 	report(fmt.Sprintf("payment callbacks (%d connections, %v per round, embedded surge; %d payments, the first delivery of each settles its order, the rest are duplicates)",
 		*workers, *dur, len(cbs)), "hello-world", "surge notify/wxsim", bs, ss, 0)
 	return nil
+}
+
+// paid is a payment the channel calls back about.
+type paid struct{ payment, amount int64 }
+
+// callback is a signed wxsim callback, encoded ahead of the measurement.
+type callback struct {
+	h    http.Header
+	body []byte
+}
+
+// signedCallbacks signs a "paid" callback per payment with the node's
+// simulator keys, read from its settings (as the channel holds them).
+func signedCallbacks(ctx context.Context, data, tag string, pays []paid) ([]callback, error) {
+	c, err := sqldb.Open(ctx, []string{"sqlite:" + data + "/db"}, sqldb.Options{})
+	if err != nil {
+		return nil, err
+	}
+	seed, err := member.Secret(ctx, c, "paysim_seed")
+	c.Close()
+	if err != nil {
+		return nil, err
+	}
+	cc := paysim.DevKeys(hex.EncodeToString(seed)).Channels()["wxsim"]
+	now := time.Now()
+	cbs := make([]callback, len(pays))
+	for i, p := range pays {
+		h, b, err := paysim.EncodeCallback(cc, payment.Notice{
+			Status:   payment.Status{PaymentID: p.payment, ChannelTxnID: tag + strconv.Itoa(i), State: payment.Paid, Amount: p.amount, PaidAt: now},
+			NoticeID: tag + "-n" + strconv.Itoa(i), Timestamp: now})
+		if err != nil {
+			return nil, err
+		}
+		cbs[i] = callback{h, b}
+	}
+	return cbs, nil
 }
 
 func benchLogin(base, phone string) (string, error) {

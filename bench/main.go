@@ -41,7 +41,9 @@ var (
 	rounds   = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur      = flag.Duration("dur", 4*time.Second, "duration of one measurement")
 	workers  = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only     = flag.String("only", "menu,orders,callbacks", "which benchmarks to run")
+	only     = flag.String("only", "menu,orders,callbacks,sockets,pickup", "which benchmarks to run")
+	nSockets = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
+	rate     = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 )
 
 func main() {
@@ -63,6 +65,16 @@ func main() {
 	}
 	if strings.Contains(*only, "callbacks") {
 		if err := callbacks(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "sockets") {
+		if err := sockets(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "pickup") {
+		if err := pickup(ctx); err != nil {
 			fail(err)
 		}
 	}
@@ -138,20 +150,35 @@ func report(name, base, subject string, bs, ss []float64, target float64) {
 // pair starts the hello-world baseline and an embedded surge (with the demo
 // data and extra flags) on free ports; done stops both.
 func pair(extra ...string) (helloAddr, surgeAddr, data string, done func(), err error) {
-	helloAddr, surgeAddr = freeAddr(), freeAddr()
-	hello, err := start("http://"+helloAddr+"/", *helloBin, "--addr", helloAddr)
+	p, err := startPair(extra...)
 	if err != nil {
 		return "", "", "", nil, err
 	}
-	data, _ = os.MkdirTemp("", "surge-bench-")
-	surge, err := start("http://"+surgeAddr+"/readyz", *surgeBin,
-		append([]string{"serve", "--addr", surgeAddr, "--data", data, "--seed-demo"}, extra...)...)
-	if err != nil {
-		stop(hello)
-		os.RemoveAll(data)
-		return "", "", "", nil, err
+	return p.helloAddr, p.surgeAddr, p.data, p.stop, nil
+}
+
+type procs struct {
+	helloAddr, surgeAddr, data string
+	hello, surge               *exec.Cmd
+}
+
+func (p *procs) stop() { stop(p.surge); stop(p.hello); os.RemoveAll(p.data) }
+
+func startPair(extra ...string) (*procs, error) {
+	p := &procs{helloAddr: freeAddr(), surgeAddr: freeAddr()}
+	var err error
+	if p.hello, err = start("http://"+p.helloAddr+"/", *helloBin, "--addr", p.helloAddr); err != nil {
+		return nil, err
 	}
-	return helloAddr, surgeAddr, data, func() { stop(surge); stop(hello); os.RemoveAll(data) }, nil
+	p.data, _ = os.MkdirTemp("", "surge-bench-")
+	p.surge, err = start("http://"+p.surgeAddr+"/readyz", *surgeBin,
+		append([]string{"serve", "--addr", p.surgeAddr, "--data", p.data, "--seed-demo"}, extra...)...)
+	if err != nil {
+		stop(p.hello)
+		os.RemoveAll(p.data)
+		return nil, err
+	}
+	return p, nil
 }
 
 func menu(ctx context.Context) error {

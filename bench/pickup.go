@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/surge-platform/surge/internal/push/pushtest"
+)
+
+// pickup measures the seed's main flow end to end on an embedded surge:
+// from a signed payment callback to the pickup code on the customer's
+// socket, with the store's POS simulated (it accepts each order as its
+// socket announces it). Callbacks arrive at a constant rate (open model:
+// latency counts from the moment a callback was due, so a stalled sender
+// cannot hide a stall).
+func pickup(ctx context.Context) error {
+	p, err := startPair("--log-level", "error", "--admin-token", benchAdmin, "--pay-query-after", "1h", "--order-ttl", "1h")
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	base := "http://" + p.surgeAddr
+	const customers, stores = 200, 20
+	roundDur := 5 * time.Second
+	per := int(float64(*rate) * roundDur.Seconds())
+	total := per * *rounds
+
+	_, tokens, err := loginMany(base, customers)
+	if err != nil {
+		return err
+	}
+	// Orders and payments, made before the clock starts.
+	type ref struct {
+		order   string
+		payment int64
+		amount  int64
+	}
+	refs := make([]ref, total)
+	err = parallel(32, total, func(i int) error {
+		store := 1001 + i%stores
+		var c struct {
+			OrderID string `json:"order_id"`
+			Payable int64  `json:"payable"`
+		}
+		body := fmt.Sprintf(`{"store_id":"%d","items":[{"sku_id":"%d","qty":1}]}`, store, store*1000+10)
+		if err := post(base+"/api/v1/orders", tokens[i%customers], body, 201, &c); err != nil {
+			return err
+		}
+		var pay struct {
+			PaymentID string `json:"payment_id"`
+		}
+		if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tokens[i%customers], `{"channel":"wxsim"}`, 201, &pay); err != nil {
+			return err
+		}
+		x, _ := strconv.ParseInt(pay.PaymentID, 10, 64)
+		refs[i] = ref{c.OrderID, x, c.Payable}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pickup setup: %w", err)
+	}
+	index := make(map[string]int, total)
+	for i, r := range refs {
+		index[r.order] = i
+	}
+
+	// Signed callbacks, encoded ahead.
+	pays := make([]paid, total)
+	for i, r := range refs {
+		pays[i] = paid{r.payment, r.amount}
+	}
+	cbs, err := signedCallbacks(ctx, p.data, "pickup", pays)
+	if err != nil {
+		return err
+	}
+
+	// When each callback was due, and when its pickup code arrived.
+	due := make([]atomic.Int64, total)
+	took := make([]atomic.Int64, total)
+
+	// The customers' sockets.
+	conns, err := dialMany(base, "/api/v1/ws", tokens)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	for _, c := range conns {
+		go func() {
+			for {
+				m, err := c.Next(ctx)
+				if err != nil {
+					return
+				}
+				if m.Type == "order.accepted" && m.PickupCode != "" {
+					if i, ok := index[m.OrderID]; ok && due[i].Load() != 0 {
+						took[i].CompareAndSwap(0, time.Now().UnixNano()-due[i].Load())
+					}
+				}
+			}
+		}()
+	}
+
+	// The stores' POS terminals: accept what their socket announces.
+	tr := &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	accepts := make(chan [2]string, 4096) // order id, key
+	var acceptErr atomic.Value
+	var announced atomic.Int64
+	for range 32 {
+		go func() {
+			for a := range accepts {
+				req, _ := http.NewRequest("POST", base+"/pos/v1/orders/"+a[0]+"/accept", nil)
+				req.Header.Set("Authorization", "Bearer "+a[1])
+				res, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, res.Body) // keep the connection
+					res.Body.Close()
+					if res.StatusCode != 200 {
+						err = fmt.Errorf("accept %s: %d", a[0], res.StatusCode)
+					}
+				}
+				if err != nil {
+					acceptErr.Store(err)
+				}
+			}
+		}()
+	}
+	defer close(accepts)
+	for s := range stores {
+		var st struct {
+			POSKey string `json:"pos_key"`
+		}
+		if err := getJSON(fmt.Sprintf("%s/admin/v1/stores/%d", base, 1001+s), benchAdmin, &st); err != nil {
+			return err
+		}
+		c, err := pushtest.Dial(ctx, base, "/pos/v1/ws", st.POSKey, "")
+		if err != nil {
+			return err
+		}
+		defer c.WS.CloseNow()
+		go func() {
+			for {
+				m, err := c.Next(ctx)
+				if err != nil {
+					return
+				}
+				if m.Type == "order.new" {
+					announced.Add(1)
+					accepts <- [2]string{m.Order.OrderID, st.POSKey}
+					c.Send(ctx, map[string]string{"type": "ack", "cursor": m.Seq.String()})
+				}
+			}
+		}()
+	}
+
+	// The channel's callbacks, at the rate.
+	jobs := make(chan int, total)
+	var sendErr atomic.Value
+	var senders sync.WaitGroup
+	for range 64 {
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			for i := range jobs {
+				req, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", bytes.NewReader(cbs[i].body))
+				req.Header = cbs[i].h.Clone()
+				res, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, res.Body) // keep the connection
+					res.Body.Close()
+					if res.StatusCode != 200 {
+						err = fmt.Errorf("callback: %d", res.StatusCode)
+					}
+				}
+				if err != nil {
+					sendErr.Store(err)
+				}
+			}
+		}()
+	}
+	fmt.Printf("  pickup: %d orders and payments made; %d customer and %d POS sockets open\n", total, customers, stores)
+	var p99s []float64
+	for r := range *rounds {
+		start := time.Now()
+		for k := range per {
+			i := r*per + k
+			at := start.Add(time.Duration(k) * time.Second / time.Duration(*rate))
+			time.Sleep(time.Until(at))
+			due[i].Store(at.UnixNano())
+			jobs <- i
+		}
+		sent := time.Since(start)
+		deadline := time.Now().Add(60 * time.Second) // a backlog drains late; a code still missing then is lost
+		h := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
+		missing := 0
+		for k := range per {
+			i := r*per + k
+			for took[i].Load() == 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if d := took[i].Load(); d > 0 {
+				h.RecordValue(d / 1000)
+			} else {
+				missing++
+			}
+		}
+		q := func(x float64) time.Duration { return time.Duration(h.ValueAtQuantile(x)) * time.Microsecond }
+		fmt.Printf("  pickup round %d: %d callbacks in %v (%.0f/s); callback -> pickup code on the customer's socket: p50 %v p99 %v max %v; missing %d\n",
+			r+1, per, sent.Round(time.Millisecond), float64(per)/sent.Seconds(), q(50), q(99), time.Duration(h.Max())*time.Microsecond, missing)
+		if missing > 0 {
+			err, _ := acceptErr.Load().(error)
+			return fmt.Errorf("pickup: %d pickup codes never reached their customer (POS got %d orders; last accept error: %v)",
+				missing, announced.Load(), err)
+		}
+		p99s = append(p99s, float64(q(99))/float64(time.Millisecond))
+	}
+	close(jobs)
+	senders.Wait()
+	if err, ok := sendErr.Load().(error); ok {
+		return err
+	}
+	if err, ok := acceptErr.Load().(error); ok {
+		return err
+	}
+	slices.Sort(p99s)
+	fmt.Printf("  median p99 %.1f ms at %d callbacks/s (target < 100 ms at 1,000/s; %d customers, %d stores, embedded surge)\n",
+		p99s[len(p99s)/2], *rate, customers, stores)
+	return nil
+}
