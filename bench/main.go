@@ -44,6 +44,7 @@ var (
 	only     = flag.String("only", "menu,orders,callbacks,sockets,pickup", "which benchmarks to run")
 	nSockets = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate     = flag.Int("rate", 1000, "pickup: payment callbacks per second")
+	profile  = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file")
 )
 
 func main() {

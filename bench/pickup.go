@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -191,6 +192,9 @@ func pickup(ctx context.Context) error {
 	fmt.Printf("  pickup: %d orders and payments made; %d customer and %d POS sockets open\n", total, customers, stores)
 	var p99s []float64
 	for r := range *rounds {
+		if r == 0 && *profile != "" {
+			go saveProfile(base, roundDur, *profile)
+		}
 		start := time.Now()
 		for k := range per {
 			i := r*per + k
@@ -236,4 +240,22 @@ func pickup(ctx context.Context) error {
 	fmt.Printf("  median p99 %.1f ms at %d callbacks/s (target < 100 ms at 1,000/s; %d customers, %d stores, embedded surge)\n",
 		p99s[len(p99s)/2], *rate, customers, stores)
 	return nil
+}
+
+// saveProfile writes a CPU profile of surge over d to file.
+func saveProfile(base string, d time.Duration, file string) {
+	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(d.Seconds())), nil)
+	req.Header.Set("Authorization", "Bearer "+benchAdmin)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Println("  profile:", err)
+		return
+	}
+	defer res.Body.Close()
+	f, err := os.Create(file)
+	if err == nil {
+		_, err = io.Copy(f, res.Body)
+		f.Close()
+	}
+	fmt.Println("  profile:", file, err)
 }
