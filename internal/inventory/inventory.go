@@ -259,7 +259,7 @@ func (s *Service) Commit(ctx context.Context, orderID int64) error {
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}
-	if _, err := s.db.W.ExecContext(ctx, `DELETE FROM stock_reservations WHERE order_id = $1`, orderID); err != nil {
+	if _, err := sqldb.Exec(ctx, s.db, `DELETE FROM stock_reservations WHERE order_id = $1`, orderID); err != nil {
 		return fmt.Errorf("commit reservation of order %d: %w", orderID, err)
 	}
 	return nil

@@ -52,10 +52,15 @@ type DB struct {
 	Name   string // for logs: file path or DSN with the password masked
 	W      *sql.DB
 	R      *sql.DB
+
+	batch *batcher // SQLite: group commit of Tx, Exec and Lazy
 }
 
 // Close closes both pools.
 func (d *DB) Close() error {
+	if d.batch != nil {
+		d.batch.close()
+	}
 	err := d.W.Close()
 	if d.R != d.W {
 		err = errors.Join(err, d.R.Close())
@@ -169,7 +174,7 @@ func openSQLite(spec string) ([]*DB, error) {
 		r := sql.OpenDB(stmtConnector{dsn: dsn + "&_pragma=query_only(1)", drv: &sqlite.Driver{}})
 		r.SetMaxOpenConns(2 * runtime.GOMAXPROCS(0))
 		r.SetMaxIdleConns(2 * runtime.GOMAXPROCS(0))
-		dbs = append(dbs, &DB{Engine: SQLite, Name: path, W: w, R: r})
+		dbs = append(dbs, &DB{Engine: SQLite, Name: path, W: w, R: r, batch: newBatcher(w)})
 	}
 	return dbs, nil
 }
@@ -278,7 +283,14 @@ func IsUnique(err error) bool {
 // server or a cancelled request closed it while it sat in the pool) is
 // replaced and fn runs again, at most twice; fn must not have effects
 // outside the transaction. A failed commit is never retried.
+//
+// On SQLite, transactions waiting for the writer commit together (see
+// batch.go): fn may run inside a transaction shared with others, in a
+// savepoint of its own, and Tx returns after the shared commit.
 func Tx(ctx context.Context, db *DB, fn func(*sql.Tx) error) error {
+	if db.batch != nil {
+		return db.batch.do(ctx, fn)
+	}
 	for attempt := 0; ; attempt++ {
 		tx, err := db.W.BeginTx(ctx, nil)
 		if err != nil {
@@ -303,7 +315,7 @@ func Tx(ctx context.Context, db *DB, fn func(*sql.Tx) error) error {
 // synchronous=NORMAL anyway).
 func Lazy(ctx context.Context, db *DB, query string, args ...any) error {
 	if db.Engine != Postgres {
-		_, err := db.W.ExecContext(ctx, query, args...)
+		_, err := Exec(ctx, db, query, args...)
 		return err
 	}
 	return Tx(ctx, db, func(tx *sql.Tx) error {
@@ -313,6 +325,28 @@ func Lazy(ctx context.Context, db *DB, query string, args ...any) error {
 		_, err := tx.ExecContext(ctx, query, args...)
 		return err
 	})
+}
+
+// Exec runs one writing statement and returns the rows it affected; on
+// SQLite it commits with the transactions waiting for the writer (Tx).
+func Exec(ctx context.Context, db *DB, query string, args ...any) (int64, error) {
+	if db.batch == nil {
+		res, err := db.W.ExecContext(ctx, query, args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
+	var n int64
+	err := db.batch.do(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
 }
 
 // IDs runs a query on pool that selects one integer column and returns the
