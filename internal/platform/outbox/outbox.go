@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -130,16 +129,15 @@ func (r *Relay) loop(ctx context.Context, d *sqldb.DB, wake <-chan struct{}) {
 	defer t.Stop()
 	fails := 0
 	for {
-		n, err := r.Drain(ctx, d)
+		_, err := r.Drain(ctx, d)
 		if err != nil && ctx.Err() == nil {
 			fails++
 			r.log.Warn("outbox relay", "db", d.Name, "err", err, "failures", fails)
 		} else {
 			fails = 0
 		}
-		if n > 0 && err == nil {
-			continue // more may be waiting
-		}
+		// Drain read until a short batch: rows committed since then have
+		// woken the loop (wake holds one), so it reads again only then.
 		select {
 		case <-ctx.Done():
 			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -196,20 +194,24 @@ func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 			return total, nil
 		}
 		errs := r.pub.PublishBatch(ctx, msgs)
-		var acked []string
+		var acked []int64
 		var firstErr error
 		for i, err := range errs {
 			if err == nil {
-				acked = append(acked, strconv.FormatInt(ids[i], 10))
+				acked = append(acked, ids[i])
 			} else if firstErr == nil {
 				firstErr = err
 			}
 		}
 		if len(acked) > 0 {
-			// ids are integers we produced: safe to inline.
 			// A delete lost in a database crash only publishes the rows again,
 			// which the bus's dedup window absorbs: it need not wait for the disk.
-			if err := sqldb.Lazy(ctx, d, `DELETE FROM outbox WHERE id IN (`+strings.Join(acked, ",")+`)`); err != nil {
+			// One statement text for any number of ids (prepared once).
+			q, arg := `DELETE FROM outbox WHERE id = ANY($1)`, any(acked)
+			if d.Engine == sqldb.SQLite {
+				q, arg = `DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))`, jsonInts(acked)
+			}
+			if err := sqldb.Lazy(ctx, d, q, arg); err != nil {
 				return total, fmt.Errorf("outbox delete: %w", err)
 			}
 		}
@@ -221,6 +223,19 @@ func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// jsonInts is ids as a JSON array.
+func jsonInts(ids []int64) string {
+	b := make([]byte, 0, 20*len(ids)+2)
+	b = append(b, '[')
+	for i, x := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, x, 10)
+	}
+	return string(append(b, ']'))
 }
 
 // Pending returns the number of unpublished rows in the whole cluster.
