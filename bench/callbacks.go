@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,7 +120,11 @@ type callback struct {
 // signedCallbacks signs a "paid" callback per payment with the node's
 // simulator keys, read from its settings (as the channel holds them).
 func signedCallbacks(ctx context.Context, data, tag string, pays []paid) ([]callback, error) {
-	c, err := sqldb.Open(ctx, []string{"sqlite:" + data + "/db"}, sqldb.Options{})
+	db := "sqlite:" + data + "/db"
+	if f := strings.Fields(*surgeArgs); slices.Contains(f, "--db") { // surge's main database, where the secret is
+		db = f[slices.Index(f, "--db")+1]
+	}
+	c, err := sqldb.Open(ctx, []string{db}, sqldb.Options{})
 	if err != nil {
 		return nil, err
 	}

@@ -35,16 +35,17 @@ import (
 )
 
 var (
-	surgeBin = flag.String("surge", "", "surge binary")
-	helloBin = flag.String("hello", "", "hello-world baseline binary")
-	pgAdmin  = flag.String("pg", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL admin URL (a bench database is created and dropped)")
-	rounds   = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
-	dur      = flag.Duration("dur", 4*time.Second, "duration of one measurement")
-	workers  = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only     = flag.String("only", "menu,orders,callbacks,sockets,pickup", "which benchmarks to run")
-	nSockets = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
-	rate     = flag.Int("rate", 1000, "pickup: payment callbacks per second")
-	profile  = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file")
+	surgeBin  = flag.String("surge", "", "surge binary")
+	helloBin  = flag.String("hello", "", "hello-world baseline binary")
+	pgAdmin   = flag.String("pg", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL admin URL (a bench database is created and dropped)")
+	rounds    = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
+	dur       = flag.Duration("dur", 4*time.Second, "duration of one measurement")
+	workers   = flag.Int("workers", 32, "concurrent connections / pgbench clients")
+	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup", "which benchmarks to run")
+	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
+	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
+	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
+	profile   = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file")
 )
 
 func main() {
