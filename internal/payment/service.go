@@ -243,31 +243,31 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 		paidAt = s.now()
 	}
 	// One transaction on the shard the payment shares with its order: the
-	// payment paid, the order paid (with its event), the payment settled.
-	// An order another payment paid, or that was cancelled, leaves this one
-	// paid for settle to refund.
+	// order paid (with its event) and the payment settled. An order another
+	// payment paid, or that was cancelled, leaves this one paid for settle
+	// to refund.
 	var res order.PaidResult
 	var err error
 	for range 5 { // the order changed under the compare-and-set: read again
 		err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
-			r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
-			WHERE id = $5 AND state IN ($6, $7, $8, $9)`, stPaid, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
-				stCreated, stPending, stClosed, stFailed)
-			if err != nil {
-				return fmt.Errorf("mark payment %d paid: %w", p.ID, err)
-			}
-			if n, err := r.RowsAffected(); err != nil || n != 1 {
-				return errMoved
-			}
+			var err error
 			if res, err = s.orders.PayTx(ctx, tx, p.OrderID, p.ID); err != nil {
 				return err
 			}
-			if res != order.PaidNow && res != order.PaidAlready {
-				return nil
+			to := stPaid // for settle to refund
+			if res == order.PaidNow || res == order.PaidAlready {
+				to = stSettled
 			}
-			_, err = tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`,
-				stSettled, s.now().UnixMilli(), p.ID, stPaid)
-			return err
+			r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
+			WHERE id = $5 AND state IN ($6, $7, $8, $9)`, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
+				stCreated, stPending, stClosed, stFailed)
+			if err != nil {
+				return fmt.Errorf("mark payment %d %s: %w", p.ID, to, err)
+			}
+			if n, err := r.RowsAffected(); err != nil || n != 1 {
+				return errMoved // nothing of this transaction stays
+			}
+			return nil
 		})
 		if !errors.Is(err, order.ErrChanged) {
 			break

@@ -1143,12 +1143,18 @@ func testExpiry(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	const ttl = 100 * time.Millisecond
 	short := order.New(f.c, f.ids, f.cat, f.inv, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{TTL: ttl})
 	const user = 4242
-	c, err := short.Create(ctx, user, "", f.req(line(f.mooncake, 2)))
+	// Before its time (a minute: a slow machine cannot pass it).
+	long := order.New(f.c, f.ids, f.cat, f.inv, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{TTL: time.Minute})
+	early, err := long.Create(ctx, user, "", f.req(line(f.latte, 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := short.Expire(ctx, c.OrderID); err != nil || ok {
+	if ok, err := short.Expire(ctx, early.OrderID); err != nil || ok {
 		t.Fatalf("expire before its time: %v %v, want false", ok, err)
+	}
+	c, err := short.Create(ctx, user, "", f.req(line(f.mooncake, 2)))
+	if err != nil {
+		t.Fatal(err)
 	}
 	poll(t, "the order's time to pass", func() bool { return time.Now().After(c.ExpiresAt) })
 	if ok, err := short.Expire(ctx, c.OrderID); err != nil || !ok {
