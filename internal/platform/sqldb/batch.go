@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,13 @@ import (
 // error, or an interrupted statement, which makes SQLite roll back the
 // whole transaction), each member runs again alone, so a member never
 // fails for another's fault.
+//
+// A member's fn runs on the writer's goroutine: a panic in it is carried
+// to its caller and raised there; it must not write to the same database
+// through Tx, Exec or Lazy (that write would queue behind fn itself until
+// its context ends — with one writer connection it always deadlocked). A
+// caller whose context ends while its member is still queued gets the
+// context's error and the member never runs.
 
 // maxBatch bounds a batch: the later members of a big batch wait for the
 // earlier ones.
@@ -31,10 +39,17 @@ const maxBatch = 64
 const linger = time.Millisecond
 
 type batchItem struct {
-	ctx  context.Context
-	fn   func(*sql.Tx) error
-	done chan error
+	ctx   context.Context
+	fn    func(*sql.Tx) error
+	done  chan error
+	state atomic.Int32 // queued, taken (by a batch) or abandoned (by its caller)
 }
+
+const (
+	queued int32 = iota
+	taken
+	abandoned
+)
 
 type batcher struct {
 	w  *sql.DB
@@ -85,15 +100,65 @@ func (b *batcher) do(ctx context.Context, fn func(*sql.Tx) error) error {
 		return ctx.Err()
 	}
 	b.mu.RUnlock()
-	// Once queued, wait for the answer even if ctx ends: the member may be
-	// running, and its caller must not act before knowing whether it
-	// committed. A cancelled member fails at its next statement.
-	return <-it.done
+	select {
+	case err := <-it.done:
+		return rethrow(err)
+	case <-ctx.Done():
+		if it.state.CompareAndSwap(queued, abandoned) {
+			return ctx.Err() // never ran, never will
+		}
+		// Taken: it may be running or committed, and the caller must not
+		// act before knowing which. A cancelled member fails at its next
+		// statement.
+		return rethrow(<-it.done)
+	}
 }
 
+// panicked carries a panic of a member's fn, recovered on the batch's
+// goroutine, to its caller's goroutine, where it panics again.
+type panicked struct{ v any }
+
+func (p *panicked) Error() string { return fmt.Sprint("sqldb: transaction panicked: ", p.v) }
+
+func rethrow(err error) error {
+	if p, ok := err.(*panicked); ok {
+		panic(p.v)
+	}
+	return err
+}
+
+// call runs a member's fn, turning a panic into its error.
+func call(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &panicked{v}
+		}
+	}()
+	return fn(tx)
+}
+
+// errGoexit answers the members of a batch whose goroutine ended inside a
+// member's fn (runtime.Goexit: t.FailNow in a test).
+var errGoexit = errors.New("sqldb: a transaction's function exited its goroutine")
+
 func (b *batcher) loop() {
-	defer close(b.ended)
 	batch := make([]*batchItem, 0, maxBatch)
+	stopped := false
+	defer func() {
+		if stopped {
+			close(b.ended)
+			return
+		}
+		// A member's fn ended this goroutine: nothing of the batch was
+		// committed after it; answer whoever still waits, and go on.
+		for _, it := range batch {
+			select {
+			case it.done <- errGoexit:
+			default:
+			}
+		}
+		go b.loop()
+	}()
 	company := false // the last batch had two or more members
 	for {
 		select {
@@ -103,6 +168,7 @@ func (b *batcher) loop() {
 				case it := <-b.in:
 					it.done <- ErrClosed
 				default:
+					stopped = true
 					return
 				}
 			}
@@ -133,6 +199,9 @@ func (b *batcher) loop() {
 func (b *batcher) run(batch []*batchItem) {
 	live := batch[:0:0]
 	for _, it := range batch {
+		if !it.state.CompareAndSwap(queued, taken) {
+			continue // its caller gave up waiting
+		}
 		if err := it.ctx.Err(); err != nil {
 			it.done <- err
 			continue
@@ -176,7 +245,7 @@ func groupTx(w *sql.DB, members []*batchItem) (errs []error, err error) {
 		if _, err := tx.ExecContext(bg, `SAVEPOINT m`); err != nil {
 			return nil, err
 		}
-		if errs[i] = it.fn(tx); errs[i] != nil {
+		if errs[i] = call(it.fn, tx); errs[i] != nil {
 			if _, err := tx.ExecContext(bg, `ROLLBACK TO m`); err != nil {
 				return nil, err
 			}
@@ -194,8 +263,8 @@ func plainTx(ctx context.Context, w *sql.DB, fn func(*sql.Tx) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
+	defer tx.Rollback() // after a commit, a no-op; also if fn ends the goroutine
+	if err := call(fn, tx); err != nil {
 		return err
 	}
 	return tx.Commit()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -184,5 +185,67 @@ func TestGroupCommitCancelAndClose(t *testing.T) {
 	}
 	if err := Tx(bg, d, func(*sql.Tx) error { return nil }); !errors.Is(err, ErrClosed) {
 		t.Errorf("after close: %v; want ErrClosed", err)
+	}
+}
+
+// A panic in a member's fn reaches its caller (where HTTP handlers and bus
+// consumers recover it), not the database's writer goroutine; a fn that
+// ends its goroutine (t.FailNow) fails only itself; a member whose caller
+// stops waiting while it is queued never runs. The writer serves on.
+func TestGroupCommitPanicGoexitAndDeadline(t *testing.T) {
+	t.Parallel()
+	d := openBatchTest(t)
+	bg := context.Background()
+	func() {
+		defer func() {
+			if v := recover(); v != "boom" {
+				t.Errorf("recovered %v; want the member's panic value", v)
+			}
+		}()
+		Tx(bg, d, func(tx *sql.Tx) error {
+			tx.ExecContext(bg, `INSERT INTO rows (id) VALUES (100)`)
+			panic("boom")
+		})
+		t.Error("Tx returned after its fn panicked")
+	}()
+	exited := make(chan error, 1)
+	go func() {
+		// On the batch's goroutine: Goexit ends that goroutine, not this one.
+		exited <- Tx(bg, d, func(*sql.Tx) error { runtime.Goexit(); return nil })
+	}()
+	if err := <-exited; !errors.Is(err, errGoexit) {
+		t.Errorf("member that exited its goroutine: %v; want errGoexit", err)
+	}
+
+	hold, held := make(chan struct{}), make(chan error, 1)
+	go func() { held <- Tx(bg, d, func(*sql.Tx) error { <-hold; return nil }) }()
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	release := time.AfterFunc(2*time.Second, func() { close(hold) }) // so a waiting Tx fails the test, not hangs it
+	ran, start := false, time.Now()
+	if err := Tx(ctx, d, func(*sql.Tx) error { ran = true; return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("member queued past its deadline: %v; want DeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Errorf("a member queued behind a held writer returned after %v; want soon after its 50 ms deadline", waited)
+	}
+	if release.Stop() {
+		close(hold)
+	}
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	if err := Tx(bg, d, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(bg, `INSERT INTO rows (id) VALUES (101)`)
+		return err
+	}); err != nil {
+		t.Fatalf("the writer after all that: %v", err)
+	}
+	if ran {
+		t.Error("the member whose caller gave up ran anyway")
+	}
+	if got := count(t, d, `SELECT COUNT(*) FROM rows WHERE id = 100`); got != 0 {
+		t.Error("the panicking member's write was committed")
 	}
 }
