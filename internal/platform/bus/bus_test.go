@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -111,5 +112,53 @@ func TestEmbeddedSurvivesRestart(t *testing.T) {
 	stop()
 	if err := <-done; err != nil {
 		t.Errorf("Consume: %v", err)
+	}
+}
+
+// A consumer started while its server is away (restarting) waits for it
+// and then consumes, instead of failing its caller (a node role).
+func TestConsumeWaitsForTheServer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	srv := bustest.MustOpen(t, "embedded:"+dir+"?listen=127.0.0.1:0")
+	addr := strings.TrimPrefix(srv.ClientURL(), "nats://")
+	if err := srv.EnsureStream(ctx, bus.StreamConfig{Name: "AWAY", Subjects: []string{"away.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	client := bustest.MustOpen(t, "nats://"+addr)
+	srv.Close() // the server is gone
+
+	got := make(chan bus.Msg, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Consume(ctx, bus.ConsumerConfig{Stream: "AWAY", Durable: "away"}, func(_ context.Context, m bus.Msg) error {
+			select {
+			case got <- m:
+			default:
+			}
+			return nil
+		})
+	}()
+	time.Sleep(7 * time.Second) // longer than a JetStream request waits (5 s): the first attempts fail
+	select {
+	case err := <-done:
+		t.Fatalf("Consume returned while the server was away: %v", err)
+	default:
+	}
+	srv = bustest.MustOpen(t, "embedded:"+dir+"?listen="+addr)
+	if _, err := srv.Publish(ctx, bus.Msg{Subject: "away.1", ID: "away-1", Data: []byte("back")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if string(m.Data) != "back" {
+			t.Errorf("got %q", m.Data)
+		}
+	case err := <-done:
+		t.Fatalf("Consume returned: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no message after the server came back")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -73,6 +74,15 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 	}
 	cfg = cfg.withDefaults()
 	cons, err := b.ensureConsumer(ctx, cfg)
+	for attempt := 0; err != nil && unavailable(err) && ctx.Err() == nil && !b.closed.Load(); attempt++ {
+		// The server is away (restarting, JetStream not up yet): wait for
+		// it rather than fail the caller, as a running consumer does.
+		select {
+		case <-ctx.Done():
+		case <-time.After(min(nakDelay(nil, attempt+1), 2*time.Second)):
+		}
+		cons, err = b.ensureConsumer(ctx, cfg)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -250,4 +260,13 @@ func (b *Bus) ensureConsumer(ctx context.Context, cfg ConsumerConfig) (jetstream
 		return nil, fmt.Errorf("bus: consume %s/%s: %w", cfg.Stream, cfg.Durable, b.connErr(err))
 	}
 	return cons, nil
+}
+
+// unavailable reports whether err says the server did not answer (a
+// timeout, no responders, a connection being re-established), not that it
+// refused the request.
+func unavailable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
 }
