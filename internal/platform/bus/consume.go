@@ -14,9 +14,10 @@ import (
 )
 
 const (
-	nakBase   = 100 * time.Millisecond // first retry delay without ConsumerConfig.Backoff
-	nakMax    = 30 * time.Second       // longest retry delay without ConsumerConfig.Backoff
-	reasonMax = 512                    // bytes of handler error kept as the termination reason
+	nakBase    = 100 * time.Millisecond // first retry delay without ConsumerConfig.Backoff
+	nakMax     = 30 * time.Second       // longest retry delay without ConsumerConfig.Backoff
+	ensureWait = 5 * time.Second        // one attempt to create a consumer
+	reasonMax  = 512                    // bytes of handler error kept as the termination reason
 	// drainWait bounds how long a stopping Consume waits for the messages
 	// already on their way to it (one round trip, normally).
 	drainWait = 5 * time.Second
@@ -73,15 +74,23 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 		return errors.New("bus: consume: stream and durable are required")
 	}
 	cfg = cfg.withDefaults()
-	cons, err := b.ensureConsumer(ctx, cfg)
-	for attempt := 0; err != nil && unavailable(err) && ctx.Err() == nil && !b.closed.Load(); attempt++ {
-		// The server is away (restarting, JetStream not up yet): wait for
-		// it rather than fail the caller, as a running consumer does.
+	// The server may be away (restarting, JetStream not up yet): wait for
+	// it rather than fail the caller, as a running consumer does. Each
+	// attempt is bounded: a request sent while disconnected can go
+	// unanswered.
+	var cons jetstream.Consumer
+	var err error
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, ensureWait)
+		cons, err = b.ensureConsumer(actx, cfg)
+		cancel()
+		if err == nil || !unavailable(err) || ctx.Err() != nil || b.closed.Load() {
+			break
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(min(nakDelay(nil, attempt+1), 2*time.Second)):
 		}
-		cons, err = b.ensureConsumer(ctx, cfg)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
