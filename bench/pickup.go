@@ -268,7 +268,7 @@ func saveProfile(base string, d time.Duration, file string) {
 	fmt.Println("  profile:", file, err)
 }
 
-// quiesce waits (at most a minute) until process pid uses less than 5% of
+// quiesce waits (at most a minute) until process pid uses less than 6% of
 // a CPU over half a second, and returns how long that took.
 func quiesce(pid int) time.Duration {
 	start := time.Now()

@@ -57,7 +57,6 @@ type Notifier interface {
 // whole flow at 1,000 orders/s).
 type Service struct {
 	c      *sqldb.Cluster
-	db     *sqldb.DB // main: stores and their keys
 	kv     kv.Store
 	ids    *id.Generator
 	orders *order.Service
@@ -71,7 +70,7 @@ type Service struct {
 // New returns the fulfilment service. wake tells the outbox relay about
 // new events; news may be nil.
 func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake func(int), news Notifier, log *slog.Logger) *Service {
-	return &Service{c: c, db: c.Main(), kv: store, ids: ids, orders: orders, wake: wake, news: news, log: log, now: time.Now}
+	return &Service{c: c, kv: store, ids: ids, orders: orders, wake: wake, news: news, log: log, now: time.Now}
 }
 
 // storeGene is the logical shard of a store's fulfilment records: a hash
@@ -190,7 +189,7 @@ func (s *Service) Store(ctx context.Context, key string) (int64, error) {
 	}
 	var storeID int64
 	var stored string
-	err := s.db.R.QueryRowContext(ctx, `SELECT id, pos_key FROM stores WHERE pos_key = $1`, key).Scan(&storeID, &stored)
+	err := s.c.Main().R.QueryRowContext(ctx, `SELECT id, pos_key FROM stores WHERE pos_key = $1`, key).Scan(&storeID, &stored)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(key)) != 1 {
 		return 0, ErrBadKey
 	}
