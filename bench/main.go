@@ -45,7 +45,7 @@ var (
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
-	profile   = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file")
+	profile   = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file (and of the load generator to FILE.bench)")
 )
 
 func main() {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -90,6 +91,11 @@ func pickup(ctx context.Context) error {
 	// When each callback was due, and when its pickup code arrived.
 	due := make([]atomic.Int64, total)
 	took := make([]atomic.Int64, total)
+	// The stages in between, as unix nanos: the callback answered, the POS
+	// socket announced the order, the POS's accept answered.
+	paidAt := make([]atomic.Int64, total)
+	newAt := make([]atomic.Int64, total)
+	acceptedAt := make([]atomic.Int64, total)
 
 	// The customers' sockets.
 	conns, err := dialMany(base, "/api/v1/ws", tokens)
@@ -117,6 +123,11 @@ func pickup(ctx context.Context) error {
 	tr := &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	accepts := make(chan [2]string, 4096) // order id, key
+	stamp := func(at []atomic.Int64, orderID string) {
+		if i, ok := index[orderID]; ok && due[i].Load() != 0 {
+			at[i].CompareAndSwap(0, time.Now().UnixNano())
+		}
+	}
 	var acceptErr atomic.Value
 	var announced atomic.Int64
 	for range 32 {
@@ -131,6 +142,7 @@ func pickup(ctx context.Context) error {
 					if res.StatusCode != 200 {
 						err = fmt.Errorf("accept %s: %d", a[0], res.StatusCode)
 					}
+					stamp(acceptedAt, a[0])
 				}
 				if err != nil {
 					acceptErr.Store(err)
@@ -159,6 +171,7 @@ func pickup(ctx context.Context) error {
 				}
 				if m.Type == "order.new" {
 					announced.Add(1)
+					stamp(newAt, m.Order.OrderID)
 					accepts <- [2]string{m.Order.OrderID, st.POSKey}
 					c.Send(ctx, map[string]string{"type": "ack", "cursor": m.Seq.String()})
 				}
@@ -184,6 +197,7 @@ func pickup(ctx context.Context) error {
 					if res.StatusCode != 200 {
 						err = fmt.Errorf("callback: %d", res.StatusCode)
 					}
+					paidAt[i].Store(time.Now().UnixNano())
 				}
 				if err != nil {
 					sendErr.Store(err)
@@ -200,8 +214,12 @@ func pickup(ctx context.Context) error {
 	for r := range *rounds {
 		if r == 0 && *profile != "" {
 			go saveProfile(base, roundDur, *profile)
+			if f, err := os.Create(*profile + ".bench"); err == nil { // the load generator's own
+				pprof.StartCPUProfile(f)
+				time.AfterFunc(roundDur, pprof.StopCPUProfile)
+			}
 		}
-		start, cpu0 := time.Now(), cpuTicks(p.surge.Process.Pid)
+		start, cpu0, own0 := time.Now(), cpuTicks(p.surge.Process.Pid), cpuTicks(os.Getpid())
 		for k := range per {
 			i := r*per + k
 			at := start.Add(time.Duration(k) * time.Second / time.Duration(*rate))
@@ -225,16 +243,41 @@ func pickup(ctx context.Context) error {
 			}
 		}
 		cpu := time.Duration(cpuTicks(p.surge.Process.Pid)-cpu0) * 10 * time.Millisecond
+		own := time.Duration(cpuTicks(os.Getpid())-own0) * 10 * time.Millisecond
 		q := func(x float64) time.Duration { return time.Duration(h.ValueAtQuantile(x)) * time.Microsecond }
-		fmt.Printf("  pickup round %d: %d callbacks in %v (%.0f/s); callback -> pickup code on the customer's socket: p50 %v p99 %v max %v; missing %d; surge CPU %v per order\n",
+		fmt.Printf("  pickup round %d: %d callbacks in %v (%.0f/s); callback -> pickup code on the customer's socket: p50 %v p99 %v max %v; missing %d; CPU per order: surge %v, load generator %v\n",
 			r+1, per, sent.Round(time.Millisecond), float64(per)/sent.Seconds(), q(50), q(99), time.Duration(h.Max())*time.Microsecond, missing,
-			(cpu / time.Duration(per)).Round(10*time.Microsecond))
+			(cpu / time.Duration(per)).Round(10*time.Microsecond), (own / time.Duration(per)).Round(10*time.Microsecond))
 		if missing > 0 {
 			err, _ := acceptErr.Load().(error)
 			return fmt.Errorf("pickup: %d pickup codes never reached their customer (POS got %d orders; last accept error: %v)",
 				missing, announced.Load(), err)
 		}
 		p99s = append(p99s, float64(q(99))/float64(time.Millisecond))
+		// Where the time went: each stage from the end of the one before.
+		stages := []struct {
+			name     string
+			from, to func(i int) int64
+		}{
+			{"callback answered", func(i int) int64 { return due[i].Load() }, func(i int) int64 { return paidAt[i].Load() }},
+			{"POS socket got it", func(i int) int64 { return paidAt[i].Load() }, func(i int) int64 { return newAt[i].Load() }},
+			{"accept answered", func(i int) int64 { return newAt[i].Load() }, func(i int) int64 { return acceptedAt[i].Load() }},
+			{"code on customer socket", func(i int) int64 { return acceptedAt[i].Load() }, func(i int) int64 { return due[i].Load() + took[i].Load() }},
+		}
+		line := "   "
+		for _, st := range stages {
+			sh := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
+			for k := range per {
+				if a, b := st.from(r*per+k), st.to(r*per+k); a > 0 && b >= a {
+					sh.RecordValue((b - a) / 1000)
+				}
+			}
+			us := func(x float64) time.Duration {
+				return (time.Duration(sh.ValueAtQuantile(x)) * time.Microsecond).Round(100 * time.Microsecond)
+			}
+			line += fmt.Sprintf(" %s p50 %v p99 %v;", st.name, us(50), us(99))
+		}
+		fmt.Println(line)
 	}
 	close(jobs)
 	senders.Wait()
@@ -243,6 +286,11 @@ func pickup(ctx context.Context) error {
 	}
 	if err, ok := acceptErr.Load().(error); ok {
 		return err
+	}
+	var st struct{ Sent, Direct, Resyncs, Slow int64 }
+	if err := getJSON(base+"/push/v1/stats", benchAdmin, &st); err == nil {
+		fmt.Printf("  push: %d socket messages, %d customer events sent straight from their announcement, %d resyncs, %d slow sockets cut off\n",
+			st.Sent, st.Direct, st.Resyncs, st.Slow)
 	}
 	slices.Sort(p99s)
 	fmt.Printf("  median p99 %.1f ms at %d callbacks/s (target < 100 ms at 1,000/s; %d customers, %d stores, embedded surge)\n",
