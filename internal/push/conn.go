@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -150,6 +151,21 @@ func resyncReason(err error) string {
 	return "more was missed than the window holds; read your orders"
 }
 
+// offer hands a socket an announcement: a customer's event that follows
+// exactly what the socket has sent, with nothing else pending, is sent at
+// once; anything else is caught up from the window.
+func (c *conn) offer(n news) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n.Prev > 0 && len(n.Msg) > 0 && c.store == 0 && !c.closed && !c.catching && c.cursor == n.Prev && c.want <= c.cursor {
+		c.cursor, c.want = n.Seq, n.Seq
+		c.h.direct.Add(1)
+		c.sendLocked(n.Msg)
+		return
+	}
+	c.announceLocked(n.Seq)
+}
+
 // announce tells a socket that its stream (the customer's window, or the
 // store's queue) has reached seq. The socket catches up from the stream, so
 // a lost or reordered announcement is made good by the next one.
@@ -198,7 +214,13 @@ func (c *conn) catchUp() {
 			}
 		} else {
 			var msgs []bus.Msg
-			msgs, err = c.h.bus.After(ctx, Stream.Name, logSubject(c.user), uint64(cursor), c.h.batch())
+			// An announced seq is where the window ends (as far as this
+			// socket knows): no need to ask past it.
+			upto := uint64(target)
+			if target == math.MaxInt64 {
+				upto = 0
+			}
+			msgs, err = c.h.bus.After(ctx, Stream.Name, logSubject(c.user), uint64(cursor), upto, c.h.batch())
 			n, send = len(msgs), func() {
 				for _, m := range msgs {
 					c.deliverLocked(m)

@@ -75,6 +75,7 @@ type Stats struct {
 	Dead       int64 `json:"dead"`     // sockets dropped for missing heartbeats
 	Resumed    int64 `json:"resumed"`  // events replayed to reconnecting customers
 	Resyncs    int64 `json:"resyncs"`  // reconnects told to read instead (window passed)
+	Direct     int64 `json:"direct"`   // customer events sent straight from their announcement (no window read)
 	HeapInuse  int64 `json:"heap_inuse"`
 	StackInuse int64 `json:"stack_inuse"`
 	Sys        int64 `json:"sys"`
@@ -96,7 +97,7 @@ type Hub struct {
 	mu        sync.RWMutex
 	bySubject map[string]map[*conn]struct{}
 
-	customers, pos, sent, slow, dead, resumed, resyncs atomic.Int64
+	customers, pos, sent, slow, dead, resumed, resyncs, direct atomic.Int64
 
 	lastMu sync.Mutex // the stream's end, read at most once a second (a reconnect storm)
 	last   uint64
@@ -212,7 +213,7 @@ func (h *Hub) Stats() Stats {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return Stats{Customers: h.customers.Load(), POS: h.pos.Load(), Subjects: int64(h.mux.Len()), Sent: h.sent.Load(),
-		Slow: h.slow.Load(), Dead: h.dead.Load(), Resumed: h.resumed.Load(), Resyncs: h.resyncs.Load(),
+		Slow: h.slow.Load(), Dead: h.dead.Load(), Resumed: h.resumed.Load(), Resyncs: h.resyncs.Load(), Direct: h.direct.Load(),
 		HeapInuse: int64(m.HeapInuse), StackInuse: int64(m.StackInuse), Sys: int64(m.Sys),
 		Goroutines: int64(runtime.NumGoroutine())}
 }
@@ -271,7 +272,7 @@ func (h *Hub) dispatch(subject string, data []byte) {
 		return
 	}
 	for _, c := range cs {
-		c.announce(n.Seq)
+		c.offer(n)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -37,6 +38,22 @@ func expect(t *testing.T, c *pushtest.Conn, what string, ok func(pushtest.Msg) b
 		t.Fatalf("waiting for %s: %v (got %d other messages: %v)", what, err, len(seen), seen)
 	}
 	return m
+}
+
+// customerSocket logs a customer in and opens their socket (hello read);
+// it returns the customer, the socket and the customer's user id.
+func customerSocket(t *testing.T, n *node.Node, phone string) (*nodetest.Client, *pushtest.Conn, string) {
+	t.Helper()
+	cust := nodetest.Login(t, n.URL(), phone)
+	c := dial(t, n.URL(), "/api/v1/ws", cust.Token, "")
+	hello := expect(t, c, "hello", func(m pushtest.Msg) bool { return m.Type == "hello" })
+	var me struct {
+		UserID string `json:"user_id"`
+	}
+	if err := json.Unmarshal(hello.Raw, &me); err != nil || me.UserID == "" {
+		t.Fatalf("hello %s: %v", hello.Raw, err)
+	}
+	return cust, c, me.UserID
 }
 
 func event(typ, orderID string) func(pushtest.Msg) bool {
@@ -368,20 +385,93 @@ func TestMessageRightAfterUpgrade(t *testing.T) {
 func TestHeartbeatCatchesUpWithoutAnnouncement(t *testing.T) {
 	t.Parallel()
 	n := nodetest.Start(t, func(c *node.Config) { c.WSPing = 200 * time.Millisecond })
-	alice := nodetest.Login(t, n.URL(), "+8613912340071")
-	c := dial(t, n.URL(), "/api/v1/ws", alice.Token, "")
-	hello := expect(t, c, "hello", func(m pushtest.Msg) bool { return m.Type == "hello" })
-	var me struct {
-		UserID string `json:"user_id"`
-	}
-	json.Unmarshal(hello.Raw, &me)
+	_, c, me := customerSocket(t, n, "+8613912340071")
 	ev := `{"type":"order.ready","event_id":"7","order_id":"42","store_id":"1001","status":"ready","pickup_code":"1234"}`
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := n.Bus.Publish(ctx, bus.Msg{Subject: "push.log.u." + me.UserID, ID: "silent-7", Data: []byte(ev)}); err != nil {
+	if _, err := n.Bus.Publish(ctx, bus.Msg{Subject: "push.log.u." + me, ID: "silent-7", Data: []byte(ev)}); err != nil {
 		t.Fatal(err)
 	}
 	if m := expect(t, c, "the unannounced event", func(m pushtest.Msg) bool { return m.Type == "order.ready" }); m.PickupCode != "1234" || m.ID == "" {
 		t.Fatalf("got %s", m.Raw)
+	}
+}
+
+// Announced events go straight to a socket that has sent everything before
+// them; an event put in the window by someone else (another router) is not
+// skipped: the next announcement no longer follows the socket's cursor, so
+// the socket reads the window, and gets both, in order, once.
+func TestAnnouncedEventsFollowTheWindow(t *testing.T) {
+	t.Parallel()
+	n := nodetest.Start(t)
+	alice, c, me := customerSocket(t, n, "+8613912340081")
+
+	var got []pushtest.Msg
+	for i := range 3 {
+		oid := nodetest.PayOrder(t, alice, "1007", "1007011")
+		got = append(got, expect(t, c, fmt.Sprintf("order %d paid", i), event("order.paid", oid)))
+	}
+	// The first follows the stream's end, not a known predecessor: read
+	// from the window. The next two follow the one before.
+	if d := n.Push.Stats().Direct; d != 2 {
+		t.Fatalf("%d events sent straight from their announcement; want 2", d)
+	}
+
+	silent := `{"type":"order.ready","event_id":"9","order_id":"43","store_id":"1007","status":"ready","pickup_code":"4321"}`
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := n.Bus.Publish(ctx, bus.Msg{Subject: "push.log.u." + me, ID: "other-router-9", Data: []byte(silent)}); err != nil {
+		t.Fatal(err)
+	}
+	last := nodetest.PayOrder(t, alice, "1007", "1007011")
+	m, seen, err := c.Until(10*time.Second, event("order.paid", last))
+	if err != nil {
+		t.Fatalf("waiting for the last order's paid event: %v (got %v)", err, seen)
+	}
+	if len(seen) != 1 || seen[0].Type != "order.ready" || seen[0].PickupCode != "4321" {
+		t.Fatalf("before the last paid event the socket got %v; want just the unannounced event", seen)
+	}
+	got = append(got, seen[0], m)
+	for i := 1; i < len(got); i++ {
+		a, _ := strconv.ParseUint(got[i-1].ID, 10, 64)
+		b, _ := strconv.ParseUint(got[i].ID, 10, 64)
+		if a == 0 || a >= b {
+			t.Fatalf("event ids not increasing: %v", got)
+		}
+	}
+	if d := n.Push.Stats().Direct; d != 2 {
+		t.Fatalf("after the gap %d events were sent straight; want still 2", d)
+	}
+
+	// An announcement whose predecessor is not the socket's cursor (one was
+	// lost or overtaken) is not trusted: the socket reads the window.
+	put := func(id, code string) uint64 {
+		ev := `{"type":"order.ready","event_id":"` + id + `","order_id":"44","store_id":"1007","status":"ready","pickup_code":"` + code + `"}`
+		seq, err := n.Bus.Publish(ctx, bus.Msg{Subject: "push.log.u." + me, ID: "put-" + id, Data: []byte(ev)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	announce := func(seq, prev uint64, code string) {
+		msg := fmt.Sprintf(`{"seq":%d,"order_id":44,"prev":%d,"msg":{"type":"order.ready","id":"%d","pickup_code":"%s"}}`, seq, prev, seq, code)
+		if err := n.Bus.PublishCore("push.live.u."+me, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s1 := put("10", "5555")
+	announce(s1, 1, "FAKE") // the socket has sent more than seq 1
+	if m := expect(t, c, "the event after a gap", func(m pushtest.Msg) bool { return m.Type == "order.ready" }); m.PickupCode != "5555" {
+		t.Fatalf("after an announcement with a wrong predecessor the socket sent %s; want the window's event", m.Raw)
+	}
+	s2 := put("11", "6666")
+	announce(s2, s1, "SENT") // right after the socket's cursor: sent as announced
+	if m := expect(t, c, "the next event", func(m pushtest.Msg) bool { return m.Type == "order.ready" }); m.PickupCode != "SENT" {
+		t.Fatalf("an announcement right after the cursor: the socket sent %s; want the announced message", m.Raw)
+	}
+
+	// Nothing more comes (no event twice).
+	if extra, seen, err := c.Until(300*time.Millisecond, func(pushtest.Msg) bool { return true }); err == nil {
+		t.Fatalf("an extra message: %s (after %v)", extra.Raw, seen)
 	}
 }

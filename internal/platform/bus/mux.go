@@ -118,14 +118,16 @@ func (b *Bus) Replay(ctx context.Context, stream, subject string, after uint64, 
 	if st.FirstSeq > 0 {
 		from = max(after, st.FirstSeq-1)
 	}
-	msgs, err = b.after(ctx, s, subject, from, limit)
+	msgs, err = b.after(ctx, s, subject, from, 0, limit)
 	return msgs, err == nil && after+1 >= st.FirstSeq && len(msgs) < limit, st.LastSeq, err
 }
 
 // After returns up to limit messages of stream on subject with a sequence
 // after after, oldest first, and nothing about what the stream may have
-// dropped (see Replay).
-func (b *Bus) After(ctx context.Context, stream, subject string, after uint64, limit int) ([]Msg, error) {
+// dropped (see Replay). With upto > 0 it stops at the first message at or
+// past upto instead of asking for one more (a reader that knows where the
+// subject ends saves a request per read).
+func (b *Bus) After(ctx context.Context, stream, subject string, after, upto uint64, limit int) ([]Msg, error) {
 	if b.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -137,12 +139,12 @@ func (b *Bus) After(ctx context.Context, stream, subject string, after uint64, l
 		}
 		s, _ = b.streams.LoadOrStore(stream, h)
 	}
-	return b.after(ctx, s.(jetstream.Stream), subject, after, limit)
+	return b.after(ctx, s.(jetstream.Stream), subject, after, upto, limit)
 }
 
-func (b *Bus) after(ctx context.Context, s jetstream.Stream, subject string, after uint64, limit int) ([]Msg, error) {
+func (b *Bus) after(ctx context.Context, s jetstream.Stream, subject string, after, upto uint64, limit int) ([]Msg, error) {
 	var msgs []Msg
-	for seq := after + 1; len(msgs) < limit; {
+	for seq := after + 1; len(msgs) < limit && (upto == 0 || seq <= upto); {
 		raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(b.Subject(subject)))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break

@@ -58,18 +58,53 @@ func (b *Bus) natsMsg(m Msg) (*nats.Msg, error) {
 // original message's sequence. An error means the message may or may not be
 // stored; publishing again with the same ID is safe.
 func (b *Bus) Publish(ctx context.Context, m Msg) (seq uint64, err error) {
+	ack, err := b.publishAck(ctx, m)
+	return ack.Seq, err
+}
+
+// ErrNotNext is returned (wrapped) by PublishAfter when the subject's last
+// message is not the one expected.
+var ErrNotNext = errors.New("bus: the subject's last message is not the expected one")
+
+// Ack is the server's answer to a publish.
+type Ack struct {
+	Seq       uint64
+	Duplicate bool // m.ID was seen within the Duplicates window: Seq is the first message's, nothing was stored
+}
+
+// PublishAck is Publish with the whole ack.
+func (b *Bus) PublishAck(ctx context.Context, m Msg) (Ack, error) {
+	return b.publishAck(ctx, m)
+}
+
+// PublishAfter is PublishAck on a condition: the message last stored on
+// m's subject has sequence prev (0: the subject has none). When it has
+// another, nothing is stored and the error wraps ErrNotNext. A writer that
+// knows where a subject ends can so tell its readers, with each message,
+// which one came before it. (The condition is checked before duplicates
+// are: a duplicate's Ack says nothing about its predecessor.)
+func (b *Bus) PublishAfter(ctx context.Context, m Msg, prev uint64) (Ack, error) {
+	return b.publishAck(ctx, m, jetstream.WithExpectLastSequencePerSubject(prev))
+}
+
+func (b *Bus) publishAck(ctx context.Context, m Msg, opts ...jetstream.PublishOpt) (Ack, error) {
 	if b.closed.Load() {
-		return 0, ErrClosed
+		return Ack{}, ErrClosed
 	}
 	nm, err := b.natsMsg(m)
 	if err != nil {
-		return 0, err
+		return Ack{}, err
 	}
-	ack, err := b.js.PublishMsg(ctx, nm)
+	ack, err := b.js.PublishMsg(ctx, nm, opts...)
+	var api *jetstream.APIError
+	if errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return Ack{}, fmt.Errorf("bus: publish %s: %w", m.Subject, ErrNotNext)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("bus: publish %s: %w", m.Subject, b.connErr(err))
+		return Ack{}, fmt.Errorf("bus: publish %s: %w", m.Subject, b.connErr(err))
 	}
-	return ack.Sequence, nil
+	return Ack{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
 }
 
 // PublishBatch publishes all msgs without waiting between them and then

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	}{
 		{"RoundTrip", testRoundTrip},
 		{"Dedup", testDedup},
+		{"PublishAfter", testPublishAfter},
 		{"PublishBatch", testPublishBatch},
 		{"Redelivery", testRedelivery},
 		{"Restart", testRestart},
@@ -107,6 +108,64 @@ func testRoundTrip(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	if _, _, err := b.StreamInfo(ctx, "NOSUCH"); !errors.Is(err, bus.ErrNotFound) {
 		t.Errorf("StreamInfo of a missing stream: err = %v; want ErrNotFound", err)
 	}
+}
+
+// testPublishAfter: a conditional publish stores a message only right
+// after the expected one on its subject, and of writers racing from one
+// predecessor exactly one wins.
+func testPublishAfter(t *testing.T, open func(t *testing.T) *bus.Bus) {
+	b := open(t)
+	ctx := testContext(t)
+	mustEnsure(t, b, bus.StreamConfig{Name: "PA", Subjects: []string{"pa.>"}})
+
+	first, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: "a1"}, 0) // none before it
+	if err != nil || first.Duplicate {
+		t.Fatalf("first on an empty subject: %+v, %v", first, err)
+	}
+	other := mustPublish(t, b, bus.Msg{Subject: "pa.b"}) // another subject does not count
+	second, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: "a2"}, first.Seq)
+	if err != nil || second.Seq <= other {
+		t.Fatalf("after the first: %+v, %v (pa.b's message is %d)", second, err, other)
+	}
+	if _, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: "a3"}, first.Seq); !errors.Is(err, bus.ErrNotNext) {
+		t.Fatalf("after a message that is no longer last: %v; want ErrNotNext", err)
+	}
+	if _, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: "a4"}, 0); !errors.Is(err, bus.ErrNotNext) {
+		t.Fatalf("'none before' on a subject that has some: %v; want ErrNotNext", err)
+	}
+	wantStream(t, b, "PA", 3)
+	if a, err := b.PublishAck(ctx, bus.Msg{Subject: "pa.a", ID: "a2"}); err != nil || !a.Duplicate || a.Seq != second.Seq {
+		t.Fatalf("PublishAck of a duplicate: %+v, %v; want duplicate of %d", a, err, second.Seq)
+	}
+	if a, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: "a2"}, second.Seq); err != nil || !a.Duplicate {
+		t.Fatalf("PublishAfter of a duplicate: %+v, %v; want duplicate", a, err)
+	}
+
+	// Racing from the same predecessor: one is stored, the rest refused.
+	const n = 16
+	var wg sync.WaitGroup
+	var won, refused atomic.Int32
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, err := b.PublishAfter(ctx, bus.Msg{Subject: "pa.a", ID: fmt.Sprintf("race-%d", i)}, second.Seq)
+			switch {
+			case err == nil:
+				won.Add(1)
+			case errors.Is(err, bus.ErrNotNext):
+				refused.Add(1)
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if won.Load() != 1 || refused.Load() != n-1 {
+		t.Fatalf("%d writers after one message: %d stored, %d refused; want 1 and %d", n, won.Load(), refused.Load(), n-1)
+	}
+	wantStream(t, b, "PA", 4)
 }
 
 func testDedup(t *testing.T, open func(t *testing.T) *bus.Bus) {
@@ -512,6 +571,28 @@ func testReplay(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		wantComplete := tc.complete && len(tc.want) < 3
 		if err != nil || got != tc.want || complete != wantComplete {
 			t.Errorf("%s: Replay = %q, %v, %v; want %q, %v", tc.name, got, complete, err, tc.want, wantComplete)
+		}
+	}
+	// After reads on, or stops at a bound.
+	for _, tc := range []struct {
+		name        string
+		after, upto uint64
+		limit       int
+		want        string
+	}{
+		{"unbounded", mine[2], 0, 10, "34"},
+		{"up to the next", mine[2], mine[3], 10, "3"},
+		{"up to a seq of another subject: the first past it too", mine[2], mine[3] + 1, 10, "34"},
+		{"limit first", mine[2], mine[4], 1, "3"},
+		{"bound below after", mine[3], mine[2], 10, ""},
+	} {
+		msgs, err := b.After(ctx, "WINDOW", "win.a", tc.after, tc.upto, tc.limit)
+		var got string
+		for _, m := range msgs {
+			got += string(m.Data)
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("After %s = %q, %v; want %q", tc.name, got, err, tc.want)
 		}
 	}
 }
