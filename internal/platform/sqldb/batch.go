@@ -35,8 +35,17 @@ import (
 // earlier ones.
 const maxBatch = 64
 
-// linger is how long a batch waits for company after a batch that had some.
-const linger = time.Millisecond
+// linger is how long a batch waits for company after a batch that had
+// some; busyLinger, how long any batch waits while the process is short of
+// CPU (contention.go). Measured on the pickup bench at 1,000 orders/s, where
+// the machine is saturated: waiting 2 ms then cut surge's CPU per order by
+// ~4% and the p99 from callback to pickup code from ~90 to ~68 ms (fewer
+// commits, less queueing everywhere); waiting whenever writes come often,
+// without the CPU test, tripled the p50 at 300 orders/s.
+const (
+	linger     = time.Millisecond
+	busyLinger = 2 * time.Millisecond
+)
 
 type batchItem struct {
 	ctx   context.Context
@@ -175,10 +184,14 @@ func (b *batcher) loop() {
 		case it := <-b.in:
 			batch = append(batch[:0], it)
 		}
-		if company {
-			// Writers are racing: give the ones about to queue a moment
-			// (on a busy machine a commit saved is worth more than the
-			// wait). A lone writer never waits.
+		switch {
+		case cpu.contended():
+			// The CPU is the bottleneck: a commit saved is worth more
+			// than the wait.
+			time.Sleep(busyLinger)
+		case company:
+			// Writers are racing: give the ones about to queue a moment.
+			// A lone writer on an idle machine never waits.
 			time.Sleep(linger)
 		}
 	more:
