@@ -215,7 +215,7 @@ BEGIN;
 INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at) VALUES (:oid, :uid, 1001, 'pending_payment', 1, 3200, 3200, 1763900000000, 1763900000000, 4102444800000);
 INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 0, 1001006, 'Jasmine Tea', 1000, 1);
 INSERT INTO order_items (order_id, line, sku_id, name, price, qty) VALUES (:oid, 1, 1001007, 'Oolong', 1100, 2);
-INSERT INTO outbox (id, subject, type, payload, created_at) VALUES (:oid, 'orders.events.1', 'order.created', '{"event_id":"383265897843787242","type":"order.created","order_id":"383265897843786218","user_id":"383265897843000001","store_id":"1001","status":"pending_payment","version":1,"payable":3200,"at":"2026-11-23T14:41:50.783Z"}', 1763900000000);
+INSERT INTO outbox (id, subject, type, payload, created_at) VALUES (:oid, 'orders.events.1.order.created', 'order.created', '{"event_id":"383265897843787242","type":"order.created","order_id":"383265897843786218","user_id":"383265897843000001","store_id":"1001","status":"pending_payment","version":1,"payable":3200,"at":"2026-11-23T14:41:50.783Z"}', 1763900000000);
 INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES (:oid + 4000000000000000000, 'timers.order.383265897843786218', 'order.timer', '383265897843786218', '{"Nats-Schedule":"@at 2026-11-23T15:00:00Z","Nats-Schedule-Target":"timers.expire.1"}', 1763900000000);
 END;
 `

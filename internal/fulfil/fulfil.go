@@ -88,7 +88,8 @@ func seqKey(storeID int64) string   { return "fulfil:seq:" + strconv.FormatInt(s
 // Consume takes paid orders off the bus until ctx is done: each is recorded
 // (idempotently) and appended to its store's queue.
 func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "fulfil", MaxAckPending: 2048, Workers: 16},
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "fulfil", MaxAckPending: 2048, Workers: 16,
+		FilterSubjects: order.Types(order.EvPaid)},
 		func(ctx context.Context, m bus.Msg) error {
 			if m.Header["Surge-Type"] != order.EvPaid {
 				return nil
@@ -304,7 +305,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 			e := order.Event{EventID: s.ids.Next(gene), Type: ev, OrderID: orderID, UserID: userID, StoreID: storeID,
 				PickupCode: pick, At: s.now().UTC()}
 			payload, _ := json.Marshal(e)
-			return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene), Type: ev, Payload: payload}, s.now())
+			return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene, ev), Type: ev, Payload: payload}, s.now())
 		})
 		if sqldb.IsUnique(err) && to == Accepted {
 			if code != "" {

@@ -168,7 +168,8 @@ const Durable = "notify"
 
 // consumer starts at the stream's end when first made: a first start does
 // not message customers about old orders.
-var consumer = bus.ConsumerConfig{Stream: order.Stream.Name, Durable: Durable, MaxAckPending: 256, Workers: 4, FromNow: true}
+var consumer = bus.ConsumerConfig{Stream: order.Stream.Name, Durable: Durable, MaxAckPending: 256, Workers: 4, FromNow: true,
+	FilterSubjects: order.Types(KindAccepted, KindReady)}
 
 // Prepare makes the consumer, so that events published after it returns
 // are notified (call it before the node takes traffic).

@@ -367,7 +367,7 @@ func publish(t *testing.T, b *bus.Bus, evs ...order.Event) uint64 {
 	for _, ev := range evs {
 		data, _ := json.Marshal(ev)
 		var err error
-		seq, err = b.Publish(t.Context(), bus.Msg{Subject: order.Subject(int(ev.OrderID % 8)),
+		seq, err = b.Publish(t.Context(), bus.Msg{Subject: order.Subject(int(ev.OrderID%8), ev.Type),
 			ID: strconv.FormatInt(ev.EventID, 10), Data: data, Header: map[string]string{"Surge-Type": ev.Type}})
 		if err != nil {
 			t.Fatal(err)
@@ -381,8 +381,9 @@ func event(n int, typ string) order.Event {
 		PickupCode: fmt.Sprintf("%04d", n), At: time.Now().UTC()}
 }
 
-// drained reports whether the notify consumer acked everything up to seq
-// without redelivering anything.
+// drained reports whether the notify consumer acked everything it takes up
+// to seq (the stream sequence of the last such event) without
+// redelivering anything.
 func drained(t *testing.T, b *bus.Bus, seq uint64) bool {
 	c, err := b.JetStream().Consumer(t.Context(), b.Name(order.Stream.Name), b.Name(Durable))
 	if err != nil {
@@ -408,12 +409,21 @@ func TestConsumeSendsAcceptedAndReady(t *testing.T) {
 	for i := range 6 {
 		evs = append(evs, event(i, order.EvReady))
 	}
-	evs = append(evs, event(10, order.EvAccepted), event(11, order.EvPaid), event(12, order.EvCompleted))
-	seq := publish(t, b, evs...)
+	evs = append(evs, event(10, order.EvAccepted))
+	seq := publish(t, b, evs...) // the last event it takes
+	// Events it does not notify are not even delivered to it (the
+	// consumer's filters).
+	publish(t, b, event(11, order.EvPaid), event(12, order.EvCompleted))
 	publish(t, b, evs[0]) // a relay's replay: deduplicated by the bus
 
 	eventually(t, "7 messages in the sink", func() bool { return sink.Count() == 7 })
 	eventually(t, "the consumer to ack everything", func() bool { return drained(t, b, seq) })
+	if c, err := b.JetStream().Consumer(t.Context(), b.Name(order.Stream.Name), b.Name(Durable)); err != nil {
+		t.Fatal(err)
+	} else if info, err := c.Info(t.Context()); err != nil || info.Delivered.Stream != seq {
+		t.Errorf("last message delivered to the consumer: %+v, %v; want seq %d (the paid and completed events after it are filtered out)",
+			info.Delivered, err, seq)
+	}
 	msgs := sink.Messages(41)
 	if len(msgs) != 3 {
 		t.Fatalf("user 41 got %d messages, want 3: %+v", len(msgs), msgs)

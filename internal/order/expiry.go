@@ -63,7 +63,7 @@ func (s *Service) ConsumeTimers(ctx context.Context, b *bus.Bus) error {
 	if err := b.EnsureStream(ctx, Timers); err != nil {
 		return err
 	}
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: Timers.Name, Durable: "order-expiry", FilterSubject: "timers.expire.>",
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: Timers.Name, Durable: "order-expiry", FilterSubjects: []string{"timers.expire.>"},
 		MaxAckPending: 4096, Workers: 4}, func(ctx context.Context, m bus.Msg) error {
 		oid, err := strconv.ParseInt(string(m.Data), 10, 64)
 		if err != nil {

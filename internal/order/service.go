@@ -58,8 +58,21 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, notify 
 // placeTimeout bounds pricing, reserving and writing one order.
 const placeTimeout = 30 * time.Second
 
-// Subject returns the bus subject of events of logical shard gene.
-func Subject(gene int) string { return "orders.events." + strconv.Itoa(gene) }
+// Subject returns the bus subject of an event of type typ of an order of
+// logical shard gene: the shard partitions the stream
+// (orders.events.<gene>.>), the type lets a consumer take only the types it
+// needs, filtered on the server (Types).
+func Subject(gene int, typ string) string { return "orders.events." + strconv.Itoa(gene) + "." + typ }
+
+// Types returns the subjects of the events of the given types, of every
+// shard: a consumer's filters.
+func Types(types ...string) []string {
+	out := make([]string, len(types))
+	for i, t := range types {
+		out[i] = "orders.events.*." + t
+	}
+	return out
+}
 
 // CheckKey validates an Idempotency-Key ("" means none).
 func CheckKey(key string) error {
@@ -321,7 +334,7 @@ func (s *Service) event(o *Order, typ string) outbox.Event {
 	ev := Event{EventID: s.ids.Next(gene), Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
 		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, PaymentID: o.PaymentID,
 		Reason: o.Reason, At: o.UpdatedAt.UTC()}
-	return outbox.Event{ID: ev.EventID, Subject: Subject(gene), Type: typ, Payload: mustJSON(ev)}
+	return outbox.Event{ID: ev.EventID, Subject: Subject(gene, typ), Type: typ, Payload: mustJSON(ev)}
 }
 
 // Get returns the order if it belongs to userID (0 = any user), with its lines.

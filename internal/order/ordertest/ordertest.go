@@ -554,9 +554,9 @@ func testOutbox(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	r := rows[0]
 	gene := id.Gene(c.OrderID)
-	if r.shard != shard || r.typ != order.EvCreated || r.subject != order.Subject(gene) || r.createdAt != orderCreated {
+	if r.shard != shard || r.typ != order.EvCreated || r.subject != order.Subject(gene, order.EvCreated) || r.createdAt != orderCreated {
 		t.Errorf("outbox row %+v, want type %s, subject %s, on database %d, created_at %d like its order",
-			r, order.EvCreated, order.Subject(gene), shard, orderCreated)
+			r, order.EvCreated, order.Subject(gene, order.EvCreated), shard, orderCreated)
 	}
 	if e := r.ev; e.EventID != r.id || id.Gene(e.EventID) != gene || e.Type != order.EvCreated || e.OrderID != c.OrderID ||
 		e.UserID != user || e.StoreID != f.store.ID || e.Status != order.PendingPayment || e.Version != 1 || e.Payable != c.Payable {
@@ -590,7 +590,7 @@ func testOutbox(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		t.Fatalf("after create and cancel the cluster holds %d outbox rows, want 2", len(rows))
 	}
 	r = rows[1]
-	if r.shard != shard || r.typ != order.EvCancelled || r.subject != order.Subject(gene) || r.id <= rows[0].id {
+	if r.shard != shard || r.typ != order.EvCancelled || r.subject != order.Subject(gene, order.EvCancelled) || r.id <= rows[0].id {
 		t.Errorf("second outbox row %+v, want %s on database %d after the first", r, order.EvCancelled, shard)
 	}
 	if e := r.ev; e.Type != order.EvCancelled || e.OrderID != c.OrderID || e.Status != order.Cancelled || e.Version != 2 ||

@@ -88,12 +88,12 @@ type StreamConfig struct {
 // message the first time it is created; after that it continues where its
 // acknowledgements left off.
 type ConsumerConfig struct {
-	Stream        string
-	Durable       string
-	FilterSubject string        // optional, un-prefixed
-	MaxDeliver    int           // 0 = 10; negative = unlimited
-	AckWait       time.Duration // 0 = 30s; ignored by the server when Backoff is set (it uses Backoff[0])
-	MaxAckPending int           // 0 = 1000
+	Stream         string
+	Durable        string
+	FilterSubjects []string      // optional, un-prefixed: only messages on these subjects (wildcards allowed)
+	MaxDeliver     int           // 0 = 10; negative = unlimited
+	AckWait        time.Duration // 0 = 30s; ignored by the server when Backoff is set (it uses Backoff[0])
+	MaxAckPending  int           // 0 = 1000
 	// Backoff is both the server's redelivery schedule for messages that
 	// were not acked in time and the delay Consume naks a failed message
 	// with (entry Deliveries-1, the last entry repeating). nil = exponential

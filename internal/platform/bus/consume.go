@@ -250,8 +250,14 @@ func (b *Bus) ensureConsumer(ctx context.Context, cfg ConsumerConfig) (jetstream
 		BackOff:       cfg.Backoff,
 		MaxAckPending: cfg.MaxAckPending,
 	}
-	if cfg.FilterSubject != "" {
-		jcfg.FilterSubject = b.Subject(cfg.FilterSubject)
+	switch len(cfg.FilterSubjects) {
+	case 0:
+	case 1: // as consumers were made before several were allowed: such a consumer is left as it is
+		jcfg.FilterSubject = b.Subject(cfg.FilterSubjects[0])
+	default:
+		for _, s := range cfg.FilterSubjects {
+			jcfg.FilterSubjects = append(jcfg.FilterSubjects, b.Subject(s))
+		}
 	}
 	b.manage.Lock()
 	defer b.manage.Unlock()

@@ -93,7 +93,7 @@ func testRoundTrip(t *testing.T, open func(t *testing.T) *bus.Bus) {
 
 	// A filtered consumer skips the first message.
 	orders := make(chan bus.Msg, 10)
-	startConsume(t, b, bus.ConsumerConfig{Stream: "RT", Durable: "rt-orders", FilterSubject: "rt.order.>"},
+	startConsume(t, b, bus.ConsumerConfig{Stream: "RT", Durable: "rt-orders", FilterSubjects: []string{"rt.order.>"}},
 		func(_ context.Context, m bus.Msg) error {
 			orders <- m
 			return nil
@@ -102,8 +102,29 @@ func testRoundTrip(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		t.Errorf("filtered consumer got seq %d subject %q; want seq %d subject rt.order.1", m.Seq, m.Subject, seq2)
 	}
 
-	if n, last, err := b.StreamInfo(ctx, "RT"); err != nil || n != 2 || last != 2 {
-		t.Errorf("StreamInfo = %d, %d, %v; want 2, 2, nil", n, last, err)
+	// Several filters: only their subjects, in stream order.
+	seq3 := mustPublish(t, b, bus.Msg{Subject: "rt.event.paid", Data: []byte("paid")})
+	mustPublish(t, b, bus.Msg{Subject: "rt.event.created", Data: []byte("created")})
+	seq5 := mustPublish(t, b, bus.Msg{Subject: "rt.event.accepted", Data: []byte("accepted")})
+	some := make(chan bus.Msg, 10)
+	startConsume(t, b, bus.ConsumerConfig{Stream: "RT", Durable: "rt-some", FilterSubjects: []string{"rt.event.paid", "rt.event.accepted"}},
+		func(_ context.Context, m bus.Msg) error {
+			some <- m
+			return nil
+		})
+	for _, want := range []uint64{seq3, seq5} {
+		if m := receive(t, some, "message of a filter"); m.Seq != want {
+			t.Errorf("consumer of two filters got seq %d (%s); want %d", m.Seq, m.Subject, want)
+		}
+	}
+	select {
+	case m := <-some:
+		t.Errorf("consumer of two filters got %s too", m.Subject)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	if n, last, err := b.StreamInfo(ctx, "RT"); err != nil || n != 5 || last != 5 {
+		t.Errorf("StreamInfo = %d, %d, %v; want 5, 5, nil", n, last, err)
 	}
 	if _, _, err := b.StreamInfo(ctx, "NOSUCH"); !errors.Is(err, bus.ErrNotFound) {
 		t.Errorf("StreamInfo of a missing stream: err = %v; want ErrNotFound", err)
@@ -851,7 +872,7 @@ func runSchedule(t *testing.T, b *bus.Bus) {
 	got := make(chan time.Time, 4)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go b.Consume(cctx, bus.ConsumerConfig{Stream: "TIMERS", Durable: "fire", FilterSubject: "timers.fire.>"},
+	go b.Consume(cctx, bus.ConsumerConfig{Stream: "TIMERS", Durable: "fire", FilterSubjects: []string{"timers.fire.>"}},
 		func(_ context.Context, m bus.Msg) error {
 			if string(m.Data) == "fire" && m.Subject == "timers.fire.x" {
 				got <- time.Now()
