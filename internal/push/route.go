@@ -102,8 +102,7 @@ func Route(ctx context.Context, b *bus.Bus) error {
 				ev.ID = seq
 				n.Prev, n.Msg = int64(prev), mustJSON(ev)
 			}
-			data, _ = json.Marshal(n)
-			_ = b.PublishCore(userSubject(oe.UserID), data) // at most once: see announce
+			announce(b, userSubject(oe.UserID), n)
 			return nil
 		})
 }
@@ -170,8 +169,8 @@ type news struct {
 
 // announce sends news at most once: a socket that misses it catches up at
 // the next one, its heartbeat or its reconnect.
-func announce(b *bus.Bus, subject string, seq, orderID int64) {
-	data, _ := json.Marshal(news{Seq: seq, OrderID: orderID})
+func announce(b *bus.Bus, subject string, n news) {
+	data, _ := json.Marshal(n)
 	_ = b.PublishCore(subject, data)
 }
 
@@ -183,5 +182,5 @@ type StoreNotifier struct{ Bus *bus.Bus }
 
 // StoreNews implements fulfil.Notifier.
 func (n StoreNotifier) StoreNews(storeID, seq, orderID int64) {
-	announce(n.Bus, storeSubject(storeID), seq, orderID)
+	announce(n.Bus, storeSubject(storeID), news{Seq: seq, OrderID: orderID})
 }
