@@ -46,6 +46,9 @@ type Server struct {
 	Checks     []Check
 	Stats      EventStats
 	PushStats  func() any // the push centre's counters, for operators; nil = no push role
+	// Cluster reports this node's identity, its jobs and the cluster's
+	// leases (GET /admin/v1/cluster, on every node); nil = not served.
+	Cluster func(ctx context.Context) (any, error)
 }
 
 // Handler returns the whole HTTP surface of a node.
@@ -68,6 +71,16 @@ func (s *Server) Handler() http.Handler {
 	// Profiles for operators (admin token): go tool pprof -H 'Authorization: Bearer T' .../debug/pprof/profile
 	mux.HandleFunc("GET /debug/pprof/", s.admin(pprof.Index))
 	mux.HandleFunc("GET /debug/pprof/profile", s.admin(pprof.Profile))
+	if s.Cluster != nil {
+		mux.HandleFunc("GET /admin/v1/cluster", s.admin(func(w http.ResponseWriter, r *http.Request) {
+			v, err := s.Cluster(r.Context())
+			if err != nil {
+				web.Error(w, r, err)
+				return
+			}
+			web.JSON(w, http.StatusOK, v)
+		}))
+	}
 	if s.PushStats != nil {
 		mux.HandleFunc("GET /push/v1/stats", s.admin(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Query().Get("gc") == "1" { // for memory measurements: live memory only

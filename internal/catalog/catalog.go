@@ -176,7 +176,10 @@ func (s *Service) CreateStore(ctx context.Context, storeID int64, in StoreInput)
 		return Store{}, err
 	}
 	if storeID == 0 {
-		storeID = s.ids.Next(0)
+		var err error
+		if storeID, err = s.ids.Next(0); err != nil {
+			return Store{}, err
+		}
 	}
 	open := 1
 	if in.Open != nil && !*in.Open {
@@ -234,7 +237,10 @@ func (s *Service) CreateCategory(ctx context.Context, storeID, catID int64, in C
 		return Category{}, err
 	}
 	if catID == 0 {
-		catID = s.ids.Next(0)
+		var err error
+		if catID, err = s.ids.Next(0); err != nil {
+			return Category{}, err
+		}
 	}
 	if _, err := s.db.W.ExecContext(ctx, `INSERT INTO categories (id, store_id, name, sort) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (id) DO NOTHING`, catID, storeID, in.Name, in.Sort); err != nil {
@@ -282,7 +288,9 @@ func (s *Service) PutItem(ctx context.Context, storeID, sku int64, in ItemInput)
 		return Item{}, fmt.Errorf("read category: %w", err)
 	}
 	if sku == 0 {
-		sku = s.ids.Next(0)
+		if sku, err = s.ids.Next(0); err != nil {
+			return Item{}, err
+		}
 	}
 	it := Item{SKU: sku, StoreID: storeID, CategoryID: in.CategoryID, Name: in.Name, Price: in.Price,
 		Limited: in.Limited, Available: in.Available == nil || *in.Available, Sort: in.Sort}

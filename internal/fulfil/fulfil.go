@@ -302,7 +302,11 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 				return ErrStep.With("order %d changed meanwhile", orderID)
 			}
 			gene := id.Gene(orderID)
-			e := order.Event{EventID: s.ids.Next(gene), Type: ev, OrderID: orderID, UserID: userID, StoreID: storeID,
+			evID, err := s.ids.Next(gene)
+			if err != nil {
+				return err
+			}
+			e := order.Event{EventID: evID, Type: ev, OrderID: orderID, UserID: userID, StoreID: storeID,
 				PickupCode: pick, At: s.now().UTC()}
 			payload, _ := json.Marshal(e)
 			return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene, ev), Type: ev, Payload: payload}, s.now())

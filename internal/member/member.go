@@ -71,7 +71,10 @@ func (s *Service) Login(ctx context.Context, phone string) (token string, userID
 	err = m.R.QueryRowContext(ctx, `SELECT id FROM users WHERE phone = $1`, phone).Scan(&userID)
 	if err != nil {
 		// A new customer: the user id's low bits (its gene) pick the order shard.
-		uid := s.ids.Next(mrand.IntN(id.Genes))
+		uid, err := s.ids.Next(mrand.IntN(id.Genes))
+		if err != nil {
+			return "", 0, err
+		}
 		if _, err := m.W.ExecContext(ctx, `INSERT INTO users (id, phone, created_at) VALUES ($1, $2, $3) ON CONFLICT (phone) DO NOTHING`,
 			uid, phone, s.now().UnixMilli()); err != nil {
 			return "", 0, fmt.Errorf("register %s: %w", phone, err)

@@ -35,6 +35,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
+	"github.com/surge-platform/surge/internal/platform/lease"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/push"
@@ -53,7 +54,7 @@ type Config struct {
 	Bus        string         // bus URL; empty = embedded:<Data>/nats
 	AdminToken string         // empty = random, printed at start
 	OrderTTL   time.Duration  // time to pay an order
-	NodeID     int            // id generator node; -1 = lease one from the kv store
+	NodeID     int            // id generator node; -1 = lease the lowest free one
 	DBMaxConns int            // per PostgreSQL database; 0 = default
 	Migrate    bool           // apply migrations at start
 	RelayPoll  time.Duration  // outbox backstop poll; 0 = 1s
@@ -126,7 +127,9 @@ type Node struct {
 	Bus   *bus.Bus
 	IDs   *id.Generator
 	relay *outbox.Relay
-	lease *lease
+	owner string        // this process, as leases name it
+	node  *lease.NodeID // keeps the node id leased
+	Jobs  *lease.Jobs   // jobs that run once per cluster (worker role)
 
 	Members  *member.Service
 	Catalog  *catalog.Service
@@ -179,16 +182,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			return nil, fmt.Errorf("bus: %w", err)
 		}
 	}
-	node := cfg.NodeID
-	if node < 0 {
-		if n.lease, err = leaseNode(ctx, n.KV); err != nil {
-			return nil, err
-		}
-		node = n.lease.node
-	}
-	if n.IDs, err = id.New(node); err != nil {
+	// Node ids and job leaders are leased in the main database: every
+	// process that shares the data sees the leases there.
+	leases := lease.New(n.DB.Main())
+	n.owner = lease.Owner()
+	n.IDs = id.NewLeased()
+	if n.node, err = lease.LeaseNodeID(ctx, leases, n.owner, cfg.NodeID, 0, n.IDs, log); err != nil {
 		return nil, err
 	}
+	n.closer = append(n.closer, func() error { // Run's end released it already; a failed New has not
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return n.node.Release(c)
+	})
+	n.Jobs = lease.NewJobs(leases, n.owner, 0, log)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
 	n.Stock = inventory.New(n.DB)
 	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus)
@@ -213,7 +220,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats}
+	}, Stats: n.stats, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders = n.Members, n.Catalog, n.Orders
 	}
@@ -319,9 +326,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if n.lease != nil {
-		spawn("node id lease", n.lease.renew)
-	}
+	spawn("node id lease", n.node.Keep)
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)
 	}
@@ -335,11 +340,18 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.cfg.Has("worker") {
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
-		spawn("reservation sweeper", n.sweep)
 		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })
-		spawn("expiry sweeper", n.expireDue)
-		spawn("payment queries and repairs", n.Payments.Work)
-		spawn("daily reconciliation", n.Payments.ReconcileDaily)
+		// Once per cluster, on the node holding each job's lease.
+		spawn("reservation sweeper", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "reservation-sweep", 30*time.Second, n.sweep)
+		})
+		spawn("expiry sweeper", func(ctx context.Context) error { return n.Jobs.Every(ctx, "expiry-sweep", 5*time.Second, n.expireDue) })
+		spawn("payment queries and repairs", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "payment-queries", time.Second, n.Payments.Work)
+		})
+		spawn("daily reconciliation", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "daily-reconciliation", time.Minute, n.Payments.ReconcileDue)
+		})
 		if n.Notify != nil {
 			spawn("customer notifications", func(ctx context.Context) error { return n.Notify.Consume(ctx, n.Bus) })
 		}
@@ -365,41 +377,31 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-// every runs f every d until ctx is done.
-func every(ctx context.Context, d time.Duration, f func(context.Context)) error {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			f(ctx)
-		}
-	}
-}
-
 // sweep releases stock reservations whose order never appeared.
 func (n *Node) sweep(ctx context.Context) error {
-	return every(ctx, 30*time.Second, func(ctx context.Context) {
-		released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Fate)
-		if err != nil && ctx.Err() == nil {
-			n.log.Warn("reservation sweep", "err", err)
-		} else if released > 0 && err == nil {
-			n.log.Info("reservation sweep released orphans", "orders", released)
-		}
-	})
+	released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Fate)
+	if released > 0 && err == nil {
+		n.log.Info("reservation sweep released orphans", "orders", released)
+	}
+	return err
 }
 
 // expireDue is the backstop of the order timers.
 func (n *Node) expireDue(ctx context.Context) error {
-	return every(ctx, 5*time.Second, func(ctx context.Context) {
-		if k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500); err != nil && ctx.Err() == nil {
-			n.log.Warn("expiry sweep", "err", err)
-		} else if k > 0 && err == nil {
-			n.log.Info("expiry sweep expired orders its timers missed", "orders", k)
-		}
-	})
+	k, err := n.Orders.ExpireDue(ctx, 2*time.Second, 500)
+	if k > 0 && err == nil {
+		n.log.Info("expiry sweep expired orders its timers missed", "orders", k)
+	}
+	return err
+}
+
+// cluster is this node's identity and jobs, and the leases of the cluster.
+func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
+	ls, err := leases.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(), "leases": ls}, nil
 }
 
 func (n *Node) stats(ctx context.Context) (map[string]int64, error) {
@@ -437,74 +439,3 @@ func (n *Node) Close() error {
 	}
 	return err
 }
-
-type lease struct {
-	store kv.Store
-	node  int
-	key   string
-	me    []byte
-	every time.Duration // renewal interval; the lease lasts 3 of them
-}
-
-// leaseNode takes the lowest free node id in the kv store for 30 s; renew
-// keeps it while the node runs.
-func leaseNode(ctx context.Context, store kv.Store) (*lease, error) {
-	me := make([]byte, 8)
-	rand.Read(me)
-	for node := 0; node <= id.MaxNode; node++ {
-		l := &lease{store: store, node: node, key: "surge:node:" + strconv.Itoa(node), me: []byte(hex.EncodeToString(me)), every: 10 * time.Second}
-		ok, err := store.SetNX(ctx, l.key, l.me, 3*l.every)
-		if err != nil {
-			return nil, fmt.Errorf("lease node id: %w", err)
-		}
-		if ok {
-			return l, nil
-		}
-	}
-	return nil, errors.New("lease node id: all 128 node ids are taken")
-}
-
-// renew keeps the lease while the node runs. A lease found taken by
-// another process, or not renewable before it runs out, stops the node: two
-// nodes with one id would make the same ids.
-func (l *lease) renew(ctx context.Context) error {
-	t := time.NewTicker(l.every)
-	defer t.Stop()
-	renewed := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			c, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if v, err := l.store.Get(c, l.key); err == nil && string(v) == string(l.me) {
-				l.store.Del(c, l.key) // let the next process have it at once
-			}
-			return nil
-		case <-t.C:
-		}
-		c, cancel := context.WithTimeout(ctx, l.every/2)
-		v, err := l.store.Get(c, l.key)
-		switch {
-		case err == nil && string(v) == string(l.me):
-			err = l.store.Set(c, l.key, l.me, 3*l.every)
-		case errors.Is(err, kv.ErrNotFound): // expired while the kv store was away: take it back if still free
-			var ok bool
-			if ok, err = l.store.SetNX(c, l.key, l.me, 3*l.every); err == nil && !ok {
-				err = errLeaseLost
-			}
-		case err == nil:
-			err = errLeaseLost
-		}
-		cancel()
-		if errors.Is(err, errLeaseLost) {
-			return fmt.Errorf("node id %d: %w", l.node, err)
-		}
-		if err == nil {
-			renewed = time.Now()
-		} else if time.Since(renewed) > 5*l.every/2 {
-			return fmt.Errorf("node id %d: lease not renewable for %v: %w", l.node, time.Since(renewed).Round(time.Second), err)
-		}
-	}
-}
-
-var errLeaseLost = errors.New("lease taken by another process")

@@ -20,11 +20,12 @@ var Timers = bus.StreamConfig{Name: "TIMERS", Subjects: []string{"timers.>"}, Sc
 
 // timer is the outbox row that schedules o's expiry; it is written in the
 // order's own transaction, so every order has its timer.
-func (s *Service) timer(o *Order) outbox.Event {
+func (s *Service) timer(o *Order) (outbox.Event, error) {
 	gene := id.Gene(o.ID)
-	return outbox.Event{ID: s.ids.Next(gene), Subject: "timers.order." + strconv.FormatInt(o.ID, 10), Type: "order.timer",
+	evID, err := s.ids.Next(gene)
+	return outbox.Event{ID: evID, Subject: "timers.order." + strconv.FormatInt(o.ID, 10), Type: "order.timer",
 		Payload: []byte(strconv.FormatInt(o.ID, 10)),
-		Header:  map[string]string{bus.Schedule: bus.ScheduleAt(o.ExpiresAt), bus.ScheduleTarget: "timers.expire." + strconv.Itoa(gene)}}
+		Header:  map[string]string{bus.Schedule: bus.ScheduleAt(o.ExpiresAt), bus.ScheduleTarget: "timers.expire." + strconv.Itoa(gene)}}, err
 }
 
 // Expire cancels the order if it is still unpaid and its time is up, and

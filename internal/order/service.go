@@ -101,7 +101,11 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 		return Created{}, err
 	}
 	gene := id.GeneOf(userID)
-	cl := claim{userID: userID, key: key, orderID: s.ids.Next(gene)}
+	oid, err := s.ids.Next(gene)
+	if err != nil {
+		return Created{}, err
+	}
+	cl := claim{userID: userID, key: key, orderID: oid}
 	if key != "" {
 		h := sha256.Sum256(mustJSON(req))
 		done, err := s.claim(ctx, &cl, hex.EncodeToString(h[:16]))
@@ -283,8 +287,15 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 // answer in one transaction on the order's shard.
 func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) error {
 	gene := id.Gene(o.ID)
-	ev := s.event(o, EvCreated)
-	err := sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
+	ev, err := s.event(o, EvCreated)
+	if err != nil {
+		return err
+	}
+	timer, err := s.timer(o)
+	if err != nil {
+		return err
+	}
+	err = sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
 			created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
@@ -300,7 +311,7 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) err
 		if err := outbox.Insert(ctx, tx, ev, o.CreatedAt); err != nil {
 			return err
 		}
-		if err := outbox.Insert(ctx, tx, s.timer(o), o.CreatedAt); err != nil {
+		if err := outbox.Insert(ctx, tx, timer, o.CreatedAt); err != nil {
 			return err
 		}
 		if cl.key != "" {
@@ -329,12 +340,13 @@ func (s *Service) wake(gene int) {
 	}
 }
 
-func (s *Service) event(o *Order, typ string) outbox.Event {
+func (s *Service) event(o *Order, typ string) (outbox.Event, error) {
 	gene := id.Gene(o.ID)
-	ev := Event{EventID: s.ids.Next(gene), Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
+	evID, err := s.ids.Next(gene)
+	ev := Event{EventID: evID, Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
 		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, PaymentID: o.PaymentID,
 		Reason: o.Reason, At: o.UpdatedAt.UTC()}
-	return outbox.Event{ID: ev.EventID, Subject: Subject(gene, typ), Type: typ, Payload: mustJSON(ev)}
+	return outbox.Event{ID: ev.EventID, Subject: Subject(gene, typ), Type: typ, Payload: mustJSON(ev)}, err
 }
 
 // Get returns the order if it belongs to userID (0 = any user), with its lines.
@@ -572,7 +584,11 @@ func (s *Service) transitionTx(ctx context.Context, tx *sql.Tx, o, next *Order, 
 	if typ == "" {
 		return nil // the event that caused it is the record (fulfilment steps)
 	}
-	return outbox.Insert(ctx, tx, s.event(next, typ), next.UpdatedAt)
+	ev, err := s.event(next, typ)
+	if err != nil {
+		return err
+	}
+	return outbox.Insert(ctx, tx, ev, next.UpdatedAt)
 }
 
 var _ Catalog = (*catalog.Service)(nil)

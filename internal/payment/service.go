@@ -153,7 +153,11 @@ func (s *Service) Pay(ctx context.Context, userID, orderID int64, channel string
 
 func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Started, error) {
 	now := s.now()
-	p := Payment{ID: s.ids.Next(id.Gene(o.ID)), OrderID: o.ID, UserID: o.UserID, Channel: ch.Name(), Amount: o.Payable,
+	pid, err := s.ids.Next(id.Gene(o.ID))
+	if err != nil {
+		return Started{}, err
+	}
+	p := Payment{ID: pid, OrderID: o.ID, UserID: o.UserID, Channel: ch.Name(), Amount: o.Payable,
 		State: stCreated, CreatedAt: now}
 	d := s.db.ForID(p.ID)
 	if _, err := d.W.ExecContext(ctx, `INSERT INTO payments (id, order_id, user_id, channel, amount, state, created_at, updated_at, query_at)
@@ -162,7 +166,7 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 		return Started{}, fmt.Errorf("insert payment: %w", err)
 	}
 	var c Created
-	err := s.call(ctx, ch.Name(), func() (err error) {
+	err = s.call(ctx, ch.Name(), func() (err error) {
 		c, err = ch.Create(ctx, Txn{PaymentID: p.ID, OrderID: o.ID, Amount: p.Amount,
 			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name()})
 		return err
@@ -347,10 +351,14 @@ func (s *Service) setState(ctx context.Context, paymentID int64, from, to string
 func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
 	now := s.now().UnixMilli()
 	d := s.db.ForID(p.ID)
-	err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+	rid, err := s.ids.Next(id.Gene(p.ID))
+	if err != nil {
+		return fmt.Errorf("refund payment %d: %w", p.ID, err)
+	}
+	err = sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO refunds (id, payment_id, order_id, channel, amount, reason, state, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) ON CONFLICT (payment_id) DO NOTHING`,
-			s.ids.Next(id.Gene(p.ID)), p.ID, p.OrderID, p.Channel, p.Amount, reason, now); err != nil {
+			rid, p.ID, p.OrderID, p.Channel, p.Amount, reason, now); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`, stRefund, now, p.ID, stPaid)
@@ -389,9 +397,13 @@ func (s *Service) sendRefund(ctx context.Context, paymentID int64) error {
 
 // anomaly records a payment anomaly once per kind and payment.
 func (s *Service) anomaly(ctx context.Context, kind string, p *Payment, other int64, detail string) error {
-	_, err := s.db.Main().W.ExecContext(ctx, `INSERT INTO anomalies (id, kind, order_id, payment_id, other_id, detail, created_at)
+	aid, err := s.ids.Next(0)
+	if err != nil {
+		return fmt.Errorf("record anomaly %s of payment %d: %w", kind, p.ID, err)
+	}
+	_, err = s.db.Main().W.ExecContext(ctx, `INSERT INTO anomalies (id, kind, order_id, payment_id, other_id, detail, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, payment_id) DO NOTHING`,
-		s.ids.Next(0), kind, p.OrderID, p.ID, other, detail, s.now().UnixMilli())
+		aid, kind, p.OrderID, p.ID, other, detail, s.now().UnixMilli())
 	if err != nil {
 		return fmt.Errorf("record anomaly %s of payment %d: %w", kind, p.ID, err)
 	}

@@ -2,6 +2,7 @@ package payment
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,25 +11,20 @@ import (
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
-// Work runs the payments centre's background duties until ctx is done:
-// actively querying payments whose callback has not come, settling paid
-// payments a crash left unapplied, and retrying refunds.
+// Work is one round of the payments centre's background duties (the node
+// runs it every second on one worker of the cluster): actively querying
+// payments whose callback has not come, settling paid payments a crash
+// left unapplied, and retrying refunds.
 func (s *Service) Work(ctx context.Context) error {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if err := s.QueryPending(ctx, 200); err != nil && ctx.Err() == nil {
-			s.log.Warn("payment queries", "err", err)
-		}
-		if err := s.Repair(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("payment repair", "err", err)
-		}
+	qerr := s.QueryPending(ctx, 200)
+	if qerr != nil {
+		qerr = fmt.Errorf("payment queries: %w", qerr)
 	}
+	rerr := s.Repair(ctx)
+	if rerr != nil {
+		rerr = fmt.Errorf("payment repair: %w", rerr)
+	}
+	return errors.Join(qerr, rerr)
 }
 
 // QueryPending asks the channels about payments still unpaid QueryAfter
@@ -185,35 +181,53 @@ func (s *Service) Anomalies(ctx context.Context, limit int) ([]Anomaly, error) {
 	return out, nil
 }
 
-// ReconcileDaily reconciles every channel's statement of the previous UTC
-// day shortly after midnight (00:10 UTC), until ctx is done, and logs each
-// report (warn when it has findings). Running it on several nodes is safe:
-// every fix it makes is idempotent.
-func (s *Service) ReconcileDaily(ctx context.Context) error {
-	for {
-		now := s.now().UTC()
-		next := time.Date(now.Year(), now.Month(), now.Day(), 0, 10, 0, 0, time.UTC)
-		if !next.After(now) {
-			next = next.Add(24 * time.Hour)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(next.Sub(now)):
-		}
-		day := next.Add(-24 * time.Hour)
-		for name := range s.channels {
-			rep, err := s.Reconcile(ctx, name, day)
-			if err != nil {
-				s.log.Error("daily reconciliation failed", "channel", name, "date", day.Format(time.DateOnly), "err", err)
-				continue
-			}
-			lvl := slog.LevelInfo
-			if len(rep.Findings) > 0 {
-				lvl = slog.LevelWarn
-			}
-			s.log.Log(ctx, lvl, "daily reconciliation", "channel", name, "date", rep.Date, "statement_lines", rep.StatementLines,
-				"ledger_payments", rep.LedgerPayments, "findings", rep.Findings)
-		}
+// reconciledKey names the settings row holding the last UTC day whose
+// statements were all reconciled (YYYY-MM-DD).
+const reconciledKey = "reconciled_through"
+
+// ReconcileDue reconciles every channel's statement of the previous UTC
+// day once it is 00:10 UTC or later and that day has not been reconciled
+// yet, and logs each report (warn when it has findings). The node calls it
+// every minute on one worker of the cluster; the day done is recorded in
+// the main database, so a leader that dies mid-way is followed by one that
+// does the day again (every fix is idempotent), and a day is never skipped
+// because no node was leader at 00:10. A channel that fails leaves the day
+// to be tried again at the next call.
+func (s *Service) ReconcileDue(ctx context.Context) error {
+	now := s.now().UTC()
+	if now.Hour() == 0 && now.Minute() < 10 {
+		return nil
 	}
+	day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC).Add(-24 * time.Hour)
+	m := s.db.Main()
+	var done string
+	err := m.R.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, reconciledKey).Scan(&done)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("read %s: %w", reconciledKey, err)
+	}
+	if done >= day.Format(time.DateOnly) {
+		return nil
+	}
+	var failed error
+	for name := range s.channels {
+		rep, err := s.Reconcile(ctx, name, day)
+		if err != nil {
+			failed = errors.Join(failed, fmt.Errorf("daily reconciliation of %s for %s: %w", name, day.Format(time.DateOnly), err))
+			continue
+		}
+		lvl := slog.LevelInfo
+		if len(rep.Findings) > 0 {
+			lvl = slog.LevelWarn
+		}
+		s.log.Log(ctx, lvl, "daily reconciliation", "channel", name, "date", rep.Date, "statement_lines", rep.StatementLines,
+			"ledger_payments", rep.LedgerPayments, "findings", rep.Findings)
+	}
+	if failed != nil {
+		return failed
+	}
+	if _, err := sqldb.Exec(ctx, m, `INSERT INTO settings (name, value) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value`, reconciledKey, day.Format(time.DateOnly)); err != nil {
+		return fmt.Errorf("record %s: %w", reconciledKey, err)
+	}
+	return nil
 }

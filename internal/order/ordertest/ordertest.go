@@ -1050,7 +1050,7 @@ func testFailedInsertReleases(t *testing.T, open func(t testing.TB) *sqldb.Clust
 		base := f.level(t, f.mooncake.SKU)
 		const user = 90
 		live := f.mustCreate(t, user, "", f.req(line(f.mooncake, 2)))
-		orphan := f.ids.Next(id.GeneOf(user))
+		orphan, _ := f.ids.Next(id.GeneOf(user))
 		if err := f.inv.Reserve(ctx, orphan, []inventory.Line{{SKU: f.mooncake.SKU, Qty: 3}}); err != nil {
 			t.Fatal(err)
 		}
@@ -1121,7 +1121,7 @@ func testOtherUsersOrder(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	if got := f.level(t, f.mooncake.SKU); got != mooncakeStock-1 {
 		t.Errorf("stock %d, want %d: a stranger's cancel released stock", got, mooncakeStock-1)
 	}
-	missing := f.ids.Next(id.GeneOf(owner))
+	missing, _ := f.ids.Next(id.GeneOf(owner))
 	if _, err := f.ord.Get(ctx, owner, missing); !errors.Is(err, order.ErrNotFound) {
 		t.Errorf("get of an order never written: %v, want ErrNotFound", err)
 	}

@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
 )
 
 const (
@@ -46,17 +48,26 @@ func Time(id int64) time.Time {
 // Node returns the node id that generated id.
 func Node(id int64) int { return int(id>>(geneBits+seqBits)) & MaxNode }
 
-// Generator hands out ids for one node. The zero value is not usable; call New.
-type Generator struct {
-	node int64
-	now  func() time.Time
+// ErrNoLease is returned by Next when the generator's node id lease has
+// run out (the database that holds it is away, or another process took
+// it): issuing ids then could repeat another node's.
+var ErrNoLease = errkind.New(errkind.Unavailable, "unavailable", "this node cannot issue ids now (its node id lease lapsed), try again")
 
-	mu   sync.Mutex
-	last int64 // last millisecond used (guarded by mu)
-	seq  int64 // sequence within last (guarded by mu)
+// Generator hands out ids for one node. The zero value is not usable; call
+// New or NewLeased.
+type Generator struct {
+	now func() time.Time
+
+	mu     sync.Mutex
+	node   int64     // guarded by mu
+	leased bool      // ids only until `until` (guarded by mu)
+	until  time.Time // local monotonic deadline of the node id lease (guarded by mu)
+	last   int64     // last millisecond used (guarded by mu)
+	seq    int64     // sequence within last (guarded by mu)
 }
 
-// New returns a generator for node (0..MaxNode).
+// New returns a generator for node (0..MaxNode) that never stops issuing
+// ids: for tests and tools that own their node id.
 func New(node int) (*Generator, error) {
 	if node < 0 || node > MaxNode {
 		return nil, fmt.Errorf("id: node %d out of range 0..%d", node, MaxNode)
@@ -64,15 +75,40 @@ func New(node int) (*Generator, error) {
 	return &Generator{node: int64(node), now: time.Now}, nil
 }
 
+// NewLeased returns a generator that issues no id until Lease says which
+// node id it may use and until when.
+func NewLeased() *Generator { return &Generator{now: time.Now, leased: true} }
+
+// Lease lets a generator made by NewLeased issue ids as node until the
+// local deadline until (from time.Now, so its monotonic reading counts: a
+// paused process wakes up past it). A zero until stops it at once.
+func (g *Generator) Lease(node int, until time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.node, g.until = int64(node&MaxNode), until
+}
+
+// Node returns the node id the generator issues ids with.
+func (g *Generator) Node() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return int(g.node)
+}
+
 // Next returns a new id carrying gene (taken mod Genes). Ids from one
 // generator are strictly increasing. When the 32 sequence numbers of a
 // millisecond are used up, or the clock stepped back, Next waits for the
-// clock instead of repeating an id.
-func (g *Generator) Next(gene int) int64 {
+// clock instead of repeating an id. A leased generator returns ErrNoLease
+// (Unavailable) past its lease's deadline.
+func (g *Generator) Next(gene int) (int64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for {
-		ms := g.now().Sub(Epoch).Milliseconds()
+		now := g.now()
+		if g.leased && !now.Before(g.until) {
+			return 0, ErrNoLease
+		}
+		ms := now.Sub(Epoch).Milliseconds()
 		switch {
 		case ms > g.last:
 			g.last, g.seq = ms, 0
@@ -85,6 +121,6 @@ func (g *Generator) Next(gene int) int64 {
 		return g.last<<(geneBits+seqBits+nodeBits) |
 			g.node<<(geneBits+seqBits) |
 			g.seq<<geneBits |
-			int64(uint(gene)%Genes)
+			int64(uint(gene)%Genes), nil
 	}
 }

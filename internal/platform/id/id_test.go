@@ -1,6 +1,7 @@
 package id
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +14,7 @@ func TestFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := time.Now().Truncate(time.Millisecond)
-	x := g.Next(1000)
+	x := must(t, g, 1000)
 	if Gene(x) != 1000 || Node(x) != 77 {
 		t.Fatalf("gene %d node %d, want 1000 77", Gene(x), Node(x))
 	}
@@ -23,7 +24,7 @@ func TestFields(t *testing.T) {
 	if x <= 0 {
 		t.Fatalf("id %d must be positive (63 bits)", x)
 	}
-	if GeneOf(123456789) != 123456789%1024 || Gene(g.Next(1024+5)) != 5 {
+	if GeneOf(123456789) != 123456789%1024 || Gene(must(t, g, 1024+5)) != 5 {
 		t.Fatal("gene arithmetic wrong")
 	}
 	if _, err := New(128); err == nil {
@@ -42,7 +43,7 @@ func TestUniqueAndIncreasingUnderConcurrency(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				out[w] = append(out[w], g.Next(i))
+				out[w] = append(out[w], must(t, g, i))
 			}
 		}()
 	}
@@ -70,7 +71,7 @@ func TestClockStepBackDoesNotRepeat(t *testing.T) {
 	g.now = func() time.Time { return now }
 	seen := map[int64]bool{}
 	for range maxSeq + 1 {
-		seen[g.Next(0)] = true
+		seen[must(t, g, 0)] = true
 	}
 	// The clock steps back one second; the generator must keep going forward
 	// (within the remembered millisecond) and then wait rather than repeat.
@@ -82,11 +83,43 @@ func TestClockStepBackDoesNotRepeat(t *testing.T) {
 		}
 		return now.Add(-time.Second)
 	}
-	x := g.Next(0)
+	x := must(t, g, 0)
 	if seen[x] {
 		t.Fatalf("repeated id %d after clock step back", x)
 	}
 	if Time(x).Before(now.Truncate(time.Millisecond)) {
 		t.Fatalf("id time %v went back", Time(x))
+	}
+}
+
+func must(t *testing.T, g *Generator, gene int) int64 {
+	t.Helper()
+	x, err := g.Next(gene)
+	if err != nil {
+		t.Error(err)
+	}
+	return x
+}
+
+func TestLeasedStopsAtItsDeadline(t *testing.T) {
+	t.Parallel()
+	g := NewLeased()
+	if _, err := g.Next(0); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("no lease yet: %v, want ErrNoLease", err)
+	}
+	g.Lease(9, time.Now().Add(time.Hour))
+	if x := must(t, g, 0); Node(x) != 9 {
+		t.Fatalf("node %d, want 9", Node(x))
+	}
+	// A paused process wakes past its deadline: no id, whatever its wall
+	// clock says, until the lease is renewed.
+	g.Lease(9, time.Now().Add(-time.Millisecond))
+	if _, err := g.Next(0); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("past the deadline: %v, want ErrNoLease", err)
+	}
+	g.Lease(10, time.Now().Add(time.Hour)) // renewed under another node id
+	x := must(t, g, 0)
+	if Node(x) != 10 {
+		t.Fatalf("node %d after switching, want 10", Node(x))
 	}
 }

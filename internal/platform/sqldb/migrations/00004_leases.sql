@@ -1,0 +1,14 @@
+-- Leases (issue 9): node ids and singleton jobs, in the main database so
+-- that every process sharing data sees them. expires_at is in milliseconds
+-- of the database's clock, never a node's.
+
+-- +goose Up
+CREATE TABLE leases (
+    name       TEXT   PRIMARY KEY,
+    owner      TEXT   NOT NULL,
+    expires_at BIGINT NOT NULL,
+    taken_at   BIGINT NOT NULL
+);
+
+-- +goose Down
+DROP TABLE leases;
