@@ -1,0 +1,107 @@
+package order
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/surge-platform/surge/internal/platform/id"
+)
+
+// PaidResult says what MarkPaid did.
+type PaidResult int
+
+const (
+	PaidNow     PaidResult = iota // this payment moved the order to paid
+	PaidAlready                   // the order was already paid by this very payment
+	PaidByOther                   // the order was paid by another payment: refund this one
+	NotPayable                    // the order is cancelled (by the user or expiry): refund this one
+)
+
+// MarkPaid records that paymentID paid the order: pending_payment -> paid by
+// compare-and-set, with an order.paid event, and turns its stock reservation
+// into a sale. Idempotent per payment.
+func (s *Service) MarkPaid(ctx context.Context, orderID, paymentID int64) (PaidResult, error) {
+	for range 5 {
+		// A read on the reader pool is fresh enough: the transition's
+		// compare-and-set catches a change since.
+		o, err := s.head(ctx, s.db.ForID(orderID).R, orderID)
+		if err != nil {
+			return 0, err
+		}
+		if res, done := paidBefore(o, paymentID); done {
+			return res, nil
+		}
+		err = s.transition(ctx, o, Paid, EvPaid, func(o *Order) { o.PaymentID = paymentID })
+		if errors.Is(err, ErrChanged) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if err := s.stock.Commit(ctx, orderID); err != nil {
+			s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
+		}
+		return PaidNow, nil
+	}
+	return 0, ErrChanged.With("order %d keeps changing", orderID)
+}
+
+// paidBefore says what paying o with paymentID comes to when o is no
+// longer waiting for payment (done), and false when it is.
+func paidBefore(o *Order, paymentID int64) (res PaidResult, done bool) {
+	switch o.Status {
+	case PendingPayment:
+		return 0, false
+	case Paid, Accepted, Ready, Completed, Refunding, Refunded:
+		if o.PaymentID == paymentID {
+			return PaidAlready, true
+		}
+		return PaidByOther, true
+	default:
+		return NotPayable, true
+	}
+}
+
+// PayTx is MarkPaid inside the caller's transaction on the order's
+// database (the payments centre settles a payment and pays its order in
+// one commit). After the commit the caller must call Paid when the result
+// is PaidNow. A concurrent change gives ErrChanged: roll back and retry.
+func (s *Service) PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (PaidResult, error) {
+	o, err := s.head(ctx, tx, orderID)
+	if err != nil {
+		return 0, err
+	}
+	if res, done := paidBefore(o, paymentID); done {
+		return res, nil
+	}
+	next := *o
+	next.Status, next.Version, next.UpdatedAt, next.PaymentID = Paid, o.Version+1, s.now(), paymentID
+	if err := s.transitionTx(ctx, tx, o, &next, EvPaid); err != nil {
+		return 0, err
+	}
+	return PaidNow, nil
+}
+
+// Paid finishes a PayTx that paid the order, once committed: the event goes
+// out and the stock reservation becomes a sale.
+func (s *Service) Paid(ctx context.Context, orderID int64) {
+	s.wake(id.Gene(orderID))
+	if err := s.stock.Commit(ctx, orderID); err != nil {
+		s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
+	}
+}
+
+// Payable returns the order if userID may pay it now (unpaid, not expired),
+// or ErrNotPayable / ErrNotFound. An order found past its time is expired
+// on the spot.
+func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, error) {
+	o, err := s.Get(ctx, userID, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if o.Status != PendingPayment {
+		return nil, ErrNotPayable.With("order %d is %s", orderID, o.Status)
+	}
+	return o, nil
+}
