@@ -89,23 +89,24 @@ func TestPOSFlow(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// A code the POS chooses is kept unique per store per day.
+	// A code the POS chooses is kept unique per store per day: the first
+	// order gets it, the second is refused.
 	oid2 := nodetest.PayOrder(t, c, "1005", "1005011")
 	oid3 := nodetest.PayOrder(t, c, "1005", "1005012")
-	for _, o := range []string{oid2, oid3} {
+	accept := func(o string) nodetest.Resp { // once the paid order has reached the store
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			r := pos.Do("POST", "/pos/v1/orders/"+o+"/accept", `{"pickup_code":"A12"}`)
-			if r.Status == 200 || r.Status == 409 && r.Code() == "pickup_code_in_use" {
-				if o == oid3 && r.Code() != "pickup_code_in_use" {
-					t.Fatalf("second order got code A12 too: %d %s", r.Status, r.Body)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("accept %s: %d %s", o, r.Status, r.Body)
+			if r.Status != 404 || time.Now().After(deadline) {
+				return r
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+	if r := accept(oid2); r.Status != 200 || !strings.Contains(string(r.Body), `"pickup_code":"A12"`) {
+		t.Fatalf("accept %s with a free code: %d %s", oid2, r.Status, r.Body)
+	}
+	if r := accept(oid3); r.Status != 409 || r.Code() != "pickup_code_in_use" {
+		t.Fatalf("accept %s with the code of %s: %d %s, want 409 pickup_code_in_use", oid3, oid2, r.Status, r.Body)
 	}
 }
