@@ -19,6 +19,7 @@ import (
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -46,6 +47,10 @@ type Server struct {
 	Checks     []Check
 	Stats      EventStats
 	PushStats  func() any // the push centre's counters, for operators; nil = no push role
+
+	// DeadLetters serves the dead-letter routes and counts (admin routes
+	// only); nil leaves them out.
+	DeadLetters *bus.Bus
 }
 
 // Handler returns the whole HTTP surface of a node.
