@@ -19,6 +19,7 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /admin/v1/orders/{order_id}", s.admin(s.adminOrder))
 	mux.HandleFunc("GET /admin/v1/events", s.admin(s.events))
 	mux.HandleFunc("GET /admin/v1/events/stats", s.admin(s.eventStats))
+	s.deadLetterRoutes(mux)
 }
 
 func (s *Server) createStore(w http.ResponseWriter, r *http.Request) {
@@ -187,11 +188,25 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	web.JSON(w, http.StatusOK, map[string]any{"events": list})
 }
 
+// eventStats adds the waiting dead letters to the node's counters: in all
+// (dead_letters) and per consumer (dead_letters.<durable>).
 func (s *Server) eventStats(w http.ResponseWriter, r *http.Request) {
 	st, err := s.Stats(r.Context())
 	if err != nil {
 		web.Error(w, r, err)
 		return
+	}
+	if s.DeadLetters != nil {
+		per, err := s.DeadLetters.DeadLetterCounts(r.Context())
+		if err != nil {
+			web.Error(w, r, err)
+			return
+		}
+		st["dead_letters"] = 0
+		for c, n := range per {
+			st["dead_letters."+c] = n
+			st["dead_letters"] += n
+		}
 	}
 	web.JSON(w, http.StatusOK, st)
 }

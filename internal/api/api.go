@@ -19,6 +19,7 @@ import (
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -49,6 +50,10 @@ type Server struct {
 	// Cluster reports this node's identity, its jobs and the cluster's
 	// leases (GET /admin/v1/cluster, on every node); nil = not served.
 	Cluster func(ctx context.Context) (any, error)
+
+	// DeadLetters serves the dead-letter routes and counts (admin routes
+	// only); nil leaves them out.
+	DeadLetters *bus.Bus
 }
 
 // Handler returns the whole HTTP surface of a node.

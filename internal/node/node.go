@@ -220,7 +220,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders = n.Members, n.Catalog, n.Orders
 	}

@@ -16,10 +16,32 @@ import (
 // Stream is the JetStream stream of order events.
 var Stream = bus.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.events.>"}, Duplicates: 10 * time.Minute}
 
+// ledgerDeliveries is how many times the ledger takes an event before it
+// gives up on it (a dead letter). With the default backoff (100 ms doubling
+// to 30 s, jittered) 20 deliveries span 3 to 6 minutes: a store's step that
+// arrives before the step it follows waits that long for it — far longer
+// than relays and consumers take to catch up after a hiccup of the bus or
+// a database — and an order shard that is down for that long only parks
+// its events (replayable), it loses none.
+const ledgerDeliveries = 20
+
 // Consume runs the worker's consumer of order events until ctx is done: it
 // records every event it sees in events_seen (idempotently: a redelivery
 // only counts up deliveries) and releases the stock of cancelled orders
 // (idempotent too). Tests and operators count events with Seen.
+//
+// Order of events (docs/api.md, Events): the stream holds an order's
+// order.paid before its store steps (the store learns of the order from
+// that very event) and the steps in the order the store took them (one
+// outbox, on the store's shard), except that a relay retries a failed
+// publish after later rows went out. A consumer with several workers (16
+// here) handles what it holds in any order, and a redelivered message or a
+// replayed dead letter comes after later ones. So this consumer applies an
+// event only when it moves the order forward: Fulfilled is a
+// compare-and-set from the status the step follows (read from the order,
+// not from the order.paid event), a step already applied or passed is a
+// no-op, and a step whose predecessor is not applied yet is handed back
+// (an error) until it is, for ledgerDeliveries deliveries.
 func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 	if err := b.EnsureStream(ctx, Stream); err != nil {
 		return err
@@ -27,7 +49,8 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 	// 16 workers: with 4, at 1,000 orders/s the ledger fell behind by
 	// seconds (each event waits for a write commit), and with it the
 	// pickup codes on order reads.
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: Stream.Name, Durable: "order-ledger", MaxAckPending: 2048, Workers: 16},
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: Stream.Name, Durable: "order-ledger", MaxAckPending: 2048, Workers: 16,
+		MaxDeliver: ledgerDeliveries},
 		func(ctx context.Context, m bus.Msg) error {
 			var ev Event
 			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.EventID == 0 {

@@ -21,6 +21,11 @@
 //	                            to its server through an in-process pipe.
 //	?sync=always                fsync every write (JetStream's `sync_interval: always`).
 //
+// Either form also takes ?max_deliver=N: every consumer of this Bus gives up
+// on a message after at most N deliveries (its own MaxDeliver when lower),
+// so that fault drills and tests see dead letters within a second instead
+// of minutes.
+//
 // Durability: a message Publish returned for (or PublishBatch returned nil for)
 // has been written by the server and survives kill -9 of any process. By
 // default the embedded server fsyncs every 2 minutes (the nats-server default),
@@ -28,7 +33,9 @@
 // `sync_interval: always` / R3 streams (cluster) close it at a large cost in
 // write throughput.
 //
-// Delivery is at least once: handlers must be idempotent.
+// Delivery is at least once: handlers must be idempotent. A message a
+// consumer gives up on is kept as a dead letter (see DeadLetter) until an
+// operator replays or discards it.
 package bus
 
 import (
@@ -91,13 +98,22 @@ type ConsumerConfig struct {
 	Stream         string
 	Durable        string
 	FilterSubjects []string      // optional, un-prefixed: only messages on these subjects (wildcards allowed)
-	MaxDeliver     int           // 0 = 10; negative = unlimited
 	AckWait        time.Duration // 0 = 30s; ignored by the server when Backoff is set (it uses Backoff[0])
 	MaxAckPending  int           // 0 = 1000
+	// MaxDeliver is how many deliveries a message gets before the consumer
+	// gives up on it and keeps it as a dead letter: 0 = 10; negative =
+	// never give up. Consume counts them itself (the server's limit is
+	// off, as it would drop the message): a delivery past the limit — after
+	// a handler that ran past its ack wait, a process that died holding the
+	// message, or a dead letter that could not be stored — is dead-lettered
+	// without running the handler, so a message that kills its process
+	// cannot do so forever.
+	MaxDeliver int
 	// Backoff is both the server's redelivery schedule for messages that
 	// were not acked in time and the delay Consume naks a failed message
 	// with (entry Deliveries-1, the last entry repeating). nil = exponential
-	// from 100ms to 30s with jitter. Must not be longer than MaxDeliver.
+	// from 100ms to 30s with jitter. Its first entry is the ack wait of a
+	// first delivery: keep it above the handler's longest run.
 	Backoff []time.Duration
 	// Workers is the number of handlers run in parallel; 0 = 1. With more
 	// than one, messages are no longer handled in stream order.
@@ -110,9 +126,12 @@ type ConsumerConfig struct {
 
 // Handler processes one delivered message. Returning nil acks it; returning an
 // error naks it with a delay (bounded backoff) so it is redelivered later.
-// On the last allowed delivery (MaxDeliver) an error terminates the message
-// instead, with the error text as the reason in the server's
-// MSG_TERMINATED advisory. A panic counts as an error.
+// On the last allowed delivery (MaxDeliver) an error makes the message a
+// dead letter (kept with the error text; see DeadLetter) and, once that is
+// stored, terminates it; when the dead letter cannot be stored the message
+// is naked instead, so nothing is lost. An error while the consumer is
+// stopping (ctx done) never makes a dead letter. A panic counts as an
+// error.
 type Handler func(ctx context.Context, m Msg) error
 
 const (
@@ -138,7 +157,15 @@ type Bus struct {
 	srv    *server.Server // embedded mode only
 	tmpDir string         // removed by Close; embedded: only
 
-	streams sync.Map // stream name -> jetstream.Stream, for After
+	streams    sync.Map // stream name -> jetstream.Stream, for After and the dead letters
+	maxDeliver int      // ?max_deliver=; 0 = each consumer's own
+
+	// unstored keeps the handler's error of a message whose dead letter
+	// could not be stored, so that the delivery that stores it later (in
+	// this process) still says why; bounded by unstoredMax.
+	unstored  sync.Map // deadLetterID -> string
+	unstoredN atomic.Int32
+	dlStream  atomic.Bool // DeadLetterStream is known to exist
 
 	// manage serializes stream and consumer changes: the NATS server (2.15)
 	// has a data race when a stream is updated while a consumer is being
@@ -159,6 +186,7 @@ type options struct {
 	syncAlways bool   // embedded
 	servers    string // external: comma-separated URLs
 	ns         string
+	maxDeliver int
 }
 
 var nsPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -193,6 +221,12 @@ func parseURL(raw string) (options, error) {
 				return o, fmt.Errorf("bus: bad namespace %q: want 1-64 of [A-Za-z0-9_-]", v)
 			}
 			o.ns = v
+		case k == "max_deliver":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return o, fmt.Errorf("bus: bad max_deliver %q: want a positive number", v)
+			}
+			o.maxDeliver = n
 		case k == "listen" && o.embedded:
 			if _, _, err := net.SplitHostPort(v); err != nil {
 				return o, fmt.Errorf("bus: bad listen address %q: %w", v, err)
@@ -219,7 +253,7 @@ func Open(ctx context.Context, rawURL string) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bus{ns: o.ns, connClosed: make(chan struct{})}
+	b := &Bus{ns: o.ns, maxDeliver: o.maxDeliver, connClosed: make(chan struct{})}
 	connOpts := []nats.Option{
 		nats.Name("surge"),
 		nats.MaxReconnects(-1),

@@ -2,9 +2,11 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,5 +162,42 @@ func TestConsumeWaitsForTheServer(t *testing.T) {
 		t.Fatalf("Consume returned: %v", err)
 	case <-ctx.Done():
 		t.Fatal("no message after the server came back")
+	}
+}
+
+// ?max_deliver= caps every consumer of the Bus, even one that never gives
+// up on its own.
+func TestMaxDeliverCap(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	b := bustest.MustOpen(t, "embedded:"+t.TempDir()+"?max_deliver=2")
+	if err := b.EnsureStream(ctx, bus.StreamConfig{Name: "CAP", Subjects: []string{"cap.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(ctx, bus.Msg{Subject: "cap.1", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	go b.Consume(ctx, bus.ConsumerConfig{Stream: "CAP", Durable: "cap", MaxDeliver: -1}, func(context.Context, bus.Msg) error {
+		runs.Add(1)
+		return errors.New("no")
+	})
+	for {
+		list, _, err := b.DeadLetters(ctx, bus.DeadLetterQuery{Consumer: "cap"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 1 {
+			if list[0].Deliveries != 2 || runs.Load() != 2 {
+				t.Fatalf("dead letter after %d deliveries, %d runs; want 2 and 2", list[0].Deliveries, runs.Load())
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no dead letter after %d runs", runs.Load())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }

@@ -21,6 +21,8 @@ const (
 	// drainWait bounds how long a stopping Consume waits for the messages
 	// already on their way to it (one round trip, normally).
 	drainWait = 5 * time.Second
+	// deadLetterWait bounds storing a dead letter (also while stopping).
+	deadLetterWait = 5 * time.Second
 )
 
 // withDefaults fills the zero fields of cfg.
@@ -38,6 +40,14 @@ func (cfg ConsumerConfig) withDefaults() ConsumerConfig {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 1
+	}
+	return cfg
+}
+
+// capped applies the Bus's ?max_deliver= to cfg (after withDefaults).
+func (b *Bus) capped(cfg ConsumerConfig) ConsumerConfig {
+	if b.maxDeliver > 0 && (cfg.MaxDeliver < 0 || cfg.MaxDeliver > b.maxDeliver) {
+		cfg.MaxDeliver = b.maxDeliver
 	}
 	return cfg
 }
@@ -73,7 +83,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 	if cfg.Stream == "" || cfg.Durable == "" {
 		return errors.New("bus: consume: stream and durable are required")
 	}
-	cfg = cfg.withDefaults()
+	cfg = b.capped(cfg.withDefaults())
 	// The server may be away (restarting, JetStream not up yet): wait for
 	// it rather than fail the caller, as a running consumer does. Each
 	// attempt is bounded: a request sent while disconnected can go
@@ -162,24 +172,52 @@ func (b *Bus) pull(ctx context.Context, it jetstream.MessagesContext, work chan<
 	}
 }
 
-// handle runs h for jm and acks, naks or terminates jm by its outcome. Ack
-// errors are ignored: the message is then redelivered, which at-least-once
-// handlers tolerate.
+// handle runs h for jm and acks, naks or dead-letters jm by its outcome.
+// Ack errors are ignored: the message is then redelivered, which
+// at-least-once handlers tolerate.
 func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, jm jetstream.Msg) {
 	m := b.fromJetStream(jm)
+	if to := m.Header[ReplayFor]; to != "" && to != cfg.Durable {
+		_ = jm.Ack() // a dead letter replayed for another consumer of the stream
+		return
+	}
+	if cfg.MaxDeliver > 0 && m.Deliveries > cfg.MaxDeliver {
+		reason, ok := b.takeUnstored(cfg, m)
+		if !ok {
+			reason = fmt.Sprintf("gave up after %d deliveries; the last error is unknown here (a handler ran past its ack wait, "+
+				"its process stopped, or another process failed to store the dead letter)", cfg.MaxDeliver)
+		}
+		b.giveUp(ctx, cfg, jm, m, reason)
+		return
+	}
 	err := safeCall(ctx, h, m)
 	switch {
 	case err == nil:
 		_ = jm.Ack()
-	case cfg.MaxDeliver > 0 && m.Deliveries >= cfg.MaxDeliver:
+	case cfg.MaxDeliver > 0 && m.Deliveries >= cfg.MaxDeliver && ctx.Err() == nil:
 		reason := err.Error()
 		if len(reason) > reasonMax {
 			reason = strings.ToValidUTF8(reason[:reasonMax], "")
 		}
-		_ = jm.TermWithReason(reason)
+		b.giveUp(ctx, cfg, jm, m, reason)
 	default:
 		_ = jm.NakWithDelay(nakDelay(cfg.Backoff, m.Deliveries))
 	}
+}
+
+// giveUp stores m as a dead letter and then terminates it, or naks it when
+// the dead letter cannot be stored (it comes back past MaxDeliver and is
+// tried again).
+func (b *Bus) giveUp(ctx context.Context, cfg ConsumerConfig, jm jetstream.Msg, m Msg, reason string) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterWait)
+	err := b.storeDeadLetter(sctx, cfg, m, reason)
+	cancel()
+	if err != nil {
+		b.keepUnstored(cfg, m, reason)
+		_ = jm.NakWithDelay(nakDelay(cfg.Backoff, m.Deliveries))
+		return
+	}
+	_ = jm.TermWithReason(reason)
 }
 
 // safeCall runs h, turning a panic into an error.
@@ -246,7 +284,7 @@ func (b *Bus) ensureConsumer(ctx context.Context, cfg ConsumerConfig) (jetstream
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       cfg.AckWait,
-		MaxDeliver:    cfg.MaxDeliver,
+		MaxDeliver:    -1, // Consume counts deliveries itself: the server would drop the message
 		BackOff:       cfg.Backoff,
 		MaxAckPending: cfg.MaxAckPending,
 	}

@@ -122,24 +122,20 @@ func (b *Bus) Replay(ctx context.Context, stream, subject string, after uint64, 
 	return msgs, err == nil && after+1 >= st.FirstSeq && len(msgs) < limit, st.LastSeq, err
 }
 
-// After returns up to limit messages of stream on subject with a sequence
-// after after, oldest first, and nothing about what the stream may have
-// dropped (see Replay). With upto > 0 it stops at the first message at or
+// After returns up to limit messages of stream on subject (wildcards
+// allowed) with a sequence after after, oldest first, and nothing about
+// what the stream may have dropped (see Replay). With upto > 0 it stops at the first message at or
 // past upto instead of asking for one more (a reader that knows where the
 // subject ends saves a request per read).
 func (b *Bus) After(ctx context.Context, stream, subject string, after, upto uint64, limit int) ([]Msg, error) {
 	if b.closed.Load() {
 		return nil, ErrClosed
 	}
-	s, ok := b.streams.Load(stream)
-	if !ok {
-		h, err := b.js.Stream(ctx, b.Name(stream))
-		if err != nil {
-			return nil, fmt.Errorf("bus: read %s: %w", stream, b.connErr(err))
-		}
-		s, _ = b.streams.LoadOrStore(stream, h)
+	s, err := b.stream(ctx, stream)
+	if err != nil {
+		return nil, err
 	}
-	return b.after(ctx, s.(jetstream.Stream), subject, after, upto, limit)
+	return b.after(ctx, s, subject, after, upto, limit)
 }
 
 func (b *Bus) after(ctx context.Context, s jetstream.Stream, subject string, after, upto uint64, limit int) ([]Msg, error) {
@@ -152,7 +148,7 @@ func (b *Bus) after(ctx context.Context, s jetstream.Stream, subject string, aft
 		if err != nil {
 			return nil, fmt.Errorf("bus: read %s: %w", subject, b.connErr(err))
 		}
-		msgs = append(msgs, Msg{Subject: subject, Data: raw.Data, Seq: raw.Sequence, Header: flatHeader(raw.Header)})
+		msgs = append(msgs, Msg{Subject: b.unprefix(raw.Subject), Data: raw.Data, Seq: raw.Sequence, Header: flatHeader(raw.Header)})
 		seq = raw.Sequence + 1
 	}
 	return msgs, nil

@@ -35,6 +35,10 @@ func TestParseURL(t *testing.T) {
 		{"bad sync", "embedded:?sync=sometimes", options{}, true},
 		{"bad listen", "embedded:?listen=nope", options{}, true},
 		{"unknown param", "embedded:?nss=x", options{}, true},
+		{"max deliver", "nats://a:4222?max_deliver=3", options{servers: "nats://a:4222", maxDeliver: 3}, false},
+		{"max deliver embedded", "embedded:?max_deliver=1", options{embedded: true, maxDeliver: 1}, false},
+		{"max deliver zero", "embedded:?max_deliver=0", options{}, true},
+		{"max deliver not a number", "embedded:?max_deliver=many", options{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

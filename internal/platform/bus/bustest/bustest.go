@@ -39,6 +39,9 @@ func Run(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		{"Redelivery", testRedelivery},
 		{"Restart", testRestart},
 		{"MaxDeliver", testMaxDeliver},
+		{"DeadLetter", testDeadLetter},
+		{"DeadLetterPages", testDeadLetterPages},
+		{"DeadLetterUnstored", testDeadLetterUnstored},
 		{"Workers", testWorkers},
 		{"CorePubSub", testCorePubSub},
 		{"Mux", testMux},
@@ -415,6 +418,10 @@ func testMaxDeliver(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	})
 	if n := poison.Load(); n != 3 {
 		t.Errorf("poison message handled %d times; want MaxDeliver = 3", n)
+	}
+	list, _, err := b.DeadLetters(ctx, bus.DeadLetterQuery{Consumer: "md"})
+	if err != nil || len(list) != 1 || list[0].Subject != "md.poison" || list[0].Deliveries != 3 || list[0].Error != "cannot handle" {
+		t.Errorf("dead letters of md = %+v, %v; want md.poison after 3 deliveries, error \"cannot handle\"", list, err)
 	}
 }
 
