@@ -67,7 +67,11 @@ func (l *ledger) pay(o *order.Order) {
 func (l *ledger) step(o *order.Order, typ, code string) uint64 {
 	l.t.Helper()
 	gene := id.Gene(o.ID)
-	ev := order.Event{EventID: l.n.IDs.Next(gene), Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
+	evID, err := l.n.IDs.Next(gene)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ev := order.Event{EventID: evID, Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
 		PickupCode: code, At: time.Now().UTC()}
 	data, _ := json.Marshal(ev)
 	seq, err := l.n.Bus.Publish(l.ctx, bus.Msg{Subject: order.Subject(gene, typ), ID: strconv.FormatInt(ev.EventID, 10),
