@@ -16,7 +16,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/surge-platform/surge/internal/order"
@@ -64,7 +63,6 @@ type Service struct {
 	news   Notifier
 	log    *slog.Logger
 	now    func() time.Time
-	based  sync.Map // store id -> true once its seq counter has a base
 }
 
 // New returns the fulfilment service. wake tells the outbox relay about
@@ -126,21 +124,15 @@ func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) erro
 	return s.queue(ctx, storeID, orderID)
 }
 
-// queue appends an order to its store's queue. Seqs are handed out and
-// made visible as one step (a POS paging behind the appends never skips
-// one), and start above the time in microseconds when a store's counter is
-// new, so a POS still holding a cursor from before the queue was lost (an
-// in-memory store restarted, Redis flushed) cannot acknowledge new orders
-// with it.
+// queue appends an order to its store's queue, or finds it there. Seqs
+// are handed out and made visible as one step (a POS paging behind the
+// appends never skips one), and never below the time in microseconds: a
+// queue lost with its counter (an in-memory store restarted, Redis
+// flushed or failed over to a replica that was behind) starts again above
+// every seq handed out before, so a POS still holding a cursor from
+// before cannot acknowledge new orders with it.
 func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
-	if _, ok := s.based.Load(storeID); !ok {
-		base := strconv.FormatInt(s.now().UnixMicro(), 10)
-		if _, err := s.kv.SetNX(ctx, seqKey(storeID), []byte(base), 0); err != nil {
-			return fmt.Errorf("queue order %d: %w", orderID, err)
-		}
-		s.based.Store(storeID, true)
-	}
-	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10))
+	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10), s.now().UnixMicro())
 	if err != nil {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}

@@ -83,13 +83,35 @@ type Store interface {
 	// score if it is present. Returns ErrScoreRange unless MinScore <= score
 	// <= MaxScore.
 	ZAdd(ctx context.Context, key string, score int64, member string) error
-	// ZAppend increments the integer at counter (missing = 0) and adds
-	// member to the sorted set at key with the new value as its score, as
-	// one step: a reader that sees a score also sees every lower score
-	// handed out by ZAppend on the same counter (unless trimmed). Returns
-	// the score. Errors as IncrBy and ZAdd. (On Redis both keys must be in
-	// one hash slot for a cluster.)
-	ZAppend(ctx context.Context, key, counter, member string) (int64, error)
+	// ZAppend adds member to the sorted set at key with a score from the
+	// integer at counter (missing = 0): the greater of counter+1 and floor,
+	// which the counter is set to. Both happen as one step: a reader that
+	// sees a score also sees every lower score handed out by ZAppend on
+	// the same counter (unless trimmed). A member already in the set stays
+	// where it is: ZAppend returns its score and changes nothing, so
+	// several processes appending the same members (rebuilding a lost set)
+	// add each once. Returns the member's score.
+	//
+	// floor keeps scores from going back when the counter is lost (kv
+	// restarted empty, a failover to a replica that was behind): a caller
+	// passing the time in microseconds gets scores above every score handed
+	// out before the loss, as long as its clock agrees with the clocks of
+	// the processes that appended then. Pass 0 for plain 1, 2, 3 ...
+	//
+	// Errors: ErrNotInteger if counter holds a value that is not an
+	// integer, ErrWrongType if key or counter holds the other kind,
+	// ErrScoreRange if the new score would lie outside [MinScore,
+	// MaxScore]. (On Redis both keys must be in one hash slot for a
+	// cluster.)
+	ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error)
+	// ZAck is ZTrim for a set filled by ZAppend on counter: it removes
+	// every member with score <= upTo, but only if upTo is at most the
+	// integer at counter (missing = 0), i.e. a score ZAppend has handed
+	// out. Otherwise it removes nothing and reports false: upTo comes from
+	// before the counter was lost, and trimming with it could remove
+	// members appended since that the caller has never seen. Returns how
+	// many members it removed. Errors as ZAppend.
+	ZAck(ctx context.Context, key, counter string, upTo int64) (removed int64, known bool, err error)
 	// ZAfter returns up to limit (> 0) members with score > after, ascending
 	// by score, then member. after may lie outside the score range. Paging
 	// with after = the last score returned skips members that share that

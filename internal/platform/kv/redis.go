@@ -48,13 +48,50 @@ end
 return {redis.call('DECRBY', KEYS[1], ARGV[1]), 1}
 `)
 
+// readCounter is Lua that sets cur to the integer at KEYS[2] (missing =
+// 0), or returns the error INCRBY gives for a value that is not an integer.
+const readCounter = `local v = redis.call('GET', KEYS[2])
+local cur = 0
+if v then
+  if #v > 20 or not (v == '0' or string.match(v, '^%-?[1-9]%d*$')) then
+    return redis.error_reply('ERR value is not an integer or out of range')
+  end
+  cur = tonumber(v)
+end`
+
 // appendScript implements ZAppend: KEYS[1] the set, KEYS[2] the counter,
-// ARGV[1] the member.
+// ARGV[1] the member, ARGV[2] the floor. It returns the member's score, or
+// an error reply "ERR score out of range". Lua numbers are doubles, exact
+// for every score in range; a number passed to redis.call is formatted
+// with 17 significant digits, so it stays exact too.
 var appendScript = rueidis.NewLuaScript(`
-local s = redis.call('INCR', KEYS[2])
+local have = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if have then
+  return tonumber(have)
+end
+` + readCounter + `
+local s = math.max(cur + 1, tonumber(ARGV[2]))
+if s > ` + maxScoreLua + ` or s < -` + maxScoreLua + ` then
+  return redis.error_reply('ERR score out of range')
+end
+redis.call('INCRBY', KEYS[2], s - cur)
 redis.call('ZADD', KEYS[1], s, ARGV[1])
 return s
 `)
+
+// ackScript implements ZAck: KEYS[1] the set, KEYS[2] the counter,
+// ARGV[1] upTo (clamped to one beyond the score range). It returns how
+// many members it removed, or -1 when upTo is above the counter.
+var ackScript = rueidis.NewLuaScript(`
+` + readCounter + `
+if tonumber(ARGV[1]) > cur then
+  return -1
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+`)
+
+// maxScoreLua is MaxScore as a Lua literal.
+const maxScoreLua = "9007199254740991"
 
 func (r *Redis) key(k string) string {
 	return r.prefix + k
@@ -177,13 +214,28 @@ func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string
 	return nil
 }
 
-// ZAppend implements Store with a Lua script (INCR then ZADD).
-func (r *Redis) ZAppend(ctx context.Context, key, counter, member string) (int64, error) {
-	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)}, []string{member}).AsInt64()
+// ZAppend implements Store with a Lua script (ZSCORE, then GET, INCRBY
+// and ZADD).
+func (r *Redis) ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error) {
+	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)},
+		[]string{member, strconv.FormatInt(outside(floor), 10)}).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("kv: zappend %q: %w", key, translate(err))
+		return 0, fmt.Errorf("kv: zappend %q counter %q: %w", key, counter, translate(err))
 	}
 	return s, nil
+}
+
+// ZAck implements Store with a Lua script (GET, then ZREMRANGEBYSCORE).
+func (r *Redis) ZAck(ctx context.Context, key, counter string, upTo int64) (int64, bool, error) {
+	n, err := ackScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)},
+		[]string{strconv.FormatInt(outside(upTo), 10)}).AsInt64()
+	if err != nil {
+		return 0, false, fmt.Errorf("kv: zack %q counter %q: %w", key, counter, translate(err))
+	}
+	if n < 0 {
+		return 0, false, nil
+	}
+	return n, true, nil
 }
 
 // ZAfter implements Store with ZRANGE key (after +inf BYSCORE LIMIT 0 limit
@@ -241,6 +293,12 @@ func scoreBound(b int64) int64 {
 	return min(max(b, MinScore-1), MaxScore)
 }
 
+// outside clamps b to [MinScore-1, MaxScore+1], where Lua numbers are
+// exact: a value beyond the score range stays beyond it.
+func outside(b int64) int64 {
+	return min(max(b, MinScore-1), MaxScore+1)
+}
+
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error {
 	if err := r.client.Do(ctx, r.client.B().Ping().Build()).Error(); err != nil {
@@ -269,6 +327,8 @@ func translate(err error) error {
 			return ErrWrongType
 		case strings.Contains(msg, "not an integer"):
 			return ErrNotInteger
+		case strings.Contains(msg, "score out of range"):
+			return ErrScoreRange
 		case strings.Contains(msg, "overflow"):
 			return fmt.Errorf("%w (%s)", ErrNotInteger, msg)
 		}
