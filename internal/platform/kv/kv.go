@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
 )
 
 // ErrNotFound is returned by Get when the key does not exist (or has expired).
@@ -29,6 +31,18 @@ var ErrWrongType = errors.New("kv: operation against a key holding the wrong kin
 // a score outside [MinScore, MaxScore].
 var ErrScoreRange = errors.New("kv: sorted-set score out of range")
 
+// ErrUnavailable is returned (wrapped with the operation, the key and the
+// cause) when the backend did not answer within the call's deadline, could
+// not be reached, or said it cannot serve now (loading its data, failing
+// over, out of memory). Its kind is errkind.Unavailable, so the edge
+// answers 503 unavailable. The memory store never returns it.
+var ErrUnavailable = errkind.New(errkind.Unavailable, "unavailable", "a dependency is unavailable, try again")
+
+// DefaultTimeout bounds each call to a remote store whose context has no
+// earlier deadline: a store that hangs (a frozen Redis) costs a request
+// this long, not the length of the hang.
+const DefaultTimeout = time.Second
+
 // MaxScore and MinScore bound the scores a sorted set holds. Redis keeps
 // scores as float64, which is exact for integers only up to 2^53, so every
 // adapter rejects scores beyond ±(2^53-1) with ErrScoreRange.
@@ -48,7 +62,10 @@ type Scored struct {
 // A ttl of 0 means "no expiry"; a negative ttl is rejected with an error.
 // Redis rounds a ttl up to whole milliseconds. All methods are safe for
 // concurrent use. Errors other than ErrNotFound are wrapped with the
-// operation and key.
+// operation and key. Every call of a remote store has a deadline (its
+// context's, or the store's timeout if that comes sooner, DefaultTimeout
+// unless set) and fails with ErrUnavailable when the store is down or
+// slow; a cancelled context gives context.Canceled.
 type Store interface {
 	// Get returns the value at key or ErrNotFound. The returned slice belongs
 	// to the caller.
