@@ -48,11 +48,14 @@ type Watch struct {
 // Event is what a Watch reports: a loss found and its rebuild (Reason set,
 // Err the rebuild's error if it failed), or a round that could not check
 // (Reason empty, Err set; reported once until a round succeeds again).
+// AtStart marks a loss found in the process's first round: the store is
+// new (as an in-memory one always is) or was emptied while it was away.
 type Event struct {
-	Name   string
-	Reason string
-	Took   time.Duration
-	Err    error
+	Name    string
+	Reason  string
+	AtStart bool
+	Took    time.Duration
+	Err     error
 }
 
 // part is one registered structure and what this process knows of it.
@@ -116,6 +119,7 @@ func (w *Watch) Check(ctx context.Context) error {
 
 // check is one round for p. w.mu must be held.
 func (w *Watch) check(ctx context.Context, p *part) error {
+	first := p.beat == 0
 	reason, err := w.lost(ctx, p)
 	if err == nil {
 		// The fence: the next beat is written before any rebuild. It counts
@@ -143,7 +147,7 @@ func (w *Watch) check(ctx context.Context, p *part) error {
 	if err == nil {
 		err = w.mark(ctx, p)
 	}
-	w.tell(Event{Name: p.name, Reason: reason, Took: time.Since(t0), Err: err})
+	w.tell(Event{Name: p.name, Reason: reason, AtStart: first, Took: time.Since(t0), Err: err})
 	if err != nil {
 		p.owed = reason
 		return fmt.Errorf("rebuild (%s): %w", reason, err)

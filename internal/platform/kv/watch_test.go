@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,8 +180,8 @@ func testWatchFresh(t *testing.T, l *lossy) {
 	b := newProcess(l, nil)
 	b.check(t, "a process started on an intact store", 0)
 	b.check(t, "its second round", 0)
-	if a.events[0].Reason == "" || a.events[0].Err != nil {
-		t.Fatalf("event of the first rebuild: %+v", a.events[0])
+	if e := a.events[0]; e.Reason == "" || !e.AtStart || e.Err != nil {
+		t.Fatalf("event of the first rebuild: %+v", e)
 	}
 }
 
@@ -206,6 +207,9 @@ func testWatchFailover(t *testing.T, l *lossy) {
 	l.failover(t, snap)
 	a.check(t, "after the failover", 2)
 	a.check(t, "next round", 2)
+	if e := a.events[len(a.events)-1]; e.AtStart || !strings.Contains(e.Reason, "beat went back") {
+		t.Fatalf("event of the rebuild after the failover: %+v", e)
+	}
 }
 
 // A process paused through a loss that another process has rebuilt
