@@ -100,23 +100,57 @@ func (s *Server) Handler() http.Handler {
 	return web.Middleware(s.Log, mux)
 }
 
+// checkTimeout bounds each readiness check.
+const checkTimeout = 2 * time.Second
+
+// readyz runs every check at once, each under its own deadline, so a
+// dependency that hangs is named and does not make the others look down.
+// A check that ignores its deadline counts as failed once it has passed.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	out := map[string]string{}
-	ok := true
-	for _, c := range s.Checks {
-		if err := c.Ping(ctx); err != nil {
-			out[c.Name], ok = err.Error(), false
-		} else {
-			out[c.Name] = "ok"
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, len(s.Checks))
+	for i, c := range s.Checks {
+		go func() {
+			ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
+			defer cancel()
+			results <- result{i, c.Ping(ctx)}
+		}()
+	}
+	errs := make([]error, len(s.Checks))
+	answered := make([]bool, len(s.Checks))
+	late := time.NewTimer(checkTimeout + 100*time.Millisecond)
+	defer late.Stop()
+wait:
+	for range s.Checks {
+		select {
+		case res := <-results:
+			errs[res.i], answered[res.i] = res.err, true
+		case <-late.C:
+			break wait
 		}
 	}
+	out := map[string]string{}
+	failed := []string{}
+	for i, c := range s.Checks {
+		switch {
+		case !answered[i]:
+			out[c.Name] = fmt.Sprintf("no answer within %v", checkTimeout)
+		case errs[i] != nil:
+			out[c.Name] = errs[i].Error()
+		default:
+			out[c.Name] = "ok"
+			continue
+		}
+		failed = append(failed, c.Name)
+	}
 	status := http.StatusOK
-	if !ok {
+	if len(failed) > 0 {
 		status = http.StatusServiceUnavailable
 	}
-	web.JSON(w, status, map[string]any{"ready": ok, "checks": out})
+	web.JSON(w, status, map[string]any{"ready": len(failed) == 0, "checks": out, "failed": failed})
 }
 
 type ctxKey int

@@ -18,15 +18,7 @@ func TestPOSFlow(t *testing.T) {
 	other := nodetest.POS(t, base, "1006")
 
 	// The paid order reaches the store's queue, and only that store's.
-	var pulled struct {
-		Orders []struct {
-			Seq   int64 `json:"seq"`
-			Order struct {
-				OrderID string `json:"order_id"`
-			} `json:"order"`
-		} `json:"orders"`
-		Cursor string `json:"cursor"`
-	}
+	var pulled pullPage
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		r := pos.Do("GET", "/pos/v1/orders/new?cursor=0", "")

@@ -5,7 +5,6 @@
 package fulfil
 
 import (
-	"cmp"
 	"context"
 	"crypto/subtle"
 	"database/sql"
@@ -14,10 +13,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -64,7 +64,6 @@ type Service struct {
 	news   Notifier
 	log    *slog.Logger
 	now    func() time.Time
-	based  sync.Map // store id -> true once its seq counter has a base
 }
 
 // New returns the fulfilment service. wake tells the outbox relay about
@@ -126,21 +125,15 @@ func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) erro
 	return s.queue(ctx, storeID, orderID)
 }
 
-// queue appends an order to its store's queue. Seqs are handed out and
-// made visible as one step (a POS paging behind the appends never skips
-// one), and start above the time in microseconds when a store's counter is
-// new, so a POS still holding a cursor from before the queue was lost (an
-// in-memory store restarted, Redis flushed) cannot acknowledge new orders
-// with it.
+// queue appends an order to its store's queue, or finds it there. Seqs
+// are handed out and made visible as one step (a POS paging behind the
+// appends never skips one), and never below the time in microseconds: a
+// queue lost with its counter (an in-memory store restarted, Redis
+// flushed or failed over to a replica that was behind) starts again above
+// every seq handed out before, so a POS still holding a cursor from
+// before cannot acknowledge new orders with it.
 func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
-	if _, ok := s.based.Load(storeID); !ok {
-		base := strconv.FormatInt(s.now().UnixMicro(), 10)
-		if _, err := s.kv.SetNX(ctx, seqKey(storeID), []byte(base), 0); err != nil {
-			return fmt.Errorf("queue order %d: %w", orderID, err)
-		}
-		s.based.Store(storeID, true)
-	}
-	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10))
+	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10), s.now().UnixMicro())
 	if err != nil {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}
@@ -150,37 +143,52 @@ func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
 	return nil
 }
 
-// Restore queues again every order still new, for a kv store that lost
-// its contents (the in-memory one after a restart). It reads the database
-// once, at start, never per pull.
-func (s *Service) Restore(ctx context.Context) (int, error) {
-	type pair struct{ o, st int64 }
-	var ps []pair
-	for _, d := range s.c.Shards() {
-		rows, err := d.R.QueryContext(ctx, `SELECT order_id, store_id FROM fulfilments WHERE status = $1`, Received)
-		if err != nil {
-			return 0, err
-		}
-		for rows.Next() {
-			var p pair
-			if err := rows.Scan(&p.o, &p.st); err != nil {
-				rows.Close()
-				return 0, err
-			}
-			ps = append(ps, p)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return 0, err
+// Rebuild queues again every order still new, in each store in the order
+// of the orders' ids (as paid), for a kv store that lost the queues (the
+// in-memory one after a restart, Redis restarted without persistence,
+// flushed, or failed over to a replica that was behind; kv.Watch finds
+// out). Orders still queued keep their place and seq, so several nodes
+// may rebuild at once and orders keep flowing meanwhile; orders a POS had
+// acknowledged but not accepted are queued again (shown twice at worst).
+// It reads each store's new orders through the (store_id, status) index,
+// eight stores at a time.
+func (s *Service) Rebuild(ctx context.Context) error {
+	stores, err := sqldb.IDs(ctx, s.c.Main().R, `SELECT id FROM stores ORDER BY id`)
+	if err != nil {
+		return fmt.Errorf("rebuild store queues: %w", err)
+	}
+	var queued atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, st := range stores {
+		g.Go(func() error {
+			n, err := s.rebuildStore(gctx, st)
+			queued.Add(int64(n))
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	s.log.Info("store queues rebuilt", "stores", len(stores), "orders", queued.Load())
+	return nil
+}
+
+// rebuildStore queues again the orders of one store that are still new.
+func (s *Service) rebuildStore(ctx context.Context, storeID int64) (int, error) {
+	// The writer's pool: a reader that lags could miss orders recorded
+	// just before the loss.
+	orders, err := sqldb.IDs(ctx, s.forStore(storeID).W,
+		`SELECT order_id FROM fulfilments WHERE store_id = $1 AND status = $2 ORDER BY order_id`, storeID, Received)
+	if err != nil {
+		return 0, fmt.Errorf("rebuild store %d queue: %w", storeID, err)
+	}
+	for i, o := range orders {
+		if err := s.queue(ctx, storeID, o); err != nil {
+			return i, fmt.Errorf("rebuild store %d queue: %w", storeID, err)
 		}
 	}
-	slices.SortFunc(ps, func(a, b pair) int { return cmp.Compare(a.o, b.o) }) // in order of the orders' ids, as paid
-	for _, p := range ps {
-		if err := s.queue(ctx, p.st, p.o); err != nil {
-			return 0, err
-		}
-	}
-	return len(ps), nil
+	return len(orders), nil
 }
 
 // Store returns the store a POS key belongs to, or ErrBadKey.
@@ -208,23 +216,33 @@ type NewOrder struct {
 
 // Pull acknowledges every entry up to cursor and returns up to limit
 // entries after it. A POS that restarts with cursor 0 gets every entry it
-// has not acknowledged again.
+// has not acknowledged again. A cursor the queue never handed out (one from
+// before the queue was lost) acknowledges nothing and reads from the start.
 func (s *Service) Pull(ctx context.Context, storeID, cursor int64, limit int) ([]NewOrder, error) {
-	if err := s.Ack(ctx, storeID, cursor); err != nil {
+	from, err := s.Ack(ctx, storeID, cursor)
+	if err != nil {
 		return nil, err
 	}
-	return s.Queued(ctx, storeID, cursor, limit)
+	return s.Queued(ctx, storeID, from, limit)
 }
 
-// Ack removes the entries of a store's queue up to cursor.
-func (s *Service) Ack(ctx context.Context, storeID, cursor int64) error {
+// Ack removes the entries of a store's queue up to cursor, and returns the
+// cursor to read after: cursor itself, or 0 when the queue has not handed
+// it out (it comes from before the queue was lost, and the seqs since may
+// lie below it if the clocks of the nodes disagree: they are read, not
+// removed).
+func (s *Service) Ack(ctx context.Context, storeID, cursor int64) (int64, error) {
 	if cursor <= 0 {
-		return nil
+		return 0, nil
 	}
-	if _, err := s.kv.ZTrim(ctx, queueKey(storeID), cursor); err != nil {
-		return fmt.Errorf("ack store %d queue: %w", storeID, err)
+	_, known, err := s.kv.ZAck(ctx, queueKey(storeID), seqKey(storeID), cursor)
+	if err != nil {
+		return 0, fmt.Errorf("ack store %d queue: %w", storeID, err)
 	}
-	return nil
+	if !known {
+		return 0, nil
+	}
+	return cursor, nil
 }
 
 // Queued returns up to limit (at most 100) entries of a store's queue

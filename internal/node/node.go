@@ -130,6 +130,7 @@ type Node struct {
 	owner string        // this process, as leases name it
 	node  *lease.NodeID // keeps the node id leased
 	Jobs  *lease.Jobs   // jobs that run once per cluster (worker role)
+	watch *kv.Watch     // kv loss: rebuilds what the roles keep in kv
 
 	Members  *member.Service
 	Catalog  *catalog.Service
@@ -173,6 +174,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, fmt.Errorf("kv: %w", err)
 	}
 	n.closer = append(n.closer, n.KV.Close)
+	n.watch = kv.NewWatch(n.KV, 0, kvEvents(log))
 	if n.Bus, err = bus.Open(ctx, cfg.Bus); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
@@ -252,15 +254,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if cfg.Has("fulfil") {
 		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Notify, push.StoreNotifier{Bus: n.Bus}, log.With("role", "fulfil"))
 		srv.Fulfil = n.Fulfil
-		if strings.HasPrefix(cfg.KV, "mem:") { // the store queues live in this process: rebuild them
-			k, err := n.Fulfil.Restore(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("restore store queues: %w", err)
-			}
-			if k > 0 {
-				log.Info("store queues restored", "orders", k)
-			}
-		}
+		n.watch.Register("fulfil-queues", n.Fulfil.Rebuild)
 	}
 	if cfg.Has("push") {
 		stores := n.Fulfil
@@ -296,6 +290,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			srv.Payments = n.Payments
 		}
 	}
+	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -327,6 +322,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	spawn("node id lease", n.node.Keep)
+	spawn("kv loss watch", n.watch.Run)
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)
 	}

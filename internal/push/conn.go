@@ -282,7 +282,7 @@ func (c *conn) readLoop() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(c.h.ctx, 5*time.Second)
-			err = c.h.stores.Ack(ctx, c.store, cur)
+			_, err = c.h.stores.Ack(ctx, c.store, cur)
 			cancel()
 			if err != nil {
 				c.sendJSON(errMsg("unavailable", "acknowledgement not stored; send it again"))

@@ -322,7 +322,8 @@ func (h *Hub) posWS(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	if err := h.stores.Ack(r.Context(), storeID, cursor); err != nil {
+	// A cursor from before the queue was lost reads from the start.
+	if cursor, err = h.stores.Ack(r.Context(), storeID, cursor); err != nil {
 		web.Error(w, r, err)
 		return
 	}

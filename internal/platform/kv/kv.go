@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/errkind"
 )
 
 // ErrNotFound is returned by Get when the key does not exist (or has expired).
@@ -29,6 +31,18 @@ var ErrWrongType = errors.New("kv: operation against a key holding the wrong kin
 // a score outside [MinScore, MaxScore].
 var ErrScoreRange = errors.New("kv: sorted-set score out of range")
 
+// ErrUnavailable is returned (wrapped with the operation, the key and the
+// cause) when the backend did not answer within the call's deadline, could
+// not be reached, or said it cannot serve now (loading its data, failing
+// over, out of memory). Its kind is errkind.Unavailable, so the edge
+// answers 503 unavailable. The memory store never returns it.
+var ErrUnavailable = errkind.New(errkind.Unavailable, "unavailable", "a dependency is unavailable, try again")
+
+// DefaultTimeout bounds each call to a remote store whose context has no
+// earlier deadline: a store that hangs (a frozen Redis) costs a request
+// this long, not the length of the hang.
+const DefaultTimeout = time.Second
+
 // MaxScore and MinScore bound the scores a sorted set holds. Redis keeps
 // scores as float64, which is exact for integers only up to 2^53, so every
 // adapter rejects scores beyond ±(2^53-1) with ErrScoreRange.
@@ -48,7 +62,10 @@ type Scored struct {
 // A ttl of 0 means "no expiry"; a negative ttl is rejected with an error.
 // Redis rounds a ttl up to whole milliseconds. All methods are safe for
 // concurrent use. Errors other than ErrNotFound are wrapped with the
-// operation and key.
+// operation and key. Every call of a remote store has a deadline (its
+// context's, or the store's timeout if that comes sooner, DefaultTimeout
+// unless set) and fails with ErrUnavailable when the store is down or
+// slow; a cancelled context gives context.Canceled.
 type Store interface {
 	// Get returns the value at key or ErrNotFound. The returned slice belongs
 	// to the caller.
@@ -83,13 +100,35 @@ type Store interface {
 	// score if it is present. Returns ErrScoreRange unless MinScore <= score
 	// <= MaxScore.
 	ZAdd(ctx context.Context, key string, score int64, member string) error
-	// ZAppend increments the integer at counter (missing = 0) and adds
-	// member to the sorted set at key with the new value as its score, as
-	// one step: a reader that sees a score also sees every lower score
-	// handed out by ZAppend on the same counter (unless trimmed). Returns
-	// the score. Errors as IncrBy and ZAdd. (On Redis both keys must be in
-	// one hash slot for a cluster.)
-	ZAppend(ctx context.Context, key, counter, member string) (int64, error)
+	// ZAppend adds member to the sorted set at key with a score from the
+	// integer at counter (missing = 0): the greater of counter+1 and floor,
+	// which the counter is set to. Both happen as one step: a reader that
+	// sees a score also sees every lower score handed out by ZAppend on
+	// the same counter (unless trimmed). A member already in the set stays
+	// where it is: ZAppend returns its score and changes nothing, so
+	// several processes appending the same members (rebuilding a lost set)
+	// add each once. Returns the member's score.
+	//
+	// floor keeps scores from going back when the counter is lost (kv
+	// restarted empty, a failover to a replica that was behind): a caller
+	// passing the time in microseconds gets scores above every score handed
+	// out before the loss, as long as its clock agrees with the clocks of
+	// the processes that appended then. Pass 0 for plain 1, 2, 3 ...
+	//
+	// Errors: ErrNotInteger if counter holds a value that is not an
+	// integer, ErrWrongType if key or counter holds the other kind,
+	// ErrScoreRange if the new score would lie outside [MinScore,
+	// MaxScore]. (On Redis both keys must be in one hash slot for a
+	// cluster.)
+	ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error)
+	// ZAck is ZTrim for a set filled by ZAppend on counter: it removes
+	// every member with score <= upTo, but only if upTo is at most the
+	// integer at counter (missing = 0), i.e. a score ZAppend has handed
+	// out. Otherwise it removes nothing and reports false: upTo comes from
+	// before the counter was lost, and trimming with it could remove
+	// members appended since that the caller has never seen. Returns how
+	// many members it removed. Errors as ZAppend.
+	ZAck(ctx context.Context, key, counter string, upTo int64) (removed int64, known bool, err error)
 	// ZAfter returns up to limit (> 0) members with score > after, ascending
 	// by score, then member. after may lie outside the score range. Paging
 	// with after = the last score returned skips members that share that

@@ -3,9 +3,11 @@ package kv
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -119,14 +121,95 @@ func (m *Memory) ZAdd(_ context.Context, key string, score int64, member string)
 
 // ZAppend implements Store. Appends are serialised, so scores become
 // visible in the order they are handed out.
-func (m *Memory) ZAppend(ctx context.Context, key, counter, member string) (int64, error) {
+func (m *Memory) ZAppend(_ context.Context, key, counter, member string, floor int64) (int64, error) {
 	m.appendMu.Lock()
 	defer m.appendMu.Unlock()
-	score, err := m.IncrBy(ctx, counter, 1)
-	if err != nil {
-		return 0, err
+	now := m.now()
+	ks := m.shard(key)
+	ks.mu.Lock()
+	z, err := ks.zsetLocked(key, now)
+	var have int64
+	var found bool
+	if z != nil {
+		have, found = z.score[member]
 	}
-	return score, m.ZAdd(ctx, key, score, member)
+	ks.mu.Unlock()
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("kv: zappend %q: %w", key, err)
+	case found:
+		return have, nil
+	}
+
+	cs := m.shard(counter)
+	cs.mu.Lock()
+	cur, err := cs.counterLocked(counter, now)
+	score := max(cur+1, floor)
+	switch {
+	case err != nil:
+	case cur == maxInt64 || score < MinScore || score > MaxScore:
+		err = fmt.Errorf("score %d after counter %d: %w", score, cur, ErrScoreRange)
+	default:
+		e, _ := cs.lookupLocked(counter, now)
+		e.val = strconv.AppendInt(e.val[:0], score, 10)
+		cs.storeLocked(counter, e)
+	}
+	cs.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("kv: zappend %q counter %q: %w", key, counter, err)
+	}
+
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	// Looked up again: a ZTrim or Del may have removed the set meanwhile.
+	if z, err = ks.zsetLocked(key, m.now()); err != nil {
+		return 0, fmt.Errorf("kv: zappend %q: %w", key, err)
+	}
+	if z == nil {
+		z = newZset()
+		ks.m[key] = entry{z: z}
+	}
+	z.add(score, member)
+	return score, nil
+}
+
+// ZAck implements Store. It holds the append lock, so no ZAppend hands
+// out a score between the check of the counter and the trim.
+func (m *Memory) ZAck(ctx context.Context, key, counter string, upTo int64) (int64, bool, error) {
+	m.appendMu.Lock()
+	defer m.appendMu.Unlock()
+	cs := m.shard(counter)
+	cs.mu.Lock()
+	cur, err := cs.counterLocked(counter, m.now())
+	cs.mu.Unlock()
+	if err != nil {
+		return 0, false, fmt.Errorf("kv: zack %q counter %q: %w", key, counter, err)
+	}
+	if upTo > cur {
+		return 0, false, nil
+	}
+	n, err := m.ZTrim(ctx, key, upTo)
+	if err != nil {
+		return 0, false, fmt.Errorf("kv: zack %q: %w", key, errors.Unwrap(err))
+	}
+	return n, true, nil
+}
+
+// counterLocked returns the integer at key (missing = 0), ErrNotInteger
+// or ErrWrongType. s.mu must be held.
+func (s *shard) counterLocked(key string, now int64) (int64, error) {
+	e, found := s.lookupLocked(key, now)
+	switch {
+	case !found:
+		return 0, nil
+	case e.z != nil:
+		return 0, ErrWrongType
+	}
+	v, ok := parseInt(e.val)
+	if !ok {
+		return 0, ErrNotInteger
+	}
+	return v, nil
 }
 
 // ZAfter implements Store.

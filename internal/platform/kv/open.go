@@ -21,8 +21,10 @@ import (
 //	prefix=NAME     prepended verbatim to every key (end it with ':' by
 //	                convention); gives tests sharing one Redis their own
 //	                namespace. Accepted and ignored by mem:, whose stores
-//	                share nothing anyway.
+//	                share nothing anyway (as is timeout).
 //	pipeline=off    turn rueidis auto-pipelining off (on by default).
+//	timeout=D       bound every call to D (a Go duration, > 0; default
+//	                DefaultTimeout) unless its context ends sooner.
 //
 // Other query parameters of a redis URL go to rueidis.ParseURL
 // (dial_timeout, client_name, addr, ...). Open dials and pings Redis, so an
@@ -40,7 +42,7 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 	switch u.Scheme {
 	case "mem":
 		for k := range u.Query() {
-			if k != "prefix" {
+			if k != "prefix" && k != "timeout" {
 				return nil, fmt.Errorf("kv: open %s: unknown parameter %q", u.Redacted(), k)
 			}
 		}
@@ -62,8 +64,17 @@ func openRedis(ctx context.Context, u *url.URL) (*Redis, error) {
 	default:
 		return nil, fmt.Errorf("kv: open %s: pipeline=%q, want on or off", safe, pipeline)
 	}
+	timeout := DefaultTimeout
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("kv: open %s: timeout=%q, want a positive duration such as 500ms", safe, v)
+		}
+		timeout = d
+	}
 	q.Del("prefix")
 	q.Del("pipeline")
+	q.Del("timeout")
 	plain := *u
 	plain.RawQuery = q.Encode()
 
@@ -79,11 +90,16 @@ func openRedis(ctx context.Context, u *url.URL) (*Redis, error) {
 			opt.Dialer.Timeout = d
 		}
 	}
+	// A call that needs a new connection joins the dial under way, whatever
+	// its own deadline: dials end within the call timeout too.
+	if opt.Dialer.Timeout == 0 || opt.Dialer.Timeout > timeout {
+		opt.Dialer.Timeout = timeout
+	}
 	client, err := rueidis.NewClient(opt)
 	if err != nil {
 		return nil, fmt.Errorf("kv: open %s: %w", safe, err)
 	}
-	r := NewRedis(client, prefix)
+	r := NewRedis(client, prefix, timeout)
 	if err := r.Ping(ctx); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("kv: open %s: %w", safe, err)

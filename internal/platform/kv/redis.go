@@ -1,12 +1,18 @@
 package kv
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -20,14 +26,16 @@ import (
 type Redis struct {
 	client    rueidis.Client
 	prefix    string
+	timeout   time.Duration
 	closeOnce sync.Once
 }
 
 // NewRedis returns a Store that uses client and prepends prefix verbatim to
-// every key (end it with ':' by convention). The store owns client: Close
-// closes it.
-func NewRedis(client rueidis.Client, prefix string) *Redis {
-	return &Redis{client: client, prefix: prefix}
+// every key (end it with ':' by convention). Every call is bounded by
+// timeout (DefaultTimeout if 0) unless its context ends sooner. The store
+// owns client: Close closes it.
+func NewRedis(client rueidis.Client, prefix string, timeout time.Duration) *Redis {
+	return &Redis{client: client, prefix: prefix, timeout: cmp.Or(timeout, DefaultTimeout)}
 }
 
 // takeScript implements Take. KEYS[1] is the counter, ARGV[1] the amount
@@ -48,13 +56,50 @@ end
 return {redis.call('DECRBY', KEYS[1], ARGV[1]), 1}
 `)
 
+// readCounter is Lua that sets cur to the integer at KEYS[2] (missing =
+// 0), or returns the error INCRBY gives for a value that is not an integer.
+const readCounter = `local v = redis.call('GET', KEYS[2])
+local cur = 0
+if v then
+  if #v > 20 or not (v == '0' or string.match(v, '^%-?[1-9]%d*$')) then
+    return redis.error_reply('ERR value is not an integer or out of range')
+  end
+  cur = tonumber(v)
+end`
+
 // appendScript implements ZAppend: KEYS[1] the set, KEYS[2] the counter,
-// ARGV[1] the member.
+// ARGV[1] the member, ARGV[2] the floor. It returns the member's score, or
+// an error reply "ERR score out of range". Lua numbers are doubles, exact
+// for every score in range; a number passed to redis.call is formatted
+// with 17 significant digits, so it stays exact too.
 var appendScript = rueidis.NewLuaScript(`
-local s = redis.call('INCR', KEYS[2])
+local have = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if have then
+  return tonumber(have)
+end
+` + readCounter + `
+local s = math.max(cur + 1, tonumber(ARGV[2]))
+if s > ` + maxScoreLua + ` or s < -` + maxScoreLua + ` then
+  return redis.error_reply('ERR score out of range')
+end
+redis.call('INCRBY', KEYS[2], s - cur)
 redis.call('ZADD', KEYS[1], s, ARGV[1])
 return s
 `)
+
+// ackScript implements ZAck: KEYS[1] the set, KEYS[2] the counter,
+// ARGV[1] upTo (clamped to one beyond the score range). It returns how
+// many members it removed, or -1 when upTo is above the counter.
+var ackScript = rueidis.NewLuaScript(`
+` + readCounter + `
+if tonumber(ARGV[1]) > cur then
+  return -1
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+`)
+
+// maxScoreLua is MaxScore as a Lua literal.
+const maxScoreLua = "9007199254740991"
 
 func (r *Redis) key(k string) string {
 	return r.prefix + k
@@ -62,18 +107,22 @@ func (r *Redis) key(k string) string {
 
 // Get implements Store.
 func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	val, err := r.client.Do(ctx, r.client.B().Get().Key(r.key(key)).Build()).AsBytes()
 	if err != nil {
 		if rueidis.IsRedisNil(err) {
 			return nil, ErrNotFound
 		}
-		return nil, fmt.Errorf("kv: get %q: %w", key, translate(err))
+		return nil, fmt.Errorf("kv: get %q: %w", key, classify(err))
 	}
 	return val, nil
 }
 
 // Set implements Store.
 func (r *Redis) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if ttl < 0 {
 		return fmt.Errorf("kv: set %q: negative ttl %v", key, ttl)
 	}
@@ -85,13 +134,15 @@ func (r *Redis) Set(ctx context.Context, key string, val []byte, ttl time.Durati
 		cmd = b.Build()
 	}
 	if err := r.client.Do(ctx, cmd).Error(); err != nil {
-		return fmt.Errorf("kv: set %q: %w", key, err)
+		return fmt.Errorf("kv: set %q: %w", key, classify(err))
 	}
 	return nil
 }
 
 // SetNX implements Store.
 func (r *Redis) SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) (bool, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if ttl < 0 {
 		return false, fmt.Errorf("kv: setnx %q: negative ttl %v", key, ttl)
 	}
@@ -109,13 +160,15 @@ func (r *Redis) SetNX(ctx context.Context, key string, val []byte, ttl time.Dura
 	case rueidis.IsRedisNil(err):
 		return false, nil
 	default:
-		return false, fmt.Errorf("kv: setnx %q: %w", key, err)
+		return false, fmt.Errorf("kv: setnx %q: %w", key, classify(err))
 	}
 }
 
 // Del implements Store. It sends one DEL per key, pipelined, so that keys
 // may live in different cluster slots.
 func (r *Redis) Del(ctx context.Context, keys ...string) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if len(keys) == 0 {
 		return nil
 	}
@@ -125,7 +178,7 @@ func (r *Redis) Del(ctx context.Context, keys ...string) error {
 	}
 	for i, res := range r.client.DoMulti(ctx, cmds...) {
 		if err := res.Error(); err != nil {
-			return fmt.Errorf("kv: del %q: %w", keys[i], err)
+			return fmt.Errorf("kv: del %q: %w", keys[i], classify(err))
 		}
 	}
 	return nil
@@ -133,21 +186,25 @@ func (r *Redis) Del(ctx context.Context, keys ...string) error {
 
 // IncrBy implements Store.
 func (r *Redis) IncrBy(ctx context.Context, key string, n int64) (int64, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	v, err := r.client.Do(ctx, r.client.B().Incrby().Key(r.key(key)).Increment(n).Build()).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("kv: incrby %q by %d: %w", key, n, translate(err))
+		return 0, fmt.Errorf("kv: incrby %q by %d: %w", key, n, classify(err))
 	}
 	return v, nil
 }
 
 // Take implements Store.
 func (r *Redis) Take(ctx context.Context, key string, n int64) (int64, bool, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if n <= 0 {
 		return 0, false, fmt.Errorf("kv: take %q: n must be > 0, got %d", key, n)
 	}
 	res, err := takeScript.Exec(ctx, r.client, []string{r.key(key)}, []string{strconv.FormatInt(n, 10)}).ToArray()
 	if err != nil {
-		return 0, false, fmt.Errorf("kv: take %q: %w", key, translate(err))
+		return 0, false, fmt.Errorf("kv: take %q: %w", key, classify(err))
 	}
 	if len(res) != 2 {
 		return 0, false, fmt.Errorf("kv: take %q: script returned %d values, want 2", key, len(res))
@@ -165,6 +222,8 @@ func (r *Redis) Take(ctx context.Context, key string, n int64) (int64, bool, err
 
 // ZAdd implements Store with ZADD.
 func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if score < MinScore || score > MaxScore {
 		return fmt.Errorf("kv: zadd %q score %d: %w", key, score, ErrScoreRange)
 	}
@@ -172,24 +231,45 @@ func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string
 	// it without an exponent.
 	cmd := r.client.B().Zadd().Key(r.key(key)).ScoreMember().ScoreMember(float64(score), member).Build()
 	if err := r.client.Do(ctx, cmd).Error(); err != nil {
-		return fmt.Errorf("kv: zadd %q: %w", key, translate(err))
+		return fmt.Errorf("kv: zadd %q: %w", key, classify(err))
 	}
 	return nil
 }
 
-// ZAppend implements Store with a Lua script (INCR then ZADD).
-func (r *Redis) ZAppend(ctx context.Context, key, counter, member string) (int64, error) {
-	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)}, []string{member}).AsInt64()
+// ZAppend implements Store with a Lua script (ZSCORE, then GET, INCRBY
+// and ZADD).
+func (r *Redis) ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
+	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)},
+		[]string{member, strconv.FormatInt(outside(floor), 10)}).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("kv: zappend %q: %w", key, translate(err))
+		return 0, fmt.Errorf("kv: zappend %q counter %q: %w", key, counter, classify(err))
 	}
 	return s, nil
+}
+
+// ZAck implements Store with a Lua script (GET, then ZREMRANGEBYSCORE).
+func (r *Redis) ZAck(ctx context.Context, key, counter string, upTo int64) (int64, bool, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
+	n, err := ackScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)},
+		[]string{strconv.FormatInt(outside(upTo), 10)}).AsInt64()
+	if err != nil {
+		return 0, false, fmt.Errorf("kv: zack %q counter %q: %w", key, counter, classify(err))
+	}
+	if n < 0 {
+		return 0, false, nil
+	}
+	return n, true, nil
 }
 
 // ZAfter implements Store with ZRANGE key (after +inf BYSCORE LIMIT 0 limit
 // WITHSCORES. A score that is not an integer within the score range (written
 // by something other than ZAdd) is reported as an error.
 func (r *Redis) ZAfter(ctx context.Context, key string, after int64, limit int) ([]Scored, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if limit <= 0 {
 		return nil, fmt.Errorf("kv: zafter %q: limit must be > 0, got %d", key, limit)
 	}
@@ -198,7 +278,7 @@ func (r *Redis) ZAfter(ctx context.Context, key string, after int64, limit int) 
 		Byscore().Limit(0, int64(limit)).Withscores().Build()
 	zs, err := r.client.Do(ctx, cmd).AsZScores()
 	if err != nil {
-		return nil, fmt.Errorf("kv: zafter %q: %w", key, translate(err))
+		return nil, fmt.Errorf("kv: zafter %q: %w", key, classify(err))
 	}
 	if len(zs) == 0 {
 		return nil, nil
@@ -216,20 +296,24 @@ func (r *Redis) ZAfter(ctx context.Context, key string, after int64, limit int) 
 
 // ZTrim implements Store with ZREMRANGEBYSCORE key -inf upTo.
 func (r *Redis) ZTrim(ctx context.Context, key string, upTo int64) (int64, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	cmd := r.client.B().Zremrangebyscore().Key(r.key(key)).
 		Min("-inf").Max(strconv.FormatInt(scoreBound(upTo), 10)).Build()
 	n, err := r.client.Do(ctx, cmd).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("kv: ztrim %q: %w", key, translate(err))
+		return 0, fmt.Errorf("kv: ztrim %q: %w", key, classify(err))
 	}
 	return n, nil
 }
 
 // ZCard implements Store with ZCARD.
 func (r *Redis) ZCard(ctx context.Context, key string) (int64, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	n, err := r.client.Do(ctx, r.client.B().Zcard().Key(r.key(key)).Build()).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("kv: zcard %q: %w", key, translate(err))
+		return 0, fmt.Errorf("kv: zcard %q: %w", key, classify(err))
 	}
 	return n, nil
 }
@@ -241,10 +325,18 @@ func scoreBound(b int64) int64 {
 	return min(max(b, MinScore-1), MaxScore)
 }
 
+// outside clamps b to [MinScore-1, MaxScore+1], where Lua numbers are
+// exact: a value beyond the score range stays beyond it.
+func outside(b int64) int64 {
+	return min(max(b, MinScore-1), MaxScore+1)
+}
+
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
 	if err := r.client.Do(ctx, r.client.B().Ping().Build()).Error(); err != nil {
-		return fmt.Errorf("kv: ping: %w", err)
+		return fmt.Errorf("kv: ping: %w", classify(err))
 	}
 	return nil
 }
@@ -260,9 +352,27 @@ func millis(ttl time.Duration) int64 {
 	return int64((ttl + time.Millisecond - 1) / time.Millisecond)
 }
 
-// translate maps Redis type errors to ErrWrongType and integer errors to
-// ErrNotInteger, and returns any other error unchanged.
-func translate(err error) error {
+// bound gives ctx the store's deadline unless it has an earlier one.
+func (r *Redis) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= r.timeout {
+		return ctx, noCancel
+	}
+	return context.WithTimeout(ctx, r.timeout)
+}
+
+func noCancel() {}
+
+// transient are the prefixes of Redis error replies that say the server
+// cannot serve now but will: loading its data, a script running too long,
+// a failover or resharding under way, out of memory.
+var transient = []string{"LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "OOM"}
+
+// classify maps Redis type errors to ErrWrongType, integer errors to
+// ErrNotInteger and range errors of the scripts to ErrScoreRange; a
+// deadline that passed, a connection that failed and a server that says it
+// cannot serve now to ErrUnavailable; the caller's cancellation and other
+// error replies (bugs) stay as they are.
+func classify(err error) error {
 	if re, ok := rueidis.IsRedisErr(err); ok {
 		switch msg := re.Error(); {
 		case strings.HasPrefix(msg, "WRONGTYPE"):
@@ -271,7 +381,27 @@ func translate(err error) error {
 			return ErrNotInteger
 		case strings.Contains(msg, "overflow"):
 			return fmt.Errorf("%w (%s)", ErrNotInteger, msg)
+		case strings.Contains(msg, "score out of range"):
+			return ErrScoreRange
+		case slices.ContainsFunc(transient, func(p string) bool { return strings.HasPrefix(msg, p) }):
+			return &unavailable{err}
 		}
+		return err
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, rueidis.ErrClosing), errors.Is(err, rueidis.ErrNoAddr), errors.Is(err, rueidis.ErrNoSlot):
+		return &unavailable{err}
 	}
 	return err
 }
+
+// unavailable is ErrUnavailable with its cause; both match errors.Is.
+type unavailable struct{ cause error }
+
+func (e *unavailable) Error() string   { return "unavailable: " + e.cause.Error() }
+func (e *unavailable) Unwrap() []error { return []error{ErrUnavailable, e.cause} }

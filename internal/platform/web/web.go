@@ -60,7 +60,8 @@ const StatusClientClosed = 499
 
 // Error writes err as {"error":{code,message}} with the status of its kind.
 // Errors without a kind are internal: they are logged (once, here) and the
-// client sees a generic message.
+// client sees a generic message. A 503 carries Retry-After (1 s) unless the
+// handler set one.
 func Error(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil && errkind.Of(err) == nil {
 		err = context.Canceled // the client went away mid-request; whatever failed after that is noise
@@ -75,6 +76,9 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 		body.Error.Code, body.Error.Message = "timeout", "the request timed out, try again"
 	} else {
 		body.Error.Code, body.Error.Message = "internal", "internal error (trace id "+TraceID(r.Context())+")"
+	}
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header()["Retry-After"] = retryAfter
 	}
 	if status >= 500 {
 		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
@@ -102,6 +106,10 @@ func Raw(w http.ResponseWriter, status int, b []byte) {
 }
 
 var jsonType = []string{"application/json"}
+
+// retryAfter is the Retry-After of a 503: a dependency that is down is
+// asked again after a second (calls to it give up within about that).
+var retryAfter = []string{"1"}
 
 // Errors of Decode.
 var (

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,16 +35,22 @@ func TestErrorsMapToStatusAndCode(t *testing.T) {
 	t.Parallel()
 	errSoldOut := errkind.New(errkind.Conflict, "sold_out", "sold out")
 	cases := []struct {
-		name   string
-		err    error
-		status int
-		code   string
+		name       string
+		err        error
+		status     int
+		code       string
+		retryAfter string
 	}{
-		{"kinded", errSoldOut, 409, "sold_out"},
-		{"wrapped with detail", fmt.Errorf("reserve: %w", errSoldOut.With("sku 42 sold out")), 409, "sold_out"},
-		{"plain error is internal", errors.New("boom"), 500, "internal"},
-		{"not found", errkind.ErrNotFound, 404, "not_found"},
-		{"throttled", errkind.ErrThrottled, 429, "throttled"},
+		{"kinded", errSoldOut, 409, "sold_out", ""},
+		{"wrapped with detail", fmt.Errorf("reserve: %w", errSoldOut.With("sku 42 sold out")), 409, "sold_out", ""},
+		{"plain error is internal", errors.New("boom"), 500, "internal", ""},
+		{"not found", errkind.ErrNotFound, 404, "not_found", ""},
+		{"throttled", errkind.ErrThrottled, 429, "throttled", ""},
+		{"unavailable", errkind.ErrUnavailable, 503, "unavailable", "1"},
+		// as a kv adapter classifies a driver error: the kind and the cause
+		{"unavailable with its cause", fmt.Errorf("kv: get %q: %w", "k",
+			errors.Join(errkind.ErrUnavailable, context.DeadlineExceeded)), 503, "unavailable", "1"},
+		{"a deadline", fmt.Errorf("query: %w", context.DeadlineExceeded), 503, "timeout", "1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -51,7 +58,18 @@ func TestErrorsMapToStatusAndCode(t *testing.T) {
 			if w.Code != tc.status || code(t, w) != tc.code || w.Header().Get("X-Trace-Id") == "" {
 				t.Fatalf("got %d %s, want %d %s", w.Code, w.Body, tc.status, tc.code)
 			}
+			if got := w.Header().Get("Retry-After"); got != tc.retryAfter {
+				t.Fatalf("Retry-After %q, want %q", got, tc.retryAfter)
+			}
 		})
+	}
+	// A handler's own Retry-After stands.
+	w := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		Error(w, r, errkind.ErrUnavailable)
+	}), "GET", "/", "")
+	if got := w.Header().Get("Retry-After"); w.Code != 503 || got != "30" {
+		t.Fatalf("%d, Retry-After %q; want 503 with the handler's 30", w.Code, got)
 	}
 }
 

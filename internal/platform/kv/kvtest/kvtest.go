@@ -56,6 +56,12 @@ func Run(t *testing.T, open func(t *testing.T) kv.Store) {
 		{"ZAddConcurrent", testZAddConcurrent},
 		{"ZTrimRace", testZTrimRace},
 		{"ZAppend", testZAppend},
+		{"ZAppendFloor", testZAppendFloor},
+		{"ZAppendKeepsMember", testZAppendKeepsMember},
+		{"ZAppendErrors", testZAppendErrors},
+		{"ZAppendSameMembersRace", testZAppendSameMembersRace},
+		{"ZAck", testZAck},
+		{"ZAckRace", testZAckRace},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {
@@ -950,7 +956,7 @@ func testZAppend(t *testing.T, s kv.Store) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", w, i)); err != nil {
+				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", w, i), 0); err != nil {
 					t.Errorf("ZAppend: %v", err)
 					return
 				}
@@ -976,7 +982,260 @@ func testZAppend(t *testing.T, s kv.Store) {
 	if err := s.Set(ctx(t), counter, []byte("x"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ZAppend(ctx(t), key, counter, "bad"); !errors.Is(err, kv.ErrNotInteger) {
+	if _, err := s.ZAppend(ctx(t), key, counter, "bad", 0); !errors.Is(err, kv.ErrNotInteger) {
 		t.Fatalf("ZAppend on a non-integer counter = %v; want ErrNotInteger", err)
 	}
+}
+
+// scored is a sorted-set member and its score.
+func scored(score int64, member string) kv.Scored {
+	return kv.Scored{Score: score, Member: member}
+}
+
+func mustZAppend(t *testing.T, s kv.Store, key, counter, member string, floor, want int64) {
+	t.Helper()
+	got, err := s.ZAppend(ctx(t), key, counter, member, floor)
+	if err != nil || got != want {
+		t.Fatalf("ZAppend(%q, %q, %q, floor %d) = %d, %v; want %d", key, counter, member, floor, got, err, want)
+	}
+}
+
+// testZAppendFloor: the score is the greater of counter+1 and the floor,
+// and the counter follows it, so a counter lost and started again under a
+// floor hands out scores above the old ones.
+func testZAppendFloor(t *testing.T, s kv.Store) {
+	const key, counter = "zfloor", "zfloor-seq"
+	mustZAppend(t, s, key, counter, "a", 0, 1)
+	mustZAppend(t, s, key, counter, "b", -5, 2)
+	mustZAppend(t, s, key, counter, "c", 100, 100) // jumps to the floor
+	mustZAppend(t, s, key, counter, "d", 50, 101)  // a lower floor: counter+1
+	mustZAppend(t, s, key, counter, "e", 101, 102) // a floor equal to the counter
+	mustGet(t, s, counter, "102")
+	mustZAfter(t, s, key, 0, 10, []kv.Scored{scored(1, "a"), scored(2, "b"), scored(100, "c"), scored(101, "d"), scored(102, "e")})
+
+	// The counter lost: with a floor above the old scores the new ones
+	// stay above them.
+	if err := s.Del(ctx(t), counter); err != nil {
+		t.Fatal(err)
+	}
+	mustZAppend(t, s, key, counter, "f", 1000, 1000)
+	mustZAppend(t, s, key, counter, "g", 0, 1001)
+	// A counter set by hand (IncrBy) is continued.
+	if _, err := s.IncrBy(ctx(t), "zfloor-other", 41); err != nil {
+		t.Fatal(err)
+	}
+	mustZAppend(t, s, "zfloor-2", "zfloor-other", "x", 0, 42)
+	// Scores up to MaxScore are exact.
+	mustZAppend(t, s, "zfloor-3", "zfloor-3-seq", "near", kv.MaxScore-1, kv.MaxScore-1)
+	mustZAppend(t, s, "zfloor-3", "zfloor-3-seq", "max", 0, kv.MaxScore)
+	mustZAfter(t, s, "zfloor-3", 0, 10, []kv.Scored{scored(kv.MaxScore-1, "near"), scored(kv.MaxScore, "max")})
+	mustGet(t, s, "zfloor-3-seq", strconv.FormatInt(kv.MaxScore, 10))
+}
+
+// testZAppendKeepsMember: a member already in the set keeps its score and
+// the counter does not move; once trimmed, it is appended anew.
+func testZAppendKeepsMember(t *testing.T, s kv.Store) {
+	const key, counter = "zkeep", "zkeep-seq"
+	mustZAppend(t, s, key, counter, "a", 0, 1)
+	mustZAppend(t, s, key, counter, "b", 0, 2)
+	mustZAppend(t, s, key, counter, "a", 0, 1)
+	mustZAppend(t, s, key, counter, "a", 500, 1) // the floor does not move it either
+	mustGet(t, s, counter, "2")
+	mustZAppend(t, s, key, counter, "c", 0, 3)
+	mustZTrim(t, s, key, 1, 1)
+	mustZAppend(t, s, key, counter, "a", 0, 4)
+	mustZAfter(t, s, key, 0, 10, []kv.Scored{scored(2, "b"), scored(3, "c"), scored(4, "a")})
+	// A member added by ZAdd counts as present too.
+	mustZAdd(t, s, key, 77, "z")
+	mustZAppend(t, s, key, counter, "z", 0, 77)
+	mustGet(t, s, counter, "4")
+}
+
+func testZAppendErrors(t *testing.T, s kv.Store) {
+	mustSet(t, s, "zerr-text", "x", 0)
+	mustSet(t, s, "zerr-value", "1", 0)
+	mustZAdd(t, s, "zerr-set", 1, "a")
+	mustSet(t, s, "zerr-max", strconv.FormatInt(kv.MaxScore, 10), 0)
+	tests := []struct {
+		name, key, counter string
+		floor              int64
+		want               error
+	}{
+		{"counter not an integer", "zerr-1", "zerr-text", 0, kv.ErrNotInteger},
+		{"counter a sorted set", "zerr-2", "zerr-set", 0, kv.ErrWrongType},
+		{"key a value", "zerr-value", "zerr-3-seq", 0, kv.ErrWrongType},
+		{"floor above the range", "zerr-4", "zerr-4-seq", kv.MaxScore + 1, kv.ErrScoreRange},
+		{"floor far above the range", "zerr-5", "zerr-5-seq", math.MaxInt64, kv.ErrScoreRange},
+		{"counter at the top", "zerr-6", "zerr-max", 0, kv.ErrScoreRange},
+	}
+	for _, tt := range tests {
+		if got, err := s.ZAppend(ctx(t), tt.key, tt.counter, "m", tt.floor); !errors.Is(err, tt.want) {
+			t.Errorf("%s: ZAppend = %d, %v; want %v", tt.name, got, err, tt.want)
+		}
+	}
+	// Nothing was changed by a failed append.
+	mustGet(t, s, "zerr-text", "x")
+	mustGet(t, s, "zerr-max", strconv.FormatInt(kv.MaxScore, 10))
+	mustMissing(t, s, "zerr-3-seq")
+	mustMissing(t, s, "zerr-4-seq")
+	for _, k := range []string{"zerr-1", "zerr-2", "zerr-4", "zerr-5", "zerr-6"} {
+		mustZCard(t, s, k, 0)
+	}
+	// A low floor never takes the score below counter+1, even far below
+	// the range.
+	mustZAppend(t, s, "zerr-7", "zerr-7-seq", "m", math.MinInt64, 1)
+}
+
+// testZAppendSameMembersRace: processes rebuilding a lost queue at once
+// append the same members, while new ones keep coming: every member ends
+// with one score, which every append of it returned, and the scores are
+// distinct and consecutive.
+func testZAppendSameMembersRace(t *testing.T, s kv.Store) {
+	const key, counter = "zrace", "zrace-seq"
+	const rebuilders, old, fresh = 8, 60, 40
+	var (
+		mu     sync.Mutex
+		scores = map[string]map[int64]int{} // member -> score -> times returned
+	)
+	record := func(m string, sc int64, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			t.Errorf("ZAppend(%q): %v", m, err)
+			return
+		}
+		if scores[m] == nil {
+			scores[m] = map[int64]int{}
+		}
+		scores[m][sc]++
+	}
+	race(rebuilders+1, func(i int) {
+		if i == rebuilders { // new members
+			for k := range fresh {
+				m := fmt.Sprintf("new-%03d", k)
+				sc, err := s.ZAppend(ctx(t), key, counter, m, 0)
+				record(m, sc, err)
+			}
+			return
+		}
+		for _, k := range rand.Perm(old) {
+			m := fmt.Sprintf("old-%03d", k)
+			sc, err := s.ZAppend(ctx(t), key, counter, m, 0)
+			record(m, sc, err)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	mustZCard(t, s, key, old+fresh)
+	all, err := s.ZAfter(ctx(t), key, 0, 2*(old+fresh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sc := range all {
+		if sc.Score != int64(i+1) {
+			t.Fatalf("member %d of the set has score %d, want %d: %v", i, sc.Score, i+1, all)
+		}
+		got := scores[sc.Member]
+		if len(got) != 1 || got[sc.Score] == 0 {
+			t.Fatalf("appends of %q returned %v; the set holds it at %d", sc.Member, got, sc.Score)
+		}
+	}
+	mustGet(t, s, counter, strconv.Itoa(old+fresh))
+}
+
+func mustZAck(t *testing.T, s kv.Store, key, counter string, upTo, want int64, wantKnown bool) {
+	t.Helper()
+	got, known, err := s.ZAck(ctx(t), key, counter, upTo)
+	if err != nil || got != want || known != wantKnown {
+		t.Fatalf("ZAck(%q, %q, %d) = %d, %v, %v; want %d, %v", key, counter, upTo, got, known, err, want, wantKnown)
+	}
+}
+
+// testZAck: a cursor the counter has handed out acknowledges; one above
+// the counter (from before the counter was lost) removes nothing.
+func testZAck(t *testing.T, s kv.Store) {
+	const key, counter = "zack", "zack-seq"
+	for i := int64(1); i <= 5; i++ {
+		mustZAppend(t, s, key, counter, member(i), 0, i)
+	}
+	mustZAck(t, s, key, counter, 0, 0, true)
+	mustZAck(t, s, key, counter, 2, 2, true)
+	mustZAck(t, s, key, counter, 2, 0, true)
+	mustZAck(t, s, key, counter, 6, 0, false) // never handed out
+	mustZAck(t, s, key, counter, math.MaxInt64, 0, false)
+	mustZCard(t, s, key, 3)
+	mustZAck(t, s, key, counter, 5, 3, true)
+	mustZCard(t, s, key, 0)
+
+	// The queue and its counter lost, then filled again under a floor:
+	// an old cursor above the new counter acknowledges nothing.
+	if err := s.Del(ctx(t), key, counter); err != nil {
+		t.Fatal(err)
+	}
+	mustZAck(t, s, key, counter, 5, 0, false) // missing counter = 0
+	mustZAck(t, s, key, counter, math.MinInt64, 0, true)
+	mustZAppend(t, s, key, counter, "after-1", 3, 3)
+	mustZAck(t, s, key, counter, 4, 0, false)
+	mustZCard(t, s, key, 1)
+	mustZAck(t, s, key, counter, 3, 1, true)
+
+	mustSet(t, s, "zack-text", "x", 0)
+	if _, _, err := s.ZAck(ctx(t), key, "zack-text", 1); !errors.Is(err, kv.ErrNotInteger) {
+		t.Errorf("ZAck with a non-integer counter: %v, want ErrNotInteger", err)
+	}
+	mustSet(t, s, "zack-value", "v", 0)
+	if _, _, err := s.ZAck(ctx(t), "zack-value", counter, 1); !errors.Is(err, kv.ErrWrongType) {
+		t.Errorf("ZAck on a value: %v, want ErrWrongType", err)
+	}
+}
+
+// testZAckRace: appenders and an acknowledger that acknowledges what it
+// has read: nothing it has not read is ever removed, and everything it
+// acknowledged is gone.
+func testZAckRace(t *testing.T, s kv.Store) {
+	const key, counter = "zack-race", "zack-race-seq"
+	const writers, each = 6, 40
+	var appended atomic.Int64
+	seen := map[string]bool{}
+	race(writers+1, func(i int) {
+		if i < writers {
+			for k := range each {
+				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", i, k), 0); err != nil {
+					t.Errorf("ZAppend: %v", err)
+					return
+				}
+				appended.Add(1)
+			}
+			return
+		}
+		var cursor int64
+		for len(seen) < writers*each {
+			all := appended.Load() == writers*each // before the read: all of them are there to read
+			page, err := s.ZAfter(ctx(t), key, cursor, 7)
+			if err != nil {
+				t.Errorf("ZAfter: %v", err)
+				return
+			}
+			for _, sc := range page {
+				if seen[sc.Member] {
+					t.Errorf("member %q read twice: an acknowledgement was lost", sc.Member)
+					return
+				}
+				seen[sc.Member] = true
+				cursor = sc.Score
+			}
+			if _, known, err := s.ZAck(ctx(t), key, counter, cursor); err != nil || !known {
+				t.Errorf("ZAck(%d) = %v, %v; want known", cursor, known, err)
+				return
+			}
+			if len(page) == 0 && all {
+				return // some were removed unread: the count below says so
+			}
+		}
+	})
+	if len(seen) != writers*each {
+		t.Fatalf("read %d of %d members: some were removed unread", len(seen), writers*each)
+	}
+	mustZCard(t, s, key, 0)
 }
