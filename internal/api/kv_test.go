@@ -18,6 +18,7 @@ type pullPage struct {
 		Seq   int64 `json:"seq"`
 		Order struct {
 			OrderID string `json:"order_id"`
+			Status  string `json:"status"`
 		} `json:"order"`
 	} `json:"orders"`
 	Cursor string `json:"cursor"`
@@ -104,8 +105,16 @@ func TestKVDown(t *testing.T) {
 	r = pos.Do("GET", "/pos/v1/orders/new?cursor="+cursor, "")
 	var p pullPage
 	json.Unmarshal(r.Body, &p)
-	if r.Status != 200 || len(p.Orders) != 0 {
-		t.Fatalf("pull after all were acknowledged: %d %s", r.Status, r.Body)
+	if r.Status != 200 {
+		t.Fatalf("pull after all were accepted: %d %s", r.Status, r.Body)
+	}
+	// Nothing is still waiting. A rebuild that read an order as new just
+	// before the POS accepted it may queue it once more (docs/pos.md: an
+	// order may be shown twice); it then shows as accepted.
+	for _, e := range p.Orders {
+		if e.Order.Status == "paid" {
+			t.Fatalf("pull after all were accepted returns order %s as still waiting: %s", e.Order.OrderID, r.Body)
+		}
 	}
 	nodetest.Eventually(t, 10*time.Second, "readyz 200 again", func() bool { return adm.Do("GET", "/readyz", "").Status == 200 })
 }

@@ -44,10 +44,10 @@ const (
 	Completed = "completed"
 )
 
-// Notifier is told of each order queued for a store (the push centre): seq
+// Announcer is told of each order queued for a store (the push centre): seq
 // is its place in the store's queue. It must not block.
-type Notifier interface {
-	StoreNews(storeID, seq, orderID int64)
+type Announcer interface {
+	Announce(storeID, seq, orderID int64)
 }
 
 // Service runs fulfilment on a kv store and the databases: a store's
@@ -61,14 +61,14 @@ type Service struct {
 	ids    *id.Generator
 	orders *order.Service
 	wake   func(gene int)
-	news   Notifier
+	news   Announcer
 	log    *slog.Logger
 	now    func() time.Time
 }
 
 // New returns the fulfilment service. wake tells the outbox relay about
 // new events; news may be nil.
-func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake func(int), news Notifier, log *slog.Logger) *Service {
+func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake func(int), news Announcer, log *slog.Logger) *Service {
 	return &Service{c: c, kv: store, ids: ids, orders: orders, wake: wake, news: news, log: log, now: time.Now}
 }
 
@@ -138,7 +138,7 @@ func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}
 	if s.news != nil {
-		s.news.StoreNews(storeID, seq, orderID)
+		s.news.Announce(storeID, seq, orderID)
 	}
 	return nil
 }

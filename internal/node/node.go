@@ -192,11 +192,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.node, err = lease.LeaseNodeID(ctx, leases, n.owner, cfg.NodeID, 0, n.IDs, log); err != nil {
 		return nil, err
 	}
-	n.closer = append(n.closer, func() error { // Run's end released it already; a failed New has not
-		c, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return n.node.Release(c)
-	})
+	// Kept from here to Close, not only while Run runs: what a node does
+	// between New and Run (seeding the demo data) needs ids too.
+	keep, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
+	kept := make(chan struct{})
+	go func() { defer close(kept); n.node.Keep(keep) }()
+	n.closer = append(n.closer, func() error { stopKeep(); <-kept; return nil }) // Keep releases the id
 	n.Jobs = lease.NewJobs(leases, n.owner, 0, log)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
 	n.Stock = inventory.New(n.DB)
@@ -204,7 +205,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.Members, err = member.New(ctx, n.DB, n.IDs); err != nil {
 		return nil, err
 	}
-	var wake order.Notifier = outbox.RemoteNotifier{Bus: n.Bus}
+	var wake order.Waker = outbox.RemoteWaker{Bus: n.Bus}
 	if cfg.Has("worker") {
 		wake = n.relay
 		unsub, err := n.Bus.Subscribe(outbox.WakeSubject, n.relay.OnWake)
@@ -252,7 +253,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		srv.Extra[notify.SinkPath] = n.Inbox.Handler()
 	}
 	if cfg.Has("fulfil") {
-		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Notify, push.StoreNotifier{Bus: n.Bus}, log.With("role", "fulfil"))
+		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, push.StoreAnnouncer{Bus: n.Bus}, log.With("role", "fulfil"))
 		srv.Fulfil = n.Fulfil
 		n.watch.Register("fulfil-queues", n.Fulfil.Rebuild)
 	}
@@ -321,7 +322,6 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	spawn("node id lease", n.node.Keep)
 	spawn("kv loss watch", n.watch.Run)
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)

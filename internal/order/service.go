@@ -19,8 +19,9 @@ import (
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
-// Notifier is told after a commit that wrote an outbox row (the relay).
-type Notifier interface{ Notify(gene int) }
+// Waker is told after a commit that wrote an outbox row (the outbox relay,
+// here or in another process).
+type Waker interface{ Wake(gene int) }
 
 // Config tunes the service. The zero value uses the defaults.
 type Config struct {
@@ -35,14 +36,14 @@ type Service struct {
 	ids     *id.Generator
 	catalog Catalog
 	stock   Stock
-	notify  Notifier
+	waker   Waker
 	log     *slog.Logger
 	cfg     Config
 	now     func() time.Time
 }
 
-// New returns an order service. notify may be nil.
-func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, notify Notifier, log *slog.Logger, cfg Config) *Service {
+// New returns an order service. waker may be nil.
+func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker Waker, log *slog.Logger, cfg Config) *Service {
 	if cfg.TTL <= 0 {
 		cfg.TTL = 15 * time.Minute
 	}
@@ -52,7 +53,7 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, notify 
 	if cfg.KeyTakeover <= 0 {
 		cfg.KeyTakeover = 30 * time.Second
 	}
-	return &Service{db: db, ids: ids, catalog: cat, stock: stock, notify: notify, log: log, cfg: cfg, now: time.Now}
+	return &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now}
 }
 
 // placeTimeout bounds pricing, reserving and writing one order.
@@ -335,8 +336,8 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) err
 }
 
 func (s *Service) wake(gene int) {
-	if s.notify != nil {
-		s.notify.Notify(gene)
+	if s.waker != nil {
+		s.waker.Wake(gene)
 	}
 }
 

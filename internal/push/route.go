@@ -174,13 +174,13 @@ func announce(b *bus.Bus, subject string, n news) {
 	_ = b.PublishCore(subject, data)
 }
 
-// StoreNotifier tells push nodes of each order queued for a store (it is
-// the fulfilment context's Notifier). It sends on plain NATS: a message
+// StoreAnnouncer tells push nodes of each order queued for a store (it is
+// the fulfilment context's Announcer). It sends on plain NATS: a message
 // lost here is caught up from the store's queue by the next one, by a
 // reconnect, or by the POS's poll.
-type StoreNotifier struct{ Bus *bus.Bus }
+type StoreAnnouncer struct{ Bus *bus.Bus }
 
-// StoreNews implements fulfil.Notifier.
-func (n StoreNotifier) StoreNews(storeID, seq, orderID int64) {
+// Announce implements fulfil.Announcer.
+func (n StoreAnnouncer) Announce(storeID, seq, orderID int64) {
 	announce(n.Bus, storeSubject(storeID), news{Seq: seq, OrderID: orderID})
 }

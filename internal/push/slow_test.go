@@ -27,16 +27,19 @@ func TestSlowConsumerCutOff(t *testing.T) {
 	h := New(b, nil, nil, Config{MaxQueue: 16}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer h.cancel()
 	big := []byte(`{"type":"x","pad":"` + strings.Repeat("x", 64<<10) + `"}`)
-	const sends = 1500 // 96 MiB: far more than the socket buffers hold
+	// 600 × 64 KiB = 37.5 MiB: far more than the socket buffers hold. At
+	// 12.5 MiB/s a client that reads keeps up even under the race detector
+	// on a loaded machine (at 32 MiB/s it fell behind now and then).
+	const sends = 600
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &conn{subject: "t." + r.URL.Query().Get("name")}
 		if !h.accept(w, r, c) {
 			return
 		}
-		go func() { // 32 MiB/s: a client that reads keeps up
+		go func() {
 			for range sends {
 				c.send(big)
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond)
 			}
 		}()
 	}))

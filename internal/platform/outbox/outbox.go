@@ -75,9 +75,9 @@ func NewRelay(db *sqldb.Cluster, pub Publisher, log *slog.Logger, poll time.Dura
 	return r
 }
 
-// Notify wakes the loop of the database that holds logical shard gene; call
+// Wake wakes the loop of the database that holds logical shard gene; call
 // it after committing a transaction that wrote an outbox row. It never blocks.
-func (r *Relay) Notify(gene int) {
+func (r *Relay) Wake(gene int) {
 	select {
 	case r.wake[r.db.Physical(gene)] <- struct{}{}:
 	default:
@@ -88,24 +88,24 @@ func (r *Relay) Notify(gene int) {
 // in other processes (core NATS, fire and forget: the poll is the backstop).
 const WakeSubject = "outbox.wake"
 
-// Waker is the part of the bus a remote wake-up needs.
-type Waker interface {
+// CorePublisher is the part of the bus a remote wake-up needs.
+type CorePublisher interface {
 	PublishCore(subject string, data []byte) error
 }
 
-// RemoteNotifier wakes the relays of other processes through the bus; a
+// RemoteWaker wakes the relays of other processes through the bus; a
 // node that writes orders but runs no relay uses it.
-type RemoteNotifier struct{ Bus Waker }
+type RemoteWaker struct{ Bus CorePublisher }
 
-// Notify publishes a wake-up for logical shard gene.
-func (n RemoteNotifier) Notify(gene int) {
+// Wake publishes a wake-up for logical shard gene.
+func (n RemoteWaker) Wake(gene int) {
 	n.Bus.PublishCore(WakeSubject, strconv.AppendInt(nil, int64(gene), 10))
 }
 
 // OnWake handles a message of WakeSubject.
 func (r *Relay) OnWake(_ string, data []byte) {
 	if gene, err := strconv.Atoi(string(data)); err == nil && gene >= 0 {
-		r.Notify(gene)
+		r.Wake(gene)
 	}
 }
 
