@@ -347,8 +347,9 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 	}
 }
 
-// makeCode makes a pickup code that is easy to read aloud: four digits,
-// none of them confusable, never starting with 0.
+// makeCode makes a pickup code that is easy to read aloud and type: four
+// digits, never starting with 0 (1000..9999, at random; Step retries on a
+// collision with a code the store already gave out today).
 func makeCode() string {
 	return strconv.Itoa(1000 + rand.IntN(9000))
 }

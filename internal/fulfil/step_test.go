@@ -1,0 +1,160 @@
+package fulfil
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/id"
+)
+
+// events returns the order events a store's steps wrote to the outbox of
+// the store's database, oldest first.
+func events(t *testing.T, s *Service, storeID, orderID int64) []order.Event {
+	t.Helper()
+	rows, err := s.forStore(storeID).R.QueryContext(t.Context(), `SELECT payload FROM outbox ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []order.Event
+	for rows.Next() {
+		var p []byte
+		if err := rows.Scan(&p); err != nil {
+			t.Fatal(err)
+		}
+		var ev order.Event
+		if err := json.Unmarshal(p, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.OrderID == orderID {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// An order goes new -> accepted (a code made here) -> ready -> completed;
+// each step writes its event with the pickup code, a repeated step answers
+// the same and writes nothing, and a step out of turn is ErrStep.
+func TestStepsInTurn(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	oid := int64(id.GeneOf(7)) | 1<<20 // an id with the gene of user 7, as order ids have
+	mustTake(t, s, oid, 1001)
+	if _, err := s.Step(ctx, 1001, oid, Ready, ""); !errors.Is(err, ErrStep) {
+		t.Fatalf("ready before accept: %v, want ErrStep", err)
+	}
+	code, err := s.Step(ctx, 1001, oid, Accepted, "")
+	if err != nil || len(code) != 4 || code[0] == '0' {
+		t.Fatalf("accept: code %q, %v; want four digits not starting with 0", code, err)
+	}
+	if again, err := s.Step(ctx, 1001, oid, Accepted, ""); err != nil || again != code {
+		t.Fatalf("accept again: %q %v, want the same code %q", again, err, code)
+	}
+	if _, err := s.Step(ctx, 1001, oid, Completed, ""); !errors.Is(err, ErrStep) {
+		t.Fatalf("complete before ready: %v, want ErrStep", err)
+	}
+	for _, to := range []string{Ready, Completed} {
+		if got, err := s.Step(ctx, 1001, oid, to, ""); err != nil || got != code {
+			t.Fatalf("%s: %q %v, want the pickup code %q", to, got, err, code)
+		}
+	}
+	evs := events(t, s, 1001, oid)
+	want := []string{order.EvAccepted, order.EvReady, order.EvCompleted}
+	if len(evs) != len(want) {
+		t.Fatalf("events %+v, want one each of %v", evs, want)
+	}
+	for i, ev := range evs {
+		if ev.Type != want[i] || ev.PickupCode != code || ev.StoreID != 1001 || ev.UserID != 7 || id.Gene(ev.EventID) != id.Gene(oid) {
+			t.Fatalf("event %d: %+v, want %s with code %s for store 1001, user 7, on the order's shard", i, ev, want[i], code)
+		}
+	}
+	if _, err := s.Step(ctx, 1001, oid, "refunded", ""); err == nil {
+		t.Fatal("an unknown step was taken")
+	}
+}
+
+// A store can act only on its own orders; an unknown order is not found.
+func TestStepWrongStore(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	mustTake(t, s, 41, 1001)
+	if _, err := s.Step(ctx, 1002, 41, Accepted, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("accept by another store: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Step(ctx, 1001, 42, Accepted, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("accept of an order never taken: %v, want ErrNotFound", err)
+	}
+	if len(events(t, s, 1001, 41)) != 0 {
+		t.Fatal("a refused step wrote an event")
+	}
+}
+
+// A code the POS gives is used as given, unique per store and day: the
+// same code for a second order of the store is ErrCodeInUse, for another
+// store it is fine; a malformed code is ErrPickupCode.
+func TestPOSCodes(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	for _, o := range []struct{ order, store int64 }{{51, 1001}, {52, 1001}, {53, 1002}} {
+		mustTake(t, s, o.order, o.store)
+	}
+	for _, bad := range []string{"toolongcode", "A-1", "数字", " 12"} {
+		if _, err := s.Step(ctx, 1001, 51, Accepted, bad); !errors.Is(err, ErrPickupCode) {
+			t.Fatalf("code %q: %v, want ErrPickupCode", bad, err)
+		}
+	}
+	if code, err := s.Step(ctx, 1001, 51, Accepted, "A12"); err != nil || code != "A12" {
+		t.Fatalf("accept with code A12: %q %v", code, err)
+	}
+	if _, err := s.Step(ctx, 1001, 52, Accepted, "A12"); !errors.Is(err, ErrCodeInUse) {
+		t.Fatalf("second order of the store with A12: %v, want ErrCodeInUse", err)
+	}
+	if code, err := s.Step(ctx, 1002, 53, Accepted, "A12"); err != nil || code != "A12" {
+		t.Fatalf("another store's order with A12: %q %v", code, err)
+	}
+	if code, err := s.Step(ctx, 1001, 52, Accepted, ""); err != nil || code == "A12" {
+		t.Fatalf("accept without a code after the collision: %q %v", code, err)
+	}
+}
+
+// Codes made here never repeat within a store's day, even when many orders
+// are accepted at once and the four-digit space makes collisions likely.
+func TestMadeCodesUnique(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	const orders = 300 // about 5 collisions expected among 9,000 codes
+	for o := range int64(orders) {
+		mustTake(t, s, 1000+o, 1003)
+	}
+	var mu sync.Mutex
+	codes := map[string]int64{}
+	var wg sync.WaitGroup
+	for o := range int64(orders) {
+		wg.Go(func() {
+			code, err := s.Step(ctx, 1003, 1000+o, Accepted, "")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if other, dup := codes[code]; dup {
+				t.Errorf("code %s given to orders %d and %d", code, other, 1000+o)
+			}
+			codes[code] = 1000 + o
+		})
+	}
+	wg.Wait()
+	if len(codes) != orders {
+		t.Fatal(fmt.Sprintf("%d codes for %d orders", len(codes), orders))
+	}
+}
