@@ -64,3 +64,18 @@ func TestMigrateAndUniqueOnEveryEngine(t *testing.T) {
 		})
 	}
 }
+
+func TestMaskHidesPasswords(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, want string }{
+		{"postgres://u:secret@db:5432/x?sslmode=disable", "postgres://u:xxxxx@db:5432/x?sslmode=disable"},
+		{"postgres://u@db/x", "postgres://u@db/x"},
+		{"redis://:secret@r:6379/0", "redis://:xxxxx@r:6379/0"},
+		{"postgres://u:se%zzcret@db/x", "postgres://xxxxx@db/x"}, // does not parse: no user info at all
+		{"sqlite:./data", "sqlite:./data"},
+	} {
+		if got := sqldb.Mask(tc.in); got != tc.want {
+			t.Errorf("Mask(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
