@@ -37,6 +37,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/push"
 )
 
@@ -308,7 +309,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 	}
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: web.ServerMaxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	return n, nil
 }
