@@ -94,6 +94,7 @@ func TestStartupErrors(t *testing.T) {
 		{"kv refused", []string{"--kv", "redis://:secret@" + refused + "/0"}, 1, []string{"kv redis://:xxxxx@" + refused, "connection refused", "start Redis", "--kv"}, false},
 		{"kv silent", []string{"--kv", "redis://:secret@" + silent + "/0"}, 1, []string{"kv redis://:xxxxx@" + silent, "no answer within", "--kv"}, false},
 		{"bus refused", []string{"--bus", "nats://u:secret@" + refused}, 1, []string{"bus nats://u:xxxxx@" + refused, "connection refused", "nats-server -js", "--bus"}, false},
+		{"bus cluster refused", []string{"--bus", "nats://u:secret@" + refused + ",nats://v:secret@" + refused}, 1, []string{"bus nats://u:xxxxx@" + refused + ",nats://v:xxxxx@" + refused, "connection refused", "--bus"}, false},
 		{"bus silent", []string{"--bus", "nats://u:secret@" + silent}, 1, []string{"bus nats://u:xxxxx@" + silent, "no answer within", "--bus"}, false},
 		{"bus too old", []string{"--bus", "nats://u:secret@" + oldNATS}, 1, []string{"bus nats://u:xxxxx@" + oldNATS, "2.9.0 is too old", "2.12"}, false},
 	} {

@@ -51,16 +51,16 @@ func checkConfig(c *Config) error {
 	}
 	for _, u := range c.DB {
 		if !strings.HasPrefix(u, "sqlite:") && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") {
-			return fmt.Errorf("--db %q: unsupported database; want sqlite:DIR or postgres://user:password@host:5432/name", maskURL(u))
+			return fmt.Errorf("--db %q: unsupported database; want sqlite:DIR or postgres://user:password@host:5432/name", sqldb.Mask(u))
 		}
 	}
 	if !strings.HasPrefix(c.KV, "mem:") && !strings.HasPrefix(c.KV, "redis://") && !strings.HasPrefix(c.KV, "rediss://") {
-		return fmt.Errorf("--kv %q: unsupported; want mem: or redis://[:password@]host:6379/0", maskURL(c.KV))
+		return fmt.Errorf("--kv %q: unsupported; want mem: or redis://[:password@]host:6379/0", sqldb.Mask(c.KV))
 	}
 	if !strings.HasPrefix(c.Bus, "embedded:") {
 		for u := range strings.SplitSeq(c.Bus, ",") {
 			if u = strings.TrimSpace(u); !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
-				return fmt.Errorf("--bus %q: unsupported; want embedded:DIR or nats://host:4222 (several separated by commas)", maskURL(c.Bus))
+				return fmt.Errorf("--bus %q: unsupported; want embedded:DIR or nats://host:4222 (several separated by commas)", sqldb.Mask(c.Bus))
 			}
 		}
 	}
@@ -176,7 +176,7 @@ func writableDir(dir string) error {
 func openError(what string, urls []string, flag, server string, start time.Time, err error) error {
 	masked := make([]string, len(urls))
 	for i, u := range urls {
-		masked[i] = maskURL(u)
+		masked[i] = sqldb.Mask(u)
 	}
 	e := &StartError{What: what + " " + strings.Join(masked, " "), Why: oneLine(err), Err: err,
 		Do: "check " + flag}
@@ -209,15 +209,6 @@ func openError(what string, urls []string, flag, server string, start time.Time,
 	return e
 }
 
-// maskURL hides the passwords in a URL or a comma-separated list of URLs.
-func maskURL(raw string) string {
-	parts := strings.Split(raw, ",")
-	for i, p := range parts {
-		parts[i] = sqldb.Mask(p)
-	}
-	return strings.Join(parts, ",")
-}
-
 // oneLine makes err's message fit on one line.
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
@@ -238,6 +229,6 @@ func checkNATS(bus, version string) error {
 	if major > 2 || major == 2 && minor >= 12 {
 		return nil
 	}
-	return &StartError{What: "bus " + maskURL(bus), Why: "nats-server " + version + " is too old (surge needs " + MinNATS + " or later)",
+	return &StartError{What: "bus " + sqldb.Mask(bus), Why: "nats-server " + version + " is too old (surge needs " + MinNATS + " or later)",
 		Do: "upgrade it (the version surge is tested with: go tool nats-server in this module) or use --bus embedded:DIR"}
 }

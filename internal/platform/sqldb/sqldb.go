@@ -227,9 +227,17 @@ func openPostgres(dsn string, opt Options) (*DB, error) {
 	return &DB{Engine: Postgres, Name: name, W: db, R: db}, nil
 }
 
-// Mask hides the password of a URL for printing. A URL that does not parse
-// loses all of its user information.
+// Mask hides the password of a URL, or of each URL in a comma-separated
+// list (nats://a:p@h1,nats://b:q@h2), for printing. A URL that does not
+// parse loses all of its user information.
 func Mask(raw string) string {
+	if strings.Contains(raw, ",") {
+		parts := strings.Split(raw, ",")
+		for i, p := range parts {
+			parts[i] = Mask(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		scheme, rest, ok := strings.Cut(raw, "://")
