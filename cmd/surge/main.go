@@ -32,11 +32,21 @@ import (
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "surge:", err)
+			fmt.Fprintln(os.Stderr, "surge:", strings.Join(strings.Fields(err.Error()), " ")) // one line
 		}
-		os.Exit(2)
+		var u usageError
+		if errors.As(err, &u) || errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		os.Exit(1)
 	}
 }
+
+// usageError is a command line that cannot work (exit status 2); other
+// failures, such as a backend that cannot be reached, exit with 1.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
 
 const usage = `surge — an ordering platform built for peak traffic.
 
@@ -52,6 +62,10 @@ Usage:
                   node's admin API); fixes what is safe, reports the rest
   surge help
 
+Exit status: 0 after Ctrl-C; 1 when something surge needs fails (a backend that
+cannot be reached, a port in use, a data directory it cannot write: one line on
+stderr says what and what to do); 2 for a command line that cannot work.
+
 Flags of serve and demo (each also as env SURGE_<NAME>, e.g. SURGE_ADDR; SURGE_DB
 takes several URLs separated by spaces):
 `
@@ -60,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		printFlags(stderr)
-		return errors.New("missing command")
+		return usageError{errors.New("missing command")}
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -78,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		printFlags(stdout)
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (try: surge help)", args[0])
+	return usageError{fmt.Errorf("unknown command %q (try: surge help)", args[0])}
 }
 
 type options struct {
@@ -152,10 +166,13 @@ func printFlags(w io.Writer) {
 // parse reads flags, then SURGE_* env vars for flags not given.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -164,7 +181,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 		env := "SURGE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok && !given[f.Name] && err == nil {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", env, v, e)
+				err = usageError{fmt.Errorf("%s=%q: %w", env, v, e)}
 			}
 		}
 	})
@@ -187,7 +204,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 	}
 	log, err := newLogger(stderr, o.logLevel)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	dataGiven := false
 	fs.Visit(func(f *flag.Flag) { dataGiven = dataGiven || f.Name == "data" })
@@ -205,7 +222,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 	}
 	generated := o.AdminToken == ""
 	if err := o.Config.Resolve(); err != nil {
-		return err
+		return usageError{err}
 	}
 	printConfig(log, o)
 	n, err := node.New(ctx, o.Config, log)

@@ -186,7 +186,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-var ErrBadID = errkind.New(errkind.Invalid, "invalid_id", "ids are positive decimal integers")
+var ErrBadID = errkind.ErrBadID
 
 // pathID parses the {name} path value as an id.
 func pathID(r *http.Request, name string) (int64, error) {
@@ -197,6 +197,9 @@ func pathID(r *http.Request, name string) (int64, error) {
 	}
 	return x, nil
 }
+
+// ErrBadCursor is a cursor query parameter that no page could have given.
+var ErrBadCursor = errkind.New(errkind.Invalid, "invalid_cursor", "cursor must be a cursor from a previous page, or 0")
 
 func queryInt(r *http.Request, name string) (int64, error) {
 	v := r.URL.Query().Get(name)
@@ -210,11 +213,13 @@ func queryInt(r *http.Request, name string) (int64, error) {
 	return x, nil
 }
 
-// page reads the cursor and limit query parameters of a paged list.
+// page reads the cursor and limit query parameters of a paged list; a bad
+// cursor is ErrBadCursor (invalid_cursor, as docs/api.md and docs/pos.md say).
 func page(r *http.Request) (cursor, limit int64, err error) {
-	if cursor, err = queryInt(r, "cursor"); err == nil {
-		limit, err = queryInt(r, "limit")
+	if cursor, err = queryInt(r, "cursor"); err != nil {
+		return 0, 0, ErrBadCursor.With("%s", err.Error())
 	}
+	limit, err = queryInt(r, "limit")
 	return cursor, limit, err
 }
 

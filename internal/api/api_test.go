@@ -195,7 +195,7 @@ func TestBadInputGetsJSON4xx(t *testing.T) {
 		{"forged token", "GET", "/api/v1/orders", ``, forged, 401, "invalid_token"},
 		{"bad order id", "GET", "/api/v1/orders/abc", ``, c, 400, "invalid_id"},
 		{"unknown order", "GET", "/api/v1/orders/12345", ``, c, 404, "order_not_found"},
-		{"bad cursor", "GET", "/api/v1/orders?cursor=-5", ``, c, 400, "invalid_request"},
+		{"bad cursor", "GET", "/api/v1/orders?cursor=-5", ``, c, 400, "invalid_cursor"},
 		{"bad phone", "POST", "/api/v1/auth/login", `{"phone":"abc"}`, anon, 400, "invalid_phone"},
 		{"unknown route", "GET", "/api/v1/nope", ``, anon, 404, "not_found"},
 		{"wrong method", "DELETE", "/api/v1/stores", ``, anon, 405, "method_not_allowed"},

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
@@ -22,7 +23,39 @@ var (
 	ErrNoStore    = errkind.New(errkind.NotFound, "store_not_found", "no such store")
 	ErrNoItem     = errkind.New(errkind.NotFound, "sku_not_found", "no such item")
 	ErrNoCategory = errkind.New(errkind.NotFound, "category_not_found", "no such category")
+	ErrNotLimited = errkind.New(errkind.Conflict, "item_not_limited", "the item is not stock-limited: it has no stock to set")
 )
+
+// Bounds on what an operator sets (documented in docs/api.md); the Stock
+// bounds stock levels.
+const (
+	MaxPrice   = 10_000_000 // fen (¥100,000) per unit
+	MaxSort    = 1_000_000  // sort keys are -MaxSort..MaxSort
+	MaxName    = 200        // characters of a store or item name
+	MaxCatName = 100        // characters of a category name
+	MaxCity    = 100        // characters
+	MaxAddress = 500        // characters
+)
+
+// checkText bounds a text field of an operator's input: at most max
+// characters, and not blank when required. (NUL characters never get here:
+// web.Decode refuses them for every route.)
+func checkText(field, s string, required bool, max int) error {
+	if required && strings.TrimSpace(s) == "" {
+		return errkind.ErrInvalid.With("%s is required (1 to %d characters)", field, max)
+	}
+	if n := utf8.RuneCountInString(s); n > max {
+		return errkind.ErrInvalid.With("%s must be at most %d characters, got %d", field, max, n)
+	}
+	return nil
+}
+
+func checkSort(sort int) error {
+	if sort < -MaxSort || sort > MaxSort {
+		return errkind.ErrInvalid.With("sort must be %d to %d, got %d", -MaxSort, MaxSort, sort)
+	}
+	return nil
+}
 
 // Store is a shop of a chain.
 type Store struct {
@@ -59,6 +92,7 @@ type Item struct {
 type Stock interface {
 	Levels(ctx context.Context, skus []int64) (map[int64]int64, error)
 	Set(ctx context.Context, sku, qty int64) error
+	CheckLevel(qty int64) error // a kinded error for a level Set would refuse
 }
 
 // Invalidator tells every node that a store's cached data changed (the bus
@@ -159,13 +193,8 @@ type StoreInput struct {
 }
 
 func (in StoreInput) check() error {
-	if strings.TrimSpace(in.Name) == "" || len(in.Name) > 200 {
-		return errkind.ErrInvalid.With("store name must be 1 to 200 characters")
-	}
-	if len(in.City) > 100 || len(in.Address) > 500 {
-		return errkind.ErrInvalid.With("city or address too long")
-	}
-	return nil
+	return errors.Join(checkText("name", in.Name, true, MaxName), checkText("city", in.City, false, MaxCity),
+		checkText("address", in.Address, false, MaxAddress))
 }
 
 // CreateStore adds a store with a fresh POS key. A non-zero storeID is used
@@ -230,8 +259,8 @@ type CategoryInput struct {
 
 // CreateCategory adds a category to a store (id 0 = generate).
 func (s *Service) CreateCategory(ctx context.Context, storeID, catID int64, in CategoryInput) (Category, error) {
-	if strings.TrimSpace(in.Name) == "" || len(in.Name) > 100 {
-		return Category{}, errkind.ErrInvalid.With("category name must be 1 to 100 characters")
+	if err := errors.Join(checkText("name", in.Name, true, MaxCatName), checkSort(in.Sort)); err != nil {
+		return Category{}, err
 	}
 	if _, err := s.AdminStore(ctx, storeID); err != nil {
 		return Category{}, err
@@ -263,13 +292,14 @@ type ItemInput struct {
 }
 
 func (in ItemInput) check() error {
+	if err := errors.Join(checkText("name", in.Name, true, MaxName), checkSort(in.Sort)); err != nil {
+		return err
+	}
 	switch {
-	case strings.TrimSpace(in.Name) == "" || len(in.Name) > 200:
-		return errkind.ErrInvalid.With("item name must be 1 to 200 characters")
-	case in.Price < 0 || in.Price > 100_000_00:
-		return errkind.ErrInvalid.With("price must be 0 to 10000000 fen")
-	case in.Stock != nil && (*in.Stock < 0 || !in.Limited):
-		return errkind.ErrInvalid.With("stock must be >= 0 and only on limited items")
+	case in.Price < 0 || in.Price > MaxPrice:
+		return errkind.ErrInvalid.With("price must be 0 to %d fen, got %d", MaxPrice, in.Price)
+	case in.Stock != nil && !in.Limited:
+		return ErrNotLimited.With("stock is only for limited items: send \"limited\":true with it")
 	}
 	return nil
 }
@@ -278,6 +308,11 @@ func (in ItemInput) check() error {
 func (s *Service) PutItem(ctx context.Context, storeID, sku int64, in ItemInput) (Item, error) {
 	if err := in.check(); err != nil {
 		return Item{}, err
+	}
+	if in.Stock != nil {
+		if err := s.stock.CheckLevel(*in.Stock); err != nil {
+			return Item{}, err
+		}
 	}
 	var catStore int64
 	err := s.db.W.QueryRowContext(ctx, `SELECT store_id FROM categories WHERE id = $1`, in.CategoryID).Scan(&catStore)
@@ -321,11 +356,20 @@ func (s *Service) StoreOfItem(ctx context.Context, sku int64) (int64, error) {
 	return st, err
 }
 
-// SetStock sets the level of a limited item.
+// SetStock sets the level of a limited item. Errors: ErrNoItem,
+// ErrNotLimited, and the stock's own (a level out of bounds).
 func (s *Service) SetStock(ctx context.Context, sku, qty int64) error {
-	st, err := s.StoreOfItem(ctx, sku)
+	var st int64
+	var limited int
+	err := s.db.W.QueryRowContext(ctx, `SELECT store_id, limited FROM menu_items WHERE sku_id = $1`, sku).Scan(&st, &limited)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNoItem.With("no item %d", sku)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("read item %d: %w", sku, err)
+	}
+	if limited != 1 {
+		return ErrNotLimited.With("item %d is not stock-limited: make it limited (PUT the item with \"limited\":true and a \"stock\") to give it stock", sku)
 	}
 	if err := s.stock.Set(ctx, sku, qty); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
 )
@@ -131,3 +132,47 @@ func TestStockShowsOnLimitedItems(t *testing.T) {
 }
 
 func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// TestOperatorInputBounds: what an operator sets stays within the
+// documented bounds, and stock only goes on limited items.
+func TestOperatorInputBounds(t *testing.T) {
+	t.Parallel()
+	a, _ := twoNodes(t)
+	ctx := context.Background()
+	st, _ := a.CreateStore(ctx, 0, catalog.StoreInput{Name: "S"})
+	cat, _ := a.CreateCategory(ctx, st.ID, 0, catalog.CategoryInput{Name: "C"})
+	plain, err := a.PutItem(ctx, st.ID, 0, catalog.ItemInput{CategoryID: cat.ID, Name: "Tea", Price: catalog.MaxPrice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetStock(ctx, plain.SKU, 5); !errors.Is(err, catalog.ErrNotLimited) {
+		t.Fatalf("stock of an unlimited item: %v, want ErrNotLimited", err)
+	}
+	over, huge := int64(inventory.MaxStock+1), int64(1<<62)
+	for _, tc := range []struct {
+		name string
+		in   catalog.ItemInput
+	}{
+		{"price", catalog.ItemInput{Name: "x", Price: catalog.MaxPrice + 1}},
+		{"sort", catalog.ItemInput{Name: "x", Sort: catalog.MaxSort + 1}},
+		{"stock", catalog.ItemInput{Name: "x", Limited: true, Stock: &over}},
+		{"huge stock", catalog.ItemInput{Name: "x", Limited: true, Stock: &huge}},
+		{"stock, not limited", catalog.ItemInput{Name: "x", Stock: new(int64)}},
+		{"name", catalog.ItemInput{Name: strings.Repeat("x", catalog.MaxName+1)}},
+		{"blank name", catalog.ItemInput{Name: " "}},
+	} {
+		tc.in.CategoryID = cat.ID
+		if _, err := a.PutItem(ctx, st.ID, plain.SKU, tc.in); errkind.Of(err) == nil || errkind.Of(err).Kind == errkind.Internal {
+			t.Errorf("%s: %v, want a kinded refusal", tc.name, err)
+		}
+	}
+	if _, err := a.CreateCategory(ctx, st.ID, 0, catalog.CategoryInput{Name: "C", Sort: -catalog.MaxSort - 1}); errkind.Of(err) == nil {
+		t.Errorf("category sort: %v", err)
+	}
+	if _, err := a.CreateStore(ctx, 0, catalog.StoreInput{Name: strings.Repeat("店", catalog.MaxName)}); err != nil {
+		t.Errorf("a name of %d wide characters: %v", catalog.MaxName, err)
+	}
+	if _, err := a.UpdateStore(ctx, st.ID, catalog.StoreInput{Name: "S", Address: strings.Repeat("x", catalog.MaxAddress+1)}); errkind.Of(err) == nil {
+		t.Errorf("long address: %v", err)
+	}
+}

@@ -43,10 +43,24 @@ type Service struct {
 // New returns a service on the main database of c.
 func New(c *sqldb.Cluster) *Service { return &Service{db: c.Main(), now: time.Now} }
 
-// Set sets the stock level of sku (creating it).
+// MaxStock bounds the level an operator sets. Far below int64: whatever
+// reservations give back on top of it never overflows (on SQLite an
+// overflowing integer silently becomes a float).
+const MaxStock = 1_000_000_000
+
+// CheckLevel refuses a stock level outside 0..MaxStock.
+func (s *Service) CheckLevel(qty int64) error {
+	if qty < 0 || qty > MaxStock {
+		return errkind.ErrInvalid.With("stock must be 0 to %d, got %d", MaxStock, qty)
+	}
+	return nil
+}
+
+// Set sets the stock level of sku (creating it); a level outside
+// 0..MaxStock is invalid.
 func (s *Service) Set(ctx context.Context, sku, qty int64) error {
-	if qty < 0 {
-		return errkind.ErrInvalid.With("stock must be >= 0")
+	if err := s.CheckLevel(qty); err != nil {
+		return err
 	}
 	_, err := s.db.W.ExecContext(ctx, `INSERT INTO stock (sku_id, qty) VALUES ($1, $2)
 		ON CONFLICT (sku_id) DO UPDATE SET qty = excluded.qty`, sku, qty)

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,10 +208,22 @@ func testSetLevels(t *testing.T, e env) {
 	if len(got) != 2 || got[a] != 7 || got[b] != 0 {
 		t.Errorf("levels %v, want {%d:7 %d:0} and nothing for sku %d", got, a, b, missing)
 	}
-	if err := e.s.Set(e.ctx, a, -1); !errors.Is(err, errkind.ErrInvalid) {
-		t.Errorf("set to -1: %v, want ErrInvalid", err)
+	for _, bad := range []int64{-1, MaxStock + 1, math.MaxInt64} {
+		if err := e.s.Set(e.ctx, a, bad); !errors.Is(err, errkind.ErrInvalid) {
+			t.Errorf("set to %d: %v, want ErrInvalid", bad, err)
+		}
 	}
 	e.wantLevels(t, map[int64]int64{a: 7})
+	// At the maximum, a reservation and its release come back exactly (on
+	// SQLite an overflowing integer would have turned into a float).
+	e.mustSet(t, b, MaxStock)
+	if err := e.s.Reserve(e.ctx, e.order(1), []Line{{b, 99}}); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := e.s.Release(e.ctx, e.order(1)); err != nil || back != 99 {
+		t.Fatalf("release: %d %v", back, err)
+	}
+	e.wantLevels(t, map[int64]int64{a: 7, b: MaxStock})
 	for _, skus := range [][]int64{nil, {}} {
 		if got, err := e.s.Levels(e.ctx, skus); err != nil || got == nil || len(got) != 0 {
 			t.Errorf("levels of %v: %v, %v; want an empty map", skus, got, err)

@@ -38,6 +38,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/lease"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/push"
 )
 
@@ -107,6 +108,9 @@ func (c *Config) Resolve() error {
 	if len(roles) == 0 {
 		return errors.New("no role given")
 	}
+	if err := checkConfig(c); err != nil {
+		return err
+	}
 	if c.WSPing != 0 && c.WSPing < 100*time.Millisecond {
 		return fmt.Errorf("--ws-ping %v: want at least 100ms", c.WSPing)
 	}
@@ -156,13 +160,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, err
 	}
 	n = &Node{cfg: cfg, log: log}
-	defer func() {
+	defer func(n *Node) { // the argument: "return nil, err" sets the result n to nil first
 		if err != nil {
 			n.Close()
 		}
-	}()
-	if n.DB, err = sqldb.Open(ctx, cfg.DB, sqldb.Options{MaxConns: cfg.DBMaxConns}); err != nil {
+	}(n)
+	if n.ln, err = listen(cfg.Addr); err != nil {
 		return nil, err
+	}
+	if err := checkDirs(&cfg); err != nil {
+		return nil, err
+	}
+	octx, cancel := context.WithTimeout(ctx, OpenTimeout)
+	defer cancel()
+	start := time.Now()
+	if n.DB, err = sqldb.Open(octx, cfg.DB, sqldb.Options{MaxConns: cfg.DBMaxConns}); err != nil {
+		return nil, openError("database", cfg.DB, "--db", "PostgreSQL", start, err)
 	}
 	n.closer = append(n.closer, n.DB.Close)
 	if cfg.Migrate {
@@ -170,18 +183,27 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			return nil, err
 		}
 	}
-	if n.KV, err = kv.Open(ctx, cfg.KV); err != nil {
-		return nil, fmt.Errorf("kv: %w", err)
+	octx, cancel = context.WithTimeout(ctx, OpenTimeout)
+	defer cancel()
+	start = time.Now()
+	if n.KV, err = kv.Open(octx, cfg.KV); err != nil {
+		return nil, openError("kv", []string{cfg.KV}, "--kv", "Redis", start, err)
 	}
 	n.closer = append(n.closer, n.KV.Close)
 	n.watch = kv.NewWatch(n.KV, 0, kvEvents(log))
-	if n.Bus, err = bus.Open(ctx, cfg.Bus); err != nil {
-		return nil, fmt.Errorf("bus: %w", err)
+	octx, cancel = context.WithTimeout(ctx, OpenTimeout)
+	defer cancel()
+	start = time.Now()
+	if n.Bus, err = bus.Open(octx, cfg.Bus); err != nil {
+		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	n.closer = append(n.closer, n.Bus.Close)
+	if err := checkNATS(cfg.Bus, n.Bus.Conn().ConnectedServerVersion()); err != nil {
+		return nil, err
+	}
 	for _, st := range []bus.StreamConfig{order.Stream, order.Timers} {
-		if err := n.Bus.EnsureStream(ctx, st); err != nil {
-			return nil, fmt.Errorf("bus: %w", err)
+		if err := n.Bus.EnsureStream(octx, st); err != nil {
+			return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 		}
 	}
 	// Node ids and job leaders are leased in the main database: every
@@ -226,9 +248,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders = n.Members, n.Catalog, n.Orders
-	}
-	if n.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
-		return nil, err
 	}
 	public := cfg.PublicURL
 	if public == "" {
@@ -293,7 +312,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: web.ServerMaxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	return n, nil
 }

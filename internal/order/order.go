@@ -8,6 +8,7 @@ package order
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"time"
 
 	"github.com/surge-platform/surge/internal/catalog"
@@ -94,20 +95,37 @@ type RequestLine struct {
 	Qty int   `json:"qty"`
 }
 
-// Check validates the shape of a request (not what it refers to).
+// Check validates the shape of a request (not what it refers to). MaxQty
+// bounds each sku in the order: lines of the same sku add up.
 func (r Request) Check() error {
-	if r.StoreID <= 0 {
+	switch {
+	case r.StoreID == 0:
 		return errkind.ErrInvalid.With("store_id is required")
+	case r.StoreID < 0:
+		return errkind.ErrBadID.With("store_id %q is not a valid id: ids are positive decimal strings", strconv.FormatInt(r.StoreID, 10))
 	}
 	if len(r.Items) == 0 || len(r.Items) > MaxLines {
 		return ErrNoLines.With("an order needs 1 to %d lines, got %d", MaxLines, len(r.Items))
 	}
 	for i, l := range r.Items {
-		if l.SKU <= 0 {
+		switch {
+		case l.SKU == 0:
 			return ErrUnknownSKU.With("items[%d]: sku_id is required", i)
-		}
-		if l.Qty < 1 || l.Qty > MaxQty {
+		case l.SKU < 0:
+			return errkind.ErrBadID.With("items[%d]: sku_id %q is not a valid id: ids are positive decimal strings", i, strconv.FormatInt(l.SKU, 10))
+		case l.Qty < 1 || l.Qty > MaxQty:
 			return ErrQty.With("items[%d]: qty must be 1 to %d, got %d", i, MaxQty, l.Qty)
+		}
+	}
+	for i, l := range r.Items { // quadratic, but in at most 50 lines: no map on the hot path
+		sum := l.Qty
+		for _, m := range r.Items[:i] {
+			if m.SKU == l.SKU {
+				sum += m.Qty
+			}
+		}
+		if sum > MaxQty {
+			return ErrQty.With("items[%d]: sku %d comes to %d over its lines; at most %d of one sku per order", i, l.SKU, sum, MaxQty)
 		}
 	}
 	return nil

@@ -38,7 +38,7 @@ import (
 
 var (
 	ErrBadCursor = errkind.New(errkind.Invalid, "invalid_cursor", "cursor and last_event_id are non-negative integers")
-	ErrNoToken   = errkind.New(errkind.Unauthorized, "unauthorized", "missing Authorization: Bearer <token> (or access_token=)")
+	ErrNoToken   = errkind.New(errkind.Unauthorized, "invalid_token", "missing Authorization: Bearer <token> (or access_token=)") // as REST says (member.ErrToken)
 )
 
 // Config tunes the hub; the zero value gets the defaults.

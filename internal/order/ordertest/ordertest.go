@@ -572,8 +572,8 @@ func testOutbox(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 
 	// A failed create writes no event and no timer.
-	if _, err := f.ord.Create(ctx, user, "", f.req(line(f.mooncake, 99), line(f.mooncake, 1))); !errors.Is(err, inventory.ErrSoldOut) {
-		t.Fatalf("ordering 100 of %d mooncakes: %v, want ErrSoldOut", mooncakeStock-2, err)
+	if _, err := f.ord.Create(ctx, user, "", f.req(line(f.mooncake, 99))); !errors.Is(err, inventory.ErrSoldOut) {
+		t.Fatalf("ordering 99 of %d mooncakes: %v, want ErrSoldOut", mooncakeStock-2, err)
 	}
 	if n := len(f.outbox(t)); n != 1 {
 		t.Errorf("a sold-out create left %d outbox rows, want still 1", n)
@@ -881,6 +881,9 @@ func testBadInput(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}{
 		{"unknown store", order.Request{StoreID: f.otherStore.ID + 1_000_003, Items: []order.RequestLine{line(f.latte, 1)}}, catalog.ErrNoStore},
 		{"no store", order.Request{Items: []order.RequestLine{line(f.latte, 1)}}, errkind.ErrInvalid},
+		{"negative store", order.Request{StoreID: -f.store.ID, Items: []order.RequestLine{line(f.latte, 1)}}, errkind.ErrBadID},
+		{"negative sku", f.req(order.RequestLine{SKU: -f.latte.SKU, Qty: 1}), errkind.ErrBadID},
+		{"one sku over 99 in its lines", f.req(line(f.latte, 50), line(f.mooncake, 1), line(f.latte, 50)), order.ErrQty},
 		{"sku of another store", f.req(line(f.mooncake, 1), line(f.otherItem, 1)), order.ErrUnknownSKU},
 		{"sku of no store", f.req(line(f.mooncake, 1), order.RequestLine{SKU: 123456789, Qty: 1}), order.ErrUnknownSKU},
 		{"sku 0", f.req(order.RequestLine{Qty: 1}), order.ErrUnknownSKU},

@@ -69,6 +69,7 @@ func Of(err error) *Error {
 // Generic errors shared by all contexts.
 var (
 	ErrInvalid      = New(Invalid, "invalid_request", "the request is invalid")
+	ErrBadID        = New(Invalid, "invalid_id", "ids are positive decimal integers")
 	ErrUnauthorized = New(Unauthorized, "unauthorized", "missing or invalid credentials")
 	ErrForbidden    = New(Forbidden, "forbidden", "not allowed")
 	ErrNotFound     = New(NotFound, "not_found", "not found")

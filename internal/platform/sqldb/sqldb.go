@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
@@ -121,9 +122,31 @@ func Open(ctx context.Context, urls []string, opt Options) (*Cluster, error) {
 	}
 	c := NewCluster(dbs)
 	if err := c.Ping(ctx); err != nil {
-		return fail(err)
+		return fail(classify(err))
 	}
 	return c, nil
+}
+
+// Errors of Open, besides the network's own (connection refused, timeouts).
+var (
+	ErrNoDatabase = errors.New("sqldb: the database does not exist")
+	ErrAuth       = errors.New("sqldb: authentication failed")
+)
+
+// classify marks a PostgreSQL server's refusal to connect with ErrNoDatabase
+// or ErrAuth, keeping the server's message.
+func classify(err error) error {
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) {
+		return err
+	}
+	switch pg.Code {
+	case "3D000": // invalid_catalog_name
+		return fmt.Errorf("%w: %w", ErrNoDatabase, err)
+	case "28P01", "28000": // invalid_password, invalid_authorization_specification
+		return fmt.Errorf("%w: %w", ErrAuth, err)
+	}
+	return err
 }
 
 // NewCluster routes the logical shards onto dbs in contiguous ranges:
@@ -179,10 +202,21 @@ func openSQLite(spec string) ([]*DB, error) {
 	return dbs, nil
 }
 
+// ConnectTimeout bounds every new PostgreSQL connection whose URL does not
+// set connect_timeout itself.
+const ConnectTimeout = 5 * time.Second
+
 func openPostgres(dsn string, opt Options) (*DB, error) {
+	name := Mask(dsn)
+	if u, err := url.Parse(dsn); err == nil && !u.Query().Has("connect_timeout") {
+		q := u.Query()
+		q.Set("connect_timeout", strconv.Itoa(int(ConnectTimeout/time.Second)))
+		u.RawQuery = q.Encode()
+		dsn = u.String()
+	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("sqldb: %s: %w", Mask(dsn), err)
+		return nil, fmt.Errorf("sqldb: %s: %w", name, err)
 	}
 	n := opt.MaxConns
 	if n <= 0 {
@@ -190,13 +224,29 @@ func openPostgres(dsn string, opt Options) (*DB, error) {
 	}
 	db.SetMaxOpenConns(n)
 	db.SetMaxIdleConns(n)
-	return &DB{Engine: Postgres, Name: Mask(dsn), W: db, R: db}, nil
+	return &DB{Engine: Postgres, Name: name, W: db, R: db}, nil
 }
 
-// Mask hides the password of a URL for printing.
+// Mask hides the password of a URL, or of each URL in a comma-separated
+// list (nats://a:p@h1,nats://b:q@h2), for printing. A URL that does not
+// parse loses all of its user information.
 func Mask(raw string) string {
+	if strings.Contains(raw, ",") {
+		parts := strings.Split(raw, ",")
+		for i, p := range parts {
+			parts[i] = Mask(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err != nil {
+		scheme, rest, ok := strings.Cut(raw, "://")
+		if at := strings.LastIndex(rest, "@"); ok && at >= 0 {
+			return scheme + "://xxxxx@" + rest[at+1:]
+		}
+		return raw
+	}
+	if u.User == nil {
 		return raw
 	}
 	if _, ok := u.User.Password(); ok {

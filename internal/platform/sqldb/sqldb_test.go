@@ -64,3 +64,20 @@ func TestMigrateAndUniqueOnEveryEngine(t *testing.T) {
 		})
 	}
 }
+
+func TestMaskHidesPasswords(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, want string }{
+		{"postgres://u:secret@db:5432/x?sslmode=disable", "postgres://u:xxxxx@db:5432/x?sslmode=disable"},
+		{"postgres://u@db/x", "postgres://u@db/x"},
+		{"redis://:secret@r:6379/0", "redis://:xxxxx@r:6379/0"},
+		{"postgres://u:se%zzcret@db/x", "postgres://xxxxx@db/x"}, // does not parse: no user info at all
+		{"sqlite:./data", "sqlite:./data"},
+		{"nats://a:p1@h1:4222,nats://b:p2@h2:4222", "nats://a:xxxxx@h1:4222,nats://b:xxxxx@h2:4222"},
+		{"postgres://u:secret@h1,h2/x", "postgres://u:xxxxx@h1,h2/x"},
+	} {
+		if got := sqldb.Mask(tc.in); got != tc.want {
+			t.Errorf("Mask(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -19,6 +18,15 @@ import (
 
 // MaxBody is the default limit on request bodies.
 const MaxBody = 64 << 10
+
+// Limits on a request's line and headers. Middleware answers a request over
+// MaxHeaderBytes with a JSON 431; the server must read up to
+// ServerMaxHeaderBytes (its http.Server.MaxHeaderBytes) for that, as
+// net/http answers a longer one itself, in plain text, before any handler.
+const (
+	MaxHeaderBytes       = 64 << 10
+	ServerMaxHeaderBytes = 4 * MaxHeaderBytes
+)
 
 var statusOf = map[errkind.Kind]int{
 	errkind.Internal:     http.StatusInternalServerError,
@@ -111,44 +119,6 @@ var jsonType = []string{"application/json"}
 // asked again after a second (calls to it give up within about that).
 var retryAfter = []string{"1"}
 
-// Errors of Decode.
-var (
-	ErrBadJSON = errkind.New(errkind.Invalid, "invalid_json", "the body is not valid JSON for this request")
-)
-
-// Decode reads one JSON object of at most MaxBody bytes into v, rejecting
-// unknown fields and trailing data. It returns kinded errors.
-func Decode(w http.ResponseWriter, r *http.Request, v any) error {
-	return DecodeReader(http.MaxBytesReader(w, r.Body, MaxBody), v)
-}
-
-// DecodeReader is Decode on a plain reader (fuzz tests use it).
-func DecodeReader(rd io.Reader, v any) error {
-	dec := json.NewDecoder(rd)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return errkind.ErrTooLarge.With("request body over %d bytes", mbe.Limit)
-		}
-		if errors.Is(err, io.EOF) {
-			return ErrBadJSON.With("empty body")
-		}
-		return ErrBadJSON.With("invalid JSON: %s", err.Error())
-	}
-	if dec.More() {
-		return ErrBadJSON.With("invalid JSON: trailing data after the object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return errkind.ErrTooLarge.With("request body over %d bytes", mbe.Limit)
-		}
-		return ErrBadJSON.With("invalid JSON: trailing data after the object")
-	}
-	return nil
-}
-
 type ctxKey struct{}
 
 // TraceID returns the request's trace id ("" outside a request).
@@ -238,7 +208,8 @@ func (r *recorder) Write(b []byte) (int, error) {
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // Middleware wraps h with trace ids (X-Trace-Id on every response, taken
-// from traceparent when present), a request logger in the context, panic
+// from traceparent when present), the header limit (a JSON 431 over
+// MaxHeaderBytes), a request logger in the context, panic
 // recovery (a JSON 500, logged with the stack) and one log line per request
 // at debug level (warn for 5xx).
 func Middleware(base *slog.Logger, h http.Handler) http.Handler {
@@ -269,8 +240,25 @@ func Middleware(base *slog.Logger, h http.Handler) http.Handler {
 					"ms", float64(time.Since(start).Microseconds())/1000)
 			}
 		}()
+		if headerBytes(r) > MaxHeaderBytes {
+			rec.Header()["Connection"] = []string{"close"}
+			JSON(rec, http.StatusRequestHeaderFieldsTooLarge, errBody("header_too_large",
+				"the request line and headers exceed "+strconv.Itoa(MaxHeaderBytes>>10)+" KiB"))
+			return
+		}
 		h.ServeHTTP(rec, r)
 	})
+}
+
+// headerBytes is about what the request line and headers took on the wire.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + len(r.Host) + 12
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 func errBody(code, msg string) ErrBody {

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -76,7 +77,8 @@ func TestErrorsMapToStatusAndCode(t *testing.T) {
 func TestDecode(t *testing.T) {
 	t.Parallel()
 	type body struct {
-		A int `json:"a"`
+		A int    `json:"a"`
+		S string `json:"s"`
 	}
 	cases := []struct {
 		in, code string
@@ -87,6 +89,8 @@ func TestDecode(t *testing.T) {
 		{`{"a":1}{"a":2}`, "invalid_json"},
 		{`{"a":"x"}`, "invalid_json"},
 		{`{"a":1,"pad":"` + strings.Repeat("x", MaxBody) + `"}`, "body_too_large"},
+		{`{"a":1,"s":"x\u0000y"}`, "invalid_text"},
+		{`{"a":1,"s":"x\\u0000y"}`, ""}, // an escaped backslash, then "u0000": no NUL
 	}
 	for _, tc := range cases {
 		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -128,4 +132,116 @@ func TestMuxAnswersAndPanicsBecomeJSON(t *testing.T) {
 	if w.Code != 200 || w.Header().Get("Content-Length") != "4" || len(w.Header().Get("X-Trace-Id")) != 32 {
 		t.Fatalf("ok: %d %v", w.Code, w.Header())
 	}
+}
+
+// TestDecodeSpeaksTheAPI: decoding errors name the field in JSON's terms and
+// say what it takes, never Go's struct or tag vocabulary.
+func TestDecodeSpeaksTheAPI(t *testing.T) {
+	t.Parallel()
+	type line struct {
+		SKU int64 `json:"sku_id,string"`
+		Qty int   `json:"qty"`
+	}
+	type body struct {
+		StoreID int64             `json:"store_id,string"`
+		Items   []line            `json:"items"`
+		Open    *bool             `json:"open"`
+		Name    string            `json:"name"`
+		Tags    map[string]string `json:"tags"`
+	}
+	for _, tc := range []struct{ in, code, msg string }{
+		{`{"store_id":1001}`, "invalid_json", `store_id must be a decimal string such as "42" (ids are strings in JSON), got 1001`},
+		{`{"store_id":"abc"}`, "invalid_json", `store_id must be a decimal string such as "42" (ids are strings in JSON), got "abc"`},
+		{`{"store_id":"99999999999999999999"}`, "invalid_json", `store_id must be a decimal string such as "42" (at most 9223372036854775807), got "99999999999999999999"`},
+		{`{"store_id":"1","items":[{"sku_id":"2","qty":1},{"sku_id":3,"qty":1}]}`, "invalid_json", `items[1].sku_id must be a decimal string such as "42" (ids are strings in JSON), got 3`},
+		{`{"items":[{"sku_id":"2","qty":"1"}]}`, "invalid_json", `items.qty must be an integer, got string`},
+		{`{"items":[{"sku_id":"2","qty":1.5}]}`, "invalid_json", `items.qty must be an integer, got number 1.5`},
+		{`{"open":"yes"}`, "invalid_json", `open must be true or false, got string`},
+		{`{"items":{}}`, "invalid_json", `items must be an array, got object`},
+		{`[]`, "invalid_json", `the body must be a JSON object, got array`},
+		{`{"store":"1"}`, "invalid_json", `unknown field "store"`},
+		{`{"name":"a",}`, "invalid_json", `invalid JSON at byte 13: invalid character '}' looking for beginning of object key string`},
+		{`{"name":"Tea\u0000"}`, "invalid_text", `name must not contain the NUL character (\u0000)`},
+		{`{"items":[{"sku_id":"2","qty":1}],"tags":{"k":"\u0000"}}`, "invalid_text", `tags.k must not contain the NUL character (\u0000)`},
+	} {
+		var b body
+		err := DecodeReader(strings.NewReader(tc.in), &b)
+		e := errkind.Of(err)
+		if e == nil || e.Code != tc.code || e.Message != tc.msg || Status(err) != 400 {
+			t.Errorf("%s:\n got %v\nwant %s: %s", tc.in, err, tc.code, tc.msg)
+		}
+	}
+}
+
+// TestOversizeHeaderIsJSON: headers over MaxHeaderBytes get the JSON 431
+// (with a trace id) from a server that reads up to ServerMaxHeaderBytes.
+func TestOversizeHeaderIsJSON(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewUnstartedServer(Middleware(slog.New(slog.NewTextHandler(io.Discard, nil)),
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { JSON(w, 200, map[string]bool{"ok": true}) })))
+	srv.Config.MaxHeaderBytes = ServerMaxHeaderBytes
+	srv.Start()
+	defer srv.Close()
+	for _, tc := range []struct {
+		name   string
+		size   int
+		status int
+		json   bool
+	}{
+		{"small", 1 << 10, 200, true},
+		{"just under", MaxHeaderBytes - 1<<10, 200, true},
+		{"over", MaxHeaderBytes + 1<<10, 431, true},
+		{"far over", 2 * MaxHeaderBytes, 431, true},
+		{"beyond the server's limit", ServerMaxHeaderBytes + 8<<10, 431, false}, // net/http's own answer (documented)
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+		req.Header.Set("X-Big", strings.Repeat("a", tc.size))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		var e ErrBody
+		isJSON := json.Unmarshal(b, &e) == nil
+		if res.StatusCode != tc.status || isJSON != tc.json {
+			t.Fatalf("%s: %d %q, want %d (JSON: %v)", tc.name, res.StatusCode, b, tc.status, tc.json)
+		}
+		if tc.status == 431 && tc.json && (e.Error.Code != "header_too_large" || res.Header.Get("X-Trace-Id") == "") {
+			t.Fatalf("%s: %s %v", tc.name, b, res.Header)
+		}
+	}
+}
+
+// FuzzDecode: any body is decoded or refused with a 4xx, never a panic, and
+// nothing accepted holds a NUL.
+func FuzzDecode(f *testing.F) {
+	type line struct {
+		SKU int64 `json:"sku_id,string"`
+		Qty int   `json:"qty"`
+	}
+	type body struct {
+		ID    int64             `json:"id,string"`
+		Name  string            `json:"name"`
+		Lines []line            `json:"lines"`
+		Open  *bool             `json:"open"`
+		Tags  map[string]string `json:"tags"`
+		Any   any               `json:"any"`
+	}
+	f.Add([]byte(`{"id":"1","name":"x","lines":[{"sku_id":"2","qty":3}],"open":true,"tags":{"a":"b"},"any":[1,"\u0000"]}`))
+	f.Add([]byte(`{"id":1,"lines":[{"sku_id":2}]}`))
+	f.Add([]byte(`{"tags":{"\u0000":"x"}}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var b body
+		err := DecodeReader(bytes.NewReader(in), &b)
+		if err != nil {
+			if s := Status(err); s < 400 || s >= 500 || errkind.Of(err) == nil {
+				t.Fatalf("%q: %v (status %d)", in, err, s)
+			}
+			return
+		}
+		if out, _ := json.Marshal(b); bytes.Contains(out, []byte(`\u0000`)) {
+			t.Fatalf("%q: accepted with a NUL: %s", in, out)
+		}
+	})
 }
