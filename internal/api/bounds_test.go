@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
@@ -100,7 +101,7 @@ func TestOperatorInputIsBounded(t *testing.T) {
 			}
 			wantStock := func(what string, want int64) { // the menu shows stock up to a second late
 				t.Helper()
-				nodetest.Eventually(t, 5*time.Second, fmt.Sprintf("menu stock %s: want %d", what, want), func() bool {
+				eventually.True(t, 5*time.Second, fmt.Sprintf("menu stock %s: want %d", what, want), func() bool {
 					return menuStock(t, c, "1007", limited) == want
 				})
 			}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
 	"github.com/surge-platform/surge/internal/order"
@@ -102,7 +103,7 @@ func TestDeadLettersOfFulfilment(t *testing.T) {
 	fulfilFault(t, n, true)
 	oid := nodetest.PayOrder(t, alice, "1011", "1011010")
 	var page deadLetterPage
-	nodetest.Eventually(t, 20*time.Second, "order.paid of "+oid+" in the dead letters of fulfil", func() bool {
+	eventually.True(t, 20*time.Second, "order.paid of "+oid+" in the dead letters of fulfil", func() bool {
 		page = deadLetters(t, adm, "?consumer=fulfil")
 		return len(page.DeadLetters) == 1
 	})
@@ -127,7 +128,7 @@ func TestDeadLettersOfFulfilment(t *testing.T) {
 	if r.Status != 200 || !strings.Contains(string(r.Body), `"resolution":"replayed"`) {
 		t.Fatalf("replay: %d %s", r.Status, r.Body)
 	}
-	nodetest.Eventually(t, 10*time.Second, "the replayed order at the POS", func() bool {
+	eventually.True(t, 10*time.Second, "the replayed order at the POS", func() bool {
 		posOrders(t, pos, got)
 		return got[oid] > 0
 	})
@@ -139,7 +140,7 @@ func TestDeadLettersOfFulfilment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nodetest.Eventually(t, 10*time.Second, "the ledger past the replay", func() bool {
+	eventually.True(t, 10*time.Second, "the ledger past the replay", func() bool {
 		c, err := n.Bus.JetStream().Consumer(ctx, order.Stream.Name, "order-ledger")
 		return err == nil && c.CachedInfo().AckFloor.Stream >= last
 	})
@@ -172,7 +173,7 @@ func TestDeadLettersOfFulfilment(t *testing.T) {
 	fulfilFault(t, n, true)
 	drop := nodetest.PayOrder(t, alice, "1011", "1011011")
 	keep := nodetest.PayOrder(t, alice, "1011", "1011012")
-	nodetest.Eventually(t, 20*time.Second, "two more dead letters", func() bool {
+	eventually.True(t, 20*time.Second, "two more dead letters", func() bool {
 		page = deadLetters(t, adm, "")
 		return len(page.DeadLetters) == 2
 	})
@@ -212,7 +213,7 @@ func TestDeadLettersOfFulfilment(t *testing.T) {
 	if r.Status != 200 || string(r.Body) != `{"replayed":1}` {
 		t.Fatalf("replay all: %d %s; want 1 replayed", r.Status, r.Body)
 	}
-	nodetest.Eventually(t, 10*time.Second, "the kept order at the POS", func() bool {
+	eventually.True(t, 10*time.Second, "the kept order at the POS", func() bool {
 		posOrders(t, pos, got)
 		return got[keep] > 0
 	})

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
 	"github.com/surge-platform/surge/internal/platform/kv/kvtest"
@@ -30,7 +31,7 @@ type pullPage struct {
 func pullUntil(t *testing.T, pos *nodetest.Client, cursor string, want ...string) string {
 	t.Helper()
 	seen := map[string]bool{}
-	nodetest.Eventually(t, 15*time.Second, "POS pulls get "+strconv.Itoa(len(want))+" orders", func() bool {
+	eventually.True(t, 15*time.Second, "POS pulls get "+strconv.Itoa(len(want))+" orders", func() bool {
 		r := pos.Do("GET", "/pos/v1/orders/new?cursor="+cursor, "")
 		var p pullPage
 		if r.Status != 200 || json.Unmarshal(r.Body, &p) != nil {
@@ -116,5 +117,5 @@ func TestKVDown(t *testing.T) {
 			t.Fatalf("pull after all were accepted returns order %s as still waiting: %s", e.Order.OrderID, r.Body)
 		}
 	}
-	nodetest.Eventually(t, 10*time.Second, "readyz 200 again", func() bool { return adm.Do("GET", "/readyz", "").Status == 200 })
+	eventually.True(t, 10*time.Second, "readyz 200 again", func() bool { return adm.Do("GET", "/readyz", "").Status == 200 })
 }

@@ -16,10 +16,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/bus/bustest"
 )
 
@@ -169,8 +171,9 @@ func mustLogin(t *testing.T, base, phone string) string {
 }
 
 // placeUntil places orders from `workers` customers until stop is closed or
-// the server goes away; it returns the ids of the orders that got a 201.
-func placeUntil(t *testing.T, base string, workers int, stop <-chan struct{}) []string {
+// the server goes away; it returns the ids of the orders that got a 201,
+// and counts them in acked as they come (acked may be nil).
+func placeUntil(t *testing.T, base string, workers int, stop <-chan struct{}, acked *atomic.Int64) []string {
 	t.Helper()
 	var mu sync.Mutex
 	var ids []string
@@ -201,6 +204,9 @@ func placeUntil(t *testing.T, base string, workers int, stop <-chan struct{}) []
 					mu.Lock()
 					ids = append(ids, c.OrderID)
 					mu.Unlock()
+					if acked != nil {
+						acked.Add(1)
+					}
 				}
 			}
 		}()
@@ -272,8 +278,10 @@ func crashTest(t *testing.T, args []string) {
 	p := start(t, addr, args...)
 	stop := make(chan struct{})
 	result := make(chan []string, 1)
-	go func() { result <- placeUntil(t, p.base, 12, stop) }()
-	time.Sleep(1500 * time.Millisecond) // let orders flow, then crash mid-stream
+	var acked atomic.Int64
+	go func() { result <- placeUntil(t, p.base, 12, stop, &acked) }()
+	// Orders flowing, then a crash mid-stream.
+	eventually.True(t, 30*time.Second, "100 orders acknowledged before the crash", func() bool { return acked.Load() >= 100 })
 	killNine(t, p)
 	close(stop)
 	ids := <-result
@@ -306,8 +314,9 @@ func TestGracefulShutdown(t *testing.T) {
 	p := start(t, addr, args...)
 	stop := make(chan struct{})
 	result := make(chan []string, 1)
-	go func() { result <- placeUntil(t, p.base, 8, stop) }()
-	time.Sleep(time.Second)
+	var acked atomic.Int64
+	go func() { result <- placeUntil(t, p.base, 8, stop, &acked) }()
+	eventually.True(t, 30*time.Second, "50 orders acknowledged before the shutdown", func() bool { return acked.Load() >= 50 })
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -336,10 +345,16 @@ func TestSeparateRoles(t *testing.T) {
 	start(t, workerAddr, append([]string{"serve", "--roles", "worker", "--addr", workerAddr, "--relay-poll", "10m",
 		"--data", t.TempDir()}, common...)...)
 	stop := make(chan struct{})
-	time.AfterFunc(time.Second, func() { close(stop) })
-	ids := placeUntil(t, api.base, 4, stop)
-	if len(ids) == 0 {
-		t.Fatal("no orders placed")
+	var acked atomic.Int64
+	go func() { // not eventually.True: it may not end the test from this goroutine
+		for deadline := time.Now().Add(30 * time.Second); acked.Load() < 20 && time.Now().Before(deadline); {
+			time.Sleep(eventually.Every)
+		}
+		close(stop)
+	}()
+	ids := placeUntil(t, api.base, 4, stop, &acked)
+	if len(ids) < 20 {
+		t.Fatalf("only %d orders placed in 30 s", len(ids))
 	}
 	checkOrdersAndEvents(t, api.base, admin, ids)
 	// A worker-only node serves no customer API.

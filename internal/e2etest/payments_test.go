@@ -40,7 +40,7 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 	type placed struct{ order, payment, payURL, channel string }
 	var mu sync.Mutex
 	var all []placed
-	var wg sync.WaitGroup
+	var wg, payers sync.WaitGroup
 	for w := range workers {
 		tok := mustLogin(t, p.base, fmt.Sprintf("+86136%08d", w))
 		wg.Add(1)
@@ -75,13 +75,13 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 				// order was placed: around its expiry, which is due at 2 s and
 				// fired by its timer at the next whole second (2 to 3 s).
 				delay := 1500*time.Millisecond + time.Duration(rng.IntN(2000))*time.Millisecond
-				go func() {
-					time.Sleep(delay)
+				payers.Go(func() {
+					time.Sleep(delay) // the payer's moment: part of the scenario, not a wait
 					req, _ := http.NewRequest("POST", st.PayURL, nil)
 					if res, err := httpc.Do(req); err == nil {
 						res.Body.Close()
 					}
-				}()
+				})
 			}
 		}()
 	}
@@ -90,8 +90,9 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 		t.Fatalf("placed %d orders, want %d", len(all), orders)
 	}
 	sim := simQuery(t, data, p.base)
-	// Let every callback, expiry and refund settle.
-	time.Sleep(ttl + 3*time.Second)
+	// Every payer has paid (or been refused); the callbacks, expiries and
+	// refunds that follow are waited for order by order below.
+	payers.Wait()
 	var paid, cancelled, refunded int
 	deadline := time.Now().Add(60 * time.Second)
 	for _, pl := range all {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/bus/bustest"
 	"github.com/surge-platform/surge/internal/push/pushtest"
 )
@@ -380,7 +381,9 @@ func TestPushSurvivesKills(t *testing.T) {
 		custs = append(custs, u)
 		go u.run(ctx, c)
 	}
-	time.Sleep(300 * time.Millisecond) // sockets up
+	eventually.True(t, 15*time.Second, "the POS and customer sockets up", func() bool {
+		return sockets(c.url("a"), "pos") >= len(stores) && sockets(c.url("b"), "customers") >= len(custs)
+	})
 
 	type paidOrder struct {
 		store string
@@ -413,13 +416,25 @@ func TestPushSurvivesKills(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(time.Second)
+	// Each kill comes after some more orders were paid (not after a fixed
+	// time: on a loaded machine that may be none).
+	paidMore := func(n int) {
+		mu.Lock()
+		want := len(paid) + n
+		mu.Unlock()
+		eventually.True(t, 30*time.Second, fmt.Sprintf("%d more orders paid", n), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(paid) >= want
+		})
+	}
+	paidMore(8)
 	c.restart("fulfil", &c.fulfil, 500*time.Millisecond)
-	time.Sleep(500 * time.Millisecond)
+	paidMore(4)
 	c.restart("a", &c.a, 500*time.Millisecond) // the POS terminals' push node
-	time.Sleep(500 * time.Millisecond)
+	paidMore(4)
 	c.restart("b", &c.b, 500*time.Millisecond) // the customers' push node
-	time.Sleep(time.Second)
+	paidMore(8)
 	close(stop)
 	wg.Wait()
 	if len(paid) < 20 {
@@ -472,4 +487,16 @@ func TestPushSurvivesKills(t *testing.T) {
 		p.mu.Unlock()
 	}
 	t.Logf("%d orders paid through kill -9 of fulfil and both push nodes: all accepted by their store, every pickup code pushed to its customer", len(paid))
+}
+
+// sockets returns a push node's count of open sockets of a kind
+// ("customers" or "pos"), 0 when it does not answer.
+func sockets(base, kind string) int {
+	_, b, err := call(base, "GET", "/push/v1/stats", pushAdmin, "")
+	var st map[string]any
+	if err != nil || json.Unmarshal(b, &st) != nil {
+		return 0
+	}
+	n, _ := st[kind].(float64)
+	return int(n)
 }

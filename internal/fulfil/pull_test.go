@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/nodetest"
 )
@@ -23,7 +24,7 @@ func TestPullWithCursor(t *testing.T) {
 	}
 	const store = 1004
 	var all []fulfil.NewOrder
-	nodetest.Eventually(t, 10*time.Second, "three paid orders queued", func() bool {
+	eventually.True(t, 10*time.Second, "three paid orders queued", func() bool {
 		var err error
 		all, err = n.Fulfil.Queued(ctx, store, 0, 100)
 		return err == nil && len(all) == 3

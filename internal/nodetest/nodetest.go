@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/surge-platform/surge/internal/demo"
 	"github.com/surge-platform/surge/internal/node"
@@ -149,16 +148,4 @@ func POS(t testing.TB, base, store string) *Client {
 		t.Fatalf("no pos key: %s", r.Body)
 	}
 	return &Client{T: t, Base: base, Token: st.POSKey}
-}
-
-// Eventually polls f until it returns true or d passes.
-func Eventually(t testing.TB, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/nodetest"
 )
 
@@ -24,7 +25,7 @@ func TestNotificationsFromANode(t *testing.T) {
 		var out struct {
 			PickupCode string `json:"pickup_code"`
 		}
-		nodetest.Eventually(t, 10*time.Second, action+" "+oid, func() bool {
+		eventually.True(t, 10*time.Second, action+" "+oid, func() bool {
 			r := pos.Do("POST", "/pos/v1/orders/"+oid+"/"+action, "")
 			json.Unmarshal(r.Body, &out)
 			return r.Status == 200
@@ -39,7 +40,7 @@ func TestNotificationsFromANode(t *testing.T) {
 	}
 	json.Unmarshal(alice.Do("GET", "/api/v1/orders/"+oid, "").Body, &o)
 	uid, _ := strconv.ParseInt(o.UserID, 10, 64)
-	nodetest.Eventually(t, 10*time.Second, "accepted and ready messages in the inbox", func() bool {
+	eventually.True(t, 10*time.Second, "accepted and ready messages in the inbox", func() bool {
 		ms := n.Inbox.Messages(uid)
 		if len(ms) != 2 {
 			return false
@@ -58,7 +59,7 @@ func TestNotificationsFromANode(t *testing.T) {
 	start := time.Now()
 	code = step(oid, "accept")
 	step(oid, "ready")
-	nodetest.Eventually(t, 10*time.Second, "the customer reads the pickup code", func() bool {
+	eventually.True(t, 10*time.Second, "the customer reads the pickup code", func() bool {
 		var got struct {
 			Status     string `json:"status"`
 			PickupCode string `json:"pickup_code"`
@@ -69,7 +70,7 @@ func TestNotificationsFromANode(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("the order waited %v for the notifications", d)
 	}
-	nodetest.Eventually(t, 20*time.Second, "failed notifications counted", func() bool {
+	eventually.True(t, 20*time.Second, "failed notifications counted", func() bool {
 		st := n.Notify.Stats()
 		return st.Failed+st.Skipped-before.Failed-before.Skipped == 2
 	})

@@ -19,6 +19,7 @@ import (
 
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/bus/bustest"
@@ -44,21 +45,6 @@ func mustServe(t *testing.T, h http.Handler) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL
-}
-
-// eventually polls cond until it holds, failing the test after waitFor.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(waitFor)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
-		}
-	}
 }
 
 // failFirst answers 503 to the first n POSTs and passes the rest to h,
@@ -276,7 +262,7 @@ func TestBreaker(t *testing.T) {
 		t.Fatalf("sink hits = %d, Stats = %+v; want 3 hits, 10 skipped", hits, st)
 	}
 	sink.SetDown(false)
-	eventually(t, "a send after the half-open delay", func() bool { return svc.Send(ctx, msg(99)) == nil })
+	eventually.True(t, waitFor, "a send after the half-open delay", func() bool { return svc.Send(ctx, msg(99)) == nil })
 	if st := svc.Stats(); st.Breaker != "closed" || st.Sent != 1 || sink.Count() != 1 {
 		t.Errorf("Stats = %+v, stored %d; want the breaker closed and 1 sent, stored", st, sink.Count())
 	}
@@ -416,8 +402,8 @@ func TestConsumeSendsAcceptedAndReady(t *testing.T) {
 	publish(t, b, event(11, order.EvPaid), event(12, order.EvCompleted))
 	publish(t, b, evs[0]) // a relay's replay: deduplicated by the bus
 
-	eventually(t, "7 messages in the sink", func() bool { return sink.Count() == 7 })
-	eventually(t, "the consumer to ack everything", func() bool { return drained(t, b, seq) })
+	eventually.True(t, waitFor, "7 messages in the sink", func() bool { return sink.Count() == 7 })
+	eventually.True(t, waitFor, "the consumer to ack everything", func() bool { return drained(t, b, seq) })
 	if c, err := b.JetStream().Consumer(t.Context(), b.Name(order.Stream.Name), b.Name(Durable)); err != nil {
 		t.Fatal(err)
 	} else if info, err := c.Info(t.Context()); err != nil || info.Delivered.Stream != seq {
@@ -454,7 +440,7 @@ func TestConsumeAcksWhenSinkIsDown(t *testing.T) {
 	}
 	seq := publish(t, b, evs...)
 
-	eventually(t, "the consumer to ack everything", func() bool { return drained(t, b, seq) })
+	eventually.True(t, waitFor, "the consumer to ack everything", func() bool { return drained(t, b, seq) })
 	st := svc.Stats()
 	if st.Failed < 1 || st.Failed+st.Skipped != 20 || st.Sent != 0 || st.Breaker != "open" {
 		t.Errorf("Stats = %+v, want 20 failed or skipped, some failed, breaker open", st)

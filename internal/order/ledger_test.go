@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
 	"github.com/surge-platform/surge/internal/order"
@@ -86,7 +87,7 @@ func (l *ledger) step(o *order.Order, typ, code string) uint64 {
 // has not acknowledged it: it saw the step and asked for it again.
 func (l *ledger) handedBack(seq uint64) {
 	l.t.Helper()
-	nodetest.Eventually(l.t, 10*time.Second, "the ledger handed the step back", func() bool {
+	eventually.True(l.t, 10*time.Second, "the ledger handed the step back", func() bool {
 		c, err := l.n.Bus.JetStream().Consumer(l.ctx, order.Stream.Name, "order-ledger")
 		if err != nil {
 			return false
@@ -100,7 +101,7 @@ func (l *ledger) handedBack(seq uint64) {
 func (l *ledger) ends(o *order.Order, status order.Status, code string) {
 	l.t.Helper()
 	var got *order.Order
-	nodetest.Eventually(l.t, 20*time.Second, "order "+strconv.FormatInt(o.ID, 10)+" "+string(status), func() bool {
+	eventually.True(l.t, 20*time.Second, "order "+strconv.FormatInt(o.ID, 10)+" "+string(status), func() bool {
 		got = l.order(o.ID)
 		return got.Status == status && got.PickupCode == code
 	})
@@ -124,7 +125,7 @@ func TestLedgerStepsOutOfOrder(t *testing.T) {
 		}
 		l.pay(o) // its order.paid goes out after the order.accepted
 		l.ends(o, order.Accepted, "A7")
-		nodetest.Eventually(t, 10*time.Second, "both events recorded", func() bool {
+		eventually.True(t, 10*time.Second, "both events recorded", func() bool {
 			seen, err := l.n.Orders.SeenEvents(l.ctx, o.ID)
 			types := map[string]bool{}
 			for _, e := range seen {
@@ -149,7 +150,7 @@ func TestLedgerStepsOutOfOrder(t *testing.T) {
 		o := l.place()
 		l.step(o, order.EvAccepted, "C9")
 		var dl bus.DeadLetter
-		nodetest.Eventually(t, 10*time.Second, "the order.accepted among the ledger's dead letters", func() bool {
+		eventually.True(t, 10*time.Second, "the order.accepted among the ledger's dead letters", func() bool {
 			list, _, err := l.n.Bus.DeadLetters(l.ctx, bus.DeadLetterQuery{Consumer: "order-ledger"})
 			if err != nil {
 				t.Fatal(err)

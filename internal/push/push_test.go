@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -190,7 +191,7 @@ func TestCustomerResume(t *testing.T) {
 
 	// Missed while away: the second order paid, the first accepted.
 	second := nodetest.PayOrder(t, alice, "1006", "1006011")
-	nodetest.Eventually(t, 10*time.Second, "first order queued for the POS", func() bool {
+	eventually.True(t, 10*time.Second, "first order queued for the POS", func() bool {
 		return pos.Do("POST", "/pos/v1/orders/"+first+"/accept", "").Status == 200
 	})
 	var missed []pushtest.Msg
@@ -239,11 +240,11 @@ func TestCustomerResume(t *testing.T) {
 		ids = append(ids, nodetest.PayOrder(t, alice, "1006", "1006012"))
 	}
 	for _, id := range ids {
-		nodetest.Eventually(t, 10*time.Second, "queued for the POS", func() bool {
+		eventually.True(t, 10*time.Second, "queued for the POS", func() bool {
 			return pos.Do("POST", "/pos/v1/orders/"+id+"/accept", "").Status == 200
 		})
 	}
-	nodetest.Eventually(t, 20*time.Second, "a resync after the window", func() bool {
+	eventually.True(t, 20*time.Second, "a resync after the window", func() bool {
 		r := dial(t, base, "/api/v1/ws", alice.Token, "last_event_id="+paid.ID)
 		defer r.WS.CloseNow()
 		_, seen, err := r.Until(10*time.Second, func(m pushtest.Msg) bool { return m.Type == "hello" })
@@ -272,7 +273,7 @@ func TestPOSSocketCursor(t *testing.T) {
 	for range 3 {
 		oids = append(oids, nodetest.PayOrder(t, alice, "1008", "1008010"))
 	}
-	nodetest.Eventually(t, 10*time.Second, "3 orders queued", func() bool {
+	eventually.True(t, 10*time.Second, "3 orders queued", func() bool {
 		var p struct{ Orders []any }
 		json.Unmarshal(pos.Do("GET", "/pos/v1/orders/new?cursor=0", "").Body, &p)
 		return len(p.Orders) == 3
@@ -335,7 +336,7 @@ func TestDeadSocketDropped(t *testing.T) {
 
 	// Dead: never reads, so never answers a ping.
 	dead := dial(t, base, "/api/v1/ws", alice.Token, "")
-	nodetest.Eventually(t, 5*time.Second, "the silent socket dropped", func() bool { return n.Push.Stats().Dead >= 1 })
+	eventually.True(t, 5*time.Second, "the silent socket dropped", func() bool { return n.Push.Stats().Dead >= 1 })
 	if err := <-aliveErr; err != nil {
 		t.Fatalf("the reading socket was dropped: %v", err)
 	}

@@ -75,10 +75,11 @@ func Prepare(ctx context.Context, b *bus.Bus) error {
 // exactly up to there sends the event at once; any other reads the window
 // from its cursor (a gap, a reordered announcement, a socket still catching
 // up), so a wrong guess costs a read, never an event.
+//
+// Call Prepare first (the node does, at start). Route itself waits out a
+// bus that is away: a NATS server lost just after the start must not stop
+// the node (an end-to-end test saw Route's own EnsureConsumer time out).
 func Route(ctx context.Context, b *bus.Bus) error {
-	if err := Prepare(ctx, b); err != nil {
-		return err
-	}
 	var w windows
 	return b.Consume(ctx, routing,
 		func(ctx context.Context, m bus.Msg) error {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/bus"
 )
 
@@ -358,7 +359,7 @@ func testRestart(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		mu.Unlock()
 		return nil
 	})
-	eventually(t, "all messages handled across both runs", func() bool {
+	eventually.True(t, waitFor, "all messages handled across both runs", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for seq := uint64(1); seq <= total; seq++ {
@@ -403,12 +404,12 @@ func testMaxDeliver(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		close(marker)
 		return nil
 	})
-	eventually(t, "3 deliveries of the poison message", func() bool { return poison.Load() >= 3 })
+	eventually.True(t, waitFor, "3 deliveries of the poison message", func() bool { return poison.Load() >= 3 })
 
 	// A later message still flows, and the server holds nothing more to deliver.
 	mustPublish(t, b, bus.Msg{Subject: "md.marker", ID: "marker"})
 	receive(t, marker, "marker message")
-	eventually(t, "consumer with nothing pending", func() bool {
+	eventually.True(t, waitFor, "consumer with nothing pending", func() bool {
 		c, err := b.JetStream().Consumer(ctx, b.Name("MD"), b.Name("md"))
 		if err != nil {
 			t.Fatalf("consumer info: %v", err)
@@ -493,7 +494,7 @@ func testFromNow(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	cfg := bus.ConsumerConfig{Stream: "NOW", Durable: "fresh", FromNow: true}
 	h := func(_ context.Context, m bus.Msg) error { got <- string(m.Data); return nil }
 	stop := startConsume(t, b, cfg, h)
-	eventually(t, "consumer created", func() bool {
+	eventually.True(t, waitFor, "consumer created", func() bool {
 		_, err := b.JetStream().Consumer(t.Context(), b.Name("NOW"), b.Name("fresh"))
 		return err == nil
 	})
@@ -844,21 +845,6 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 	case <-time.After(waitFor):
 		t.Fatalf("timed out after %s waiting for %s", waitFor, what)
 		panic("unreachable")
-	}
-}
-
-// eventually polls cond until it holds, failing the test after waitFor.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(waitFor)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
-		}
 	}
 }
 

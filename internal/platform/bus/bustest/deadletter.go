@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/bus"
 )
 
@@ -83,7 +84,7 @@ func testDeadLetter(t *testing.T, open func(t *testing.T) *bus.Bus) {
 			replayed <- m
 			return nil
 		})
-	eventually(t, "a dead letter of dl-bad", func() bool { return len(waitingOf(t, b, "dl-bad")) == 1 })
+	eventually.True(t, waitFor, "a dead letter of dl-bad", func() bool { return len(waitingOf(t, b, "dl-bad")) == 1 })
 	dl := waitingOf(t, b, "dl-bad")[0]
 	if dl.ID == 0 || dl.Stream != "DL" || dl.Consumer != "dl-bad" || dl.Subject != "dl.a.1" || dl.Seq != seq ||
 		dl.MsgID != "a-1" || string(dl.Data) != `{"n":1}` || !maps.Equal(dl.Header, hdr) ||
@@ -105,7 +106,7 @@ func testDeadLetter(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	if _, _, err := b.DeadLetters(ctx, bus.DeadLetterQuery{Consumer: "dl.*"}); err == nil {
 		t.Errorf("DeadLetters of consumer %q: no error", "dl.*")
 	}
-	eventually(t, "dl-bad with nothing pending", func() bool {
+	eventually.True(t, waitFor, "dl-bad with nothing pending", func() bool {
 		c, err := b.JetStream().Consumer(ctx, b.Name("DL"), b.Name("dl-bad"))
 		if err != nil {
 			t.Fatalf("consumer info: %v", err)
@@ -173,7 +174,7 @@ func testDeadLetterPages(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		mustPublish(t, b, bus.Msg{Subject: fmt.Sprintf("dlp.x.%d", i), ID: fmt.Sprintf("x-%d", i)})
 	}
 	mustPublish(t, b, bus.Msg{Subject: "dlp.y.0", ID: "y-0"})
-	eventually(t, "6 dead letters", func() bool { return len(waitingOf(t, b, "")) == 6 })
+	eventually.True(t, waitFor, "6 dead letters", func() bool { return len(waitingOf(t, b, "")) == 6 })
 
 	var pages [][]string
 	for after := uint64(0); ; {
@@ -221,7 +222,7 @@ func testDeadLetterPages(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	if n, err := b.ReplayDeadLetters(ctx, "x"); err != nil || n != 4 {
 		t.Fatalf("ReplayDeadLetters(x) = %d, %v; want 4", n, err)
 	}
-	eventually(t, "x's four replays handled", func() bool {
+	eventually.True(t, waitFor, "x's four replays handled", func() bool {
 		for i := 1; i < 5; i++ {
 			if got.get(fmt.Sprintf("dlp.x.%d", i)) != 1 {
 				return false
@@ -235,7 +236,7 @@ func testDeadLetterPages(t *testing.T, open func(t *testing.T) *bus.Bus) {
 	if n, err := b.ReplayDeadLetters(ctx, ""); err != nil || n != 1 {
 		t.Fatalf("ReplayDeadLetters() = %d, %v; want 1", n, err)
 	}
-	eventually(t, "y's replay handled", func() bool { return got.get("dlp.y.0") == 1 })
+	eventually.True(t, waitFor, "y's replay handled", func() bool { return got.get("dlp.y.0") == 1 })
 	if got.get("dlp.x.0") != 0 {
 		t.Errorf("the discarded message was handled")
 	}
@@ -260,7 +261,7 @@ func testDeadLetterUnstored(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		runs.Add(1)
 		return errors.New("cannot handle un.1")
 	})
-	eventually(t, "deliveries past MaxDeliver while the dead letter cannot be stored", func() bool {
+	eventually.True(t, waitFor, "deliveries past MaxDeliver while the dead letter cannot be stored", func() bool {
 		c, err := b.JetStream().Consumer(ctx, b.Name("UN"), b.Name("un"))
 		return err == nil && c.CachedInfo().Delivered.Consumer >= 3 // not found: not made yet
 	})
@@ -271,7 +272,7 @@ func testDeadLetterUnstored(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		t.Fatal(err)
 	}
 	var dl bus.DeadLetter
-	eventually(t, "the dead letter stored once it can be", func() bool {
+	eventually.True(t, waitFor, "the dead letter stored once it can be", func() bool {
 		list := waitingOf(t, b, "un")
 		if len(list) > 0 {
 			dl = list[0]
