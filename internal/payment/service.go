@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -83,9 +84,31 @@ type Service struct {
 	cfg      Config
 	now      func() time.Time
 
-	// Counters for operators and tests.
-	Forged, Replayed, Callbacks atomic.Int64
+	// Counters of callbacks, for operators and tests (see CallbackCounts).
+	Callbacks, Refused, Forged, Replayed, Oversized, UnknownChannel atomic.Int64
 }
+
+// CallbackCounts are the callback counters of one node: every callback
+// that reached Notify, and those refused (not acknowledged), all of them
+// and by reason. A callback refused for another reason (its payment is
+// not ours, the database failed) counts only in Refused.
+type CallbackCounts struct {
+	Callbacks      int64 `json:"callbacks"`
+	Refused        int64 `json:"refused_callbacks"`
+	Forged         int64 `json:"forged_callbacks"`          // bad signature, malformed, or naming another channel's payment
+	Replayed       int64 `json:"replayed_callbacks"`        // signed outside the replay window
+	Oversized      int64 `json:"oversized_callbacks"`       // body over MaxCallbackBody
+	UnknownChannel int64 `json:"unknown_channel_callbacks"` // posted for a channel surge does not have
+}
+
+// CallbackCounts returns the callback counters.
+func (s *Service) CallbackCounts() CallbackCounts {
+	return CallbackCounts{Callbacks: s.Callbacks.Load(), Refused: s.Refused.Load(), Forged: s.Forged.Load(), Replayed: s.Replayed.Load(),
+		Oversized: s.Oversized.Load(), UnknownChannel: s.UnknownChannel.Load()}
+}
+
+// MaxCallbackBody is the largest callback body Notify reads.
+const MaxCallbackBody = 64 << 10
 
 // New returns the payments centre over channels (routed with weights).
 func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
@@ -206,17 +229,37 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
 }
 
-// Notify takes a channel's callback: it verifies and parses it, refuses
-// stale ones, and applies a payment (idempotently: a callback repeated any
-// number of times changes state once). It returns the answer the channel
-// expects; an error means "do not acknowledge" (4xx for forged or stale).
-func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body []byte) (string, []byte, error) {
+// Notify takes a channel's callback: it reads (at most MaxCallbackBody
+// bytes), verifies and parses it, refuses stale ones, and applies what it
+// says (idempotently: a callback repeated any number of times changes
+// state once). It returns the answer the channel expects; an error means
+// "do not acknowledge" (4xx for a forged, stale or oversized callback or
+// an unknown channel). Every callback is counted, and every refusal (see
+// CallbackCounts).
+func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
+	s.Callbacks.Add(1)
+	ct, ack, err := s.notify(ctx, channel, h, body)
+	if err != nil {
+		s.Refused.Add(1)
+	}
+	return ct, ack, err
+}
+
+func (s *Service) notify(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
 	ch := s.channels[channel]
 	if ch == nil {
+		s.UnknownChannel.Add(1)
 		return "", nil, ErrUnknownChannel.With("no payment channel %q", channel)
 	}
-	s.Callbacks.Add(1)
-	n, err := ch.ParseCallback(h, body)
+	b, err := io.ReadAll(io.LimitReader(body, MaxCallbackBody+1))
+	if err != nil {
+		return "", nil, ErrBadCallback.With("reading the callback: %v", err)
+	}
+	if len(b) > MaxCallbackBody {
+		s.Oversized.Add(1)
+		return "", nil, errkind.ErrTooLarge.With("callback body over %d bytes", MaxCallbackBody)
+	}
+	n, err := ch.ParseCallback(h, b)
 	if err != nil {
 		s.Forged.Add(1)
 		return "", nil, err
