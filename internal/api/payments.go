@@ -2,10 +2,10 @@ package api
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"time"
 
+	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -44,14 +44,10 @@ func (s *Server) pay(w http.ResponseWriter, r *http.Request, uid int64) {
 }
 
 // notify takes a channel's callback. Anything that does not verify is a 4xx
-// (the channel keeps retrying a real one; a forger learns nothing).
+// (the channel keeps retrying a real one; a forger learns nothing). The
+// payments centre reads the body, so that it counts every refusal.
 func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, web.MaxBody))
-	if err != nil {
-		web.Error(w, r, errkind.ErrTooLarge.With("callback body over %d bytes", web.MaxBody))
-		return
-	}
-	ct, ack, err := s.Payments.Notify(r.Context(), r.PathValue("channel"), r.Header, body)
+	ct, ack, err := s.Payments.Notify(r.Context(), r.PathValue("channel"), r.Header, r.Body)
 	if err != nil {
 		web.Error(w, r, err)
 		return
@@ -93,8 +89,10 @@ func (s *Server) anomalies(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	web.JSON(w, http.StatusOK, map[string]any{"anomalies": list, "forged_callbacks": s.Payments.Forged.Load(),
-		"replayed_callbacks": s.Payments.Replayed.Load(), "callbacks": s.Payments.Callbacks.Load()})
+	web.JSON(w, http.StatusOK, struct {
+		Anomalies []payment.Anomaly `json:"anomalies"`
+		payment.CallbackCounts
+	}{list, s.Payments.CallbackCounts()})
 }
 
 func (s *Server) channels(w http.ResponseWriter, r *http.Request) {

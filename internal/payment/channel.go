@@ -28,7 +28,7 @@ const (
 	Pending  State = "pending"  // created, not paid
 	Paid     State = "paid"     // the payer paid
 	Closed   State = "closed"   // closed unpaid at the channel
-	Refunded State = "refunded" // paid, then refunded in full
+	Refunded State = "refunded" // paid, then refunded in full or in part (Status.Refunded says how much)
 )
 
 // Txn asks a channel to create a transaction. Money in fen.
@@ -51,7 +51,8 @@ type Status struct {
 	PaymentID    int64
 	ChannelTxnID string
 	State        State
-	Amount       int64
+	Amount       int64     // captured (or to capture), fen
+	Refunded     int64     // fen refunded so far, by anyone (surge or the merchant's console): 1..Amount when State is Refunded, else 0
 	PaidAt       time.Time // zero unless paid (or refunded after paying)
 }
 

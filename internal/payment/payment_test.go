@@ -525,7 +525,7 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 							answers[i] = e.notify(ch, h.Clone(), body)
 							return
 						}
-						ct, ack, err := e.n.Payments.Notify(e.ctx, ch, h.Clone(), body)
+						ct, ack, err := e.n.Payments.Notify(e.ctx, ch, h.Clone(), bytes.NewReader(body))
 						answers[i] = resp{status: 200, ctype: ct, body: ack}
 						if err != nil {
 							answers[i] = resp{status: 500, body: []byte(err.Error())}
@@ -553,8 +553,8 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 		if f, r := e.n.Payments.Forged.Load(), e.n.Payments.Replayed.Load(); f != 0 || r != 0 {
 			t.Errorf("forged %d replayed %d, want 0", f, r)
 		}
-		if got := e.n.Payments.Callbacks.Load(); got != 2*copies*int64(len(channels)) {
-			t.Errorf("%d callbacks counted, want %d", got, 2*copies*len(channels))
+		if got := e.n.Payments.CallbackCounts(); got != (payment.CallbackCounts{Callbacks: 2 * copies * int64(len(channels))}) {
+			t.Errorf("counted %+v, want %d callbacks, none refused", got, 2*copies*len(channels))
 		}
 	})
 }
@@ -678,6 +678,78 @@ func TestForgedCallbacksRefused(t *testing.T) {
 	if r := e.n.Payments.Replayed.Load(); r != 0 {
 		t.Errorf("replayed %d, want 0", r)
 	}
+	if c := e.n.Payments.CallbackCounts(); c.Refused != forged || c.Callbacks != forged+int64(len(channels)) {
+		t.Errorf("counted %+v; want %d refused of %d", c, forged, forged+int64(len(channels)))
+	}
+}
+
+// Every refused callback is counted, by reason and in all, whatever
+// refuses it: a body over the size limit, a channel surge does not have, a
+// forged or stale one, one about a payment surge never made; and GET
+// /admin/v1/payments/anomalies shows the counters.
+func TestRefusedCallbacksCounted(t *testing.T) {
+	t.Parallel()
+	e := mustStart(t, envOpts{})
+	c := e.mustCustomer()
+	oid := c.mustOrder()
+	st := c.mustPay(oid, "wxsim")
+	n := e.notice("wxsim", st.PaymentID)
+	h, b := e.mustEncode("wxsim", n)
+	stale := n
+	stale.Timestamp = time.Now().Add(-time.Hour)
+	hs, bs := e.mustEncode("wxsim", stale)
+	never := n
+	never.PaymentID++ // no such payment
+	hn, bn := e.mustEncode("wxsim", never)
+	big := append([]byte(`{"pad":"`), bytes.Repeat([]byte("x"), payment.MaxCallbackBody)...)
+	cases := []struct {
+		name    string
+		channel string
+		h       http.Header
+		body    []byte
+		status  int
+		want    payment.CallbackCounts // added by this one
+	}{
+		{"over the size limit", "wxsim", h, big, 413, payment.CallbackCounts{Oversized: 1}},
+		{"unknown channel", "paypal", h, b, 400, payment.CallbackCounts{UnknownChannel: 1}},
+		{"unknown channel, over the size limit", "paypal", h, big, 400, payment.CallbackCounts{UnknownChannel: 1}},
+		{"forged", "wxsim", with(h, paysim.HeaderCallbackSignature, strings.Repeat("00", 32)), b, 401, payment.CallbackCounts{Forged: 1}},
+		{"another channel's callback", "alisim", h, b, 401, payment.CallbackCounts{Forged: 1}},
+		{"stale", "wxsim", hs, bs, 401, payment.CallbackCounts{Replayed: 1}},
+		{"payment never made", "wxsim", hn, bn, 404, payment.CallbackCounts{}},
+		{"genuine", "wxsim", h, b, 200, payment.CallbackCounts{}},
+	}
+	var want payment.CallbackCounts
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.notify(tc.channel, tc.h.Clone(), tc.body)
+			if r.status != tc.status {
+				t.Errorf("answered %d %s, want %d", r.status, r.body, tc.status)
+			}
+			want.Callbacks++
+			if tc.status != 200 {
+				want.Refused++
+			}
+			want.Oversized += tc.want.Oversized
+			want.UnknownChannel += tc.want.UnknownChannel
+			want.Forged += tc.want.Forged
+			want.Replayed += tc.want.Replayed
+			if got := e.n.Payments.CallbackCounts(); got != want {
+				t.Errorf("counted %+v, want %+v", got, want)
+			}
+		})
+	}
+	r := e.do("GET", "/admin/v1/payments/anomalies", adminToken, nil, nil)
+	var got payment.CallbackCounts
+	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got != want {
+		t.Errorf("anomalies answer %d %s; want the counters %+v", r.status, r.body, want)
+	}
+}
+
+func with(h http.Header, key, value string) http.Header {
+	h = h.Clone()
+	h.Set(key, value)
+	return h
 }
 
 // mustOtherRSA is a key the channel does not hold.

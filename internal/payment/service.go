@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -24,17 +25,31 @@ var (
 
 // Payment states in our ledger.
 const (
-	stCreated  = "created" // row written, channel not yet asked
-	stPending  = "pending" // the channel has the transaction; waiting for the payer
-	stPaid     = "paid"    // the channel says paid; not yet applied to the order
-	stSettled  = "settled" // applied: this payment paid its order
-	stRefund   = "refund"  // paid but must go back (duplicate, or the order was cancelled)
-	stClosed   = "closed"  // closed unpaid
-	stFailed   = "failed"  // the channel refused or never saw it
-	anomalyDup = "duplicate_payment"
-	anomalyCxl = "paid_after_cancel"
-	anomalyAmt = "amount_mismatch"
+	stCreated  = "created"  // row written, channel not yet asked
+	stPending  = "pending"  // the channel has the transaction; waiting for the payer
+	stPaid     = "paid"     // the channel says paid; not yet applied to the order
+	stSettled  = "settled"  // applied: this payment paid its order
+	stRefund   = "refund"   // paid but must go back (duplicate, or the order was cancelled)
+	stReversed = "reversed" // captured, then refunded at the channel outside surge before it was applied: it pays nothing, what is left goes back
+	stClosed   = "closed"   // closed unpaid
+	stFailed   = "failed"   // the channel refused or never saw it
 )
+
+// Kinds of anomalies.
+const (
+	anomalyDup         = "duplicate_payment"
+	anomalyCxl         = "paid_after_cancel"
+	anomalyAmt         = "amount_mismatch"
+	anomalyOutside     = "refunded_outside"            // refunded at the channel outside surge before surge applied it
+	anomalyPaidOutside = "paid_order_refunded_outside" // the payment that paid its order, refunded at the channel outside surge
+	anomalyRefused     = "refund_refused"              // the channel refused one of our refunds RefundAttempts times
+)
+
+// captured reports whether a payment in ledger state st took the payer's
+// money at its channel (whatever happened to it since).
+func captured(st string) bool {
+	return st == stPaid || st == stSettled || st == stRefund || st == stReversed
+}
 
 // Orders is what payments need of the order context.
 type Orders interface {
@@ -52,6 +67,10 @@ type Config struct {
 	NotifyBase   string        // public base URL the channels call back (…/pay/v1/notify/<channel>)
 	QueryAfter   time.Duration // first active query of a pending payment; 0 = 10s
 	ReplayWindow time.Duration // accepted callback age; 0 = 5m
+	// RefundAttempts is how many times the channel may refuse one of our
+	// refunds (unknown payment, over the amount ...) before it is given up
+	// as a refund_refused anomaly; 0 = 6 (about 2.5 minutes of back-off).
+	RefundAttempts int
 }
 
 // Service is the payments centre.
@@ -65,9 +84,31 @@ type Service struct {
 	cfg      Config
 	now      func() time.Time
 
-	// Counters for operators and tests.
-	Forged, Replayed, Callbacks atomic.Int64
+	// Counters of callbacks, for operators and tests (see CallbackCounts).
+	Callbacks, Refused, Forged, Replayed, Oversized, UnknownChannel atomic.Int64
 }
+
+// CallbackCounts are the callback counters of one node: every callback
+// that reached Notify, and those refused (not acknowledged), all of them
+// and by reason. A callback refused for another reason (its payment is
+// not ours, the database failed) counts only in Refused.
+type CallbackCounts struct {
+	Callbacks      int64 `json:"callbacks"`
+	Refused        int64 `json:"refused_callbacks"`
+	Forged         int64 `json:"forged_callbacks"`          // bad signature, malformed, or naming another channel's payment
+	Replayed       int64 `json:"replayed_callbacks"`        // signed outside the replay window
+	Oversized      int64 `json:"oversized_callbacks"`       // body over MaxCallbackBody
+	UnknownChannel int64 `json:"unknown_channel_callbacks"` // posted for a channel surge does not have
+}
+
+// CallbackCounts returns the callback counters.
+func (s *Service) CallbackCounts() CallbackCounts {
+	return CallbackCounts{Callbacks: s.Callbacks.Load(), Refused: s.Refused.Load(), Forged: s.Forged.Load(), Replayed: s.Replayed.Load(),
+		Oversized: s.Oversized.Load(), UnknownChannel: s.UnknownChannel.Load()}
+}
+
+// MaxCallbackBody is the largest callback body Notify reads.
+const MaxCallbackBody = 64 << 10
 
 // New returns the payments centre over channels (routed with weights).
 func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
@@ -76,6 +117,9 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel
 	}
 	if cfg.ReplayWindow <= 0 {
 		cfg.ReplayWindow = 5 * time.Minute
+	}
+	if cfg.RefundAttempts <= 0 {
+		cfg.RefundAttempts = 6
 	}
 	s := &Service{db: db, ids: ids, orders: orders, channels: map[string]Channel{}, log: log, cfg: cfg, now: time.Now}
 	w := map[string]int{}
@@ -97,6 +141,8 @@ type Payment struct {
 	State      string    `json:"state"`
 	ChannelTxn string    `json:"channel_txn,omitempty"`
 	PayURL     string    `json:"pay_url,omitempty"`
+	Refunded   int64     `json:"refunded"` // fen refunded at the channel as far as surge knows: by surge, or outside it
+	Kept       int64     `json:"kept"`     // fen this payment holds at its channel: amount - refunded once captured, else 0
 	CreatedAt  time.Time `json:"created_at"`
 	PaidAt     time.Time `json:"paid_at,omitzero"`
 	queries    int
@@ -183,17 +229,37 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
 }
 
-// Notify takes a channel's callback: it verifies and parses it, refuses
-// stale ones, and applies a payment (idempotently: a callback repeated any
-// number of times changes state once). It returns the answer the channel
-// expects; an error means "do not acknowledge" (4xx for forged or stale).
-func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body []byte) (string, []byte, error) {
+// Notify takes a channel's callback: it reads (at most MaxCallbackBody
+// bytes), verifies and parses it, refuses stale ones, and applies what it
+// says (idempotently: a callback repeated any number of times changes
+// state once). It returns the answer the channel expects; an error means
+// "do not acknowledge" (4xx for a forged, stale or oversized callback or
+// an unknown channel). Every callback is counted, and every refusal (see
+// CallbackCounts).
+func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
+	s.Callbacks.Add(1)
+	ct, ack, err := s.notify(ctx, channel, h, body)
+	if err != nil {
+		s.Refused.Add(1)
+	}
+	return ct, ack, err
+}
+
+func (s *Service) notify(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
 	ch := s.channels[channel]
 	if ch == nil {
+		s.UnknownChannel.Add(1)
 		return "", nil, ErrUnknownChannel.With("no payment channel %q", channel)
 	}
-	s.Callbacks.Add(1)
-	n, err := ch.ParseCallback(h, body)
+	b, err := io.ReadAll(io.LimitReader(body, MaxCallbackBody+1))
+	if err != nil {
+		return "", nil, ErrBadCallback.With("reading the callback: %v", err)
+	}
+	if len(b) > MaxCallbackBody {
+		s.Oversized.Add(1)
+		return "", nil, errkind.ErrTooLarge.With("callback body over %d bytes", MaxCallbackBody)
+	}
+	n, err := ch.ParseCallback(h, b)
 	if err != nil {
 		s.Forged.Add(1)
 		return "", nil, err
@@ -211,7 +277,7 @@ func (s *Service) Notify(ctx context.Context, channel string, h http.Header, bod
 			s.Forged.Add(1)
 			return "", nil, ErrBadCallback.With("payment %d was made at %s, not %s", p.ID, p.Channel, channel)
 		}
-		if err := s.apply(ctx, p, n.Status); err != nil {
+		if err := s.observe(ctx, p, n.Status); err != nil {
 			return "", nil, err
 		}
 	}
@@ -219,23 +285,40 @@ func (s *Service) Notify(ctx context.Context, channel string, h http.Header, bod
 	return ct, ack, nil
 }
 
-// received applies a channel's word that payment st.PaymentID was paid.
+// received applies a channel's word on payment st.PaymentID (paid or
+// refunded), read afresh.
 func (s *Service) received(ctx context.Context, st Status) error {
 	p, err := s.get(ctx, st.PaymentID)
 	if err != nil {
 		return err
 	}
+	return s.observe(ctx, p, st)
+}
+
+// observe applies what p's channel says of it now (a callback, a query, a
+// reconciliation's query): a payment paid and not refunded is applied to
+// its order; one the channel refunded, in full or in part, never pays an
+// order (see refundedAt). Other states change nothing. Idempotent.
+func (s *Service) observe(ctx context.Context, p *Payment, st Status) error {
+	if st.State != Paid && st.State != Refunded {
+		return nil
+	}
+	if st.Amount != p.Amount {
+		return s.anomaly(ctx, Anomaly{Kind: anomalyAmt, OrderID: p.OrderID, PaymentID: p.ID,
+			Detail: fmt.Sprintf("channel says %d fen, ledger %d fen", st.Amount, p.Amount)})
+	}
+	if st.State == Refunded || st.Refunded > 0 {
+		return s.refundedAt(ctx, p, st)
+	}
 	return s.apply(ctx, p, st)
 }
 
-// apply is received with the payment as just read.
+// apply applies a payment its channel says is paid and not refunded, with
+// the payment as just read.
 func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
-	if st.Amount != p.Amount {
-		return s.anomaly(ctx, anomalyAmt, p, 0, fmt.Sprintf("channel says %d fen, ledger %d fen", st.Amount, p.Amount))
-	}
 	switch p.State {
-	case stSettled, stRefund:
-		return nil // a repeated callback: already applied
+	case stSettled, stRefund, stReversed:
+		return nil // a repeated callback: already applied (or known refunded, which is newer news)
 	case stPaid:
 		return s.settleRead(ctx, p) // applied half-way (a crash, or a concurrent callback): finish
 	}
@@ -312,6 +395,9 @@ func (s *Service) settleRead(ctx context.Context, p *Payment) error {
 	if p.State != stPaid {
 		return nil // settled or refunding already, or not paid
 	}
+	if p.Refunded > 0 {
+		return s.reverse(ctx, p) // refunded at the channel in part: it pays nothing
+	}
 	res, err := s.orders.MarkPaid(ctx, p.OrderID, p.ID)
 	if err != nil {
 		return err
@@ -324,12 +410,13 @@ func (s *Service) settleRead(ctx context.Context, p *Payment) error {
 		if err != nil {
 			return err
 		}
-		if err := s.anomaly(ctx, anomalyDup, p, o.PaymentID, "the order was already paid by payment "+strconv.FormatInt(o.PaymentID, 10)); err != nil {
+		if err := s.anomaly(ctx, Anomaly{Kind: anomalyDup, OrderID: p.OrderID, PaymentID: p.ID, OtherID: o.PaymentID,
+			Detail: "the order was already paid by payment " + strconv.FormatInt(o.PaymentID, 10)}); err != nil {
 			return err
 		}
 		return s.refund(ctx, p, anomalyDup)
 	default: // order.NotPayable
-		if err := s.anomaly(ctx, anomalyCxl, p, 0, "paid after the order was cancelled"); err != nil {
+		if err := s.anomaly(ctx, Anomaly{Kind: anomalyCxl, OrderID: p.OrderID, PaymentID: p.ID, Detail: "paid after the order was cancelled"}); err != nil {
 			return err
 		}
 		return s.refund(ctx, p, anomalyCxl)
@@ -345,79 +432,17 @@ func (s *Service) setState(ctx context.Context, paymentID int64, from, to string
 	return nil
 }
 
-// refund marks p for refund and asks its channel; a failed call is retried
-// by RetryRefunds. The refund id is fixed per payment: the channel refunds
-// once however often it is asked.
-func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
-	now := s.now().UnixMilli()
-	d := s.db.ForID(p.ID)
-	rid, err := s.ids.Next(id.Gene(p.ID))
-	if err != nil {
-		return fmt.Errorf("refund payment %d: %w", p.ID, err)
-	}
-	err = sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO refunds (id, payment_id, order_id, channel, amount, reason, state, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) ON CONFLICT (payment_id) DO NOTHING`,
-			rid, p.ID, p.OrderID, p.Channel, p.Amount, reason, now); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`, stRefund, now, p.ID, stPaid)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("refund payment %d: %w", p.ID, err)
-	}
-	return s.sendRefund(ctx, p.ID)
-}
-
-// sendRefund asks the channel to refund paymentID's pending refund.
-func (s *Service) sendRefund(ctx context.Context, paymentID int64) error {
-	d := s.db.ForID(paymentID)
-	var r Refund
-	var channel, state string
-	err := d.W.QueryRowContext(ctx, `SELECT id, payment_id, amount, reason, channel, state FROM refunds WHERE payment_id = $1`, paymentID).
-		Scan(&r.RefundID, &r.PaymentID, &r.Amount, &r.Reason, &channel, &state)
-	if err != nil {
-		return fmt.Errorf("read refund of payment %d: %w", paymentID, err)
-	}
-	if state == "done" {
-		return nil
-	}
-	ch := s.channels[channel]
-	if ch == nil {
-		return fmt.Errorf("refund of payment %d: channel %q not configured", paymentID, channel)
-	}
-	if err := s.call(ctx, channel, func() error { return ch.Refund(ctx, r) }); err != nil {
-		s.log.Warn("refund failed, will retry", "payment_id", paymentID, "err", err)
-		return nil // the refund stays pending; RetryRefunds sends it again
-	}
-	_, err = d.W.ExecContext(ctx, `UPDATE refunds SET state = 'done', updated_at = $1 WHERE payment_id = $2`, s.now().UnixMilli(), paymentID)
-	return err
-}
-
-// anomaly records a payment anomaly once per kind and payment.
-func (s *Service) anomaly(ctx context.Context, kind string, p *Payment, other int64, detail string) error {
-	aid, err := s.ids.Next(0)
-	if err != nil {
-		return fmt.Errorf("record anomaly %s of payment %d: %w", kind, p.ID, err)
-	}
-	_, err = s.db.Main().W.ExecContext(ctx, `INSERT INTO anomalies (id, kind, order_id, payment_id, other_id, detail, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, payment_id) DO NOTHING`,
-		aid, kind, p.OrderID, p.ID, other, detail, s.now().UnixMilli())
-	if err != nil {
-		return fmt.Errorf("record anomaly %s of payment %d: %w", kind, p.ID, err)
-	}
-	s.log.Warn("payment anomaly", "kind", kind, "order_id", p.OrderID, "payment_id", p.ID, "other_id", other, "detail", detail)
-	return nil
-}
-
-const paymentCols = `id, order_id, user_id, channel, amount, state, channel_txn, pay_url, created_at, paid_at, queries`
+const paymentCols = `id, order_id, user_id, channel, amount, state, channel_txn, pay_url, created_at, paid_at, queries, refunded`
 
 func scanPayment(sc interface{ Scan(...any) error }) (*Payment, error) {
 	var p Payment
 	var created, paid int64
-	if err := sc.Scan(&p.ID, &p.OrderID, &p.UserID, &p.Channel, &p.Amount, &p.State, &p.ChannelTxn, &p.PayURL, &created, &paid, &p.queries); err != nil {
+	if err := sc.Scan(&p.ID, &p.OrderID, &p.UserID, &p.Channel, &p.Amount, &p.State, &p.ChannelTxn, &p.PayURL, &created, &paid,
+		&p.queries, &p.Refunded); err != nil {
 		return nil, err
+	}
+	if captured(p.State) {
+		p.Kept = p.Amount - p.Refunded
 	}
 	p.CreatedAt = time.UnixMilli(created).UTC()
 	if paid > 0 {

@@ -28,9 +28,10 @@ func (s *Service) Work(ctx context.Context) error {
 }
 
 // QueryPending asks the channels about payments still unpaid QueryAfter
-// after they started (then with backoff up to a minute): a paid answer is
-// applied exactly as a callback would be, a closed or unknown one closes
-// the payment. At most limit per database per call.
+// after they started (then with backoff up to a minute): a paid or
+// refunded answer is applied exactly as a callback would be (a refunded
+// payment never pays its order), a closed or unknown one closes the
+// payment. At most limit per database per call.
 func (s *Service) QueryPending(ctx context.Context, limit int) error {
 	for _, d := range s.db.Shards() {
 		rows, err := d.R.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE state IN ($1, $2) AND query_at <= $3
@@ -105,17 +106,18 @@ func (s *Service) Refresh(ctx context.Context, orderID int64) error {
 	return nil
 }
 
-// Repair settles payments left paid but unapplied and resends pending
-// refunds, older than a few seconds (so it does not race the request that
-// is doing it right now).
+// Repair settles payments left paid but unapplied, older than a few
+// seconds (so it does not race the request that is doing it right now),
+// and resends pending refunds that are due (see sendRefund).
 func (s *Service) Repair(ctx context.Context) error {
-	before := s.now().Add(-5 * time.Second).UnixMilli()
+	now := s.now()
 	for _, d := range s.db.Shards() {
-		paid, err := sqldb.IDs(ctx, d.R, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid, before)
+		paid, err := sqldb.IDs(ctx, d.R, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid,
+			now.Add(-repairAfter).UnixMilli())
 		if err != nil {
 			return err
 		}
-		refunds, err := sqldb.IDs(ctx, d.R, `SELECT payment_id FROM refunds WHERE state = 'pending' AND updated_at < $1 LIMIT 200`, before)
+		refunds, err := sqldb.IDs(ctx, d.R, `SELECT payment_id FROM refunds WHERE state = 'pending' AND retry_at <= $1 LIMIT 200`, now.UnixMilli())
 		if err != nil {
 			return err
 		}
@@ -126,59 +128,12 @@ func (s *Service) Repair(ctx context.Context) error {
 			}
 		}
 		for _, x := range refunds {
-			if _, err := d.W.ExecContext(ctx, `UPDATE refunds SET updated_at = $1 WHERE payment_id = $2`, s.now().UnixMilli(), x); err != nil {
-				return err
-			}
 			if err := s.sendRefund(ctx, x); err != nil {
 				s.log.Warn("resend refund", "payment_id", x, "err", err)
 			}
 		}
 	}
 	return nil
-}
-
-// Anomaly is one recorded payment anomaly.
-type Anomaly struct {
-	ID        int64     `json:"id,string"`
-	Kind      string    `json:"kind"`
-	OrderID   int64     `json:"order_id,string"`
-	PaymentID int64     `json:"payment_id,string"`
-	OtherID   int64     `json:"other_payment_id,string,omitempty"`
-	Detail    string    `json:"detail"`
-	At        time.Time `json:"at"`
-	Refund    string    `json:"refund,omitempty"` // pending | done, for kinds that refund
-}
-
-// Anomalies lists the latest anomalies (newest first), with their refund state.
-func (s *Service) Anomalies(ctx context.Context, limit int) ([]Anomaly, error) {
-	rows, err := s.db.Main().R.QueryContext(ctx, `SELECT id, kind, order_id, payment_id, other_id, detail, created_at
-		FROM anomalies ORDER BY id DESC LIMIT $1`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("anomalies: %w", err)
-	}
-	var out []Anomaly
-	for rows.Next() {
-		var a Anomaly
-		var at int64
-		if err := rows.Scan(&a.ID, &a.Kind, &a.OrderID, &a.PaymentID, &a.OtherID, &a.Detail, &at); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		a.At = time.UnixMilli(at).UTC()
-		out = append(out, a)
-	}
-	rows.Close()
-	for i := range out {
-		var st string
-		if err := s.db.ForID(out[i].PaymentID).R.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1`,
-			out[i].PaymentID).Scan(&st); err == nil {
-			out[i].Refund = st
-		}
-	}
-	if out == nil {
-		out = []Anomaly{}
-	}
-	return out, nil
 }
 
 // reconciledKey names the settings row holding the last UTC day whose

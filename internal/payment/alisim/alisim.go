@@ -10,7 +10,10 @@
 // sign = base64(RSA PKCS#1 v1.5 over SHA-256 of every other parameter,
 // sorted by key, as k=v joined with &, values unescaped); times are
 // "2006-01-02 15:04:05" in CST (UTC+8). Callbacks are acknowledged with the
-// body "success".
+// body "success". As Alipay's, a callback after a refund carries refund_fee
+// (yuan refunded so far): with TRADE_SUCCESS when refunded in part, with
+// TRADE_CLOSED when refunded in full; a TRADE_CLOSED with gmt_payment is a
+// paid transaction refunded in full.
 package alisim
 
 import (
@@ -125,18 +128,32 @@ func (c *Channel) ParseCallback(_ http.Header, body []byte) (payment.Notice, err
 	if n.Timestamp, ok = parseTime(v.Get("notify_time")); !ok {
 		return payment.Notice{}, bad("notify_time %.40q", v.Get("notify_time"))
 	}
+	if s := v.Get("refund_fee"); s != "" {
+		if n.Refunded, err = ParseYuan(s); err != nil || n.Refunded == 0 || n.Refunded > n.Amount {
+			return payment.Notice{}, bad("refund_fee %.40q is not an amount of yuan within total_amount", s)
+		}
+	}
 	switch v.Get("trade_status") {
 	case "TRADE_SUCCESS", "TRADE_FINISHED":
 		n.State = payment.Paid
+		if n.Refunded > 0 {
+			n.State = payment.Refunded // refunded in part
+		}
 		if n.PaidAt, ok = parseTime(v.Get("gmt_payment")); !ok {
 			return payment.Notice{}, bad("gmt_payment %.40q", v.Get("gmt_payment"))
 		}
 	case "TRADE_CLOSED":
 		n.State = payment.Closed
-		if s := v.Get("gmt_payment"); s != "" {
+		if s := v.Get("gmt_payment"); s != "" { // paid, then closed: refunded in full
 			if n.PaidAt, ok = parseTime(s); !ok {
 				return payment.Notice{}, bad("gmt_payment %.40q", s)
 			}
+			if n.Refunded != 0 && n.Refunded != n.Amount {
+				return payment.Notice{}, bad("a closed trade refunded %d of %d fen", n.Refunded, n.Amount)
+			}
+			n.State, n.Refunded = payment.Refunded, n.Amount
+		} else if n.Refunded != 0 {
+			return payment.Notice{}, bad("an unpaid trade has refund_fee")
 		}
 	default:
 		return payment.Notice{}, bad("trade_status %.30q", v.Get("trade_status"))

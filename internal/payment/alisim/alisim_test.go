@@ -98,11 +98,16 @@ func TestParseCallback(t *testing.T) {
 	t.Parallel()
 	k := keys()
 	ch := newChannel("", nil, k)
+	refunded := func(id, fen int64) payment.Notice {
+		n := notice(id)
+		n.State, n.Refunded = payment.Refunded, fen
+		return n
+	}
 	for _, n := range []payment.Notice{notice(42), func() payment.Notice {
 		n := notice(43)
 		n.State, n.PaidAt = payment.Closed, time.Time{}
 		return n
-	}()} {
+	}(), refunded(44, 1), refunded(45, 600), refunded(46, 1234)} {
 		h, b, err := paysim.EncodeCallback(k, n)
 		if err != nil {
 			t.Fatal(err)
@@ -113,6 +118,14 @@ func TestParseCallback(t *testing.T) {
 	}
 	if ct, ack := ch.Ack(); !strings.HasPrefix(ct, "text/plain") || string(ack) != "success" {
 		t.Fatalf("ack %s %s", ct, ack)
+	}
+	// As Alipay: a trade closed after it was paid is refunded in full, even
+	// without refund_fee.
+	v := mustEncode(t, k, notice(47))
+	v.Set("trade_status", "TRADE_CLOSED")
+	want := refunded(47, 1234)
+	if got, err := ch.ParseCallback(nil, sign(t, k, v)); err != nil || got != want {
+		t.Fatalf("closed after paying: %+v %v, want %+v", got, err, want)
 	}
 }
 
@@ -184,6 +197,15 @@ func TestMalformedButSigned(t *testing.T) {
 		{"gmt_payment garbage", func(v url.Values) { v.Set("gmt_payment", "2026-11-23T10:00:00Z") }},
 		{"paid without gmt_payment", func(v url.Values) { v.Del("gmt_payment") }},
 		{"notify_time missing", func(v url.Values) { v.Del("notify_time") }},
+		{"refund_fee over the amount", func(v url.Values) { v.Set("refund_fee", "12.35") }},
+		{"refund_fee zero", func(v url.Values) { v.Set("refund_fee", "0.00") }},
+		{"refund_fee garbage", func(v url.Values) { v.Set("refund_fee", "-1") }},
+		{"closed in part", func(v url.Values) { v.Set("trade_status", "TRADE_CLOSED"); v.Set("refund_fee", "1.00") }},
+		{"unpaid with refund_fee", func(v url.Values) {
+			v.Set("trade_status", "TRADE_CLOSED")
+			v.Del("gmt_payment")
+			v.Set("refund_fee", "1.00")
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

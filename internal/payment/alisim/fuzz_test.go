@@ -21,6 +21,9 @@ func fuzzSeeds(f *testing.F) {
 	for _, n := range []payment.Notice{notice(1), notice(9_223_372_036_854_775_807)} {
 		f.Add([]byte(mustEncode(f, k, n).Encode()))
 	}
+	refunded := notice(4)
+	refunded.State, refunded.Refunded = payment.Refunded, 17
+	f.Add([]byte(mustEncode(f, k, refunded).Encode()))
 	closed := notice(3)
 	closed.State, closed.PaidAt = payment.Closed, time.Time{}
 	f.Add([]byte(mustEncode(f, k, closed).Encode()))
@@ -48,8 +51,11 @@ func check(t *testing.T, k paysim.ChannelConfig, body []byte, n payment.Notice, 
 	if n.PaymentID <= 0 || n.Amount <= 0 || n.ChannelTxnID == "" || n.NoticeID == "" || n.Timestamp.IsZero() {
 		t.Fatalf("accepted %+v", n)
 	}
-	if n.State == payment.Paid && n.PaidAt.IsZero() {
+	if (n.State == payment.Paid || n.State == payment.Refunded) && n.PaidAt.IsZero() {
 		t.Fatalf("accepted %+v: paid without paid_at", n)
+	}
+	if (n.State == payment.Refunded) != (n.Refunded > 0) || n.Refunded > n.Amount {
+		t.Fatalf("accepted %+v: refunded does not fit the state and amount", n)
 	}
 }
 

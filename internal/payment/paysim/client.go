@@ -91,7 +91,7 @@ func (c *Client) Query(ctx context.Context, paymentID int64) (payment.Status, er
 	if err := c.do(ctx, op, http.MethodGet, "/transactions/"+strconv.FormatInt(paymentID, 10), nil, decodeJSON(&v)); err != nil {
 		return payment.Status{}, err
 	}
-	st := payment.Status{PaymentID: v.MerchantTxnID, ChannelTxnID: v.TxnID, State: v.State, Amount: v.Amount}
+	st := payment.Status{PaymentID: v.MerchantTxnID, ChannelTxnID: v.TxnID, State: v.State, Amount: v.Amount, Refunded: v.Refunded}
 	if v.PaidAt != "" {
 		t, err := time.Parse(time.RFC3339, v.PaidAt)
 		if err != nil {
@@ -106,6 +106,9 @@ func (c *Client) Query(ctx context.Context, paymentID int64) (payment.Status, er
 	}
 	if st.PaymentID != paymentID {
 		return payment.Status{}, fmt.Errorf("%s: %w", op, payment.ErrChannelDown.With("%s answered for payment %d", c.channel, st.PaymentID))
+	}
+	if (st.State == payment.Refunded) != (st.Refunded > 0) || st.Refunded > st.Amount {
+		return payment.Status{}, fmt.Errorf("%s: %w", op, payment.ErrChannelDown.With("%s answered %s with %d of %d fen refunded", c.channel, st.State, st.Refunded, st.Amount))
 	}
 	return st, nil
 }
@@ -289,42 +292,47 @@ type Control struct {
 
 // SetFaults replaces the faults of channel.
 func (c Control) SetFaults(ctx context.Context, channel string, f Faults) error {
-	b, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
-	_, err = c.call(ctx, http.MethodPut, channel, b)
-	return err
+	var out Faults
+	return c.call(ctx, "paysim put faults of "+channel, http.MethodPut, "/paysim/v1/"+channel+"/faults", f, &out)
 }
 
 // Faults returns the faults of channel.
 func (c Control) Faults(ctx context.Context, channel string) (Faults, error) {
-	return c.call(ctx, http.MethodGet, channel, nil)
+	var f Faults
+	err := c.call(ctx, "paysim get faults of "+channel, http.MethodGet, "/paysim/v1/"+channel+"/faults", nil, &f)
+	return f, err
 }
 
-func (c Control) call(ctx context.Context, method, channel string, body []byte) (Faults, error) {
+// call sends one control request (in as JSON, nil for none) and decodes
+// the 200 answer into out. Transport errors are payment.ErrChannelDown.
+func (c Control) call(ctx context.Context, op, method, path string, in, out any) error {
 	hc := c.HTTP
 	if hc == nil {
 		hc = defaultHTTP
 	}
-	op := fmt.Sprintf("paysim %s faults of %s", strings.ToLower(method), channel)
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+"/paysim/v1/"+channel+"/faults", bytes.NewReader(body))
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, bytes.NewReader(body))
 	if err != nil {
-		return Faults{}, fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return Faults{}, fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w: %w", op, payment.ErrChannelDown, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return Faults{}, fmt.Errorf("%s: %w", op, answerErr("paysim", resp))
+		return fmt.Errorf("%s: %w", op, answerErr("paysim", resp))
 	}
-	var f Faults
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&f); err != nil {
-		return Faults{}, fmt.Errorf("%s: %w", op, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(out); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	return f, nil
+	return nil
 }

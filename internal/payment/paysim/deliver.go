@@ -15,13 +15,14 @@ import (
 )
 
 // delivery is one callback notice on its way to the merchant. Its retries
-// repeat noticeID; each attempt is signed afresh (new timestamp and nonce).
+// repeat noticeID; each attempt is signed afresh (new timestamp and nonce)
+// and says what the transaction is when it is sent: a payment refunded
+// before its callback went out is notified as refunded, not as paid.
 type delivery struct {
 	ch         *channel
+	txn        *txn
 	merchantID int64
 	txnID      string
-	amount     int64
-	paidAt     time.Time
 	notifyURL  string
 	noticeID   string
 	attempt    int       // attempts made so far
@@ -230,12 +231,11 @@ func (s *Server) send(ctx context.Context, job []*delivery) {
 
 // try posts one attempt of d and reports whether the merchant acknowledged it.
 func (s *Server) try(ctx context.Context, d *delivery) bool {
-	n := payment.Notice{
-		Status: payment.Status{PaymentID: d.merchantID, ChannelTxnID: d.txnID, State: payment.Paid,
-			Amount: d.amount, PaidAt: d.paidAt},
-		NoticeID:  d.noticeID,
-		Timestamp: s.now(),
-	}
+	d.ch.mu.Lock()
+	st := payment.Status{PaymentID: d.merchantID, ChannelTxnID: d.txnID, State: d.txn.state, Amount: d.txn.amount,
+		Refunded: d.txn.refunded, PaidAt: d.txn.paidAt}
+	d.ch.mu.Unlock()
+	n := payment.Notice{Status: st, NoticeID: d.noticeID, Timestamp: s.now()}
 	h, body, err := EncodeCallback(d.ch.cfg, n)
 	if err != nil {
 		s.cfg.Log.Error("paysim: encode callback", "channel", d.ch.name, "err", err)

@@ -22,6 +22,11 @@
 //	POST /pay/{txn_id}            the payer pays (no authentication)             -> txn
 //	GET|PUT /faults               Authorization: Bearer <ControlToken>           -> Faults
 //
+// and, outside any channel, the merchant console (see ConsoleRefund):
+//
+//	POST /paysim/v1/console/refunds  Authorization: Bearer <ControlToken>
+//	     {payment_id, amount, channel?, reason?}                                 -> ConsoleRefund
+//
 // where txn is {merchant_txn_id, txn_id, state, amount, refunded, paid_at, pay_url}
 // and refund is {refund_id, merchant_txn_id, txn_id, amount, refunded_at, state}.
 // Errors are {"error":{"code","message"}} with a fitting status.
@@ -157,6 +162,7 @@ var (
 	ErrRefundExceeds  = errkind.New(errkind.Conflict, "refund_exceeds_amount", "refunds would exceed the paid amount")
 	ErrRefundConflict = errkind.New(errkind.Conflict, "refund_conflict", "refund_id already used for another transaction or amount")
 	ErrTooManyRefunds = errkind.New(errkind.Conflict, "too_many_refunds", "a transaction takes at most 50 refunds")
+	ErrAmbiguous      = errkind.New(errkind.Conflict, "ambiguous_payment", "more than one channel has this payment_id: name the channel")
 )
 
 // Server is the simulated provider. It is safe for concurrent use; callbacks
@@ -230,8 +236,8 @@ var channelName = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
 // Validate reports what is wrong with c (before defaults are applied).
 func (c Config) Validate() error {
 	for name, cc := range c.Channels {
-		if !channelName.MatchString(name) {
-			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}", name)
+		if !channelName.MatchString(name) || name == "console" {
+			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}, not \"console\"", name)
 		}
 		if len(cc.Secret) < 16 {
 			return fmt.Errorf("paysim: channel %s: Secret must be at least 16 bytes", name)
@@ -321,6 +327,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /paysim/v1/{channel}/pay/{txn}", s.payHTTP)
 	mux.HandleFunc("GET /paysim/v1/{channel}/faults", s.control(s.getFaults))
 	mux.HandleFunc("PUT /paysim/v1/{channel}/faults", s.control(s.putFaults))
+	mux.HandleFunc("POST /paysim/v1/console/refunds", s.consoleRefundHTTP)
 	return mux
 }
 
@@ -482,15 +489,22 @@ func (s *Server) merchant(h merchantFunc) http.HandlerFunc {
 	}
 }
 
+// controlAuth checks the control token of a faults or console request.
+func (s *Server) controlAuth(r *http.Request) error {
+	if s.cfg.ControlToken == "" {
+		return ErrControlOff
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.ControlToken)) != 1 {
+		return ErrControlAuth
+	}
+	return nil
+}
+
 func (s *Server) control(h func(w http.ResponseWriter, r *http.Request, ch *channel)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.ControlToken == "" {
-			fail(w, ErrControlOff)
-			return
-		}
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.ControlToken)) != 1 {
-			fail(w, ErrControlAuth)
+		if err := s.controlAuth(r); err != nil {
+			fail(w, err)
 			return
 		}
 		ch := s.chans[r.PathValue("channel")]
@@ -668,7 +682,8 @@ type refundView struct {
 	TxnID         string        `json:"txn_id"`
 	Amount        int64         `json:"amount"`
 	RefundedAt    string        `json:"refunded_at"`
-	State         payment.State `json:"state"` // of the transaction after the refund
+	State         payment.State `json:"state"`    // of the transaction after the refund
+	Refunded      int64         `json:"refunded"` // of the transaction, all refunds so far
 }
 
 func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, body []byte) {
@@ -688,7 +703,7 @@ func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, bod
 		fail(w, errkind.ErrInvalid.With("reason is over %d bytes", MaxSubject))
 		return
 	}
-	v, err := ch.refund(req, s.now().UTC().Truncate(time.Second))
+	v, err := s.refundTxn(ch, req)
 	if err != nil {
 		fail(w, err)
 		return
@@ -696,25 +711,39 @@ func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, bod
 	web.JSON(w, http.StatusOK, v)
 }
 
-func (ch *channel) refund(req refundReq, now time.Time) (refundView, error) {
+// refundTxn makes refund req (idempotent by refund id) and queues the
+// notice of a new one to the transaction's notify URL, as the providers
+// notify refunds: it says the transaction is refunded and how much of it.
+func (s *Server) refundTxn(ch *channel, req refundReq) (refundView, error) {
+	v, d, err := ch.refund(req, s.now().UTC().Truncate(time.Second))
+	if d != nil {
+		d.due = time.Now().Add(time.Duration(ch.faults.Load().CallbackDelayMS) * time.Millisecond)
+		s.enqueue(d)
+	}
+	return v, err
+}
+
+// refund makes req at now and returns a notice to send when the refund is
+// new (nil for a repeated one).
+func (ch *channel) refund(req refundReq, now time.Time) (refundView, *delivery, error) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if rf := ch.refunds[req.RefundID]; rf != nil {
 		if rf.txn.merchantID != req.MerchantTxnID || rf.amount != req.Amount {
-			return refundView{}, ErrRefundConflict.With("refund_id %d was for merchant_txn_id %d, amount %d", rf.id, rf.txn.merchantID, rf.amount)
+			return refundView{}, nil, ErrRefundConflict.With("refund_id %d was for merchant_txn_id %d, amount %d", rf.id, rf.txn.merchantID, rf.amount)
 		}
-		return rf.viewLocked(), nil
+		return rf.viewLocked(), nil, nil
 	}
 	t := ch.byMerchant[req.MerchantTxnID]
 	switch {
 	case t == nil:
-		return refundView{}, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", req.MerchantTxnID)
+		return refundView{}, nil, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", req.MerchantTxnID)
 	case t.state != payment.Paid && t.state != payment.Refunded:
-		return refundView{}, ErrNotPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
+		return refundView{}, nil, ErrNotPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
 	case req.Amount > t.amount-t.refunded:
-		return refundView{}, ErrRefundExceeds.With("merchant_txn_id %d: %d of %d fen refunded already", t.merchantID, t.refunded, t.amount)
+		return refundView{}, nil, ErrRefundExceeds.With("merchant_txn_id %d: %d of %d fen refunded already", t.merchantID, t.refunded, t.amount)
 	case t.nRefunds >= MaxRefunds:
-		return refundView{}, ErrTooManyRefunds
+		return refundView{}, nil, ErrTooManyRefunds
 	}
 	rf := &refund{id: req.RefundID, txn: t, amount: req.Amount, at: now}
 	t.refunded += req.Amount
@@ -724,13 +753,14 @@ func (ch *channel) refund(req refundReq, now time.Time) (refundView, error) {
 	day := now.Format(time.DateOnly)
 	ch.days[day] = append(ch.days[day], line{refund: rf, txn: t, amount: rf.amount, at: now})
 	ch.refundN.Add(1)
-	return rf.viewLocked(), nil
+	d := &delivery{ch: ch, txn: t, merchantID: t.merchantID, txnID: t.id, notifyURL: t.notifyURL, noticeID: newID()}
+	return rf.viewLocked(), d, nil
 }
 
 // viewLocked needs channel.mu.
 func (rf *refund) viewLocked() refundView {
 	return refundView{RefundID: rf.id, MerchantTxnID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
-		RefundedAt: rf.at.Format(time.RFC3339), State: rf.txn.state}
+		RefundedAt: rf.at.Format(time.RFC3339), State: rf.txn.state, Refunded: rf.txn.refunded}
 }
 
 // StatementHeader is the first row of a statement.
@@ -802,8 +832,8 @@ func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
 			n = 2
 		}
 		for range n {
-			ds = append(ds, &delivery{ch: ch, merchantID: t.merchantID, txnID: t.id, amount: t.amount,
-				paidAt: now, notifyURL: t.notifyURL, noticeID: newID(), due: due})
+			ds = append(ds, &delivery{ch: ch, txn: t, merchantID: t.merchantID, txnID: t.id,
+				notifyURL: t.notifyURL, noticeID: newID(), due: due})
 		}
 	}
 	v := t.viewLocked()

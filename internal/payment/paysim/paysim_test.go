@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -94,6 +95,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero", paysim.Config{}, true},
 		{"dev keys", paysim.Config{Channels: paysim.DevKeys("x").Channels()}, true},
 		{"bad name", paysim.Config{Channels: map[string]paysim.ChannelConfig{"WX/1": wx}}, false},
+		{"console is the console's", paysim.Config{Channels: map[string]paysim.ChannelConfig{"console": wx}}, false},
 		{"short secret", paysim.Config{Channels: map[string]paysim.ChannelConfig{"wxsim": {Scheme: paysim.HMAC, Secret: []byte("short")}}}, false},
 		{"unknown scheme", paysim.Config{Channels: map[string]paysim.ChannelConfig{"wxsim": {Scheme: "md5", Secret: wx.Secret}}}, false},
 		{"RSA without key", paysim.Config{Channels: map[string]paysim.ChannelConfig{"alisim": {Scheme: paysim.RSA, Secret: wx.Secret}}}, false},
@@ -359,9 +361,19 @@ func TestShutdownKeepsCallbacks(t *testing.T) {
 
 func TestEncodeCallback(t *testing.T) {
 	t.Parallel()
-	n := payment.Notice{Status: payment.Status{PaymentID: 1, ChannelTxnID: "T", State: payment.Refunded, Amount: 1}, NoticeID: "N", Timestamp: time.Now()}
-	if _, _, err := paysim.EncodeCallback(paysim.DevKeys("").Channels()["alisim"], n); err == nil {
-		t.Error("RSA callbacks have no refunded state")
+	n := payment.Notice{Status: payment.Status{PaymentID: 1, ChannelTxnID: "T", State: payment.Refunded, Amount: 100, Refunded: 40,
+		PaidAt: time.Unix(1795428000, 0)}, NoticeID: "N", Timestamp: time.Now()}
+	ali := paysim.DevKeys("").Channels()["alisim"]
+	for _, tc := range []struct {
+		refunded    int64
+		status, fee string
+	}{{40, "TRADE_SUCCESS", "0.40"}, {100, "TRADE_CLOSED", "1.00"}} {
+		n.Refunded = tc.refunded
+		_, b, err := paysim.EncodeCallback(ali, n)
+		v, _ := url.ParseQuery(string(b))
+		if err != nil || v.Get("trade_status") != tc.status || v.Get("refund_fee") != tc.fee || v.Get("gmt_payment") == "" {
+			t.Errorf("RSA callback of %d refunded: %v %s; want %s refund_fee %s", tc.refunded, err, b, tc.status, tc.fee)
+		}
 	}
 	if _, _, err := paysim.EncodeCallback(paysim.ChannelConfig{Scheme: paysim.RSA}, n); err == nil {
 		t.Error("RSA without a key")
@@ -375,6 +387,121 @@ func TestEncodeCallback(t *testing.T) {
 	}
 	if ts := h.Get(paysim.HeaderCallbackTimestamp); ts != strconv.FormatInt(n.Timestamp.Unix(), 10) {
 		t.Fatalf("timestamp %s", ts)
+	}
+	var wn paysim.WXNotice
+	if json.Unmarshal(b, &wn) != nil || wn.State != "refunded" || wn.Refunded != 100 {
+		t.Fatalf("HMAC callback body %s, want state refunded, refunded 100", b)
+	}
+}
+
+// The merchant console refunds a payment without the merchant asking:
+// only with the control token; the refund shows in queries and the
+// statement under a console refund id, and is notified.
+func TestConsoleRefund(t *testing.T) {
+	t.Parallel()
+	ali := paysim.DevKeys("").Channels()["alisim"]
+	ali.Secret = wx.Secret
+	s, base := newServer(t, paysim.Config{Channels: map[string]paysim.ChannelConfig{"wxsim": wx, "alisim": ali}})
+	rcv := &counter{}
+	hook := notifyURL(t, rcv)
+	wxc := client(base)
+	alic := paysim.NewClient(paysim.ClientConfig{BaseURL: base, Channel: "alisim", Secret: wx.Secret})
+	for _, tx := range []struct {
+		cl  *paysim.Client
+		ch  string
+		id  int64
+		pay bool
+	}{{wxc, "wxsim", 1, true}, {wxc, "wxsim", 2, false}, {wxc, "wxsim", 3, true}, {alic, "alisim", 3, true}} {
+		c, err := tx.cl.Create(t.Context(), payment.Txn{PaymentID: tx.id, Amount: 1000, NotifyURL: hook})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tx.pay {
+			if err := s.Pay(tx.ch, c.ChannelTxnID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	url := base + "/paysim/v1/console/refunds"
+	auth := "Bearer " + token
+	cases := []struct {
+		name, auth, body string
+		status           int
+		code             string
+	}{
+		{"no token", "", `{"payment_id":"1","amount":100}`, 401, "bad_control_token"},
+		{"wrong token", "Bearer nope", `{"payment_id":"1","amount":100}`, 401, "bad_control_token"},
+		{"unknown payment", auth, `{"payment_id":"99","amount":100}`, 404, "unknown_transaction"},
+		{"unknown channel", auth, `{"payment_id":"1","amount":100,"channel":"nope"}`, 404, "unknown_channel"},
+		{"unpaid", auth, `{"payment_id":"2","amount":100}`, 409, "not_paid"},
+		{"unpaid, all of it", auth, `{"payment_id":"2"}`, 409, "not_paid"},
+		{"over the amount", auth, `{"payment_id":"1","amount":1001}`, 409, "refund_exceeds_amount"},
+		{"on two channels", auth, `{"payment_id":"3","amount":100}`, 409, "ambiguous_payment"},
+		{"negative", auth, `{"payment_id":"1","amount":-1}`, 400, "invalid_request"},
+		{"not a decimal string", auth, `{"payment_id":1,"amount":100}`, 400, "invalid_json"},
+		{"partial", auth, `{"payment_id":"1","amount":300}`, 200, ""},
+		{"the rest", auth, `{"payment_id":"1"}`, 200, ""},
+		{"nothing left", auth, `{"payment_id":"1"}`, 409, "refund_exceeds_amount"},
+		{"named channel", auth, `{"payment_id":"3","amount":100,"channel":"alisim","reason":"goodwill"}`, 200, ""},
+	}
+	var answers []paysim.ConsoleRefund
+	for _, tc := range cases {
+		status, e, b := do(t, "POST", url, tc.auth, tc.body)
+		if status != tc.status || e.Error.Code != tc.code {
+			t.Errorf("%s: %d %q, want %d %q", tc.name, status, e.Error.Code, tc.status, tc.code)
+		}
+		if status == 200 {
+			var v paysim.ConsoleRefund
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatal(err)
+			}
+			answers = append(answers, v)
+		}
+	}
+	if len(answers) != 3 {
+		t.Fatalf("answers %+v", answers)
+	}
+	if a := answers[0]; a.Channel != "wxsim" || a.PaymentID != 1 || a.Amount != 300 || a.Refunded != 300 || a.State != payment.Refunded ||
+		a.RefundID < paysim.ConsoleRefundID || a.TxnID == "" || a.RefundedAt == "" {
+		t.Errorf("partial: %+v", a)
+	}
+	if a := answers[1]; a.Amount != 700 || a.Refunded != 1000 || a.RefundID == answers[0].RefundID {
+		t.Errorf("the rest: %+v", a)
+	}
+	if a := answers[2]; a.Channel != "alisim" || a.Amount != 100 {
+		t.Errorf("named channel: %+v", a)
+	}
+	if st, err := wxc.Query(t.Context(), 1); err != nil || st.State != payment.Refunded || st.Refunded != 1000 {
+		t.Errorf("query after the console: %+v %v", st, err)
+	}
+	lines, err := wxc.Statement(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refunds []int64
+	for _, l := range lines {
+		if l.Kind == "refund" {
+			refunds = append(refunds, l.RefundID)
+		}
+	}
+	if len(refunds) != 2 || refunds[0] != answers[0].RefundID || refunds[1] != answers[1].RefundID {
+		t.Errorf("statement refunds %v, want the console's %d and %d", refunds, answers[0].RefundID, answers[1].RefundID)
+	}
+	// The Go client of the console, and the outage.
+	ctl := paysim.Control{BaseURL: base, Token: token}
+	if v, err := ctl.Refund(t.Context(), "wxsim", 3, 50); err != nil || v.Amount != 50 || v.Refunded != 50 {
+		t.Errorf("Control.Refund: %+v %v", v, err)
+	}
+	if _, err := ctl.Refund(t.Context(), "", 99, 1); !errors.Is(err, payment.ErrUnknownTxn) {
+		t.Errorf("Control.Refund of an unknown payment: %v", err)
+	}
+	s.SetFaults("wxsim", paysim.Faults{Outage: true})
+	if _, err := ctl.Refund(t.Context(), "wxsim", 3, 1); !errors.Is(err, payment.ErrChannelDown) {
+		t.Errorf("Control.Refund during an outage: %v", err)
+	}
+	s.SetFaults("wxsim", paysim.Faults{})
+	if st := s.Stats("wxsim"); st.Refunds != 3 || st.Pending != 2+3 {
+		t.Errorf("wxsim stats %+v: want 3 refunds, 5 callbacks queued (2 payments, 3 refunds)", st)
 	}
 }
 

@@ -88,8 +88,9 @@ func SignCallback(secret []byte, timestamp, nonce string, body []byte) string {
 type WXNotice struct {
 	MerchantTxnID string `json:"merchant_txn_id"` // decimal
 	TxnID         string `json:"txn_id"`
-	Amount        int64  `json:"amount"` // fen
-	State         string `json:"state"`  // payment.State
+	Amount        int64  `json:"amount"`             // fen
+	State         string `json:"state"`              // payment.State
+	Refunded      int64  `json:"refunded,omitempty"` // fen refunded so far; 1..amount exactly when state is "refunded"
 	PaidAt        string `json:"paid_at"`
 	NoticeID      string `json:"notice_id"`
 	Timestamp     int64  `json:"timestamp"` // unix seconds, equal to the Wxsim-Timestamp header
@@ -131,15 +132,17 @@ func FormatYuan(fen int64) string {
 // HMAC scheme (wxsim): Content-Type application/json, body WXNotice, and
 // the headers Wxsim-Timestamp (unix seconds of n.Timestamp), Wxsim-Nonce
 // (random) and Wxsim-Signature (see SignCallback). The merchant answers 200
-// with {"code":"SUCCESS"}.
+// with {"code":"SUCCESS"}. A refunded transaction has state "refunded" and
+// refunded (fen, all refunds so far).
 //
 // RSA scheme (alisim): Content-Type application/x-www-form-urlencoded with
 // out_trade_no (merchant txn id), trade_no, total_amount (yuan, "12.34"),
-// trade_status (TRADE_SUCCESS when paid, TRADE_CLOSED when closed),
-// gmt_payment and notify_time ("2006-01-02 15:04:05" in CST, UTC+8),
-// notify_id, notify_type=trade_status_sync, sign_type=RSA2 and sign =
-// base64(RSA PKCS#1 v1.5 SHA-256 over AliContent). The merchant answers 200
-// with the body "success".
+// trade_status (TRADE_SUCCESS when paid or refunded in part, TRADE_CLOSED
+// when closed unpaid or refunded in full), refund_fee (yuan refunded so far,
+// only when refunded), gmt_payment and notify_time ("2006-01-02 15:04:05"
+// in CST, UTC+8), notify_id, notify_type=trade_status_sync, sign_type=RSA2
+// and sign = base64(RSA PKCS#1 v1.5 SHA-256 over AliContent), as Alipay
+// notifies refunds. The merchant answers 200 with the body "success".
 func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, error) {
 	h := http.Header{}
 	switch cc.Scheme {
@@ -149,7 +152,8 @@ func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, er
 			paidAt = n.PaidAt.UTC().Format(time.RFC3339)
 		}
 		body, err := json.Marshal(WXNotice{MerchantTxnID: strconv.FormatInt(n.PaymentID, 10), TxnID: n.ChannelTxnID,
-			Amount: n.Amount, State: string(n.State), PaidAt: paidAt, NoticeID: n.NoticeID, Timestamp: n.Timestamp.Unix()})
+			Amount: n.Amount, State: string(n.State), Refunded: n.Refunded, PaidAt: paidAt, NoticeID: n.NoticeID,
+			Timestamp: n.Timestamp.Unix()})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -164,10 +168,10 @@ func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, er
 			return nil, nil, errors.New("paysim: RSA scheme without a private key")
 		}
 		var status string
-		switch n.State {
-		case payment.Paid:
+		switch {
+		case n.State == payment.Paid, n.State == payment.Refunded && n.Refunded < n.Amount:
 			status = "TRADE_SUCCESS"
-		case payment.Closed:
+		case n.State == payment.Closed, n.State == payment.Refunded:
 			status = "TRADE_CLOSED"
 		default:
 			return nil, nil, fmt.Errorf("paysim: RSA callbacks cannot say %q", n.State)
@@ -184,6 +188,9 @@ func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, er
 		}
 		if !n.PaidAt.IsZero() {
 			v.Set("gmt_payment", n.PaidAt.In(CST).Format(AliTimeLayout))
+		}
+		if n.State == payment.Refunded {
+			v.Set("refund_fee", FormatYuan(n.Refunded))
 		}
 		sum := sha256.Sum256([]byte(AliContent(v)))
 		sig, err := rsa.SignPKCS1v15(nil, cc.PrivateKey, crypto.SHA256, sum[:])

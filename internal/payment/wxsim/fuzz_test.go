@@ -18,9 +18,13 @@ func fuzzSeeds(f *testing.F, k paysim.ChannelConfig) {
 		h, b := mustEncode(f, k, n)
 		f.Add(h.Get(wxsim.HeaderTimestamp), h.Get(wxsim.HeaderNonce), h.Get(wxsim.HeaderSignature), b)
 	}
+	refunded := notice(4)
+	refunded.State, refunded.Refunded = payment.Refunded, 17
+	h, b := mustEncode(f, k, refunded)
+	f.Add(h.Get(wxsim.HeaderTimestamp), h.Get(wxsim.HeaderNonce), h.Get(wxsim.HeaderSignature), b)
 	closed := notice(3)
 	closed.State, closed.PaidAt = payment.Closed, time.Time{}
-	h, b := mustEncode(f, k, closed)
+	h, b = mustEncode(f, k, closed)
 	f.Add(h.Get(wxsim.HeaderTimestamp), h.Get(wxsim.HeaderNonce), h.Get(wxsim.HeaderSignature), b)
 	f.Add("", "", "", []byte(`{}`))
 	f.Add("1", "n", "00", []byte(`{"merchant_txn_id":"1"}`))
@@ -43,6 +47,9 @@ func check(t *testing.T, k paysim.ChannelConfig, ts, nonce, sig string, body []b
 	}
 	if (n.State == payment.Paid || n.State == payment.Refunded) == n.PaidAt.IsZero() {
 		t.Fatalf("accepted %+v: paid_at does not fit the state", n)
+	}
+	if (n.State == payment.Refunded) != (n.Refunded > 0) || n.Refunded > n.Amount {
+		t.Fatalf("accepted %+v: refunded does not fit the state and amount", n)
 	}
 }
 

@@ -10,7 +10,10 @@
 //	{"merchant_txn_id":"42","txn_id":"...","amount":1234,"state":"paid",
 //	 "paid_at":"2026-11-23T10:00:00Z","notice_id":"...","timestamp":1795428000}
 //
-// and are acknowledged with 200 {"code":"SUCCESS"}.
+// and are acknowledged with 200 {"code":"SUCCESS"}. A callback tells the
+// transaction's state when it was sent: after a refund (by surge or in the
+// merchant console) the state is "refunded" and "refunded" says how many
+// fen were refunded so far (1..amount).
 package wxsim
 
 import (
@@ -75,6 +78,7 @@ type notice struct {
 	TxnID         string `json:"txn_id"`
 	Amount        int64  `json:"amount"`
 	State         string `json:"state"`
+	Refunded      int64  `json:"refunded"`
 	PaidAt        string `json:"paid_at"`
 	NoticeID      string `json:"notice_id"`
 	Timestamp     int64  `json:"timestamp"`
@@ -123,6 +127,17 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 		return payment.Notice{}, bad("amount %d out of range", n.Amount)
 	}
 	switch out.State = payment.State(n.State); out.State {
+	case payment.Refunded:
+		if n.Refunded <= 0 || n.Refunded > n.Amount {
+			return payment.Notice{}, bad("refunded %d is not 1..%d", n.Refunded, n.Amount)
+		}
+		out.Refunded = n.Refunded
+	default:
+		if n.Refunded != 0 {
+			return payment.Notice{}, bad("a %.20s transaction has nothing refunded", n.State)
+		}
+	}
+	switch out.State {
 	case payment.Paid, payment.Refunded:
 		t, err := time.Parse(time.RFC3339, n.PaidAt)
 		if err != nil || t.Unix() <= 0 {

@@ -67,6 +67,14 @@ func TestParseCallback(t *testing.T) {
 	if ct, ack := ch.Ack(); ct != "application/json" || string(ack) != `{"code":"SUCCESS"}` {
 		t.Fatalf("ack %s %s", ct, ack)
 	}
+	for _, refunded := range []int64{1, 600, 1234} { // in part and in full
+		r := notice(43)
+		r.State, r.Refunded = payment.Refunded, refunded
+		h, b := mustEncode(t, k, r)
+		if n, err := ch.ParseCallback(h, b); err != nil || n != r {
+			t.Fatalf("refunded %d: got %+v %v, want %+v", refunded, n, err, r)
+		}
+	}
 }
 
 func TestForgedCallbacks(t *testing.T) {
@@ -143,6 +151,11 @@ func TestMalformedButSigned(t *testing.T) {
 		{"no notice id", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":1,"state":"paid","paid_at":"2026-11-23T10:00:00Z","timestamp":1}`},
 		{"no txn id", "1", `{"merchant_txn_id":"42","amount":1,"state":"paid","paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
 		{"txn id with space", "1", `{"merchant_txn_id":"42","txn_id":"T 1","amount":1,"state":"paid","paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
+		{"refunded without how much", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":5,"state":"refunded","paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
+		{"refunded over the amount", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":5,"state":"refunded","refunded":6,"paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
+		{"refunded negative", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":5,"state":"refunded","refunded":-1,"paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
+		{"paid with something refunded", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":5,"state":"paid","refunded":1,"paid_at":"2026-11-23T10:00:00Z","notice_id":"N1","timestamp":1}`},
+		{"refunded without paid_at", "1", `{"merchant_txn_id":"42","txn_id":"T1","amount":5,"state":"refunded","refunded":5,"paid_at":"","notice_id":"N1","timestamp":1}`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

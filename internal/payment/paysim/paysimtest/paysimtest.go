@@ -51,6 +51,8 @@ func Run(t *testing.T, h Harness) {
 		{"CreateIsIdempotent", testCreateIdempotent},
 		{"Query", testQuery},
 		{"Refund", testRefund},
+		{"RefundNotified", testRefundNotified},
+		{"CallbackSaysStateWhenSent", testStateWhenSent},
 		{"Statement", testStatement},
 		{"RetriedUntilAcked", testRetried},
 		{"SlowMerchantDoesNotBlockOthers", testSlowMerchant},
@@ -362,6 +364,58 @@ func testRefund(t *testing.T, h Harness) {
 	}
 	if st := e.stats(); st.Refunds != 2 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Every refund, the merchant's and the console's, is notified with the
+// transaction's state after it: refunded, with the fen refunded so far, the
+// amount and paid time of the payment; a query says the same.
+func testRefundNotified(t *testing.T, h Harness) {
+	e := start(t, h, options{})
+	c := e.create(20, 1000)
+	e.pay(c)
+	paid := e.waitVerified(1)[0].Notice
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 200, PaymentID: 20, Amount: 300}); err != nil {
+		t.Fatal(err)
+	}
+	n := e.waitVerified(2)[1].Notice
+	want := payment.Status{PaymentID: 20, ChannelTxnID: c.ChannelTxnID, State: payment.Refunded, Amount: 1000, Refunded: 300, PaidAt: paid.PaidAt}
+	if n.Status != want || n.NoticeID == paid.NoticeID {
+		t.Fatalf("refund notice %+v, want %+v with a notice id of its own", n, want)
+	}
+	cr, err := e.srv.ConsoleRefund("", 20, 0, "")
+	if err != nil || cr.Channel != h.Name || cr.Amount != 700 || cr.Refunded != 1000 || cr.RefundID < paysim.ConsoleRefundID {
+		t.Fatalf("console refund of the rest: %+v %v", cr, err)
+	}
+	want.Refunded = 1000
+	if n := e.waitVerified(3)[2].Notice; n.Status != want {
+		t.Fatalf("notice of the console refund %+v, want %+v", n.Status, want)
+	}
+	if st, err := e.api.Query(e.ctx, 20); err != nil || st != want {
+		t.Fatalf("query %+v %v, want %+v", st, err, want)
+	}
+	e.settled()
+}
+
+// A callback says what the transaction is when it is sent: a payment
+// refunded before its callback went out is notified as refunded.
+func testStateWhenSent(t *testing.T, h Harness) {
+	e := start(t, h, options{noRun: true})
+	c := e.create(30, 500)
+	e.pay(c) // its callback waits: the delivery loop is not running
+	if _, err := e.srv.ConsoleRefund(h.Name, 30, 200, "a partial refund in the console"); err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+	e.settled()
+	got := e.rcv.verified()
+	if len(got) != 2 {
+		t.Fatalf("%d callbacks, want 2 (the payment's and the refund's)", len(got))
+	}
+	for _, a := range got {
+		if n := a.Notice; n.State != payment.Refunded || n.Refunded != 200 || n.Amount != 500 || n.PaidAt.IsZero() {
+			t.Errorf("callback %+v, want refunded 200 of 500", n)
+		}
 	}
 }
 
