@@ -47,7 +47,7 @@ func (s *Server) pay(w http.ResponseWriter, r *http.Request, uid int64) {
 // (the channel keeps retrying a real one; a forger learns nothing). The
 // payments centre reads the body, so that it counts every refusal.
 func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
-	ct, ack, err := s.Payments.Notify(r.Context(), r.PathValue("channel"), r.Header, r.Body)
+	ct, ack, err := s.Payments.Callback(r.Context(), r.PathValue("channel"), r.Header, r.Body)
 	if err != nil {
 		web.Error(w, r, err)
 		return

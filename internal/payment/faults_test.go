@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
@@ -81,7 +82,7 @@ func TestSecondPaymentRefunded(t *testing.T) {
 			if winner == p2.PaymentID {
 				loser, loserCh = p1, tc.first
 			}
-			waitFor(t, "the second payment refunded at its channel", 10*time.Second, func() (bool, string) {
+			eventually.Saw(t, 10*time.Second, "the second payment refunded at its channel", func() (bool, string) {
 				s, err := e.sim[loserCh].Query(e.ctx, loser.PaymentID)
 				an := e.anomaliesOf(oid)
 				return err == nil && s.State == payment.Refunded && len(an) == 1 && an[0].Refund == "done",
@@ -211,7 +212,7 @@ func TestChannelOutageMidFlow(t *testing.T) {
 	// routed tries and the active queries of the stuck payments) take wxsim
 	// out of the rotation.
 	e.waitStats("wxsim", "parked the held callbacks", func(s paysim.Stats) bool { return s.Parked == stuck })
-	waitFor(t, "router takes wxsim out", 10*time.Second, func() (bool, string) {
+	eventually.Saw(t, 10*time.Second, "router takes wxsim out", func() (bool, string) {
 		for _, s := range e.n.Payments.Router.States() {
 			if s.Name == "wxsim" {
 				return s.Out && s.Effective == 0, fmt.Sprintf("%+v", s)
@@ -330,7 +331,7 @@ func TestPaymentAfterCancelRefunded(t *testing.T) {
 				t.Fatalf("cancel: %d %s", r.status, r.body)
 			}
 			e.mustPayAtChannel(st) // the payer had the pay page open
-			waitFor(t, "the late payment refunded at its channel", 10*time.Second, func() (bool, string) {
+			eventually.Saw(t, 10*time.Second, "the late payment refunded at its channel", func() (bool, string) {
 				s, err := e.sim[ch].Query(e.ctx, st.PaymentID)
 				an := e.anomaliesOf(oid)
 				return err == nil && s.State == payment.Refunded && len(an) == 1 && an[0].Refund == "done",

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
@@ -53,8 +54,8 @@ func (e *env) channelNotice(channel string, pid int64) payment.Notice {
 	return payment.Notice{Status: st, NoticeID: "test" + fmt.Sprint(time.Now().UnixNano()), Timestamp: time.Now()}
 }
 
-// mustNotify posts n signed by channel and wants the channel's ack.
-func (e *env) mustNotify(channel string, n payment.Notice) {
+// mustCallback posts n signed by channel and wants the channel's ack.
+func (e *env) mustCallback(channel string, n payment.Notice) {
 	e.tb.Helper()
 	h, b := e.mustEncode(channel, n)
 	if r := e.notify(channel, h, b); r.status != 200 || string(r.body) != acks[channel] {
@@ -94,7 +95,7 @@ func (e *env) kept(oid int64) (channel, ledger int64, saw string) {
 // flight settle), and wants that to be want.
 func (e *env) mustConserved(oid, want int64) {
 	e.tb.Helper()
-	waitFor(e.tb, fmt.Sprintf("order %d conserves its money at %d fen", oid, want), 10*time.Second, func() (bool, string) {
+	eventually.Saw(e.tb, 10*time.Second, fmt.Sprintf("order %d conserves its money at %d fen", oid, want), func() (bool, string) {
 		ch, led, saw := e.kept(oid)
 		return ch == led && led == want, saw
 	})
@@ -129,7 +130,7 @@ func (e *env) mustUnpaid(oid int64) {
 func (e *env) waitPayment(oid, pid int64, state string) *payment.Payment {
 	e.tb.Helper()
 	var p *payment.Payment
-	waitFor(e.tb, fmt.Sprintf("payment %d %s", pid, state), 10*time.Second, func() (bool, string) {
+	eventually.Saw(e.tb, 10*time.Second, fmt.Sprintf("payment %d %s", pid, state), func() (bool, string) {
 		p = e.payment(oid, pid)
 		return p.State == state, fmt.Sprintf("%+v", *p)
 	})
@@ -182,7 +183,7 @@ func TestRefundedOutsideBeforeApplied(t *testing.T) {
 			e.console(st.PaymentID, 100)
 			e.queryNow(st.PaymentID)
 			e.waitPayment(oid, st.PaymentID, "reversed")
-			waitFor(t, "the rest refunded by surge", 10*time.Second, func() (bool, string) {
+			eventually.Saw(t, 10*time.Second, "the rest refunded by surge", func() (bool, string) {
 				an := e.anomaliesOf(oid)
 				return len(an) == 1 && an[0].Refund == "done", fmt.Sprintf("%+v", an)
 			})
@@ -207,7 +208,7 @@ func TestRefundedOutsideBeforeApplied(t *testing.T) {
 			e.console(st.PaymentID, 0)
 			e.waitPayment(oid, st.PaymentID, "reversed")
 			e.mustAnomaly(oid, st.PaymentID, "refunded_outside", amount, amount)
-			e.mustNotify(ch, late)
+			e.mustCallback(ch, late)
 			if p := e.payment(oid, st.PaymentID); p.State != "reversed" {
 				t.Errorf("after the late paid callback: payment %s, want reversed", p.State)
 			}
@@ -219,7 +220,7 @@ func TestRefundedOutsideBeforeApplied(t *testing.T) {
 			st := c.mustPay(oid, ch) // the payer never pays
 			n := e.channelNotice(ch, st.PaymentID)
 			n.State, n.Refunded, n.PaidAt = payment.Refunded, n.Amount, time.Now().UTC().Truncate(time.Second)
-			e.mustNotify(ch, n)
+			e.mustCallback(ch, n)
 			if p := e.payment(oid, st.PaymentID); p.State != "reversed" || p.Kept != 0 {
 				t.Errorf("payment %+v; want reversed, kept 0", *p)
 			}
@@ -245,7 +246,7 @@ func TestRefundedOutsideAfterApplied(t *testing.T) {
 		e.mustConserved(oid, amount)
 
 		e.console(st.PaymentID, 100) // surge hears of it from the refund's callback
-		waitFor(t, "the refund recorded", 10*time.Second, func() (bool, string) {
+		eventually.Saw(t, 10*time.Second, "the refund recorded", func() (bool, string) {
 			p := e.payment(oid, st.PaymentID)
 			return p.Refunded == 100, fmt.Sprintf("%+v", *p)
 		})
@@ -253,7 +254,7 @@ func TestRefundedOutsideAfterApplied(t *testing.T) {
 		e.mustConserved(oid, amount-100)
 
 		e.console(st.PaymentID, 0)
-		waitFor(t, "the second refund recorded", 10*time.Second, func() (bool, string) {
+		eventually.Saw(t, 10*time.Second, "the second refund recorded", func() (bool, string) {
 			an := e.anomaliesOf(oid)
 			return len(an) == 1 && an[0].Refunded == amount, fmt.Sprintf("%+v", an)
 		})
@@ -376,7 +377,7 @@ func TestRefundRefusedAsUnknownGivesUp(t *testing.T) {
 		if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oid), c.token, nil, nil); r.status != 200 {
 			t.Fatalf("cancel: %d %s", r.status, r.body)
 		}
-		e.mustNotify(ch, payment.Notice{Status: payment.Status{PaymentID: pid, ChannelTxnID: "T" + fmt.Sprint(pid), State: payment.Paid,
+		e.mustCallback(ch, payment.Notice{Status: payment.Status{PaymentID: pid, ChannelTxnID: "T" + fmt.Sprint(pid), State: payment.Paid,
 			Amount: amount, PaidAt: time.Now().UTC().Truncate(time.Second)}, NoticeID: "never-paid", Timestamp: time.Now()})
 		refund := func() (state string, tries int, msg string) {
 			if err := e.n.DB.ForID(pid).W.QueryRowContext(e.ctx, `SELECT state, attempts, error FROM refunds WHERE payment_id = $1`, pid).
@@ -387,7 +388,7 @@ func TestRefundRefusedAsUnknownGivesUp(t *testing.T) {
 		}
 		// Each refusal puts the next try further off; the test brings it
 		// forward, and the worker tries again within a second.
-		waitFor(t, "the refund given up", 30*time.Second, func() (bool, string) {
+		eventually.Saw(t, 30*time.Second, "the refund given up", func() (bool, string) {
 			if _, err := e.n.DB.ForID(pid).W.ExecContext(e.ctx, `UPDATE refunds SET retry_at = 0 WHERE payment_id = $1 AND state = 'pending'`, pid); err != nil {
 				t.Fatal(err)
 			}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/demo"
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
@@ -344,23 +345,6 @@ func (e *env) notify(channel string, h http.Header, body []byte) resp {
 
 // ---- waiting and reading state
 
-// waitFor polls cond until it holds or timeout passes; cond explains
-// what it saw.
-func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() (bool, string)) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, saw := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not after %v; last saw %s", what, timeout, saw)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (e *env) peek(oid int64) *order.Order {
 	e.tb.Helper()
 	o, err := e.n.Orders.Peek(e.ctx, oid)
@@ -394,7 +378,7 @@ func (e *env) payment(oid, pid int64) *payment.Payment {
 // API would query the channel).
 func (e *env) waitPaid(oid int64, timeout time.Duration) {
 	e.tb.Helper()
-	waitFor(e.tb, fmt.Sprintf("order %d paid", oid), timeout, func() (bool, string) {
+	eventually.Saw(e.tb, timeout, fmt.Sprintf("order %d paid", oid), func() (bool, string) {
 		o := e.peek(oid)
 		return o.Status == order.Paid, string(o.Status)
 	})
@@ -403,7 +387,7 @@ func (e *env) waitPaid(oid int64, timeout time.Duration) {
 // waitStats waits until channel's simulator counters satisfy cond.
 func (e *env) waitStats(channel, what string, cond func(paysim.Stats) bool) {
 	e.tb.Helper()
-	waitFor(e.tb, channel+" "+what, 10*time.Second, func() (bool, string) {
+	eventually.Saw(e.tb, 10*time.Second, channel+" "+what, func() (bool, string) {
 		s := e.n.Sim.Stats(channel)
 		return cond(s), fmt.Sprintf("%+v", s)
 	})
@@ -454,7 +438,7 @@ func (e *env) events(oid int64, typ string) (inOutbox, seen int) {
 func (e *env) mustSettledOnce(oid, pid int64) {
 	e.tb.Helper()
 	e.waitPaid(oid, 10*time.Second)
-	waitFor(e.tb, fmt.Sprintf("order.paid of order %d published and consumed", oid), 10*time.Second, func() (bool, string) {
+	eventually.Saw(e.tb, 10*time.Second, fmt.Sprintf("order.paid of order %d published and consumed", oid), func() (bool, string) {
 		out, seen := e.events(oid, order.EvPaid)
 		return out == 0 && seen >= 1, fmt.Sprintf("%d in the outbox, %d seen", out, seen)
 	})
@@ -525,7 +509,7 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 							answers[i] = e.notify(ch, h.Clone(), body)
 							return
 						}
-						ct, ack, err := e.n.Payments.Notify(e.ctx, ch, h.Clone(), bytes.NewReader(body))
+						ct, ack, err := e.n.Payments.Callback(e.ctx, ch, h.Clone(), bytes.NewReader(body))
 						answers[i] = resp{status: 200, ctype: ct, body: ack}
 						if err != nil {
 							answers[i] = resp{status: 500, body: []byte(err.Error())}

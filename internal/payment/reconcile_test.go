@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
@@ -92,7 +93,7 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	for _, st := range []started{stE1, stE2, stF} {
 		e.mustPayAtChannel(st)
 	}
-	waitFor(t, "E and F refunded", 10*time.Second, func() (bool, string) {
+	eventually.Saw(t, 10*time.Second, "E and F refunded", func() (bool, string) {
 		ae, af := e.anomaliesOf(oidE), e.anomaliesOf(oidF)
 		return len(ae) == 1 && ae[0].Refund == "done" && len(af) == 1 && af[0].Refund == "done", fmt.Sprintf("E %+v F %+v", ae, af)
 	})

@@ -89,7 +89,7 @@ type Service struct {
 }
 
 // CallbackCounts are the callback counters of one node: every callback
-// that reached Notify, and those refused (not acknowledged), all of them
+// that reached Callback, and those refused (not acknowledged), all of them
 // and by reason. A callback refused for another reason (its payment is
 // not ours, the database failed) counts only in Refused.
 type CallbackCounts struct {
@@ -107,7 +107,7 @@ func (s *Service) CallbackCounts() CallbackCounts {
 		Oversized: s.Oversized.Load(), UnknownChannel: s.UnknownChannel.Load()}
 }
 
-// MaxCallbackBody is the largest callback body Notify reads.
+// MaxCallbackBody is the largest callback body Callback reads.
 const MaxCallbackBody = 64 << 10
 
 // New returns the payments centre over channels (routed with weights).
@@ -229,14 +229,14 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
 }
 
-// Notify takes a channel's callback: it reads (at most MaxCallbackBody
+// Callback takes a channel's callback (POST /pay/v1/notify/{channel}): it reads (at most MaxCallbackBody
 // bytes), verifies and parses it, refuses stale ones, and applies what it
 // says (idempotently: a callback repeated any number of times changes
 // state once). It returns the answer the channel expects; an error means
 // "do not acknowledge" (4xx for a forged, stale or oversized callback or
 // an unknown channel). Every callback is counted, and every refusal (see
 // CallbackCounts).
-func (s *Service) Notify(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
+func (s *Service) Callback(ctx context.Context, channel string, h http.Header, body io.Reader) (string, []byte, error) {
 	s.Callbacks.Add(1)
 	ct, ack, err := s.notify(ctx, channel, h, body)
 	if err != nil {

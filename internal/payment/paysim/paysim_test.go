@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
-	"github.com/surge-platform/surge/internal/payment/paysim/paysimtest"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -302,7 +302,7 @@ func TestRunOnlyOnce(t *testing.T) {
 	}
 	s.Pay("wxsim", c.ChannelTxnID)
 	run(t, s)
-	paysimtest.WaitFor(t, "first Run delivering", func() bool { return s.Stats("wxsim").Acked == 1 })
+	eventually.True(t, 10*time.Second, "first Run delivering", func() bool { return s.Stats("wxsim").Acked == 1 })
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel() // should the second Run start after all, it returns at once
 	if err := s.Run(ctx); err == nil {
@@ -320,7 +320,7 @@ func TestMaxAttempts(t *testing.T) {
 	}
 	s.Pay("wxsim", c.ChannelTxnID)
 	run(t, s)
-	paysimtest.WaitFor(t, "gave up", func() bool { return s.Stats("wxsim").GaveUp == 1 })
+	eventually.True(t, 10*time.Second, "gave up", func() bool { return s.Stats("wxsim").GaveUp == 1 })
 	if st := s.Stats("wxsim"); st.Attempts != 3 || st.Failed != 3 || st.Pending != 0 || rcv.n.Load() != 3 {
 		t.Fatalf("stats %+v, %d deliveries", st, rcv.n.Load())
 	}
@@ -356,7 +356,7 @@ func TestShutdownKeepsCallbacks(t *testing.T) {
 		t.Fatalf("after Run: %+v", st)
 	}
 	run(t, s)
-	paysimtest.WaitFor(t, "delivered by the next Run", func() bool { return s.Stats("wxsim").Acked == 1 })
+	eventually.True(t, 10*time.Second, "delivered by the next Run", func() bool { return s.Stats("wxsim").Acked == 1 })
 }
 
 func TestEncodeCallback(t *testing.T) {

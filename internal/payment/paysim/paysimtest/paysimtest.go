@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -166,19 +167,7 @@ func (e *env) stats() paysim.Stats { return e.srv.Stats(e.h.Name) }
 // settled waits until no callback is pending.
 func (e *env) settled() {
 	e.t.Helper()
-	WaitFor(e.t, "no callback pending", func() bool { return e.stats().Pending == 0 })
-}
-
-// WaitFor polls cond every 2 ms until it holds, failing t after 10 s.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	eventually.True(e.t, 10*time.Second, "no callback pending", func() bool { return e.stats().Pending == 0 })
 }
 
 // ---- the merchant's callback endpoint
@@ -256,7 +245,7 @@ func (rc *receiver) verified() []Arrival {
 
 func (e *env) waitVerified(n int) []Arrival {
 	e.t.Helper()
-	WaitFor(e.t, "verified callbacks", func() bool { return len(e.rcv.verified()) >= n })
+	eventually.True(e.t, 10*time.Second, "verified callbacks", func() bool { return len(e.rcv.verified()) >= n })
 	return e.rcv.verified()
 }
 
@@ -532,7 +521,7 @@ func testSlowMerchant(t *testing.T, h Harness) {
 	e.pay(e.create(1, 100))
 	e.waitVerified(1) // payment 1's callback hangs in the merchant
 	e.pay(e.create(2, 200))
-	WaitFor(t, "payment 2 acknowledged while payment 1 hangs", func() bool { return e.stats().Acked == 1 })
+	eventually.True(t, 10*time.Second, "payment 2 acknowledged while payment 1 hangs", func() bool { return e.stats().Acked == 1 })
 	if got := e.rcv.verified(); len(got) != 2 || got[1].Notice.PaymentID != 2 {
 		t.Fatalf("arrivals %+v", got)
 	}
@@ -583,7 +572,7 @@ func testDrop(t *testing.T, h Harness) {
 	e := start(t, h, options{})
 	e.faults(paysim.Faults{DropCallbacks: true})
 	e.pay(e.create(1, 100))
-	WaitFor(t, "callback dropped", func() bool { return e.stats().Dropped == 1 })
+	eventually.True(t, 10*time.Second, "callback dropped", func() bool { return e.stats().Dropped == 1 })
 	if st := e.stats(); st.Pending != 0 || st.Attempts != 0 || len(e.rcv.all()) != 0 {
 		t.Fatalf("stats %+v, %d arrivals", st, len(e.rcv.all()))
 	}
@@ -639,7 +628,7 @@ func testReorderOff(t *testing.T, h Harness) {
 	e := start(t, h, options{reorderWait: 10 * time.Second})
 	e.faults(paysim.Faults{Reorder: true})
 	e.pay(e.create(1, 100))
-	WaitFor(t, "callback held", func() bool { return e.stats().Held == 1 })
+	eventually.True(t, 10*time.Second, "callback held", func() bool { return e.stats().Held == 1 })
 	if len(e.rcv.all()) != 0 {
 		t.Fatal("a held callback was sent")
 	}
@@ -706,7 +695,7 @@ func testOutage(t *testing.T, h Harness) {
 		t.Fatalf("pay during the outage: %v", err)
 	}
 	e.run()
-	WaitFor(t, "callback parked", func() bool { return e.stats().Parked == 1 })
+	eventually.True(t, 10*time.Second, "callback parked", func() bool { return e.stats().Parked == 1 })
 	if len(e.rcv.all()) != 0 {
 		t.Fatal("a callback was sent during the outage")
 	}
@@ -722,7 +711,7 @@ func testOutage(t *testing.T, h Harness) {
 func testWrongKey(t *testing.T, h Harness) {
 	e := start(t, h, options{keys: &h.OtherKeys})
 	e.pay(e.create(1, 100))
-	WaitFor(t, "two refused deliveries", func() bool { return len(e.rcv.all()) >= 2 })
+	eventually.True(t, 10*time.Second, "two refused deliveries", func() bool { return len(e.rcv.all()) >= 2 })
 	for _, a := range e.rcv.all() {
 		if !errors.Is(a.Err, payment.ErrBadSignature) {
 			t.Fatalf("callback signed with another key: %v, want ErrBadSignature", a.Err)
