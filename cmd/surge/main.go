@@ -26,6 +26,7 @@ import (
 	"github.com/surge-platform/surge/internal/demo"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/heapfloor"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -98,6 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 type options struct {
 	node.Config
 	seedDemo     bool
+	heapFloor    int
 	logLevel     string
 	simDuration  time.Duration
 	simCustomers int
@@ -151,6 +153,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.NotifyURL, "notify-url", "", "webhook for customer notifications (signed, retried, behind a breaker); default the simulator's inbox at <pay-url>/paysim/v1/messages; off: none")
 	fs.DurationVar(&o.WSPing, "ws-ping", 25*time.Second, "push: ping a socket idle this long; drop one silent for 3 times it")
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
+	fs.IntVar(&o.heapFloor, "heap-floor-mb", 64, "least heap the Go collector lets grow before collecting, MiB (fewer collections under load, up to that much more memory; 0: GOGC alone)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
 	fs.IntVar(&o.simCustomers, "sim-customers", 16, "demo: simulated customers")
@@ -225,6 +228,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 		return usageError{err}
 	}
 	printConfig(log, o)
+	if o.heapFloor < 0 || o.heapFloor > 1<<20 {
+		return usageError{fmt.Errorf("--heap-floor-mb %d: want 0..%d", o.heapFloor, 1<<20)}
+	}
+	heapfloor.Set(int64(o.heapFloor) << 20)
 	n, err := node.New(ctx, o.Config, log)
 	if err != nil && isDemo && o.Addr == node.Defaults().Addr && strings.Contains(err.Error(), "address already in use") {
 		log.Warn("default address busy, using a free port", "addr", o.Addr)
