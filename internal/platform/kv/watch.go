@@ -26,6 +26,11 @@ import (
 //     that was behind, or the above). The beat is written before a
 //     rebuild, so a loss during the rebuild is found in the next round.
 //
+// A round the store does not answer also leaves a rebuild owed for when it
+// answers again: writes meant for it meanwhile (a paid order's queue entry
+// whose event gave up and went to dead letters) may be missing although
+// the store lost nothing.
+//
 // Any of them calls the rebuild (on every process that finds it, so a
 // rebuild must be idempotent and safe to run on several processes at
 // once), and a rebuild that fails is retried each round until it succeeds.
@@ -121,6 +126,11 @@ func (w *Watch) Check(ctx context.Context) error {
 func (w *Watch) check(ctx context.Context, p *part) error {
 	first := p.beat == 0
 	reason, err := w.lost(ctx, p)
+	if reason != "" {
+		// Owed from now on: a beat that went back is not seen again once
+		// the next beat lands, even if its write reports an error.
+		p.owed = reason
+	}
 	if err == nil {
 		// The fence: the next beat is written before any rebuild. It counts
 		// as written even if the call fails (it may have landed): then the
@@ -131,6 +141,13 @@ func (w *Watch) check(ctx context.Context, p *part) error {
 	if err != nil {
 		if !p.failing && ctx.Err() == nil {
 			w.tell(Event{Name: p.name, Err: err})
+		}
+		if ctx.Err() == nil && p.beat > 0 {
+			// The store did not answer: what was meant to be written to it
+			// meanwhile (a paid order's queue entry whose event then went
+			// to dead letters) may be missing although it lost nothing.
+			// Rebuild once it answers again; rebuilds are idempotent.
+			p.owed = "the store did not answer: rebuilt in case writes were missed meanwhile"
 		}
 		p.failing = true
 		return err
