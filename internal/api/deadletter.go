@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -118,7 +119,12 @@ func (s *Server) replayDeadLetter(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	dl, err := s.DeadLetters.ReplayDeadLetter(r.Context(), uint64(id))
+	// Not cut short by a client that goes away between the publish and
+	// the record: a letter left waiting after its replay went out would
+	// be published again by a later replay.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	defer cancel()
+	dl, err := s.DeadLetters.ReplayDeadLetter(ctx, uint64(id))
 	if err != nil {
 		web.Error(w, r, deadLetterError(err, uint64(id)))
 		return
@@ -132,7 +138,9 @@ func (s *Server) replayDeadLetters(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	n, err := s.DeadLetters.ReplayDeadLetters(r.Context(), consumer)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Minute) // as replayDeadLetter
+	defer cancel()
+	n, err := s.DeadLetters.ReplayDeadLetters(ctx, consumer)
 	if err != nil {
 		web.Error(w, r, err)
 		return

@@ -60,8 +60,9 @@ type Generator struct {
 
 	mu     sync.Mutex
 	node   int64     // guarded by mu
-	leased bool      // ids only until `until` (guarded by mu)
+	leased bool      // ids only until `until` and up to `ceil` (guarded by mu)
 	until  time.Time // local monotonic deadline of the node id lease (guarded by mu)
+	ceil   int64     // last millisecond (since Epoch) the lease allows (guarded by mu)
 	last   int64     // last millisecond used (guarded by mu)
 	seq    int64     // sequence within last (guarded by mu)
 }
@@ -81,11 +82,28 @@ func NewLeased() *Generator { return &Generator{now: time.Now, leased: true} }
 
 // Lease lets a generator made by NewLeased issue ids as node until the
 // local deadline until (from time.Now, so its monotonic reading counts: a
-// paused process wakes up past it). A zero until stops it at once.
-func (g *Generator) Lease(node int, until time.Time) {
+// paused process wakes up past it), with times in (floor, ceil] (unix ms
+// of this process's clock): floor is the bound the node id's previous
+// holder declared, ceil the one this process declared. Ids of two holders
+// of one node id, one after the other, then never share a millisecond,
+// whatever their clocks say. A zero until stops it at once.
+func (g *Generator) Lease(node int, until time.Time, floor, ceil int64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.node, g.until = int64(node&MaxNode), until
+	g.node, g.until, g.ceil = int64(node&MaxNode), until, ceil-Epoch.UnixMilli()
+	if f := floor - Epoch.UnixMilli(); f > g.last {
+		g.last, g.seq = f, maxSeq // the next id in a millisecond after floor
+	}
+}
+
+// Last returns the last millisecond used, as unix ms (0 before any id).
+func (g *Generator) Last() int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.last == 0 {
+		return 0
+	}
+	return g.last + Epoch.UnixMilli()
 }
 
 // Node returns the node id the generator issues ids with.
@@ -109,6 +127,14 @@ func (g *Generator) Next(gene int) (int64, error) {
 			return 0, ErrNoLease
 		}
 		ms := now.Sub(Epoch).Milliseconds()
+		if g.leased && max(ms, g.last) > g.ceil {
+			return 0, ErrNoLease // past the bound this process declared (a clock stepped forward)
+		}
+		if g.leased && g.last-ms > 50 {
+			// Behind the previous holder's bound (its clock was ahead):
+			// refuse rather than hold every caller until ours catches up.
+			return 0, ErrNoLease
+		}
 		switch {
 		case ms > g.last:
 			g.last, g.seq = ms, 0

@@ -107,19 +107,51 @@ func TestLeasedStopsAtItsDeadline(t *testing.T) {
 	if _, err := g.Next(0); !errors.Is(err, ErrNoLease) {
 		t.Fatalf("no lease yet: %v, want ErrNoLease", err)
 	}
-	g.Lease(9, time.Now().Add(time.Hour))
+	g.Lease(9, time.Now().Add(time.Hour), 0, hourAhead())
 	if x := must(t, g, 0); Node(x) != 9 {
 		t.Fatalf("node %d, want 9", Node(x))
 	}
 	// A paused process wakes past its deadline: no id, whatever its wall
 	// clock says, until the lease is renewed.
-	g.Lease(9, time.Now().Add(-time.Millisecond))
+	g.Lease(9, time.Now().Add(-time.Millisecond), 0, hourAhead())
 	if _, err := g.Next(0); !errors.Is(err, ErrNoLease) {
 		t.Fatalf("past the deadline: %v, want ErrNoLease", err)
 	}
-	g.Lease(10, time.Now().Add(time.Hour)) // renewed under another node id
+	g.Lease(10, time.Now().Add(time.Hour), 0, hourAhead()) // renewed under another node id
 	x := must(t, g, 0)
 	if Node(x) != 10 {
 		t.Fatalf("node %d after switching, want 10", Node(x))
+	}
+}
+
+func hourAhead() int64 { return time.Now().Add(time.Hour).UnixMilli() }
+
+// A new holder of a node id issues ids only in milliseconds after the
+// bound its previous holder declared, whatever its own clock says; and
+// none past the bound it declared itself (its clock stepped forward).
+func TestLeasedBounds(t *testing.T) {
+	t.Parallel()
+	g := NewLeased()
+	floor := time.Now().Add(20 * time.Millisecond).UnixMilli() // the previous holder's clock was ahead
+	g.Lease(3, time.Now().Add(time.Hour), floor, hourAhead())
+	for i := range 100 {
+		x, err := g.Next(i)
+		if err != nil {
+			continue // refused while our clock is behind the floor
+		}
+		if ms := Time(x).UnixMilli(); ms <= floor {
+			t.Fatalf("id in millisecond %d, not after the previous holder's bound %d", ms, floor)
+		}
+	}
+	far := time.Now().Add(time.Minute).UnixMilli()
+	g2 := NewLeased()
+	g2.Lease(4, time.Now().Add(time.Hour), far, hourAhead())
+	if _, err := g2.Next(0); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("a clock a minute behind the previous holder's bound: %v, want ErrNoLease, not a wait", err)
+	}
+	g3 := NewLeased()
+	g3.Lease(5, time.Now().Add(time.Hour), 0, time.Now().Add(-time.Second).UnixMilli())
+	if _, err := g3.Next(0); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("past the declared bound: %v, want ErrNoLease", err)
 	}
 }

@@ -125,18 +125,21 @@ func (j *Jobs) Every(ctx context.Context, name string, period time.Duration, f f
 		case <-ctx.Done():
 			<-done
 			c, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			h.Release(c)
+			h.Release(c, 0)
 			cancel()
 			return nil
 		case <-elected:
 			t.Reset(period)
 		case <-t.C:
 		}
+		// Checked and registered under mu: a lease lost in between is
+		// either seen here or cancels this run.
+		mu.Lock()
 		if !h.Valid() {
+			mu.Unlock()
 			continue
 		}
 		rctx, cancel := context.WithCancel(ctx)
-		mu.Lock()
 		cancelRun = cancel
 		mu.Unlock()
 		j.update(name, func(s *JobStats) { s.Runs++; s.LastRun = time.Now().UTC() })

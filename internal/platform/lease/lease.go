@@ -7,14 +7,21 @@
 // with skewed clocks agree on who holds what. A holder additionally keeps
 // a local deadline on its monotonic clock (Held.Valid), started before each
 // renewal was sent and shortened by a margin: a holder that was paused
-// (SIGSTOP, a long GC, a frozen VM) past its deadline knows it may have
-// lost the lease before it asks the database, and stops acting on it.
+// (SIGSTOP, a long GC) past its deadline knows it may have lost the lease
+// before it asks the database, and stops acting on it. (The monotonic
+// clock does not advance while the whole machine or VM is suspended: a
+// suspended holder is not covered.) A node id's holder also leaves a mark,
+// the bound of the ids it may issue on its own clock, and its successor
+// issues ids only above it: a handover never repeats a millisecond, however
+// far apart the two clocks are.
 package lease
 
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -53,24 +60,44 @@ func Owner() string {
 // It reports whether owner holds the lease afterwards. Errors are the
 // database's.
 func (t *Table) Acquire(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	ok, _, err := t.AcquireMarked(ctx, name, owner, ttl, 0)
+	return ok, err
+}
+
+// AcquireMarked is Acquire for a lease whose holder leaves a mark (a node
+// id's: the bound, in unix ms of the holder's clock, of the ids it may
+// issue): it stores mark and returns the previous holder's, 0 if none or
+// if owner held the lease already.
+func (t *Table) AcquireMarked(ctx context.Context, name, owner string, ttl time.Duration, mark int64) (ok bool, prev int64, err error) {
 	now := t.nowMS()
-	n, err := sqldb.Exec(ctx, t.db, `INSERT INTO leases (name, owner, expires_at, taken_at)
-		VALUES ($1, $2, `+now+` + $3, `+now+`)
-		ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
-			taken_at = CASE WHEN leases.owner = excluded.owner THEN leases.taken_at ELSE excluded.taken_at END
-		WHERE leases.owner = excluded.owner OR leases.expires_at < `+now,
-		name, owner, ttl.Milliseconds())
+	err = sqldb.Tx(ctx, t.db, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `INSERT INTO leases (name, owner, expires_at, taken_at, mark, prev_mark)
+			VALUES ($1, $2, `+now+` + $3, `+now+`, CAST($4 AS BIGINT), 0)
+			ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
+				taken_at = CASE WHEN leases.owner = excluded.owner THEN leases.taken_at ELSE excluded.taken_at END,
+				prev_mark = CASE WHEN leases.owner = excluded.owner THEN leases.prev_mark ELSE leases.mark END,
+				mark = excluded.mark
+			WHERE leases.owner = excluded.owner OR leases.expires_at < `+now+`
+			RETURNING prev_mark`, name, owner, ttl.Milliseconds(), mark).Scan(&prev)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil // held by another
+		}
+		ok = err == nil
+		return err
+	})
 	if err != nil {
-		return false, fmt.Errorf("lease %s: %w", name, err)
+		return false, 0, fmt.Errorf("lease %s: %w", name, err)
 	}
-	return n == 1, nil
+	return ok, prev, nil
 }
 
 // Release gives up owner's lease name at once (another process may take it
-// without waiting for it to expire). Releasing a lease owner does not hold
-// does nothing.
-func (t *Table) Release(ctx context.Context, name, owner string) error {
-	if _, err := sqldb.Exec(ctx, t.db, `DELETE FROM leases WHERE name = $1 AND owner = $2`, name, owner); err != nil {
+// without waiting for it to expire), leaving mark (see AcquireMarked; 0
+// keeps the one stored) for the next holder. Releasing a lease owner does
+// not hold does nothing.
+func (t *Table) Release(ctx context.Context, name, owner string, mark int64) error {
+	if _, err := sqldb.Exec(ctx, t.db, `UPDATE leases SET expires_at = 0, mark = CASE WHEN CAST($3 AS BIGINT) > 0 THEN CAST($3 AS BIGINT) ELSE mark END
+		WHERE name = $1 AND owner = $2`, name, owner, mark); err != nil {
 		return fmt.Errorf("release lease %s: %w", name, err)
 	}
 	return nil
@@ -134,10 +161,16 @@ func (h *Held) Name() string { return h.name }
 // refusal it is cleared (another process holds the lease); on an error it
 // is left as it was (the lease may still be ours until then).
 func (h *Held) Acquire(ctx context.Context) (bool, error) {
+	ok, _, err := h.AcquireMarked(ctx, 0)
+	return ok, err
+}
+
+// AcquireMarked is Acquire with a mark (Table.AcquireMarked).
+func (h *Held) AcquireMarked(ctx context.Context, mark int64) (bool, int64, error) {
 	sent := time.Now()
-	ok, err := h.t.Acquire(ctx, h.name, h.owner, h.ttl)
+	ok, prev, err := h.t.AcquireMarked(ctx, h.name, h.owner, h.ttl, mark)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -146,7 +179,7 @@ func (h *Held) Acquire(ctx context.Context) (bool, error) {
 	} else {
 		h.until = time.Time{}
 	}
-	return ok, nil
+	return ok, prev, nil
 }
 
 // Until returns the local deadline (zero when not held).
@@ -162,10 +195,11 @@ func (h *Held) Valid() bool {
 	return !u.IsZero() && time.Now().Before(u)
 }
 
-// Release gives the lease up and clears the local deadline.
-func (h *Held) Release(ctx context.Context) error {
+// Release gives the lease up, leaving mark (0: the one stored), and
+// clears the local deadline.
+func (h *Held) Release(ctx context.Context, mark int64) error {
 	h.mu.Lock()
 	h.until = time.Time{}
 	h.mu.Unlock()
-	return h.t.Release(ctx, h.name, h.owner)
+	return h.t.Release(ctx, h.name, h.owner, mark)
 }

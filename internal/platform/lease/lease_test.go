@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/lease"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
@@ -106,16 +107,16 @@ func TestRenewExpireRelease(t *testing.T) {
 		if ok, _ := a.Acquire(ctx); ok || a.Valid() {
 			t.Fatal("a took back b's live lease")
 		}
-		if err := b.Release(ctx); err != nil {
+		if err := b.Release(ctx, 0); err != nil {
 			t.Fatal(err)
 		}
 		if ok, err := a.Acquire(ctx); !ok || err != nil {
 			t.Fatalf("a after b released: %v %v", ok, err)
 		}
-		if err := b.Release(ctx); err != nil { // b's release of a's lease does nothing
+		if err := b.Release(ctx, 0); err != nil { // b's release of a's lease does nothing
 			t.Fatal(err)
 		}
-		if hs, _ := tab.List(ctx, "job:"); len(hs) != 1 || hs[0].Owner != "a" {
+		if hs, _ := tab.List(ctx, "job:"); len(hs) != 1 || hs[0].Owner != "a" || !hs[0].Live {
 			t.Fatalf("b's release removed a's lease: %+v", hs)
 		}
 	})
@@ -328,6 +329,79 @@ func TestNodeIDPausedPastItsLease(t *testing.T) {
 				t.Fatal("the woken process never got a new node id")
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// A node id handed from one process to the next (a clean stop, then a
+// start) carries the first one's bound: the second issues ids only in
+// later milliseconds, even with a clock seconds behind the first one's.
+func TestNodeIDHandoverAcrossSkewedClocks(t *testing.T) {
+	t.Parallel()
+	engines(t, func(t *testing.T, tab *lease.Table) {
+		ctx := context.Background()
+		ga := id.NewLeased()
+		a, err := lease.LeaseNodeID(ctx, tab, "first", 7, time.Second, ga, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last int64
+		for range 50 {
+			x, err := ga.Next(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = x
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		gb := id.NewLeased()
+		if _, err := lease.LeaseNodeID(ctx, tab, "second", 7, time.Second, gb, slog.Default()); err != nil {
+			t.Fatalf("node id 7 after a clean stop: %v", err)
+		}
+		eventually.True(t, 5*time.Second, "an id from the second holder", func() bool {
+			x, err := gb.Next(0)
+			if err != nil {
+				return false
+			}
+			if id.Time(x).UnixMilli() <= id.Time(last).UnixMilli() || x <= last {
+				t.Fatalf("second holder's id %d (%v) not after the first holder's last %d (%v)", x, id.Time(x), last, id.Time(last))
+			}
+			return true
+		})
+	})
+}
+
+// The bound a holder leaves reaches the next holder's generator: a
+// previous holder whose clock ran an hour ahead leaves a bound the new one
+// cannot issue ids under until its own clock passes it (refused, not
+// repeated).
+func TestNodeIDBoundReachesTheNextHolder(t *testing.T) {
+	t.Parallel()
+	engines(t, func(t *testing.T, tab *lease.Table) {
+		ctx := context.Background()
+		ahead := time.Now().Add(time.Hour).UnixMilli()
+		if ok, _, err := tab.AcquireMarked(ctx, "node:9", "ahead", time.Second, ahead); !ok || err != nil {
+			t.Fatalf("acquire: %v %v", ok, err)
+		}
+		if err := tab.Release(ctx, "node:9", "ahead", ahead); err != nil {
+			t.Fatal(err)
+		}
+		g := id.NewLeased()
+		if _, err := lease.LeaseNodeID(ctx, tab, "behind", 9, time.Second, g, slog.Default()); err != nil {
+			t.Fatal(err)
+		}
+		if x, err := g.Next(0); !errors.Is(err, id.ErrNoLease) {
+			t.Fatalf("an id (%v) below the previous holder's bound %v: %v", id.Time(x), time.UnixMilli(ahead), err)
+		}
+		// Another id is unaffected.
+		g2 := id.NewLeased()
+		if _, err := lease.LeaseNodeID(ctx, tab, "other", 10, time.Second, g2, slog.Default()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g2.Next(0); err != nil {
+			t.Fatalf("a fresh node id: %v", err)
 		}
 	})
 }

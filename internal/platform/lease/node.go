@@ -65,13 +65,14 @@ func (n *NodeID) take(ctx context.Context, want int) error {
 	}
 	for node := from; node <= to; node++ {
 		h := n.t.Hold(nodeLease(node), n.owner, n.ttl)
-		ok, err := h.Acquire(ctx)
+		mark := n.mark()
+		ok, prev, err := h.AcquireMarked(ctx, mark)
 		if err != nil {
 			return fmt.Errorf("lease node id: %w", err)
 		}
 		if ok {
 			n.held, n.node = h, node
-			n.gen.Lease(node, h.Until())
+			n.gen.Lease(node, h.Until(), prev, mark)
 			return nil
 		}
 	}
@@ -108,7 +109,8 @@ func (n *NodeID) Keep(ctx context.Context) error {
 		case <-t.C:
 		}
 		c, cancel := context.WithTimeout(ctx, n.ttl/5)
-		ok, err := n.held.Acquire(c)
+		mark := n.mark()
+		ok, prev, err := n.held.AcquireMarked(c, mark)
 		if err == nil && !ok && !n.fixed {
 			n.log.Warn("node id lease taken by another process; leasing another", "node_id", n.node)
 			err = n.take(c, -1)
@@ -123,10 +125,10 @@ func (n *NodeID) Keep(ctx context.Context) error {
 			}
 			failing = true
 			if errors.Is(err, ErrNodeTaken) {
-				n.gen.Lease(n.node, time.Time{})
+				n.gen.Lease(n.node, time.Time{}, 0, 0)
 			}
 		case !ok:
-			n.gen.Lease(n.node, time.Time{})
+			n.gen.Lease(n.node, time.Time{}, 0, 0)
 			if !failing {
 				n.log.Error("node id lease taken by another process; this node issues no ids", "node_id", n.node)
 			}
@@ -136,7 +138,7 @@ func (n *NodeID) Keep(ctx context.Context) error {
 				n.log.Info("node id lease renewed", "node_id", n.node)
 			}
 			failing = false
-			n.gen.Lease(n.node, n.held.Until())
+			n.gen.Lease(n.node, n.held.Until(), prev, mark) // prev: our own predecessor's (a floor only ever raises)
 		}
 	}
 }
@@ -144,6 +146,12 @@ func (n *NodeID) Keep(ctx context.Context) error {
 // Release stops the generator and gives the node id up, so that the next
 // process may have it at once.
 func (n *NodeID) Release(ctx context.Context) error {
-	n.gen.Lease(n.node, time.Time{})
-	return n.held.Release(ctx)
+	n.gen.Lease(n.node, time.Time{}, 0, 0)
+	// The next holder starts above every id this one made.
+	return n.held.Release(ctx, max(n.gen.Last(), time.Now().UnixMilli()))
 }
+
+// mark is the bound this process declares on the ids it may issue under
+// a lease it takes or renews now: its clock plus the lease's ttl (its
+// local deadline ends before that).
+func (n *NodeID) mark() int64 { return time.Now().Add(n.ttl).UnixMilli() }

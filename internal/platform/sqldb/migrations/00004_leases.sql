@@ -7,7 +7,11 @@ CREATE TABLE leases (
     name       TEXT   PRIMARY KEY,
     owner      TEXT   NOT NULL,
     expires_at BIGINT NOT NULL,
-    taken_at   BIGINT NOT NULL
+    taken_at   BIGINT NOT NULL,
+    -- Node ids: the holder's bound on the ids it may issue (unix ms of its
+    -- own clock), and its predecessor's, which a new holder starts above.
+    mark       BIGINT NOT NULL DEFAULT 0,
+    prev_mark  BIGINT NOT NULL DEFAULT 0
 );
 
 -- +goose Down
