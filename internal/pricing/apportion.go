@@ -3,19 +3,20 @@ package pricing
 import "math/bits"
 
 // apportion splits d fen over lines whose amounts are given, in proportion
-// to those amounts, and returns each line's share.
+// to those amounts, and returns each line's share. keys are the lines' skus
+// (distinct): they break ties, so the order of the lines changes nothing.
 //
 // Rounding (the one rule used for every spread in this package):
 //   - each line first gets floor(d × amount / sum) fen;
 //   - the remainder (fewer fen than there are lines) goes to the line with
-//     the largest amount, ties to the first such line;
+//     the largest amount, ties to the smaller sku;
 //   - a line never gets more than its own amount: if the remainder does not
 //     fit on the largest line, what is left goes to the next largest (same
 //     tie rule), and so on. It always fits because d <= sum.
 //
 // Precondition: 0 <= d <= sum(amounts), every amount >= 0. A zero-amount
 // line (a gift) gets 0. The shares add up to exactly d.
-func apportion(d int64, amounts []int64) []int64 {
+func apportion(d int64, amounts, keys []int64) []int64 {
 	shares := make([]int64, len(amounts))
 	var sum int64
 	for _, a := range amounts {
@@ -35,7 +36,7 @@ func apportion(d int64, amounts []int64) []int64 {
 	for rest > 0 {
 		best := -1
 		for i, a := range amounts {
-			if shares[i] < a && (best < 0 || a > amounts[best]) {
+			if shares[i] < a && (best < 0 || a > amounts[best] || a == amounts[best] && keys[i] < keys[best]) {
 				best = i
 			}
 		}

@@ -4,7 +4,7 @@
 // touched, and the reason why each promotion or coupon that did not apply
 // did not. It does no I/O and reads no clock (the time is an argument): the
 // same input always gives the same result, whatever the order of the
-// promotions and coupons. Money is int64 fen throughout; no floats.
+// promotions, coupons and cart lines. Money is int64 fen throughout; no floats.
 //
 // # Stacking order
 //
@@ -37,7 +37,7 @@
 //     first order, coupons) is apportioned over those lines in proportion to
 //     their current amounts: each line gets floor(d × amount / base), and
 //     the remainder goes to the line with the largest amount (ties: the
-//     first in the cart); if that line cannot take it all without going
+//     smaller sku, so that the order of the lines changes nothing); if that line cannot take it all without going
 //     below zero, the rest goes to the next largest, and so on.
 //   - A discount is at most the amount it applies to, so no line and no
 //     order is ever negative, and the lines always add up exactly to the

@@ -101,12 +101,14 @@ func (p *pricer) available(storeID int64, w Window) string {
 func (p *pricer) spread(d int64, in func(LineResult) bool) plan {
 	idx, amounts := p.eligible(in)
 	var base int64
-	for _, a := range amounts {
+	keys := make([]int64, len(idx))
+	for k, a := range amounts {
 		base += a
+		keys[k] = p.lines[idx[k]].SKU
 	}
 	d = min(d, base)
 	pl := plan{off: d, value: d, shares: make([]int64, len(p.lines))}
-	for k, s := range apportion(d, amounts) {
+	for k, s := range apportion(d, amounts, keys) {
 		pl.shares[idx[k]] = s
 	}
 	return pl
