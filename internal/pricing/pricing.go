@@ -11,7 +11,10 @@
 // Promotions of the same kind exclude each other: each candidate is
 // evaluated on the cart as it stands at its step and the one that takes the
 // most off applies (ties: the smaller id); the others are reported as
-// "outdone". Different kinds stack, in this order:
+// "outdone". Exclusion is per order for every kind, item-level ones too: two
+// percentage promotions on different skus do not both apply, so an operator
+// who wants several skus discounted lists them in one promotion. Different
+// kinds stack, in this order:
 //
 //  1. special price (item level): the allowed quantity of a sku is priced
 //     at the special price, the rest at the list price;
@@ -43,7 +46,18 @@
 //     order is ever negative, and the lines always add up exactly to the
 //     order's payable.
 //
-// A line's Payable is what a refund of that line gives back.
+// A line's Payable is what a refund of that line gives back (Result.Refund).
+//
+// The seeds' example (002, 2.1.3 价格分摊): 30.00 + 40.00 + 50.00 with
+// 满99减9 is 120.00 minus 9.00 = 111.00, the lines 27.75 + 37.00 + 46.25
+// (9.00 in proportion: 2.25 + 3.00 + 3.75, no remainder). The seed's own per-line
+// figures (27.27 + 36.36 + 47.37) multiply every line by (99-9)/99 cut to
+// four decimals, the threshold instead of the cart's 120.00, and put the
+// 1.92 this loses on the largest line; they are not proportional and would
+// refund 27.27 for a 30.00 line that cost the customer 27.75. This package
+// keeps the seed's rule for the remainder (the largest line) but computes
+// the shares from the cart's own amounts, so the remainder is always less
+// than one fen per line.
 //
 // # Applicability
 //
@@ -77,18 +91,18 @@ var (
 	ErrTooManyCoupons   = errkind.New(errkind.Invalid, "too_many_coupons", "at most one platform coupon and one store coupon per order")
 )
 
-// Kind names a kind of discount. The coupon kinds all have the kind Coupon
-// in results; CouponKind tells them apart on the coupon itself.
+// Kind names a kind of discount in results. Coupons are StoreCoupon or
+// PlatformCoupon whatever their CouponKind (amount, percent, threshold).
 type Kind string
 
 const (
-	SpecialPrice Kind = "special_price"
-	Percent      Kind = "percent"
-	Gift         Kind = "gift"
-	Threshold    Kind = "threshold"
-	FirstOrder   Kind = "first_order"
-	StoreCoupon  Kind = "store_coupon"
-	PlatCoupon   Kind = "platform_coupon"
+	SpecialPrice   Kind = "special_price"
+	Percent        Kind = "percent"
+	Gift           Kind = "gift"
+	Threshold      Kind = "threshold"
+	FirstOrder     Kind = "first_order"
+	StoreCoupon    Kind = "store_coupon"
+	PlatformCoupon Kind = "platform_coupon"
 )
 
 // Reasons a promotion or coupon did not apply.
@@ -186,11 +200,12 @@ type Promotion struct {
 type CouponKind string
 
 const (
-	AmountOff     CouponKind = "amount"    // Off fen off
-	PercentOff    CouponKind = "percent"   // Percent off, at most Cap fen (0: no cap)
-	ThresholdOff  CouponKind = "threshold" // Off fen off from Min fen (满 Min 减 Off)
-	maxPercentage            = 100
+	AmountOff    CouponKind = "amount"    // Off fen off
+	PercentOff   CouponKind = "percent"   // Percent off, at most Cap fen (0: no cap)
+	ThresholdOff CouponKind = "threshold" // Off fen off from Min fen (满 Min 减 Off)
 )
+
+const maxPercentage = 100
 
 // Coupon is one coupon the customer holds and chose for this order. A store
 // coupon (StoreID set) is valid only in that store; a platform coupon
@@ -215,7 +230,7 @@ func (c Coupon) kind() Kind {
 	if c.StoreID != 0 {
 		return StoreCoupon
 	}
-	return PlatCoupon
+	return PlatformCoupon
 }
 
 // Discount is one discount: on the order (Amount is its total) or on a line

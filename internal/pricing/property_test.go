@@ -152,7 +152,7 @@ func TestPriceProperties(t *testing.T) {
 		}
 	}
 	// The generator must reach every kind, or the properties prove little.
-	for _, k := range []Kind{SpecialPrice, Percent, Gift, Threshold, FirstOrder, StoreCoupon, PlatCoupon} {
+	for _, k := range []Kind{SpecialPrice, Percent, Gift, Threshold, FirstOrder, StoreCoupon, PlatformCoupon} {
 		if applied[k] < 50 {
 			t.Errorf("kind %s applied only %d times in 3000 random carts", k, applied[k])
 		}
