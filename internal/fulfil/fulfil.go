@@ -81,6 +81,10 @@ func storeGene(storeID int64) int { return int(uint64(storeID) * 0x9E3779B97F4A7
 // forStore is the database holding a store's fulfilment records.
 func (s *Service) forStore(storeID int64) *sqldb.DB { return s.c.ForGene(storeGene(storeID)) }
 
+// freshGap is how far ahead a store's lost seq counter starts again: the
+// clocks of fulfil nodes must agree better than that.
+const freshGap = time.Minute
+
 func queueKey(storeID int64) string { return "fulfil:new:" + strconv.FormatInt(storeID, 10) }
 func seqKey(storeID int64) string   { return "fulfil:seq:" + strconv.FormatInt(storeID, 10) }
 
@@ -133,7 +137,15 @@ func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) erro
 // every seq handed out before, so a POS still holding a cursor from
 // before cannot acknowledge new orders with it.
 func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
-	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10), s.now().UnixMicro())
+	// A counter lost with the kv store starts a minute ahead: seqs after a
+	// loss then lie above every seq handed out before it, even by a node
+	// whose clock ran ahead (by less than that), so a POS's old cursor
+	// never acknowledges an entry it was not shown. (A loss within a minute
+	// of a store's first order is not covered: its counter began ahead
+	// too. ZAck's guard still covers a cursor above the counter.)
+	now := s.now()
+	seq, err := s.kv.ZAppend(ctx, queueKey(storeID), seqKey(storeID), strconv.FormatInt(orderID, 10),
+		now.UnixMicro(), now.Add(freshGap).UnixMicro())
 	if err != nil {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}

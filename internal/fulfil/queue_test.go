@@ -229,3 +229,55 @@ func TestAckUnavailable(t *testing.T) {
 		t.Fatalf("Take with kv frozen: %v, want ErrUnavailable", err)
 	}
 }
+
+// TestCursorFromBeforeTheLossClockAhead: the orders before the loss were
+// queued by a node whose clock ran 5 s ahead; after the loss another node
+// queues with its own clock and the counter moves on well past the POS's
+// old cursor before the POS comes back. The old cursor must still
+// acknowledge nothing it was not shown: a lost counter starts a minute
+// ahead (freshGap), above anything a clock that far off handed out.
+func TestCursorFromBeforeTheLossClockAhead(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	// The store's queue was started long ago (a fresh counter starts a
+	// gap ahead, so a loss within the gap of that start is not covered).
+	long := time.Now().Add(-10 * time.Minute)
+	s.now = func() time.Time { return long }
+	mustTake(t, s, 100, 1001)
+	mustAck(t, s, 1001, queuedSeq(t, s, 1001, 100), queuedSeq(t, s, 1001, 100))
+	ahead := time.Now().Add(5 * time.Second)
+	s.now = func() time.Time { return ahead }
+	mustTake(t, s, 1, 1001)
+	cursor := queuedSeq(t, s, 1001, 1) // the POS has seen order 1
+
+	loseKV(t, s)
+	s.now = time.Now
+	mustTake(t, s, 2, 1001) // paid after the loss, on a node with the right time
+	if err := s.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for o := int64(3); o <= 20; o++ { // the counter moves on
+		mustTake(t, s, o, 1001)
+	}
+	now, _ := queued(t, s, 1001, 0)
+	if now[2] <= cursor {
+		t.Fatalf("seq %d of an order paid after the loss is not above the old cursor %d", now[2], cursor)
+	}
+	mustAck(t, s, 1001, cursor, cursor)
+	_, order := queued(t, s, 1001, cursor)
+	// 2, the rebuilt 1 and 100 (seen, not accepted: shown again), 3..20.
+	if len(order) != 21 || order[0] != 2 {
+		t.Fatalf("after the old cursor's ack: %v, want order 2 first and all 21 still queued", order)
+	}
+}
+
+func queuedSeq(t *testing.T, s *Service, storeID, orderID int64) int64 {
+	t.Helper()
+	seqs, _ := queued(t, s, storeID, 0)
+	seq, ok := seqs[orderID]
+	if !ok {
+		t.Fatalf("order %d not queued", orderID)
+	}
+	return seq
+}

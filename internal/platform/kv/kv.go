@@ -113,14 +113,20 @@ type Store interface {
 	// restarted empty, a failover to a replica that was behind): a caller
 	// passing the time in microseconds gets scores above every score handed
 	// out before the loss, as long as its clock agrees with the clocks of
-	// the processes that appended then. Pass 0 for plain 1, 2, 3 ...
+	// the processes that appended then. fresh is the least score when the
+	// counter is missing (new, or lost): passing the time plus an
+	// allowance for clocks that disagree (fulfil: a minute) puts the scores
+	// after a loss above every score handed out before it, whichever
+	// process handed them out (unless the loss comes within that allowance
+	// of the counter's first start, which began ahead by it too). Pass 0, 0
+	// for plain 1, 2, 3 ...
 	//
 	// Errors: ErrNotInteger if counter holds a value that is not an
 	// integer, ErrWrongType if key or counter holds the other kind,
 	// ErrScoreRange if the new score would lie outside [MinScore,
 	// MaxScore]. (On Redis both keys must be in one hash slot for a
 	// cluster.)
-	ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error)
+	ZAppend(ctx context.Context, key, counter, member string, floor, fresh int64) (int64, error)
 	// ZAck is ZTrim for a set filled by ZAppend on counter: it removes
 	// every member with score <= upTo, but only if upTo is at most the
 	// integer at counter (missing = 0), i.e. a score ZAppend has handed

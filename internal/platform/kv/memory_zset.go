@@ -121,7 +121,7 @@ func (m *Memory) ZAdd(_ context.Context, key string, score int64, member string)
 
 // ZAppend implements Store. Appends are serialised, so scores become
 // visible in the order they are handed out.
-func (m *Memory) ZAppend(_ context.Context, key, counter, member string, floor int64) (int64, error) {
+func (m *Memory) ZAppend(_ context.Context, key, counter, member string, floor, fresh int64) (int64, error) {
 	m.appendMu.Lock()
 	defer m.appendMu.Unlock()
 	now := m.now()
@@ -145,6 +145,9 @@ func (m *Memory) ZAppend(_ context.Context, key, counter, member string, floor i
 	cs.mu.Lock()
 	cur, err := cs.counterLocked(counter, now)
 	score := max(cur+1, floor)
+	if _, present := cs.lookupLocked(counter, now); !present {
+		score = max(score, fresh)
+	}
 	switch {
 	case err != nil:
 	case cur == maxInt64 || score < MinScore || score > MaxScore:

@@ -68,7 +68,8 @@ if v then
 end`
 
 // appendScript implements ZAppend: KEYS[1] the set, KEYS[2] the counter,
-// ARGV[1] the member, ARGV[2] the floor. It returns the member's score, or
+// ARGV[1] the member, ARGV[2] the floor, ARGV[3] the least score of a
+// missing counter. It returns the member's score, or
 // an error reply "ERR score out of range". Lua numbers are doubles, exact
 // for every score in range; a number passed to redis.call is formatted
 // with 17 significant digits, so it stays exact too.
@@ -79,6 +80,9 @@ if have then
 end
 ` + readCounter + `
 local s = math.max(cur + 1, tonumber(ARGV[2]))
+if not v then
+  s = math.max(s, tonumber(ARGV[3]))
+end
 if s > ` + maxScoreLua + ` or s < -` + maxScoreLua + ` then
   return redis.error_reply('ERR score out of range')
 end
@@ -238,11 +242,11 @@ func (r *Redis) ZAdd(ctx context.Context, key string, score int64, member string
 
 // ZAppend implements Store with a Lua script (ZSCORE, then GET, INCRBY
 // and ZADD).
-func (r *Redis) ZAppend(ctx context.Context, key, counter, member string, floor int64) (int64, error) {
+func (r *Redis) ZAppend(ctx context.Context, key, counter, member string, floor, fresh int64) (int64, error) {
 	ctx, cancel := r.bound(ctx)
 	defer cancel()
 	s, err := appendScript.Exec(ctx, r.client, []string{r.key(key), r.key(counter)},
-		[]string{member, strconv.FormatInt(outside(floor), 10)}).AsInt64()
+		[]string{member, strconv.FormatInt(outside(floor), 10), strconv.FormatInt(outside(fresh), 10)}).AsInt64()
 	if err != nil {
 		return 0, fmt.Errorf("kv: zappend %q counter %q: %w", key, counter, classify(err))
 	}

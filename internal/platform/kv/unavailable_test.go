@@ -23,7 +23,7 @@ var ops = []struct {
 	{"IncrBy", func(ctx context.Context, s kv.Store) error { _, err := s.IncrBy(ctx, "n", 1); return err }},
 	{"Take", func(ctx context.Context, s kv.Store) error { _, _, err := s.Take(ctx, "n", 1); return err }},
 	{"ZAdd", func(ctx context.Context, s kv.Store) error { return s.ZAdd(ctx, "z", 1, "m") }},
-	{"ZAppend", func(ctx context.Context, s kv.Store) error { _, err := s.ZAppend(ctx, "z", "c", "m", 0); return err }},
+	{"ZAppend", func(ctx context.Context, s kv.Store) error { _, err := s.ZAppend(ctx, "z", "c", "m", 0, 0); return err }},
 	{"ZAck", func(ctx context.Context, s kv.Store) error { _, _, err := s.ZAck(ctx, "z", "c", 1); return err }},
 	{"ZAfter", func(ctx context.Context, s kv.Store) error { _, err := s.ZAfter(ctx, "z", 0, 10); return err }},
 	{"ZTrim", func(ctx context.Context, s kv.Store) error { _, err := s.ZTrim(ctx, "z", 1); return err }},

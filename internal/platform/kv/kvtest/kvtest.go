@@ -956,7 +956,7 @@ func testZAppend(t *testing.T, s kv.Store) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", w, i), 0); err != nil {
+				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", w, i), 0, 0); err != nil {
 					t.Errorf("ZAppend: %v", err)
 					return
 				}
@@ -982,7 +982,7 @@ func testZAppend(t *testing.T, s kv.Store) {
 	if err := s.Set(ctx(t), counter, []byte("x"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ZAppend(ctx(t), key, counter, "bad", 0); !errors.Is(err, kv.ErrNotInteger) {
+	if _, err := s.ZAppend(ctx(t), key, counter, "bad", 0, 0); !errors.Is(err, kv.ErrNotInteger) {
 		t.Fatalf("ZAppend on a non-integer counter = %v; want ErrNotInteger", err)
 	}
 }
@@ -994,7 +994,7 @@ func scored(score int64, member string) kv.Scored {
 
 func mustZAppend(t *testing.T, s kv.Store, key, counter, member string, floor, want int64) {
 	t.Helper()
-	got, err := s.ZAppend(ctx(t), key, counter, member, floor)
+	got, err := s.ZAppend(ctx(t), key, counter, member, floor, 0)
 	if err != nil || got != want {
 		t.Fatalf("ZAppend(%q, %q, %q, floor %d) = %d, %v; want %d", key, counter, member, floor, got, err, want)
 	}
@@ -1030,6 +1030,23 @@ func testZAppendFloor(t *testing.T, s kv.Store) {
 	mustZAppend(t, s, "zfloor-3", "zfloor-3-seq", "max", 0, kv.MaxScore)
 	mustZAfter(t, s, "zfloor-3", 0, 10, []kv.Scored{scored(kv.MaxScore-1, "near"), scored(kv.MaxScore, "max")})
 	mustGet(t, s, "zfloor-3-seq", strconv.FormatInt(kv.MaxScore, 10))
+
+	// fresh: the least score of a missing counter only.
+	fresh := func(key, counter, member string, floor, fresh, want int64) {
+		t.Helper()
+		if got, err := s.ZAppend(ctx(t), key, counter, member, floor, fresh); err != nil || got != want {
+			t.Fatalf("ZAppend(%s, floor %d, fresh %d) = %d, %v; want %d", member, floor, fresh, got, err, want)
+		}
+	}
+	fresh("zfresh", "zfresh-seq", "a", 10, 500, 500) // missing: the fresh score
+	fresh("zfresh", "zfresh-seq", "b", 10, 900, 501) // present: fresh is ignored
+	fresh("zfresh", "zfresh-seq", "c", 700, 900, 700)
+	if err := s.Del(ctx(t), "zfresh-seq"); err != nil {
+		t.Fatal(err)
+	}
+	fresh("zfresh", "zfresh-seq", "d", 10, 2000, 2000) // lost: above every score before
+	fresh("zfresh", "zfresh-seq", "a", 10, 9000, 500)  // a member present keeps its score
+	mustGet(t, s, "zfresh-seq", "2000")
 }
 
 // testZAppendKeepsMember: a member already in the set keeps its score and
@@ -1069,7 +1086,7 @@ func testZAppendErrors(t *testing.T, s kv.Store) {
 		{"counter at the top", "zerr-6", "zerr-max", 0, kv.ErrScoreRange},
 	}
 	for _, tt := range tests {
-		if got, err := s.ZAppend(ctx(t), tt.key, tt.counter, "m", tt.floor); !errors.Is(err, tt.want) {
+		if got, err := s.ZAppend(ctx(t), tt.key, tt.counter, "m", tt.floor, 0); !errors.Is(err, tt.want) {
 			t.Errorf("%s: ZAppend = %d, %v; want %v", tt.name, got, err, tt.want)
 		}
 	}
@@ -1113,14 +1130,14 @@ func testZAppendSameMembersRace(t *testing.T, s kv.Store) {
 		if i == rebuilders { // new members
 			for k := range fresh {
 				m := fmt.Sprintf("new-%03d", k)
-				sc, err := s.ZAppend(ctx(t), key, counter, m, 0)
+				sc, err := s.ZAppend(ctx(t), key, counter, m, 0, 0)
 				record(m, sc, err)
 			}
 			return
 		}
 		for _, k := range rand.Perm(old) {
 			m := fmt.Sprintf("old-%03d", k)
-			sc, err := s.ZAppend(ctx(t), key, counter, m, 0)
+			sc, err := s.ZAppend(ctx(t), key, counter, m, 0, 0)
 			record(m, sc, err)
 		}
 	})
@@ -1201,7 +1218,7 @@ func testZAckRace(t *testing.T, s kv.Store) {
 	race(writers+1, func(i int) {
 		if i < writers {
 			for k := range each {
-				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", i, k), 0); err != nil {
+				if _, err := s.ZAppend(ctx(t), key, counter, fmt.Sprintf("%d-%d", i, k), 0, 0); err != nil {
 					t.Errorf("ZAppend: %v", err)
 					return
 				}
