@@ -279,7 +279,7 @@ func printConfig(log *slog.Logger, o options) {
 	c.DB = dbs
 	c.KV, c.Bus = sqldb.Mask(c.KV), sqldb.Mask(c.Bus)
 	b, _ := json.Marshal(c)
-	log.Info("config", "effective", json.RawMessage(b), "seed_demo", o.seedDemo, "log_level", o.logLevel)
+	log.Info("config", "effective", json.RawMessage(b), "seed_demo", o.seedDemo, "log_level", o.logLevel, "heap_floor_mb", o.heapFloor)
 }
 
 func mask(s string) string {
