@@ -255,7 +255,10 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 	if !menu.Store.Open {
 		return Created{}, false, ErrStoreClosed.With("store %d is closed", req.StoreID)
 	}
-	now := s.now()
+	// In milliseconds, as stored: the expiry timer is scheduled from the
+	// same expires_at the order keeps (from a finer one it was a second
+	// late when the millisecond fell on a whole second: a CI run caught it).
+	now := s.now().Truncate(time.Millisecond)
 	o := Order{ID: orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL)}
 	var limited []inventory.Line
