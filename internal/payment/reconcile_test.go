@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,5 +185,49 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 		if an := e.anomaliesOf(p.oid); p.oid != oidD && len(an) != 0 {
 			t.Errorf("order %d: anomalies %+v", p.oid, an)
 		}
+	}
+}
+
+// Daily reconciliation runs from 00:10 UTC for the previous day, once: the
+// day done is recorded, so a second call (another leader) does nothing,
+// and a day whose channel failed is tried again at the next call, never
+// skipped.
+func TestReconcileDueOncePerDay(t *testing.T) {
+	t.Parallel()
+	e := mustStart(t, envOpts{})
+	var mu sync.Mutex
+	now := time.Date(2030, 3, 5, 0, 5, 0, 0, time.UTC)
+	payment.SetNow(e.n.Payments, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	at := func(t time.Time) { mu.Lock(); now = t; mu.Unlock() }
+	done := func() string {
+		var v string
+		e.n.DB.Main().R.QueryRowContext(e.ctx, `SELECT value FROM settings WHERE name = 'reconciled_through'`).Scan(&v)
+		return v
+	}
+	before := done()
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != before {
+		t.Fatalf("at 00:05: %v, reconciled through %q (was %q); want nothing before 00:10", err, done(), before)
+	}
+	at(time.Date(2030, 3, 5, 0, 15, 0, 0, time.UTC))
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-04" {
+		t.Fatalf("at 00:15: %v, reconciled through %q; want 2030-03-04", err, done())
+	}
+	// The channels down: a repeat for the same day must not even ask them.
+	for _, ch := range channels {
+		e.mustFaults(ch, paysim.Faults{Outage: true})
+	}
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil {
+		t.Fatalf("a second call the same day asked the channels: %v", err)
+	}
+	// The next day, with the channels down: not recorded, tried again.
+	at(time.Date(2030, 3, 6, 0, 20, 0, 0, time.UTC))
+	if err := e.n.Payments.ReconcileDue(e.ctx); err == nil || done() != "2030-03-04" {
+		t.Fatalf("with the channels down: %v, reconciled through %q; want an error and 2030-03-04", err, done())
+	}
+	for _, ch := range channels {
+		e.mustFaults(ch, paysim.Faults{})
+	}
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-05" {
+		t.Fatalf("channels back: %v, reconciled through %q; want 2030-03-05", err, done())
 	}
 }

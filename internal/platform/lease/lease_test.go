@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/eventually"
+	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/lease"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
 )
 
@@ -404,4 +406,41 @@ func TestNodeIDBoundReachesTheNextHolder(t *testing.T) {
 			t.Fatalf("a fresh node id: %v", err)
 		}
 	})
+}
+
+// A node cut off from the database keeps running: its generator issues ids
+// until the lease's local deadline, then refuses (Unavailable: a 503 at the
+// edge), and Keep goes on trying instead of stopping the node.
+func TestNodeIDDatabaseAway(t *testing.T) {
+	t.Parallel()
+	c, err := sqldb.Open(context.Background(), []string{sqldbtest.SQLiteURL(t, 1)}, sqldb.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 500 * time.Millisecond
+	g := id.NewLeased()
+	n, err := lease.LeaseNodeID(context.Background(), lease.New(c.Main()), "cut-off", -1, ttl, g, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kept := make(chan error, 1)
+	go func() { kept <- n.Keep(ctx) }()
+	c.Close() // the database is away from now on
+	eventually.True(t, 5*time.Second, "the generator stops at its lease's deadline", func() bool {
+		_, err := g.Next(0)
+		return errors.Is(err, id.ErrNoLease)
+	})
+	if e := errkind.Of(id.ErrNoLease); e == nil || e.Kind != errkind.Unavailable {
+		t.Fatalf("ErrNoLease is %+v, want kind Unavailable (503)", e)
+	}
+	select {
+	case err := <-kept:
+		t.Fatalf("Keep stopped while the database was away: %v", err)
+	case <-time.After(3 * ttl):
+	}
 }

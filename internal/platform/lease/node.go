@@ -111,10 +111,13 @@ func (n *NodeID) Keep(ctx context.Context) error {
 		c, cancel := context.WithTimeout(ctx, n.ttl/5)
 		mark := n.mark()
 		ok, prev, err := n.held.AcquireMarked(c, mark)
-		if err == nil && !ok && !n.fixed {
-			n.log.Warn("node id lease taken by another process; leasing another", "node_id", n.node)
-			err = n.take(c, -1)
-			ok = err == nil
+		if err == nil && !ok {
+			n.gen.Lease(n.node, time.Time{}, 0, 0) // another process holds our id: no id from it, at once
+			if !n.fixed {
+				n.log.Warn("node id lease taken by another process; leasing another", "node_id", n.node)
+				err = n.take(c, -1)
+				ok = err == nil
+			}
 		}
 		cancel()
 		switch {
@@ -124,11 +127,7 @@ func (n *NodeID) Keep(ctx context.Context) error {
 					"until", time.Until(n.held.Until()).Round(time.Millisecond), "err", err)
 			}
 			failing = true
-			if errors.Is(err, ErrNodeTaken) {
-				n.gen.Lease(n.node, time.Time{}, 0, 0)
-			}
 		case !ok:
-			n.gen.Lease(n.node, time.Time{}, 0, 0)
 			if !failing {
 				n.log.Error("node id lease taken by another process; this node issues no ids", "node_id", n.node)
 			}
