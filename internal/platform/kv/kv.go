@@ -6,6 +6,7 @@ package kv
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -16,15 +17,16 @@ import (
 // with errors.Is all the same.
 var ErrNotFound = errors.New("kv: key not found")
 
-// ErrNotInteger is returned (wrapped with the operation and key) by IncrBy and
-// Take when the value at key is not a base-10 int64, or when IncrBy would
-// overflow an int64.
+// ErrNotInteger is returned (wrapped with the operation and key) by IncrBy,
+// Take, Admit and Unadmit when the value at key is not a base-10 int64, or
+// when IncrBy or Unadmit would overflow an int64.
 var ErrNotInteger = errors.New("kv: value is not an integer or out of range")
 
 // ErrWrongType is returned (wrapped with the operation and key) when a value
-// operation (Get, IncrBy, Take) meets a sorted set, or a sorted-set
-// operation meets a value. Set, SetNX and Del treat a sorted set like any
-// other key: Set replaces it, SetNX finds it present, Del removes it.
+// operation (Get, IncrBy, Take, Admit, Unadmit) meets a sorted set, or a
+// sorted-set operation meets a value. Set, SetNX and Del treat a sorted set
+// like any other key: Set replaces it, SetNX finds it present, Del removes
+// it.
 var ErrWrongType = errors.New("kv: operation against a key holding the wrong kind of value")
 
 // ErrScoreRange is returned (wrapped with the operation and key) by ZAdd for
@@ -50,6 +52,33 @@ const (
 	MaxScore = 1<<53 - 1
 	MinScore = -MaxScore
 )
+
+// AdmitResult says what Admit did.
+type AdmitResult int
+
+// The results of Admit. Only Admitted changed anything. The numbers are
+// also what AdmitLua returns.
+const (
+	Admitted  AdmitResult = iota // took n from stock and added n to the user's count
+	SoldOut                      // stock holds fewer than n: nothing changed
+	OverLimit                    // the user's count + n would exceed limit: nothing changed
+	NotLoaded                    // the stock key does not exist (never loaded, or kv lost it): nothing changed
+)
+
+// String returns the result's name, such as "sold out".
+func (r AdmitResult) String() string {
+	switch r {
+	case Admitted:
+		return "admitted"
+	case SoldOut:
+		return "sold out"
+	case OverLimit:
+		return "over limit"
+	case NotLoaded:
+		return "not loaded"
+	}
+	return "AdmitResult(" + strconv.Itoa(int(r)) + ")"
+}
 
 // Scored is one member of a sorted set and its score.
 type Scored struct {
@@ -88,6 +117,37 @@ type Store interface {
 	// ttl is kept. Returns an error for n <= 0 and ErrNotInteger if the value
 	// is not an integer.
 	Take(ctx context.Context, key string, n int64) (left int64, ok bool, err error)
+
+	// Admit is one atomic admission against a stock and a per-user count
+	// (a coupon claim, a flash-sale ticket): if the stock key is missing
+	// -> NotLoaded; else if the integer at user (missing = 0) + n > limit
+	// -> OverLimit; else if the integer at stock < n -> SoldOut; else
+	// stock -= n and user += n -> Admitted. The checks come before any
+	// change (never decrement then undo). left is the stock after the call
+	// (0 for NotLoaded). A user key Admit creates gets userTTL (0 = none);
+	// an existing one keeps its ttl, and so does the stock key.
+	//
+	// Errors: n <= 0, limit < 0, a negative userTTL or stock == user (a
+	// plain error); ErrNotInteger if either key holds a non-integer,
+	// ErrWrongType if either holds a sorted set; ErrUnavailable as every
+	// remote call. Both keys are checked before anything else, so a bad
+	// user key fails the call even when the stock is missing. On an error
+	// res is NotLoaded, never Admitted, so a caller that drops err admits
+	// nobody; with ErrUnavailable the admission may have happened all the
+	// same (the answer was lost on the way), and the caller cannot tell.
+	// On Redis both keys must be in one hash slot for a cluster (callers
+	// use a hash tag, "{coupon:42}:stock" and "{coupon:42}:user:7"), and
+	// the counts are compared as Lua numbers, exact up to 2^53.
+	Admit(ctx context.Context, stock, user string, n, limit int64, userTTL time.Duration) (left int64, res AdmitResult, err error)
+	// Unadmit gives back what an Admit took, atomically: stock += n only
+	// if the stock key exists (a missing one is being rebuilt from the
+	// durable records, which do not count the unit), and the user's count
+	// -= n, never below 0 (a missing user key stays missing; a count at 0
+	// or below is left as it is). Both keys keep their ttls. Returns the
+	// stock after the call (0 when missing). Errors as Admit (n <= 0 or
+	// stock == user: a plain error), and ErrNotInteger, changing nothing,
+	// if the stock would overflow an int64.
+	Unadmit(ctx context.Context, stock, user string, n int64) (left int64, err error)
 
 	// Sorted sets. A sorted set lives in the same key space as values but
 	// never has a ttl: a set is created by its first ZAdd and removed when

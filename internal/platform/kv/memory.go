@@ -27,7 +27,9 @@ var errClosed = errors.New("kv: store is closed")
 // its own mutex. Expired keys are dropped when read and, for keys nobody
 // reads, by a janitor goroutine that NewMemory starts and Close stops.
 // Sorted sets live in the same shards (see zset) and never expire.
-// The zero value is not usable; call NewMemory.
+// Admit and Unadmit hold the locks of two shards at once, taken in shard
+// order (see lockPair); every other operation holds one shard lock at a
+// time. The zero value is not usable; call NewMemory.
 type Memory struct {
 	seed   maphash.Seed
 	epoch  time.Time // origin of the monotonic clock used for expiry
@@ -95,7 +97,11 @@ func (m *Memory) deadline(ttl time.Duration) int64 {
 }
 
 func (m *Memory) shard(key string) *shard {
-	return &m.shards[maphash.String(m.seed, key)&(shardCount-1)]
+	return &m.shards[m.shardIndex(key)]
+}
+
+func (m *Memory) shardIndex(key string) uint64 {
+	return maphash.String(m.seed, key) & (shardCount - 1)
 }
 
 // lookupLocked returns the live entry at key, deleting it if it has expired.

@@ -19,10 +19,10 @@ import (
 )
 
 // Redis is the Store backed by a Redis server (or cluster) through rueidis.
-// Every key is prefixed with the store's prefix. Take runs as a Lua script,
-// so it is atomic across every process sharing the server. Sorted sets are
-// Redis sorted sets; their float64 scores are why scores are bounded by
-// MaxScore.
+// Every key is prefixed with the store's prefix. Take, Admit, Unadmit,
+// ZAppend and ZAck run as Lua scripts, so each is atomic across every
+// process sharing the server. Sorted sets are Redis sorted sets; their
+// float64 scores are why scores are bounded by MaxScore.
 type Redis struct {
 	client    rueidis.Client
 	prefix    string
@@ -54,6 +54,82 @@ if tonumber(v) < tonumber(ARGV[1]) then
   return {v, 0}
 end
 return {redis.call('DECRBY', KEYS[1], ARGV[1]), 1}
+`)
+
+// isIntLua is Lua that defines int(v): whether the string v is an integer
+// the way Redis parses one for INCRBY (an optional minus sign, decimal
+// digits without leading zeros, within int64). Digit strings of one length
+// compare like their numbers, which keeps the range check exact.
+const isIntLua = `local function int(v)
+  if v == '0' then
+    return true
+  end
+  local d = string.match(v, '^%-?([1-9]%d*)$')
+  if not d or #d > 19 then
+    return false
+  end
+  return #d < 19 or d <= (string.byte(v) == 45 and '9223372036854775808' or '9223372036854775807')
+end
+`
+
+// AdmitLua is the Lua script of Admit, exported so that a benchmark can
+// run the very same script (redis-benchmark ... EVAL "$script" 2 stock user
+// n limit ttl). KEYS[1] is the stock, KEYS[2] the user's count; ARGV[1] is
+// n (> 0), ARGV[2] the limit (>= 0), ARGV[3] the ttl in milliseconds of a
+// user key it creates (0 = none); the caller checks the arguments. It
+// returns {stock, result}: the stock before the call as the string stored
+// (0 when missing), and an AdmitResult (0 Admitted, 1 SoldOut, 2
+// OverLimit, 3 NotLoaded); or the error INCRBY gives for a value that is
+// not an integer (WRONGTYPE for a sorted set). It returns the stock from
+// before, not the reply of DECRBY, because an integer reply becomes a Lua
+// number (a double, exact only up to 2^53); Admit subtracts n itself. Both
+// keys are read and checked first, then changed only on admission: GET,
+// GET, then DECRBY, INCRBY and, for a user key it created with a ttl,
+// PEXPIRE. Counts are compared as Lua numbers, exact up to 2^53.
+const AdmitLua = isIntLua + `local s = redis.call('GET', KEYS[1])
+local u = redis.call('GET', KEYS[2])
+if (s and not int(s)) or (u and not int(u)) then
+  return redis.error_reply('ERR value is not an integer or out of range')
+end
+if not s then
+  return {0, 3}
+end
+local n = tonumber(ARGV[1])
+if (u and tonumber(u) or 0) + n > tonumber(ARGV[2]) then
+  return {s, 2}
+end
+if tonumber(s) < n then
+  return {s, 1}
+end
+redis.call('DECRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[1])
+if not u and tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return {s, 0}
+`
+
+var admitScript = rueidis.NewLuaScript(AdmitLua)
+
+// unadmitScript implements Unadmit: KEYS[1] the stock, KEYS[2] the user's
+// count, ARGV[1] n (> 0). It returns the stock before the call as the
+// string stored, or nil when it is missing (Unadmit adds n itself, as
+// Admit subtracts). INCRBY of the stock, the only step that can fail
+// (overflow), comes before the user's count changes. The user's count goes
+// down by n, or by all it holds when that is less, passed as the string it
+// was read as so that it stays exact.
+var unadmitScript = rueidis.NewLuaScript(isIntLua + `local s = redis.call('GET', KEYS[1])
+local u = redis.call('GET', KEYS[2])
+if (s and not int(s)) or (u and not int(u)) then
+  return redis.error_reply('ERR value is not an integer or out of range')
+end
+if s then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+if u and tonumber(u) > 0 then
+  redis.call('DECRBY', KEYS[2], tonumber(u) < tonumber(ARGV[1]) and u or ARGV[1])
+end
+return s
 `)
 
 // readCounter is Lua that sets cur to the integer at KEYS[2] (missing =
@@ -222,6 +298,59 @@ func (r *Redis) Take(ctx context.Context, key string, n int64) (int64, bool, err
 		return 0, false, fmt.Errorf("kv: take %q: took: %w", key, err)
 	}
 	return left, took == 1, nil
+}
+
+// Admit implements Store with AdmitLua.
+func (r *Redis) Admit(ctx context.Context, stock, user string, n, limit int64, userTTL time.Duration) (int64, AdmitResult, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
+	if err := checkAdmit(stock, user, n, limit, userTTL); err != nil {
+		return 0, NotLoaded, fmt.Errorf("kv: admit %q user %q: %w", stock, user, err)
+	}
+	ttl := int64(0)
+	if userTTL > 0 {
+		ttl = millis(userTTL)
+	}
+	res, err := admitScript.Exec(ctx, r.client, []string{r.key(stock), r.key(user)}, []string{
+		strconv.FormatInt(n, 10), strconv.FormatInt(limit, 10), strconv.FormatInt(ttl, 10),
+	}).ToArray()
+	if err != nil {
+		return 0, NotLoaded, fmt.Errorf("kv: admit %q user %q: %w", stock, user, classify(err))
+	}
+	if len(res) != 2 {
+		return 0, NotLoaded, fmt.Errorf("kv: admit %q user %q: script returned %d values, want 2", stock, user, len(res))
+	}
+	left, err := res[0].AsInt64()
+	if err != nil {
+		return 0, NotLoaded, fmt.Errorf("kv: admit %q user %q: stock: %w", stock, user, err)
+	}
+	code, err := res[1].AsInt64()
+	if err != nil || code < int64(Admitted) || code > int64(NotLoaded) {
+		return 0, NotLoaded, fmt.Errorf("kv: admit %q user %q: script returned result %d, %v", stock, user, code, err)
+	}
+	if code == int64(Admitted) {
+		left -= n // the stock held at least n > 0
+	}
+	return left, AdmitResult(code), nil
+}
+
+// Unadmit implements Store with a Lua script (GET, GET, then INCRBY and
+// DECRBY).
+func (r *Redis) Unadmit(ctx context.Context, stock, user string, n int64) (int64, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
+	if err := checkAdmit(stock, user, n, 0, 0); err != nil {
+		return 0, fmt.Errorf("kv: unadmit %q user %q: %w", stock, user, err)
+	}
+	left, err := unadmitScript.Exec(ctx, r.client, []string{r.key(stock), r.key(user)},
+		[]string{strconv.FormatInt(n, 10)}).AsInt64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return 0, nil // no stock
+	case err != nil:
+		return 0, fmt.Errorf("kv: unadmit %q user %q: %w", stock, user, classify(err))
+	}
+	return left + n, nil // INCRBY succeeded: no overflow
 }
 
 // ZAdd implements Store with ZADD.

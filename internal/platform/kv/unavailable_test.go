@@ -22,6 +22,11 @@ var ops = []struct {
 	{"Del", func(ctx context.Context, s kv.Store) error { return s.Del(ctx, "a", "b") }},
 	{"IncrBy", func(ctx context.Context, s kv.Store) error { _, err := s.IncrBy(ctx, "n", 1); return err }},
 	{"Take", func(ctx context.Context, s kv.Store) error { _, _, err := s.Take(ctx, "n", 1); return err }},
+	{"Admit", func(ctx context.Context, s kv.Store) error {
+		_, _, err := s.Admit(ctx, "{a}s", "{a}u", 1, 1, 0)
+		return err
+	}},
+	{"Unadmit", func(ctx context.Context, s kv.Store) error { _, err := s.Unadmit(ctx, "{a}s", "{a}u", 1); return err }},
 	{"ZAdd", func(ctx context.Context, s kv.Store) error { return s.ZAdd(ctx, "z", 1, "m") }},
 	{"ZAppend", func(ctx context.Context, s kv.Store) error { _, err := s.ZAppend(ctx, "z", "c", "m", 0, 0); return err }},
 	{"ZAck", func(ctx context.Context, s kv.Store) error { _, _, err := s.ZAck(ctx, "z", "c", 1); return err }},
