@@ -246,6 +246,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 		if err := demo.Seed(ctx, n.Catalog, n.Members); err != nil {
 			return err
 		}
+		if err := demo.SeedPromotions(ctx, n.Catalog, n.Promo); err != nil {
+			return err
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()

@@ -22,6 +22,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 // Check is one readiness probe (a backend this node's roles need).
@@ -42,6 +43,7 @@ type Server struct {
 	Orders     *order.Service
 	Payments   *payment.Service
 	Fulfil     *fulfil.Service
+	Promo      *promo.Service
 	Extra      map[string]http.Handler // more routes (pattern -> handler), e.g. the payment simulator
 	AdminToken string
 	Checks     []Check
@@ -66,6 +68,9 @@ func (s *Server) Handler() http.Handler {
 	if s.Members != nil {
 		s.customerRoutes(mux)
 		s.adminRoutes(mux)
+	}
+	if s.Promo != nil {
+		s.promoRoutes(mux)
 	}
 	if s.Payments != nil {
 		s.paymentRoutes(mux)

@@ -103,7 +103,7 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request, uid int64) 
 	}
 	c, err := s.Orders.Create(r.Context(), uid, r.Header.Get("Idempotency-Key"), req)
 	if err != nil {
-		web.Error(w, r, err)
+		orderError(w, r, err)
 		return
 	}
 	web.JSON(w, http.StatusCreated, c)

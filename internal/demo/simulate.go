@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -24,6 +25,11 @@ type Report struct {
 	Cancels  int // orders cancelled (200)
 	Paid     int // orders paid at the simulated channel
 	SoldOut  int // 409 sold_out answers
+	// Promotions and coupons.
+	Claimed      int   // coupons claimed (201)
+	CouponOrders int   // orders placed with a coupon
+	Discounted   int   // orders with any discount
+	Discounts    int64 // fen taken off the orders placed
 }
 
 // Op counts one kind of request.
@@ -104,6 +110,12 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration) 
 			if call("login", "POST", "/api/v1/auth/login", "", map[string]string{"phone": Phone(c % Users)}, &login) != 200 {
 				return
 			}
+			coupon := claimCoupon(call, login.Token)
+			if coupon != "" {
+				mu.Lock()
+				rep.Claimed++
+				mu.Unlock()
+			}
 			for n := 0; ctx.Err() == nil; n++ {
 				if n%10 == 0 {
 					call("stores", "GET", "/api/v1/stores", "", nil, nil)
@@ -141,13 +153,43 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration) 
 				}
 				var created struct {
 					OrderID string `json:"order_id"`
+					Total   int64  `json:"total"`
+					Payable int64  `json:"payable"`
+				}
+				body := map[string]any{"store_id": strconv.FormatInt(store, 10), "items": lines}
+				withCoupon := false
+				if coupon != "" { // shown the price with the coupon, the customer orders at that price
+					body["coupon_ids"] = []string{coupon}
+					var pv struct {
+						Payable   int64 `json:"payable"`
+						Discounts []struct {
+							ID string `json:"id"`
+						} `json:"discounts"`
+					}
+					if call("preview", "POST", "/api/v1/orders/preview", login.Token, body, &pv) == 200 && slices.ContainsFunc(pv.Discounts,
+						func(d struct {
+							ID string `json:"id"`
+						}) bool {
+							return d.ID == coupon
+						}) {
+						body["expected_payable"], withCoupon = pv.Payable, true
+					} else {
+						delete(body, "coupon_ids")
+					}
 				}
 				key := fmt.Sprintf("sim-%d-%d-%d", c, started.UnixNano(), n)
-				switch call("create order", "POST", "/api/v1/orders", login.Token,
-					map[string]any{"store_id": strconv.FormatInt(store, 10), "items": lines}, &created, "Idempotency-Key", key) {
+				switch call("create order", "POST", "/api/v1/orders", login.Token, body, &created, "Idempotency-Key", key) {
 				case 201:
 					mu.Lock()
 					rep.Orders++
+					if withCoupon {
+						rep.CouponOrders++
+						coupon = ""
+					}
+					if created.Payable < created.Total {
+						rep.Discounted++
+						rep.Discounts += created.Total - created.Payable
+					}
 					mu.Unlock()
 				case 409:
 					mu.Lock()
@@ -204,10 +246,53 @@ func (r *Report) Print(w io.Writer) {
 	sort.Strings(names)
 	fmt.Fprintf(w, "\nsimulation: %d requests in %.1fs (%.0f req/s), %d orders placed, %d paid, %d cancelled, %d sold-out answers\n",
 		total, r.Duration.Seconds(), float64(total)/r.Duration.Seconds(), r.Orders, r.Paid, r.Cancels, r.SoldOut)
+	fmt.Fprintf(w, "discounts: %d orders discounted, %.2f yuan taken off; %d coupons claimed, %d orders with a coupon\n",
+		r.Discounted, float64(r.Discounts)/100, r.Claimed, r.CouponOrders)
 	fmt.Fprintf(w, "%-14s %8s %7s %9s %9s %9s\n", "request", "count", "errors", "p50", "p99", "max")
 	for _, k := range names {
 		o := r.Ops[k]
 		fmt.Fprintf(w, "%-14s %8d %7d %9s %9s %9s\n", k, o.Count, o.Errors,
 			o.Quantile(50).Round(10*time.Microsecond), o.Quantile(99).Round(10*time.Microsecond), o.Quantile(100).Round(10*time.Microsecond))
 	}
+}
+
+// claimCoupon claims a coupon of the first claimable template and returns
+// its id once it is in the wallet ("" when none could be had).
+func claimCoupon(call func(op, method, path, token string, body any, out any, hdr ...string) int, token string) string {
+	var list struct {
+		Templates []struct {
+			ID string `json:"template_id"`
+		} `json:"templates"`
+	}
+	if call("coupons", "GET", "/api/v1/coupons", "", nil, &list) != 200 || len(list.Templates) == 0 {
+		return ""
+	}
+	var claimed struct {
+		CouponID string `json:"coupon_id"`
+	}
+	for range 5 { // 503 while the counters load
+		switch call("claim coupon", "POST", "/api/v1/coupons/"+list.Templates[0].ID+"/claim", token, nil, &claimed) {
+		case 201:
+			for range 50 { // written to the wallet from the bus: a moment later
+				var w struct {
+					Coupons []struct {
+						ID string `json:"coupon_id"`
+					} `json:"coupons"`
+				}
+				call("wallet", "GET", "/api/v1/me/coupons", token, nil, &w)
+				for _, c := range w.Coupons {
+					if c.ID == claimed.CouponID {
+						return c.ID
+					}
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			return ""
+		case 503:
+			time.Sleep(time.Second)
+		default:
+			return ""
+		}
+	}
+	return ""
 }

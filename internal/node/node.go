@@ -39,6 +39,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/web"
+	"github.com/surge-platform/surge/internal/promo"
 	"github.com/surge-platform/surge/internal/push"
 )
 
@@ -140,6 +141,7 @@ type Node struct {
 	Catalog  *catalog.Service
 	Stock    *inventory.Service
 	Orders   *order.Service
+	Promo    *promo.Service
 	Payments *payment.Service
 	Sim      *paysim.Server
 	Fulfil   *fulfil.Service
@@ -201,7 +203,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if err := checkNATS(cfg.Bus, n.Bus.Conn().ConnectedServerVersion()); err != nil {
 		return nil, err
 	}
-	for _, st := range []bus.StreamConfig{order.Stream, order.Timers} {
+	for _, st := range []bus.StreamConfig{order.Stream, order.Timers, promo.Claims} {
 		if err := n.Bus.EnsureStream(octx, st); err != nil {
 			return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 		}
@@ -236,7 +238,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		n.closer = append(n.closer, func() error { unsub(); return nil })
 	}
-	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL})
+	n.Promo = promo.New(n.DB, n.KV, n.Bus, n.IDs, n.Bus, log.With("context", "promo"))
+	n.watch.Register("coupon-counters", n.Promo.Forget)
+	unsubPromo, err := n.Bus.Subscribe(promo.InvalidateSubject, func(string, []byte) { n.Promo.Invalidate() })
+	if err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	n.closer = append(n.closer, func() error { unsubPromo(); return nil })
+	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, Promotions: n.Promo})
 	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
 		x, _ := strconv.ParseInt(string(data), 10, 64)
 		n.Catalog.Invalidate(x)
@@ -247,7 +256,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
 	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
-		srv.Members, srv.Catalog, srv.Orders = n.Members, n.Catalog, n.Orders
+		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
 	}
 	public := cfg.PublicURL
 	if public == "" {
@@ -356,6 +365,7 @@ func (n *Node) Run(ctx context.Context) error {
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
 		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })
+		spawn("coupon claims", n.Promo.Consume)
 		// Once per cluster, on the node holding each job's lease.
 		spawn("reservation sweeper", func(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "reservation-sweep", 30*time.Second, n.sweep)

@@ -14,6 +14,7 @@ import (
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 // Status is a state of the order state machine (DESIGN section 5):
@@ -59,34 +60,48 @@ var (
 
 // Order is an order with its lines. Money is in fen.
 type Order struct {
-	ID         int64     `json:"order_id,string"`
-	UserID     int64     `json:"user_id,string"`
-	StoreID    int64     `json:"store_id,string"`
-	Status     Status    `json:"status"`
-	Version    int64     `json:"version"`
-	Total      int64     `json:"total"`
-	Payable    int64     `json:"payable"`
-	PickupCode string    `json:"pickup_code,omitempty"`
-	PaymentID  int64     `json:"payment_id,string,omitempty"` // the payment that paid it
-	Reason     string    `json:"cancel_reason,omitempty"`     // why it was cancelled: "user" or "expired"
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
-	ExpiresAt  time.Time `json:"expires_at"`
-	Items      []Line    `json:"items"`
+	ID         int64      `json:"order_id,string"`
+	UserID     int64      `json:"user_id,string"`
+	StoreID    int64      `json:"store_id,string"`
+	Status     Status     `json:"status"`
+	Version    int64      `json:"version"`
+	Total      int64      `json:"total"`
+	Discount   int64      `json:"discount"`
+	Payable    int64      `json:"payable"`
+	Discounts  []Discount `json:"discounts,omitempty"` // on the order; each line has its shares
+	Refunded   int64      `json:"refunded,omitempty"`  // refunded to the customer so far
+	PickupCode string     `json:"pickup_code,omitempty"`
+	PaymentID  int64      `json:"payment_id,string,omitempty"` // the payment that paid it
+	Reason     string     `json:"cancel_reason,omitempty"`     // why it was cancelled: "user" or "expired"
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	Items      []Line     `json:"items"`
 }
 
-// Line is one priced line of an order.
+// Line is one priced line of an order. A gift (GiftOf: the promotion that
+// gave it) has price 0. Payable is the line's list amount minus its shares
+// of the discounts: what refunding the line gives back.
 type Line struct {
-	SKU   int64  `json:"sku_id,string"`
-	Name  string `json:"name"`
-	Price int64  `json:"price"`
-	Qty   int    `json:"qty"`
+	SKU       int64      `json:"sku_id,string"`
+	Name      string     `json:"name"`
+	Price     int64      `json:"price"`
+	Qty       int        `json:"qty"`
+	List      int64      `json:"list"`
+	Payable   int64      `json:"payable"`
+	GiftOf    int64      `json:"gift_of,string,omitempty"`
+	Discounts []Discount `json:"discounts,omitempty"`
+	Refunded  int64      `json:"refunded,omitempty"`
 }
 
-// Request is the body of POST /api/v1/orders.
+// Request is the body of POST /api/v1/orders and of its preview.
 type Request struct {
-	StoreID int64         `json:"store_id,string"`
-	Items   []RequestLine `json:"items"`
+	StoreID   int64         `json:"store_id,string"`
+	Items     []RequestLine `json:"items"`
+	CouponIDs promo.IDs     `json:"coupon_ids,omitempty"`
+	// ExpectedPayable, when given, is the payable the customer was shown:
+	// an order priced otherwise is refused with price_changed.
+	ExpectedPayable *int64 `json:"expected_payable,omitempty"`
 }
 
 // RequestLine asks for qty of one SKU.
@@ -137,6 +152,7 @@ type Created struct {
 	OrderID   int64     `json:"order_id,string"`
 	Status    Status    `json:"status"`
 	Total     int64     `json:"total"`
+	Discount  int64     `json:"discount"`
 	Payable   int64     `json:"payable"`
 	ExpiresAt time.Time `json:"expires_at"`
 }

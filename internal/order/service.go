@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 // Waker is told after a commit that wrote an outbox row (the outbox relay,
@@ -28,6 +30,7 @@ type Config struct {
 	TTL         time.Duration // time to pay; 0 = 15m
 	KeyWait     time.Duration // how long a duplicate request waits for the first; 0 = 10s
 	KeyTakeover time.Duration // age after which an unfinished key may be taken over; 0 = 30s
+	Promotions  Promotions    // the promotions in force; nil = none
 }
 
 // Service places and changes orders.
@@ -248,40 +251,41 @@ func (s *Service) claim(ctx context.Context, cl *claim, hash string) (*Created, 
 // reports whether it holds a stock reservation it did not turn into an order.
 func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bool, error) {
 	userID, orderID := cl.userID, cl.orderID
-	menu, err := s.catalog.Menu(ctx, req.StoreID)
-	if err != nil {
-		return Created{}, false, err
-	}
-	if !menu.Store.Open {
-		return Created{}, false, ErrStoreClosed.With("store %d is closed", req.StoreID)
-	}
 	// In milliseconds, as stored: the expiry timer is scheduled from the
 	// same expires_at the order keeps (from a finer one it was a second
 	// late when the millisecond fell on a whole second: a CI run caught it).
 	now := s.now().Truncate(time.Millisecond)
+	p, err := s.price(ctx, s.db.ForGene(id.GeneOf(userID)).W, userID, req, now)
+	if err != nil {
+		return Created{}, false, err
+	}
+	if err := p.notApplied(); err != nil {
+		return Created{}, false, err
+	}
+	if req.ExpectedPayable != nil && *req.ExpectedPayable != p.res.Payable {
+		return Created{}, false, &PriceChangedError{
+			error:     ErrPriceChanged.With("the order comes to %d fen, not the %d expected; see the breakdown", p.res.Payable, *req.ExpectedPayable),
+			Breakdown: p.breakdown(req.StoreID)}
+	}
 	o := Order{ID: orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL)}
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL),
+		Total: p.res.Total, Discount: p.res.Discount, Payable: p.res.Payable, Discounts: discounts(p.res.Discounts), Items: p.lines}
 	var limited []inventory.Line
-	for i, rl := range req.Items {
-		it, ok := menu.Items[rl.SKU]
-		if !ok {
-			return Created{}, false, ErrUnknownSKU.With("items[%d]: sku %d is not on the menu of store %d", i, rl.SKU, req.StoreID)
-		}
-		if !it.Available {
-			return Created{}, false, ErrUnavailable.With("items[%d]: %s is not available now", i, it.Name)
-		}
-		o.Items = append(o.Items, Line{SKU: it.SKU, Name: it.Name, Price: it.Price, Qty: rl.Qty})
-		o.Total += it.Price * int64(rl.Qty)
-		if it.Limited {
-			limited = append(limited, inventory.Line{SKU: it.SKU, Qty: int64(rl.Qty)})
+	for _, l := range o.Items {
+		if it, ok := p.menu.Items[l.SKU]; ok && it.Limited {
+			if k := slices.IndexFunc(limited, func(x inventory.Line) bool { return x.SKU == l.SKU }); k >= 0 {
+				limited[k].Qty += int64(l.Qty) // a gift of a sku also bought
+			} else {
+				limited = append(limited, inventory.Line{SKU: l.SKU, Qty: int64(l.Qty)})
+			}
 		}
 	}
-	o.Payable = o.Total
 	if err := s.stock.Reserve(ctx, o.ID, limited); err != nil {
 		return Created{}, false, err
 	}
-	c := Created{OrderID: o.ID, Status: o.Status, Total: o.Total, Payable: o.Payable, ExpiresAt: o.ExpiresAt.UTC().Truncate(time.Millisecond)}
-	if err := s.insert(ctx, &o, cl, c); err != nil {
+	c := Created{OrderID: o.ID, Status: o.Status, Total: o.Total, Discount: o.Discount, Payable: o.Payable,
+		ExpiresAt: o.ExpiresAt.UTC().Truncate(time.Millisecond)}
+	if err := s.insert(ctx, &o, cl, c, p); err != nil {
 		return Created{}, len(limited) > 0, err
 	}
 	return c, false, nil
@@ -289,7 +293,7 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 
 // insert writes the order, its lines, its event and (with a key) the stored
 // answer in one transaction on the order's shard.
-func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) error {
+func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created, p *priced) error {
 	gene := id.Gene(o.ID)
 	ev, err := s.event(o, EvCreated)
 	if err != nil {
@@ -301,14 +305,20 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created) err
 	}
 	err = sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
-			created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			created_at, updated_at, expires_at, discounts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
-			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli()); err != nil {
+			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli(), encodeDiscounts(o.Discounts)); err != nil {
 			return err
 		}
 		for i, l := range o.Items {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO order_items (order_id, line, sku_id, name, price, qty)
-				VALUES ($1, $2, $3, $4, $5, $6)`, o.ID, i, l.SKU, l.Name, l.Price, l.Qty); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO order_items (order_id, line, sku_id, name, price, qty, payable, gift_of, discounts)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, o.ID, i, l.SKU, l.Name, l.Price, l.Qty, l.Payable, l.GiftOf,
+				encodeDiscounts(l.Discounts)); err != nil {
+				return err
+			}
+		}
+		if len(o.Discounts) > 0 {
+			if err := promo.Hold(ctx, tx, o.UserID, o.StoreID, o.ID, p.res, p.promos, o.CreatedAt); err != nil {
 				return err
 			}
 		}
@@ -411,16 +421,19 @@ type queryer interface {
 }
 
 const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
-	created_at, updated_at, expires_at`
+	created_at, updated_at, expires_at, discounts, refunded`
 
 func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var o Order
 	var status string
 	var created, updated, expires int64
+	var disc string
 	if err := sc.Scan(&o.ID, &o.UserID, &o.StoreID, &status, &o.Version, &o.Total, &o.Payable, &o.PickupCode,
-		&o.PaymentID, &o.Reason, &created, &updated, &expires); err != nil {
+		&o.PaymentID, &o.Reason, &created, &updated, &expires, &disc, &o.Refunded); err != nil {
 		return nil, err
 	}
+	o.Discount = o.Total - o.Payable
+	o.Discounts = decodeDiscounts(disc)
 	o.Status = Status(status)
 	o.CreatedAt, o.UpdatedAt, o.ExpiresAt = time.UnixMilli(created).UTC(), time.UnixMilli(updated).UTC(), time.UnixMilli(expires).UTC()
 	o.Items = []Line{}
@@ -463,10 +476,10 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		}
 		ids += strconv.FormatInt(o.ID, 10)
 	}
-	query, args := `SELECT order_id, sku_id, name, price, qty FROM order_items
-		WHERE order_id IN (`+ids+`) ORDER BY order_id, line`, []any(nil)
+	const cols = `order_id, sku_id, name, price, qty, payable, gift_of, discounts, refunded`
+	query, args := `SELECT `+cols+` FROM order_items WHERE order_id IN (`+ids+`) ORDER BY order_id, line`, []any(nil)
 	if len(orders) == 1 { // the common case, as one cacheable statement
-		query, args = `SELECT order_id, sku_id, name, price, qty FROM order_items WHERE order_id = $1 ORDER BY line`, []any{orders[0].ID}
+		query, args = `SELECT `+cols+` FROM order_items WHERE order_id = $1 ORDER BY line`, []any{orders[0].ID}
 	}
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
@@ -476,9 +489,11 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 	for rows.Next() {
 		var oid int64
 		var l Line
-		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty); err != nil {
+		var disc string
+		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty, &l.Payable, &l.GiftOf, &disc, &l.Refunded); err != nil {
 			return err
 		}
+		l.List, l.Discounts = l.Price*int64(l.Qty), decodeDiscounts(disc)
 		byID[oid].Items = append(byID[oid].Items, l)
 	}
 	return rows.Err()
@@ -585,6 +600,9 @@ func (s *Service) transitionTx(ctx context.Context, tx *sql.Tx, o, next *Order, 
 	} else if n != 1 {
 		return ErrChanged.With("order %d changed meanwhile", o.ID)
 	}
+	if err := s.effects(ctx, tx, o, next); err != nil {
+		return err
+	}
 	if typ == "" {
 		return nil // the event that caused it is the record (fulfilment steps)
 	}
@@ -597,3 +615,22 @@ func (s *Service) transitionTx(ctx context.Context, tx *sql.Tx, o, next *Order, 
 
 var _ Catalog = (*catalog.Service)(nil)
 var _ Stock = (*inventory.Service)(nil)
+
+// effects carries out, in the transaction of a transition, what the
+// order's discounts hold: paying uses its coupons and quotas, cancelling
+// releases them, a full refund gives them back. The compare-and-set of the
+// transition makes each happen once, whatever the order of the events.
+func (s *Service) effects(ctx context.Context, tx *sql.Tx, o, next *Order) error {
+	if len(o.Discounts) == 0 || o.Status == next.Status {
+		return nil
+	}
+	switch next.Status {
+	case Paid:
+		return promo.Use(ctx, tx, o.ID, next.UpdatedAt)
+	case Cancelled:
+		return promo.Release(ctx, tx, tx, o.ID, next.UpdatedAt)
+	case Refunded:
+		return promo.Restore(ctx, tx, tx, o.ID, next.UpdatedAt)
+	}
+	return nil
+}

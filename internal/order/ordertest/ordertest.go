@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -417,14 +418,15 @@ func testCreateGetList(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		if o.CreatedAt.Before(before.Truncate(time.Millisecond)) || o.CreatedAt.After(after) || !o.UpdatedAt.Equal(o.CreatedAt) {
 			t.Errorf("get: created_at %v updated_at %v, want both within [%v, %v]", o.CreatedAt, o.UpdatedAt, before, after)
 		}
+		// Lines of one sku are one line (priced, discounted and refunded
+		// as one), in the order of their first appearance.
 		want := []order.Line{
-			{SKU: f.latte.SKU, Name: "Latte", Price: f.latte.Price, Qty: 2},
-			{SKU: f.mooncake.SKU, Name: "Mooncake", Price: f.mooncake.Price, Qty: 3},
-			{SKU: f.bagel.SKU, Name: "Bagel", Price: f.bagel.Price, Qty: 1},
-			{SKU: f.latte.SKU, Name: "Latte", Price: f.latte.Price, Qty: 1},
+			{SKU: f.latte.SKU, Name: "Latte", Price: f.latte.Price, Qty: 3, List: 3 * f.latte.Price, Payable: 3 * f.latte.Price},
+			{SKU: f.mooncake.SKU, Name: "Mooncake", Price: f.mooncake.Price, Qty: 3, List: 3 * f.mooncake.Price, Payable: 3 * f.mooncake.Price},
+			{SKU: f.bagel.SKU, Name: "Bagel", Price: f.bagel.Price, Qty: 1, List: f.bagel.Price, Payable: f.bagel.Price},
 		}
-		if !slices.Equal(o.Items, want) {
-			t.Errorf("get: items %+v, want in request order %+v", o.Items, want)
+		if !reflect.DeepEqual(o.Items, want) {
+			t.Errorf("get: items %+v, want in request order, one line per sku %+v", o.Items, want)
 		}
 	}
 
@@ -474,8 +476,8 @@ func testCreateGetList(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	if all, err := f.ord.List(ctx, pager, 0, 0); err != nil || len(all) != 20 {
 		t.Errorf("list with limit 0: %d orders, %v; want the default 20", len(all), err)
 	}
-	if mine, err := f.ord.List(ctx, user, 0, 100); err != nil || len(mine) != 1 || mine[0].ID != c.OrderID || len(mine[0].Items) != 4 {
-		t.Errorf("list of user %d: %v, %v; want only order %d with its 4 lines", user, mine, err, c.OrderID)
+	if mine, err := f.ord.List(ctx, user, 0, 100); err != nil || len(mine) != 1 || mine[0].ID != c.OrderID || len(mine[0].Items) != 3 {
+		t.Errorf("list of user %d: %v, %v; want only order %d with its 3 lines (4 asked, two of one sku)", user, mine, err, c.OrderID)
 	}
 	if none, err := f.ord.List(ctx, 999_999, 0, 10); err != nil || none == nil || len(none) != 0 {
 		t.Errorf("list of a user without orders: %v, %v; want an empty slice", none, err)
@@ -924,8 +926,9 @@ func testBadInput(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	if want := int64(order.MaxLines-1)*f.latte.Price + order.MaxQty*f.mooncake.Price; c.Total != want {
 		t.Errorf("50-line order total %d, want %d", c.Total, want)
 	}
-	if n := len(f.mustGet(t, user, c.OrderID).Items); n != order.MaxLines {
-		t.Errorf("50-line order reads back %d lines", n)
+	// 49 lines of one sku and one of another: two lines once merged.
+	if items := f.mustGet(t, user, c.OrderID).Items; len(items) != 2 || items[0].Qty != order.MaxLines-1 || items[1].Qty != order.MaxQty {
+		t.Errorf("50-line order reads back %+v, want latte x%d and mooncake x%d", items, order.MaxLines-1, order.MaxQty)
 	}
 }
 
