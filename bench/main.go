@@ -3,6 +3,8 @@
 //
 //	menu reads/s of surge      vs  a hello-world net/http server   (target >= 0.8x)
 //	orders/s of surge on PG    vs  pgbench of the same inserts      (target >= 0.5x)
+//	coupon claims/s of surge   vs  redis-benchmark of the same Lua  (target >= 0.5x)
+//	orders/s with 2 promotions and a coupon vs plain orders/s       (target >= 0.8x)
 //
 // HTTP rates are driven by wrk (one thread), which costs the machine far
 // less than a Go client would, so the ratios are not flattered.
@@ -45,7 +47,7 @@ var (
 	rounds    = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur       = flag.Duration("dur", 4*time.Second, "duration of one measurement")
 	workers   = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup", "which benchmarks to run")
+	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing", "which benchmarks to run")
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
@@ -81,6 +83,16 @@ func main() {
 	}
 	if strings.Contains(*only, "pickup") {
 		if err := pickup(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "coupons") {
+		if err := coupons(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "pricing") {
+		if err := promoOrders(ctx); err != nil {
 			fail(err)
 		}
 	}

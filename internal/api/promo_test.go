@@ -212,9 +212,7 @@ func TestCouponLockUseRelease(t *testing.T) {
 			defer mu.Unlock()
 			switch {
 			case r.Status == 201:
-				won = append(won, decode[struct {
-					OrderID string `json:"order_id"`
-				}](t, r).OrderID)
+				won = append(won, orderID(t, r))
 			case r.Status == 409 && r.Code() == "coupon_unavailable":
 				refused++
 			default:
@@ -245,9 +243,7 @@ func TestCouponLockUseRelease(t *testing.T) {
 	if r.Status != 201 {
 		t.Fatalf("order after the release: %d %s", r.Status, r.Body)
 	}
-	oid2 := decode[struct {
-		OrderID string `json:"order_id"`
-	}](t, r).OrderID
+	oid2 := orderID(t, r)
 	pay(t, c, oid2)
 	eventually.True(t, 10*time.Second, "the coupon of a paid order is used", func() bool { return couponState(t, c, cid) == "used" })
 	id2, _ := strconv.ParseInt(oid2, 10, 64)
@@ -343,9 +339,7 @@ func TestSpecialPriceLimitRace(t *testing.T) {
 				t.Errorf("order: %d %s", r.Status, r.Body)
 				return
 			}
-			oid := decode[struct {
-				OrderID string `json:"order_id"`
-			}](t, r).OrderID
+			oid := orderID(t, r)
 			got := decode[struct {
 				Items []struct {
 					Price     int64
@@ -413,4 +407,117 @@ func TestPreviewInput(t *testing.T) {
 	if b.Payable != 3000-300 || !below {
 		t.Errorf("30.00 with 满30减3 (满99减9 below its threshold): payable %d, skipped %v", b.Payable, fmt.Sprint(b.Skipped))
 	}
+}
+
+// A buy-2-get-1 gift created by an operator shows as its own line at
+// price 0 in the preview and on the order (and so to the POS).
+func TestGiftLine(t *testing.T) {
+	t.Parallel()
+	n := promoNode(t)
+	op := &nodetest.Client{T: t, Base: n.URL(), Token: admin}
+	latte, tart := "1002001", "1002024" // store 1002: a coffee and a dessert
+	if r := op.Do("POST", "/admin/v1/promotions", `{"store_id":"1002","kind":"gift","name":"buy 2 get a tart",
+		"sku_ids":["`+latte+`"],"buy_qty":2,"gift_sku_id":"`+tart+`","gift_qty":1}`); r.Status != 201 {
+		t.Fatalf("create gift promotion: %d %s", r.Status, r.Body)
+	}
+	c := nodetest.Login(t, n.URL(), demo.Phone(5))
+	body := `{"store_id":"1002","items":[{"sku_id":"` + latte + `","qty":4}]}`
+	b := decode[breakdown](t, c.Do("POST", "/api/v1/orders/preview", body))
+	if len(b.Lines) != 2 || b.Lines[1].SKU != tart || b.Lines[1].Qty != 2 || b.Lines[1].Price != 0 || b.Lines[1].Payable != 0 || b.Lines[1].GiftOf == "" {
+		t.Fatalf("preview with a gift: %+v", b)
+	}
+	r := c.Do("POST", "/api/v1/orders", body)
+	if r.Status != 201 {
+		t.Fatalf("order: %d %s", r.Status, r.Body)
+	}
+	oid := orderID(t, r)
+	got := decode[struct {
+		Items []struct {
+			SKU    string `json:"sku_id"`
+			Name   string
+			Price  int64
+			Qty    int
+			GiftOf string `json:"gift_of"`
+		}
+	}](t, c.Do("GET", "/api/v1/orders/"+oid, ""))
+	if len(got.Items) != 2 || got.Items[1].SKU != tart || got.Items[1].GiftOf == "" || got.Items[1].Price != 0 || got.Items[1].Name == "gift" {
+		t.Fatalf("order with a gift: %+v", got)
+	}
+}
+
+// A first-order offer goes to one of a new customer's racing orders; once
+// an order is paid the customer is no longer new there.
+func TestFirstOrderOffer(t *testing.T) {
+	t.Parallel()
+	n := promoNode(t)
+	op := &nodetest.Client{T: t, Base: n.URL(), Token: admin}
+	if r := op.Do("POST", "/admin/v1/promotions", `{"store_id":"1003","kind":"first_order","name":"new here: 5.00 off","off":500}`); r.Status != 201 {
+		t.Fatalf("create first-order promotion: %d %s", r.Status, r.Body)
+	}
+	c := nodetest.Login(t, n.URL(), demo.Phone(6))
+	body := `{"store_id":"1003","items":[{"sku_id":"1003010","qty":1}]}`
+	hasFirst := func(ds []struct {
+		Kind, ID, Name string
+		Amount         int64
+	}) bool {
+		for _, d := range ds {
+			if d.Kind == "first_order" {
+				return true
+			}
+		}
+		return false
+	}
+	if b := decode[breakdown](t, c.Do("POST", "/api/v1/orders/preview", body)); !hasFirst(b.Discounts) {
+		t.Fatalf("a new customer's preview has no first-order offer: %+v", b)
+	}
+	var mu sync.Mutex
+	var with []string
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := c.Do("POST", "/api/v1/orders", body)
+			if r.Status == 409 && r.Code() == "price_changed" {
+				return
+			}
+			if r.Status != 201 {
+				t.Errorf("order: %d %s", r.Status, r.Body)
+				return
+			}
+			oid := orderID(t, r)
+			o := decode[breakdown](t, c.Do("GET", "/api/v1/orders/"+oid, ""))
+			if hasFirst(o.Discounts) {
+				mu.Lock()
+				with = append(with, oid)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(with) != 1 {
+		t.Fatalf("%d racing orders got the first-order offer, want 1", len(with))
+	}
+	pay(t, c, with[0])
+	eventually.True(t, 10*time.Second, "the order is paid", func() bool {
+		id, _ := strconv.ParseInt(with[0], 10, 64)
+		o, err := n.Orders.Peek(t.Context(), id)
+		return err == nil && o.Status == order.Paid
+	})
+	b := decode[breakdown](t, c.Do("POST", "/api/v1/orders/preview", body))
+	notFirst := false
+	for _, s := range b.Skipped {
+		notFirst = notFirst || s.Kind == "first_order" && s.Reason == "not_first_order"
+	}
+	if hasFirst(b.Discounts) || !notFirst {
+		t.Fatalf("after a paid order the offer still applies: %+v", b)
+	}
+}
+
+// orderID is the id in a 201 answer to an order.
+func orderID(t *testing.T, r nodetest.Resp) string {
+	t.Helper()
+	return decode[struct {
+		OrderID string `json:"order_id"`
+	}](t, r).OrderID
 }

@@ -121,7 +121,11 @@ func (s *Service) price(ctx context.Context, q queryer, userID int64, req Reques
 		}
 	}
 	if len(p.promos) > 0 {
-		facts, err := promo.ReadFacts(ctx, q, userID, req.StoreID, p.promos)
+		skus := make([]int64, len(cart.Lines))
+		for i, l := range cart.Lines {
+			skus[i] = l.SKU
+		}
+		facts, err := promo.ReadFacts(ctx, q, userID, req.StoreID, p.promos, skus)
 		if err != nil {
 			return nil, err
 		}

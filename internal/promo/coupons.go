@@ -307,6 +307,9 @@ func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed,
 	defer cancel()
 	msg := claimMsg{CouponID: cid, TemplateID: t.ID, UserID: userID, At: now.UTC()}
 	if _, err := s.bus.Publish(pctx, bus.Msg{Subject: claimSubject(id.Gene(cid)), ID: strconv.FormatInt(cid, 10), Data: mustJSON(msg)}); err != nil {
+		if ctx.Err() != nil {
+			return Claimed{}, ctx.Err() // the client went away
+		}
 		return Claimed{}, kv.ErrUnavailable.With("the claim could not be recorded, try again: %v", err)
 	}
 	return Claimed{CouponID: cid, TemplateID: t.ID, Remaining: left}, nil
@@ -330,9 +333,15 @@ func (s *Service) Consume(ctx context.Context) error {
 // recorded as refused and its coupon as void), then the coupon in the
 // user's wallet on their shard.
 func (s *Service) apply(ctx context.Context, c claimMsg) error {
-	t, err := scanTemplate(s.db.Main().W.QueryRowContext(ctx, `SELECT rule, claimed FROM coupon_templates WHERE id = $1`, c.TemplateID))
-	if err != nil {
-		return fmt.Errorf("claim %d: template %d: %w", c.CouponID, c.TemplateID, err)
+	// What apply reads of a template (its rule, quantity, limit) never
+	// changes: the cached copy does when it has it.
+	all, err := s.templatesAll(ctx)
+	t := all[c.TemplateID]
+	if err != nil || t == nil {
+		t, err = scanTemplate(s.db.Main().W.QueryRowContext(ctx, `SELECT rule, claimed FROM coupon_templates WHERE id = $1`, c.TemplateID))
+		if err != nil {
+			return fmt.Errorf("claim %d: template %d: %w", c.CouponID, c.TemplateID, err)
+		}
 	}
 	state := "ok"
 	err = sqldb.Tx(ctx, s.db.Main(), func(tx *sql.Tx) error {

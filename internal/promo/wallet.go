@@ -166,15 +166,18 @@ type Facts struct {
 	FirstOnPlatform bool
 }
 
-// ReadFacts reads the facts that the promotions in force make relevant
-// (nothing when none has a limit or is a first-order offer).
-func ReadFacts(ctx context.Context, q queryer, userID, storeID int64, promos []pricing.Promotion) (Facts, error) {
+// ReadFacts reads the facts that the promotions in force make relevant to
+// a cart of skus (nothing when none is a limited special price on one of
+// them or a first-order offer).
+func ReadFacts(ctx context.Context, q queryer, userID, storeID int64, promos []pricing.Promotion, skus []int64) (Facts, error) {
 	var f Facts
 	var specials []pricing.Promotion
 	first := false
 	for _, p := range promos {
 		switch {
-		case p.Kind == pricing.SpecialPrice && p.Limit > 0:
+		case p.Kind == pricing.SpecialPrice && p.Limit > 0 && slices.ContainsFunc(p.Specials, func(s pricing.Special) bool {
+			return slices.Contains(skus, s.SKU)
+		}):
 			specials = append(specials, p)
 		case p.Kind == pricing.FirstOrder:
 			first = true
