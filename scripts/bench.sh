@@ -7,6 +7,7 @@ source scripts/deps.sh
 trap deps_stop EXIT
 command -v pgbench >/dev/null || apt_install postgresql-client
 command -v wrk >/dev/null || apt_install wrk
+command -v redis-benchmark >/dev/null || apt_install redis-tools
 mkdir -p .cache
 go build -o .cache/surge ./cmd/surge
 go build -o .cache/hello ./bench/hello

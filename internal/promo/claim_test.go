@@ -241,3 +241,33 @@ func TestClaimLimitAndReload(t *testing.T) {
 	}
 	settled(t, s, tp.ID, got, 30, 3)
 }
+
+// A kv that comes back with stale counters (a failover to a replica that
+// was behind) is caught by the loss watch, which calls Forget: the
+// counters are dropped and the next claims reload them from the durable
+// claims, so the stale, higher count hands out nothing extra.
+func TestForgetStaleCounters(t *testing.T) {
+	store, _ := stores(t)["memory"](t)
+	s := newService(t, store)
+	tp := newTemplate(t, s, 20, 1)
+	got, _ := campaign(t, s, tp.ID, 15, 15, 0, nil)
+	// The "replica": 15 claimed, but it still says 20 are left and
+	// nobody has claimed.
+	if err := s.kv.Set(t.Context(), leftKey(tp.ID), []byte("20"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for uid := range got {
+		s.kv.Del(t.Context(), userKey(tp.ID, uid))
+	}
+	if err := s.Forget(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	more, paused := campaign(t, s, tp.ID, 40, 40, 0, nil) // the 15 again, and 25 new customers
+	if paused == 0 {
+		t.Error("no claim waited for the reload")
+	}
+	for uid, cs := range more {
+		got[uid] = append(got[uid], cs...)
+	}
+	settled(t, s, tp.ID, got, 20, 1)
+}
