@@ -296,7 +296,7 @@ func intro(w io.Writer, url, admin string) {
 	store := demo.StoreIDs()[0]
 	fmt.Fprintf(w, `
 surge demo is up: %[1]s
-  %[4]d stores with a 30-item menu each, %[5]d demo users; health %[1]s/healthz, readiness %[1]s/readyz
+  %[4]d stores with a 30-item menu each (store %[3]d has 3 more, for the promotions), %[5]d demo users; health %[1]s/healthz, readiness %[1]s/readyz
 
 Try it:
   curl -s %[1]s/api/v1/stores
@@ -316,7 +316,13 @@ Try it:
   (WebSockets: %[7]s/api/v1/ws with the token, %[7]s/pos/v1/ws with the key; see docs/pos.md)
   curl -s %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN"
   curl -s %[1]s/admin/v1/events/stats -H "Authorization: Bearer %[2]s"
-`, url, admin, store, demo.Stores, demo.Users, store*1000+6, strings.Replace(url, "http", "ws", 1))
+Promotions (docs/promotions.md): the seeds' 满99减9 example, 30.00 + 40.00 + 50.00 -> 111.00:
+  curl -s -X POST %[1]s/api/v1/orders/preview -H "Authorization: Bearer $TOKEN" \
+       -d '{"store_id":"%[3]d","items":[{"sku_id":"%[8]d","qty":1},{"sku_id":"%[9]d","qty":1},{"sku_id":"%[10]d","qty":1}]}'
+  curl -s %[1]s/api/v1/coupons      # then POST %[1]s/api/v1/coupons/<template_id>/claim with the token
+  curl -s %[1]s/api/v1/me/coupons -H "Authorization: Bearer $TOKEN"
+`, url, admin, store, demo.Stores, demo.Users, store*1000+6, strings.Replace(url, "http", "ws", 1),
+		demo.ExampleSKU, demo.ExampleSKU+1, demo.ExampleSKU+2)
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
