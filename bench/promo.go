@@ -90,7 +90,7 @@ func coupons(ctx context.Context) error {
 	}
 	host, port, db := redisParts(*redisURL)
 	kvURL := fmt.Sprintf("redis://%s:%s/%s?prefix=bench%d:", host, port, db, time.Now().UnixNano())
-	_, surgeAddr, _, done, err := pair("--log-level", "warn", "--kv", kvURL, "--admin-token", benchAdmin)
+	helloAddr, surgeAddr, _, done, err := pair("--log-level", "warn", "--kv", kvURL, "--admin-token", benchAdmin)
 	if err != nil {
 		return err
 	}
@@ -122,8 +122,13 @@ end
 		return fmt.Errorf("redis-cli: %v %s", err, out)
 	}
 	defer exec.Command("redis-cli", "-h", host, "-p", port, "-n", db, "DEL", stockKey).Run()
-	var bs, ss []float64
+	var bs, ss, hs []float64
 	for r := range *rounds {
+		h, err := runWrk(ctx, "http://"+helloAddr+"/", *workers, *dur, "")
+		if err != nil {
+			return err
+		}
+		hs = append(hs, h.RPS)
 		n := strconv.Itoa(int(40_000 * dur.Seconds()))
 		cmd := exec.CommandContext(ctx, "redis-benchmark", "-h", host, "-p", port, "--dbnum", db, "-c", strconv.Itoa(*workers),
 			"-n", n, "-r", "1000000", "-q", "EVAL", kv.AdmitLua, "2", stockKey, "bench:{t1}:u:__rand_int__", "1", "100", "0")
@@ -151,6 +156,9 @@ end
 	}
 	report(fmt.Sprintf("coupon claims (wrk, 1 thread, %d connections, %v per round, 5,000 customers, surge embedded with kv on Redis; baseline: redis-benchmark running kv.AdmitLua, %d clients)", *workers, *dur, *workers),
 		"redis-benchmark Lua", "surge POST claim", bs, ss, 0.5)
+	// For scale: the same claims against a hello-world HTTP server, which
+	// does no work at all (the Lua baseline makes no HTTP request).
+	report("coupon claims against the hello-world net/http server (same rounds; no target)", "hello-world", "surge POST claim", hs, ss, 0)
 	return nil
 }
 
