@@ -393,6 +393,7 @@ func TestPreviewInput(t *testing.T) {
 		{seedsCart(`,"coupon_ids":["12345"]`), 409},
 		{seedsCart(`,"coupon_ids":["1","2","3"]`), 400},
 		{seedsCart(`,"coupon_ids":["x"]`), 400},
+		{seedsCart(`,"expected_payable":-1`), 400},
 	} {
 		if r := c.Do("POST", "/api/v1/orders/preview", tc.body); r.Status != tc.code {
 			t.Errorf("preview %s: %d %s, want %d", tc.body, r.Status, r.Body, tc.code)

@@ -119,6 +119,9 @@ func (r Request) Check() error {
 	case r.StoreID < 0:
 		return errkind.ErrBadID.With("store_id %q is not a valid id: ids are positive decimal strings", strconv.FormatInt(r.StoreID, 10))
 	}
+	if r.ExpectedPayable != nil && *r.ExpectedPayable < 0 {
+		return errkind.ErrInvalid.With("expected_payable must not be negative, got %d", *r.ExpectedPayable)
+	}
 	if len(r.Items) == 0 || len(r.Items) > MaxLines {
 		return ErrNoLines.With("an order needs 1 to %d lines, got %d", MaxLines, len(r.Items))
 	}
