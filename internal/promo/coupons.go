@@ -303,10 +303,7 @@ func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed,
 	// stays taken (a coupon fewer, never one too many: the message may
 	// have reached the stream all the same); an operator's reload counts
 	// it back from the durable claims.
-	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	msg := claimMsg{CouponID: cid, TemplateID: t.ID, UserID: userID, At: now.UTC()}
-	if _, err := s.bus.Publish(pctx, bus.Msg{Subject: claimSubject(id.Gene(cid)), ID: strconv.FormatInt(cid, 10), Data: mustJSON(msg)}); err != nil {
+	if err := s.record(ctx, claimMsg{CouponID: cid, TemplateID: t.ID, UserID: userID, At: now.UTC()}); err != nil {
 		if ctx.Err() != nil {
 			return Claimed{}, ctx.Err() // the client went away
 		}
@@ -315,15 +312,105 @@ func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed,
 	return Claimed{CouponID: cid, TemplateID: t.ID, Remaining: left}, nil
 }
 
+// Claims reach the bus in batches: the claims that arrive while a batch
+// is being published go together in the next message, so a campaign costs
+// the bus one message per batch, not per claim, and a lone claim waits for
+// no one. publishers batches are published at once.
+const (
+	maxBatch   = 64
+	publishers = 4
+)
+
+type pendingClaim struct {
+	msg      claimMsg
+	deadline time.Time // publishTimeout after it was admitted: never sent later
+	done     chan error
+}
+
+// batch is the message of a batch of claims.
+type batch struct {
+	Claims []claimMsg `json:"claims"`
+}
+
+// record makes a claim durable: it returns once the message that carries
+// it is acknowledged by JetStream.
+func (s *Service) record(ctx context.Context, c claimMsg) error {
+	s.startBatching.Do(func() {
+		s.pending = make(chan *pendingClaim, 1024)
+		for range publishers {
+			go s.publishLoop()
+		}
+	})
+	p := &pendingClaim{msg: c, deadline: time.Now().Add(publishTimeout), done: make(chan error, 1)}
+	select {
+	case s.pending <- p:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// publishLoop publishes batches of the pending claims. A claim is sent
+// before its deadline or not at all: a reload after a kv loss waits
+// (settle) for the claims admitted before it to land.
+func (s *Service) publishLoop() {
+	for first := range s.pending {
+		ps := []*pendingClaim{first}
+	more:
+		for len(ps) < maxBatch {
+			select {
+			case p := <-s.pending:
+				ps = append(ps, p)
+			default:
+				break more
+			}
+		}
+		deadline, now := ps[0].deadline, time.Now()
+		b := batch{Claims: make([]claimMsg, 0, len(ps))}
+		sent := ps[:0]
+		for _, p := range ps {
+			if !now.Before(p.deadline) {
+				p.done <- context.DeadlineExceeded
+				continue
+			}
+			if p.deadline.Before(deadline) {
+				deadline = p.deadline
+			}
+			b.Claims = append(b.Claims, p.msg)
+			sent = append(sent, p)
+		}
+		if len(sent) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		_, err := s.bus.Publish(ctx, bus.Msg{Subject: claimSubject(id.Gene(b.Claims[0].CouponID)),
+			ID: strconv.FormatInt(b.Claims[0].CouponID, 10), Data: mustJSON(b)})
+		cancel()
+		for _, p := range sent {
+			p.done <- err
+		}
+	}
+}
+
 // Consume writes claims from the bus into the databases until ctx is done.
 func (s *Service) Consume(ctx context.Context) error {
 	return s.bus.Consume(ctx, bus.ConsumerConfig{Stream: Claims.Name, Durable: claimsConsumer, Workers: 4, MaxDeliver: -1},
 		func(ctx context.Context, m bus.Msg) error {
-			var c claimMsg
-			if err := json.Unmarshal(m.Data, &c); err != nil {
-				return fmt.Errorf("claim %s: %w", m.ID, err)
+			var b batch
+			if err := json.Unmarshal(m.Data, &b); err != nil {
+				return fmt.Errorf("claims %s: %w", m.ID, err)
 			}
-			return s.apply(ctx, c)
+			for _, c := range b.Claims { // each idempotent: a redelivery redoes none twice
+				if err := s.apply(ctx, c); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 }
 

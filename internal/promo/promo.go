@@ -150,6 +150,9 @@ type Service struct {
 	templates map[int64]*Template
 	tmplAt    time.Time
 	loading   sync.Map // template id -> struct{}: a reload runs here
+
+	startBatching sync.Once
+	pending       chan *pendingClaim // claims waiting for the bus
 }
 
 // New returns the service. bus carries claims (nil: claims are refused as
