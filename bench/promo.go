@@ -250,6 +250,9 @@ func promoOrders(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if r == 0 && *profile != "" {
+			go saveProfile(sb, *dur, *profile)
+		}
 		s, err := runWrk(ctx, sb+"/api/v1/orders", *workers, *dur, ordersLua(nil, pairs[used:], cart, fmt.Sprintf("s%d", r)))
 		if err != nil {
 			return err
