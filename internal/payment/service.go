@@ -60,6 +60,14 @@ type Orders interface {
 	// database, which a payment shares with its order.
 	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (order.PaidResult, error)
 	Paid(ctx context.Context, orderID int64)
+	// RefundTx and Recorded record a refund of an order's lines inside a
+	// transaction on the order's database, with the refund's ledger row;
+	// RefundedTx and RefundDone tell the order the channel made it, in
+	// the transaction that marks it done (see orderrefund.go).
+	RefundTx(ctx context.Context, tx *sql.Tx, o *order.Order, rf order.Refund) (*order.RefundRecord, error)
+	Recorded(ctx context.Context, r *order.RefundRecord)
+	RefundedTx(ctx context.Context, tx *sql.Tx, orderID, refundID int64, last bool) error
+	RefundDone(ctx context.Context, orderID int64)
 }
 
 // Config tunes the service. Zero values take the defaults.
