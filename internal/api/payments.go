@@ -17,7 +17,7 @@ func (s *Server) paymentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /admin/v1/orders/{order_id}/payments", s.admin(s.orderPayments))
 	mux.HandleFunc("GET /admin/v1/orders/{order_id}/refunds", s.admin(s.orderRefunds))
 	mux.HandleFunc("POST /admin/v1/orders/{order_id}/refund", s.admin(func(w http.ResponseWriter, r *http.Request) {
-		s.refund(w, r, order.ByOperator, 0)
+		s.refund(w, r, s.Payments, order.ByOperator, 0)
 	}))
 	mux.HandleFunc("GET /admin/v1/payments/anomalies", s.admin(s.anomalies))
 	mux.HandleFunc("GET /admin/v1/payments/channels", s.admin(s.channels))

@@ -16,12 +16,10 @@ func (s *Server) posRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/accept", s.pos(s.posStep(fulfil.Accepted)))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/ready", s.pos(s.posStep(fulfil.Ready)))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/complete", s.pos(s.posStep(fulfil.Completed)))
-	if s.Orders != nil {
-		mux.HandleFunc("GET /pos/v1/orders/{order_id}", s.pos(s.posOrder))
-	}
-	if s.Payments != nil {
+	mux.HandleFunc("GET /pos/v1/orders/{order_id}", s.pos(s.posOrder))
+	if s.Refunds != nil {
 		mux.HandleFunc("POST /pos/v1/orders/{order_id}/refund", s.pos(func(w http.ResponseWriter, r *http.Request, storeID int64) {
-			s.refund(w, r, order.ByStore, storeID)
+			s.refund(w, r, s.Refunds, order.ByStore, storeID)
 		}))
 	}
 }
@@ -34,10 +32,7 @@ func (s *Server) posOrder(w http.ResponseWriter, r *http.Request, storeID int64)
 		web.Error(w, r, err)
 		return
 	}
-	o, err := s.Orders.Peek(r.Context(), oid)
-	if err == nil && o.StoreID != storeID {
-		err = fulfil.ErrNotFound.With("no order %d for store %d", oid, storeID)
-	}
+	o, err := s.Fulfil.Order(r.Context(), storeID, oid)
 	if err != nil {
 		web.Error(w, r, err)
 		return
@@ -46,9 +41,9 @@ func (s *Server) posOrder(w http.ResponseWriter, r *http.Request, storeID int64)
 }
 
 // refund serves POST .../orders/{order_id}/refund of a store (storeID) or
-// an operator (storeID 0): {"sku_ids": [...], "reason": "..."}, both
-// optional (no sku_ids: every line not refunded yet).
-func (s *Server) refund(w http.ResponseWriter, r *http.Request, by string, storeID int64) {
+// an operator (storeID 0) through payments: {"sku_ids": [...], "reason":
+// "..."}, both optional (no sku_ids: every line not refunded yet).
+func (s *Server) refund(w http.ResponseWriter, r *http.Request, payments *payment.Service, by string, storeID int64) {
 	oid, err := pathID(r, "order_id")
 	if err != nil {
 		web.Error(w, r, err)
@@ -64,7 +59,7 @@ func (s *Server) refund(w http.ResponseWriter, r *http.Request, by string, store
 			return
 		}
 	}
-	res, err := s.Payments.RefundOrder(r.Context(), payment.OrderRefund{OrderID: oid, SKUs: in.SKUs, Reason: in.Reason, By: by, StoreID: storeID})
+	res, err := payments.RefundOrder(r.Context(), payment.OrderRefund{OrderID: oid, SKUs: in.SKUs, Reason: in.Reason, By: by, StoreID: storeID})
 	if err != nil {
 		web.Error(w, r, err)
 		return

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/eventually"
+	"github.com/surge-platform/surge/internal/platform/bus/bustest"
 	"github.com/surge-platform/surge/internal/push/pushtest"
 )
 
@@ -167,26 +168,51 @@ func paymentRefunded(t *testing.T, base, admin, oid string) int64 {
 // the store can no longer accept it, and the coupon is available again.
 func TestRefunds(t *testing.T) {
 	t.Parallel()
-	const admin = "e2e-admin"
 	addr := freeAddr(t)
-	p := start(t, addr, "serve", "--addr", addr, "--admin-token", admin, "--seed-demo", "--data", t.TempDir(), "--log-level", "warn")
+	p := start(t, addr, "serve", "--addr", addr, "--admin-token", refundsAdmin, "--seed-demo", "--data", t.TempDir(), "--log-level", "warn")
+	refunds(t, p.base, p.base)
+}
+
+// TestRefundsSeparateRoles is TestRefunds on PostgreSQL (2 databases),
+// Redis and an external NATS, with the roles in two processes: customers,
+// sockets and the simulator on one, the stores' fulfilment (the POS's HTTP
+// calls) and the worker on the other. The customer's cancel withdraws the
+// order from a store whose fulfilment runs elsewhere.
+func TestRefundsSeparateRoles(t *testing.T) {
+	t.Parallel()
+	dbs := pgURLs(t, 2)
+	front, back := freeAddr(t), freeAddr(t)
+	common := []string{"--admin-token", refundsAdmin, "--db", dbs[0], "--db", dbs[1], "--db-max-conns", "6", "--kv", redisURL(t),
+		"--bus", bustest.Namespaced(t, bustest.ExternalURL(t)), "--pay-url", "http://" + front, "--log-level", "warn"}
+	f := start(t, front, append([]string{"serve", "--roles", "api,push,paysim", "--addr", front, "--seed-demo", "--data", t.TempDir()}, common...)...)
+	b := start(t, back, append([]string{"serve", "--roles", "fulfil,worker", "--addr", back, "--data", t.TempDir()}, common...)...)
+	refunds(t, f.base, b.base)
+}
+
+const refundsAdmin = "e2e-admin"
+
+// refunds is the refunds scenario against a cluster whose customer API,
+// sockets and operator API answer at base and whose POS HTTP calls answer
+// at posBase.
+func refunds(t *testing.T, base, posBase string) {
+	const admin = refundsAdmin
 	var st struct {
 		POSKey string `json:"pos_key"`
 	}
-	_, b, _ := call(p.base, "GET", "/admin/v1/stores/1001", admin, "")
+	_, b, _ := call(base, "GET", "/admin/v1/stores/1001", admin, "")
 	if json.Unmarshal(b, &st); st.POSKey == "" {
 		t.Fatalf("no POS key: %s", b)
 	}
-	pos := &shopper{t: t, base: p.base, token: st.POSKey}
+	pos := &shopper{t: t, base: posBase, token: st.POSKey}
 
 	// A line refunded after acceptance.
-	alice := &shopper{t: t, base: p.base, token: mustLogin(t, p.base, "+8613500000001")}
+	alice := &shopper{t: t, base: base, token: mustLogin(t, base, "+8613500000001")}
 	cid := alice.claim()
-	custWS := dialWS(t, p.base, "/api/v1/ws", alice.token, "")
-	posWS := dialWS(t, p.base, "/pos/v1/ws", pos.token, "")
+	custWS := dialWS(t, base, "/api/v1/ws", alice.token, "")
+	posWS := dialWS(t, base, "/pos/v1/ws", pos.token, "")
 	o := alice.buy(cid)
 	eventually.True(t, 20*time.Second, "the store accepts", func() bool {
-		status, _, _ := call(p.base, "POST", "/pos/v1/orders/"+o.OrderID+"/accept", pos.token, "")
+		status, _, _ := call(pos.base, "POST", "/pos/v1/orders/"+o.OrderID+"/accept", pos.token, "")
 		return status == 200
 	})
 	eventually.True(t, 20*time.Second, "the order accepted", func() bool { return alice.order(o.OrderID).Status == "accepted" })
@@ -205,8 +231,8 @@ func TestRefunds(t *testing.T) {
 		t.Fatalf("refund of sku 1001031: %+v, want its apportioned payable %d", refund, want)
 	}
 	eventually.True(t, 20*time.Second, "the refund made at the channel", func() bool {
-		rs := refundsOf(t, p.base, admin, o.OrderID)
-		return len(rs) == 1 && rs[0].State == "done" && rs[0].Amount == want && paymentRefunded(t, p.base, admin, o.OrderID) == want
+		rs := refundsOf(t, base, admin, o.OrderID)
+		return len(rs) == 1 && rs[0].State == "done" && rs[0].Amount == want && paymentRefunded(t, base, admin, o.OrderID) == want
 	})
 	after := alice.order(o.OrderID)
 	if after.Status != "accepted" || after.Refunded != want {
@@ -231,7 +257,7 @@ func TestRefunds(t *testing.T) {
 	}
 
 	// A paid order cancelled by its customer before the store accepted it.
-	bob := &shopper{t: t, base: p.base, token: mustLogin(t, p.base, "+8613500000002")}
+	bob := &shopper{t: t, base: base, token: mustLogin(t, base, "+8613500000002")}
 	cid2 := bob.claim()
 	o2 := bob.buy(cid2)
 	var cancelled e2eOrder
@@ -239,14 +265,14 @@ func TestRefunds(t *testing.T) {
 	if cancelled.Refunded != o2.Payable || (cancelled.Status != "refunding" && cancelled.Status != "refunded") {
 		t.Fatalf("cancel of the paid order: %+v", cancelled)
 	}
-	if status, b, _ := call(p.base, "POST", "/pos/v1/orders/"+o2.OrderID+"/accept", pos.token, ""); status != 409 || !strings.Contains(string(b), "order_cancelled") {
+	if status, b, _ := call(pos.base, "POST", "/pos/v1/orders/"+o2.OrderID+"/accept", pos.token, ""); status != 409 || !strings.Contains(string(b), "order_cancelled") {
 		t.Fatalf("accept of the cancelled order: %d %s", status, b)
 	}
 	eventually.True(t, 20*time.Second, "the cancelled order refunded", func() bool { return bob.order(o2.OrderID).Status == "refunded" })
-	if rs := refundsOf(t, p.base, admin, o2.OrderID); len(rs) != 1 || rs[0].Amount != o2.Payable || rs[0].State != "done" {
+	if rs := refundsOf(t, base, admin, o2.OrderID); len(rs) != 1 || rs[0].Amount != o2.Payable || rs[0].State != "done" {
 		t.Fatalf("refunds of the cancelled order: %+v, want one of %d fen", rs, o2.Payable)
 	}
-	if got := paymentRefunded(t, p.base, admin, o2.OrderID); got != o2.Payable {
+	if got := paymentRefunded(t, base, admin, o2.OrderID); got != o2.Payable {
 		t.Fatalf("payment refunded %d, want %d", got, o2.Payable)
 	}
 	if st := bob.coupon(cid2); st != "available" {

@@ -450,6 +450,19 @@ func (s *Service) Withdraw(ctx context.Context, orderID, storeID, userID int64, 
 	return true, nil
 }
 
+// Order returns one of the store's orders as it is now (ErrNotFound for
+// another store's).
+func (s *Service) Order(ctx context.Context, storeID, orderID int64) (*order.Order, error) {
+	o, err := s.orders.Peek(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if o.StoreID != storeID {
+		return nil, ErrNotFound.With("no order %d for store %d", orderID, storeID)
+	}
+	return o, nil
+}
+
 // Accepted reports whether the store has accepted the order (accepted,
 // ready or completed): from the fulfilment record, which knows before the
 // order does (the order learns from order.accepted on the bus).

@@ -299,7 +299,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		srv.PushStats = func() any { return n.Push.Stats() }
 	}
-	if cfg.Has("api") || cfg.Has("worker") {
+	if cfg.Has("api") || cfg.Has("worker") || cfg.Has("fulfil") { // fulfil: the POS's refunds
 		payURL := cfg.PayURL
 		if payURL == "" {
 			payURL = public
@@ -324,6 +324,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		if cfg.Has("api") {
 			srv.Payments = n.Payments
+		}
+		if cfg.Has("fulfil") {
+			srv.Refunds = n.Payments
 		}
 	}
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
