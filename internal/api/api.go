@@ -43,6 +43,7 @@ type Server struct {
 	Orders     *order.Service
 	Payments   *payment.Service
 	Fulfil     *fulfil.Service
+	Refunds    *payment.Service // the POS's refunds (with Fulfil); nil leaves the route out
 	Promo      *promo.Service
 	Extra      map[string]http.Handler // more routes (pattern -> handler), e.g. the payment simulator
 	AdminToken string

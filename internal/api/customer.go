@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -146,16 +147,32 @@ func (s *Server) listOrders(w http.ResponseWriter, r *http.Request, uid int64) {
 	web.JSON(w, http.StatusOK, map[string]any{"orders": list, "next_cursor": next})
 }
 
+// cancelOrder cancels an unpaid order, or one paid that the store has not
+// accepted: that one is refunded in full through the payments centre.
 func (s *Server) cancelOrder(w http.ResponseWriter, r *http.Request, uid int64) {
 	oid, err := pathID(r, "order_id")
 	if err != nil {
 		web.Error(w, r, err)
 		return
 	}
-	o, err := s.Orders.Cancel(r.Context(), uid, oid)
+	o, err := s.Orders.Get(r.Context(), uid, oid)
 	if err != nil {
 		web.Error(w, r, err)
 		return
 	}
-	web.JSON(w, http.StatusOK, o)
+	if o.Status == order.PendingPayment || o.Status == order.Cancelled || s.Payments == nil {
+		if o, err = s.Orders.Cancel(r.Context(), uid, oid); err != nil {
+			web.Error(w, r, err)
+			return
+		}
+		web.JSON(w, http.StatusOK, o)
+		return
+	}
+	res, err := s.Payments.RefundOrder(r.Context(), payment.OrderRefund{OrderID: oid, By: order.ByCustomer, UserID: uid,
+		Reason: "cancelled by the customer before the store accepted it"})
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, res.Order)
 }

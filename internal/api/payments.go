@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
@@ -14,6 +15,10 @@ func (s *Server) paymentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/orders/{order_id}/pay", s.authed(s.pay))
 	mux.HandleFunc("POST /pay/v1/notify/{channel}", s.notify)
 	mux.HandleFunc("GET /admin/v1/orders/{order_id}/payments", s.admin(s.orderPayments))
+	mux.HandleFunc("GET /admin/v1/orders/{order_id}/refunds", s.admin(s.orderRefunds))
+	mux.HandleFunc("POST /admin/v1/orders/{order_id}/refund", s.admin(func(w http.ResponseWriter, r *http.Request) {
+		s.refund(w, r, s.Payments, order.ByOperator, 0)
+	}))
 	mux.HandleFunc("GET /admin/v1/payments/anomalies", s.admin(s.anomalies))
 	mux.HandleFunc("GET /admin/v1/payments/channels", s.admin(s.channels))
 	mux.HandleFunc("PUT /admin/v1/payments/channels/{channel}", s.admin(s.switchChannel))
@@ -138,4 +143,18 @@ func (s *Server) reconcile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	web.JSON(w, http.StatusOK, rep)
+}
+
+func (s *Server) orderRefunds(w http.ResponseWriter, r *http.Request) {
+	oid, err := pathID(r, "order_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	list, err := s.Payments.RefundsOf(r.Context(), oid)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, map[string]any{"refunds": list})
 }

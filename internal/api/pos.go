@@ -5,7 +5,10 @@ import (
 	"strconv"
 
 	"github.com/surge-platform/surge/internal/fulfil"
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/web"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 func (s *Server) posRoutes(mux *http.ServeMux) {
@@ -13,6 +16,55 @@ func (s *Server) posRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/accept", s.pos(s.posStep(fulfil.Accepted)))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/ready", s.pos(s.posStep(fulfil.Ready)))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/complete", s.pos(s.posStep(fulfil.Completed)))
+	mux.HandleFunc("GET /pos/v1/orders/{order_id}", s.pos(s.posOrder))
+	if s.Refunds != nil {
+		mux.HandleFunc("POST /pos/v1/orders/{order_id}/refund", s.pos(func(w http.ResponseWriter, r *http.Request, storeID int64) {
+			s.refund(w, r, s.Refunds, order.ByStore, storeID)
+		}))
+	}
+}
+
+// posOrder answers one of the store's orders as it is now (its status,
+// and what of it is refunded).
+func (s *Server) posOrder(w http.ResponseWriter, r *http.Request, storeID int64) {
+	oid, err := pathID(r, "order_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	o, err := s.Fulfil.Order(r.Context(), storeID, oid)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, o)
+}
+
+// refund serves POST .../orders/{order_id}/refund of a store (storeID) or
+// an operator (storeID 0) through payments: {"sku_ids": [...], "reason":
+// "..."}, both optional (no sku_ids: every line not refunded yet).
+func (s *Server) refund(w http.ResponseWriter, r *http.Request, payments *payment.Service, by string, storeID int64) {
+	oid, err := pathID(r, "order_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	var in struct {
+		SKUs   promo.IDs `json:"sku_ids"`
+		Reason string    `json:"reason"`
+	}
+	if r.ContentLength != 0 {
+		if err := web.Decode(w, r, &in); err != nil {
+			web.Error(w, r, err)
+			return
+		}
+	}
+	res, err := payments.RefundOrder(r.Context(), payment.OrderRefund{OrderID: oid, SKUs: in.SKUs, Reason: in.Reason, By: by, StoreID: storeID})
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusCreated, res)
 }
 
 // pos wraps h so that it runs only with a store's POS key.

@@ -186,8 +186,8 @@ func couponState(t *testing.T, c *nodetest.Client, cid string) string {
 
 // The same coupon on several concurrent orders: exactly one order gets
 // it, the others are refused; cancelling that order gives it back, paying
-// another order with it uses it, and late or repeated events (expiry,
-// cancel, payment again) change nothing.
+// another order with it uses it, and late or repeated events (expiry, a
+// cancel once the store accepted it) change nothing.
 func TestCouponLockUseRelease(t *testing.T) {
 	t.Parallel()
 	n := promoNode(t)
@@ -247,9 +247,12 @@ func TestCouponLockUseRelease(t *testing.T) {
 	pay(t, c, oid2)
 	eventually.True(t, 10*time.Second, "the coupon of a paid order is used", func() bool { return couponState(t, c, cid) == "used" })
 	id2, _ := strconv.ParseInt(oid2, 10, 64)
+	mustAccept(t, nodetest.POS(t, n.URL(), store), oid2)
 	for range 2 { // a late expiry and a cancel attempt, twice
 		n.Orders.Expire(t.Context(), id2)
-		c.Do("POST", "/api/v1/orders/"+oid2+"/cancel", "")
+		if r := c.Do("POST", "/api/v1/orders/"+oid2+"/cancel", ""); r.Status != 409 || r.Code() != "not_cancellable" {
+			t.Fatalf("cancel of an accepted order: %d %s", r.Status, r.Body)
+		}
 	}
 	if st := couponState(t, c, cid); st != "used" {
 		t.Fatalf("coupon of a paid order after late events is %q", st)
@@ -276,7 +279,8 @@ func pay(t *testing.T, c *nodetest.Client, oid string) {
 
 // Cancel and payment racing on orders holding a coupon: whichever wins,
 // the coupon ends in the state its order's status says (paid: used;
-// cancelled: available), never both and never lost.
+// cancelled: available; paid first, then cancelled before the store
+// accepted it: refunded in full, available), never both and never lost.
 func TestCouponCancelPayRace(t *testing.T) {
 	t.Parallel()
 	n := promoNode(t)
@@ -304,7 +308,13 @@ func TestCouponCancelPayRace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[order.Status]string{order.Paid: "used", order.Cancelled: "available"}[o.Status]
+		if o.Status == order.Refunding || o.Status == order.Refunded {
+			eventually.True(t, 10*time.Second, "the cancelled paid order refunded", func() bool {
+				o, err = n.Orders.Peek(t.Context(), id)
+				return err == nil && o.Status == order.Refunded
+			})
+		}
+		want := map[order.Status]string{order.Paid: "used", order.Cancelled: "available", order.Refunded: "available"}[o.Status]
 		if want == "" {
 			t.Fatalf("order %s is %s after the race", oid, o.Status)
 		}

@@ -34,6 +34,7 @@ var (
 	ErrStep       = errkind.New(errkind.Conflict, "wrong_step", "the order is not at the step this action follows")
 	ErrPickupCode = errkind.New(errkind.Invalid, "invalid_pickup_code", "a pickup code is 1 to 8 letters or digits")
 	ErrCodeInUse  = errkind.New(errkind.Conflict, "pickup_code_in_use", "this pickup code is already used today in this store")
+	ErrWithdrawn  = errkind.New(errkind.Conflict, "order_cancelled", "the order was cancelled before the store accepted it; it is refunded")
 )
 
 // Statuses of a fulfilment.
@@ -42,6 +43,7 @@ const (
 	Accepted  = "accepted"
 	Ready     = "ready"
 	Completed = "completed"
+	Withdrawn = "withdrawn" // taken back before the store accepted it (cancelled by the customer, or refunded in full)
 )
 
 // Announcer is told of each order queued for a store (the push centre): seq
@@ -108,7 +110,7 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 
 // Take records a paid order for its store and queues it for the POS.
 // Taking an order again queues it again only while the store has not
-// accepted it.
+// accepted it; an order withdrawn before it was taken is not queued.
 func (s *Service) Take(ctx context.Context, orderID, storeID, userID int64) error {
 	now := s.now().UnixMilli()
 	d := s.forStore(storeID)
@@ -305,7 +307,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 		return have, nil
 	}
 	if status != from {
-		return "", ErrStep.With("order %d is %s; %s follows %s", orderID, status, to, from)
+		return "", stepError(orderID, status, to, from)
 	}
 	day := s.now().UTC().Format(time.DateOnly)
 	for attempt := 0; ; attempt++ {
@@ -329,7 +331,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 				return err
 			}
 			if n, _ := res.RowsAffected(); n != 1 {
-				return ErrStep.With("order %d changed meanwhile", orderID)
+				return errMoved
 			}
 			gene := id.Gene(orderID)
 			evID, err := s.ids.Next(gene)
@@ -349,6 +351,16 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 				continue // a made-up code collided: make another
 			}
 		}
+		if errors.Is(err, errMoved) { // withdrawn, or another terminal's step: say which
+			if err := d.W.QueryRowContext(ctx, `SELECT status, pickup_code FROM fulfilments WHERE order_id = $1`, orderID).
+				Scan(&status, &have); err != nil {
+				return "", err
+			}
+			if status == to {
+				return have, nil // the same step by another terminal: its answer
+			}
+			return "", stepError(orderID, status, to, from)
+		}
 		if err != nil {
 			return "", fmt.Errorf("%s order %d: %w", to, orderID, err)
 		}
@@ -357,6 +369,113 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 		}
 		return pick, nil
 	}
+}
+
+// errMoved: the fulfilment changed between its read and its update.
+var errMoved = errors.New("fulfilment moved meanwhile")
+
+// stepError refuses step to of an order at status, which does not follow.
+func stepError(orderID int64, status, to, from string) error {
+	if status == Withdrawn {
+		return ErrWithdrawn.With("order %d was cancelled before the store accepted it (it is refunded): do not make it", orderID)
+	}
+	return ErrStep.With("order %d is %s; %s follows %s", orderID, status, to, from)
+}
+
+// Withdraw takes a paid order its store has not accepted away from the
+// store for good, and reports true; it reports false when the store
+// accepted it first (the customer may no longer cancel it). The
+// fulfilment record is the arbiter between the two: accepting moves it
+// from new by compare-and-set, and so does withdrawing (or it writes the
+// record as withdrawn when order.paid has not reached fulfilment yet; the
+// late order.paid then queues nothing). A withdrawal writes order.withdrawn
+// in the same transaction: the payments centre refunds the order from it
+// if the request that withdrew it does not get that far. The order leaves
+// its store's queue (a queue that keeps it, the kv store being away, shows
+// it with its status, and accepting it is refused with ErrWithdrawn).
+// Idempotent: withdrawing again reports true. by says who asked
+// (order.ByCustomer ...).
+func (s *Service) Withdraw(ctx context.Context, orderID, storeID, userID int64, by string) (bool, error) {
+	d := s.forStore(storeID)
+	changed := false
+	err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+		changed = false
+		now := s.now()
+		res, err := tx.ExecContext(ctx, `INSERT INTO fulfilments (order_id, store_id, user_id, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING`, orderID, storeID, userID, Withdrawn, now.UnixMilli())
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			res, err := tx.ExecContext(ctx, `UPDATE fulfilments SET status = $1, updated_at = $2 WHERE order_id = $3 AND status = $4`,
+				Withdrawn, now.UnixMilli(), orderID, Received)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 0 {
+				return err // accepted (or withdrawn) before: read below
+			}
+		}
+		changed = true
+		gene := id.Gene(orderID)
+		evID, err := s.ids.Next(gene)
+		if err != nil {
+			return err
+		}
+		e := order.Event{EventID: evID, Type: order.EvWithdrawn, OrderID: orderID, UserID: userID, StoreID: storeID, By: by, At: now.UTC()}
+		payload, _ := json.Marshal(e)
+		return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene, e.Type), Type: e.Type, Payload: payload}, now)
+	})
+	if err != nil {
+		return false, fmt.Errorf("withdraw order %d: %w", orderID, err)
+	}
+	if changed {
+		if s.wake != nil {
+			s.wake(storeGene(storeID))
+		}
+	} else {
+		var status string
+		if err := d.W.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status); err != nil {
+			return false, fmt.Errorf("withdraw order %d: %w", orderID, err)
+		}
+		if status != Withdrawn {
+			return false, nil
+		}
+	}
+	if _, err := s.kv.ZRem(ctx, queueKey(storeID), strconv.FormatInt(orderID, 10)); err != nil {
+		s.log.Warn("take a withdrawn order out of its store's queue", "order_id", orderID, "store_id", storeID, "err", err)
+	}
+	return true, nil
+}
+
+// Order returns one of the store's orders as it is now (ErrNotFound for
+// another store's).
+func (s *Service) Order(ctx context.Context, storeID, orderID int64) (*order.Order, error) {
+	o, err := s.orders.Peek(ctx, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if o.StoreID != storeID {
+		return nil, ErrNotFound.With("no order %d for store %d", orderID, storeID)
+	}
+	return o, nil
+}
+
+// Accepted reports whether the store has accepted the order (accepted,
+// ready or completed): from the fulfilment record, which knows before the
+// order does (the order learns from order.accepted on the bus).
+func (s *Service) Accepted(ctx context.Context, orderID, storeID int64) (bool, error) {
+	var status string
+	err := s.forStore(storeID).W.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("fulfilment of order %d: %w", orderID, err)
+	}
+	return status == Accepted || status == Ready || status == Completed, nil
 }
 
 // makeCode makes a pickup code that is easy to read aloud and type: four

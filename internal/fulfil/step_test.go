@@ -158,3 +158,94 @@ func TestMadeCodesUnique(t *testing.T) {
 		t.Fatal(fmt.Sprintf("%d codes for %d orders", len(codes), orders))
 	}
 }
+
+// A customer's cancel and the store's accept race on one fulfilment record:
+// of many rounds, each ends with exactly one of them: accepted (the cancel
+// is told the store accepted first) or withdrawn (the accept is refused
+// with ErrWithdrawn, the order is out of the queue, and order.withdrawn is
+// written once however often the cancel is asked).
+func TestWithdrawAcceptRace(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	var withdrawn, accepted int
+	for i := range int64(40) {
+		oid := int64(id.GeneOf(7)) | (2000+i)<<20
+		mustTake(t, s, oid, 1001)
+		var wg sync.WaitGroup
+		var wOK [3]bool
+		var wErr [3]error
+		var code string
+		var aErr error
+		for k := range 3 { // the customer taps cancel three times
+			wg.Go(func() { wOK[k], wErr[k] = s.Withdraw(ctx, oid, 1001, 7, order.ByCustomer) })
+		}
+		wg.Go(func() { code, aErr = s.Step(ctx, 1001, oid, Accepted, "") })
+		wg.Wait()
+		for k := range 3 {
+			if wErr[k] != nil {
+				t.Fatal(wErr[k])
+			}
+			if wOK[k] != wOK[0] {
+				t.Fatalf("round %d: withdraws disagree: %v", i, wOK)
+			}
+		}
+		var types []string
+		for _, ev := range events(t, s, 1001, oid) {
+			types = append(types, ev.Type)
+		}
+		seqs, _ := queued(t, s, 1001, 0)
+		_, inQueue := seqs[oid]
+		switch {
+		case wOK[0] && errors.Is(aErr, ErrWithdrawn) && code == "":
+			withdrawn++
+			if len(types) != 1 || types[0] != order.EvWithdrawn || inQueue {
+				t.Fatalf("round %d withdrawn: events %v, in queue %v; want one order.withdrawn, out of the queue", i, types, inQueue)
+			}
+			if ok, err := s.Accepted(ctx, oid, 1001); err != nil || ok {
+				t.Fatalf("round %d: a withdrawn order counts as accepted: %v %v", i, ok, err)
+			}
+		case !wOK[0] && aErr == nil && code != "":
+			accepted++
+			if len(types) != 1 || types[0] != order.EvAccepted {
+				t.Fatalf("round %d accepted: events %v; want one order.accepted", i, types)
+			}
+			if ok, err := s.Accepted(ctx, oid, 1001); err != nil || !ok {
+				t.Fatalf("round %d: an accepted order does not count as accepted: %v %v", i, ok, err)
+			}
+		default:
+			t.Fatalf("round %d: withdrawn %v, accept %q %v: not exactly one", i, wOK, code, aErr)
+		}
+	}
+	t.Logf("40 rounds: %d withdrawn, %d accepted", withdrawn, accepted)
+}
+
+// An order withdrawn before order.paid reached fulfilment is recorded as
+// withdrawn; the late order.paid queues nothing, and a rebuilt queue leaves
+// it out.
+func TestWithdrawBeforeTake(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	ctx := t.Context()
+	oid := int64(id.GeneOf(7)) | 3000<<20
+	if ok, err := s.Withdraw(ctx, oid, 1002, 7, order.ByCustomer); err != nil || !ok {
+		t.Fatalf("withdraw before take: %v %v", ok, err)
+	}
+	mustTake(t, s, oid, 1002)
+	if err := s.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if seqs, _ := queued(t, s, 1002, 0); len(seqs) != 0 {
+		t.Fatalf("a withdrawn order was queued: %v", seqs)
+	}
+	if _, err := s.Step(ctx, 1002, oid, Accepted, ""); !errors.Is(err, ErrWithdrawn) {
+		t.Fatalf("accept of a withdrawn order: %v, want ErrWithdrawn", err)
+	}
+	if ok, err := s.Withdraw(ctx, oid, 1002, 7, order.ByCustomer); err != nil || !ok {
+		t.Fatalf("withdraw again: %v %v", ok, err)
+	}
+	if evs := events(t, s, 1002, oid); len(evs) != 1 || evs[0].Type != order.EvWithdrawn || evs[0].By != order.ByCustomer ||
+		evs[0].UserID != 7 || evs[0].StoreID != 1002 {
+		t.Fatalf("events %+v, want one order.withdrawn by the customer", evs)
+	}
+}

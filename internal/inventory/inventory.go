@@ -264,6 +264,42 @@ func merge(lines []Line) []Line {
 	return out
 }
 
+// Return gives back the limited stock of lines refunded before the store
+// made them (refund refundID of orderID): each sku comes back once per
+// refund, however often it is asked (a retry, a redelivered event), in one
+// transaction. Skus without a stock level (not limited) are skipped. It
+// reports how many units came back.
+func (s *Service) Return(ctx context.Context, refundID, orderID int64, lines []Line) (int64, error) {
+	if len(lines) == 0 {
+		return 0, nil
+	}
+	lines = merge(lines)
+	var back int64
+	err := sqldb.Tx(ctx, s.db, func(tx *sql.Tx) error {
+		back = 0
+		for _, l := range lines { // sorted by sku: no lock-order deadlocks
+			res, err := tx.ExecContext(ctx, `INSERT INTO stock_returns (refund_id, sku_id, order_id, qty, created_at)
+				SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM stock WHERE sku_id = $2)
+				ON CONFLICT (refund_id, sku_id) DO NOTHING`, refundID, l.SKU, orderID, l.Qty, s.now().UnixMilli())
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 0 {
+				continue // returned before, or not limited
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE stock SET qty = qty + $1 WHERE sku_id = $2`, l.Qty, l.SKU); err != nil {
+				return err
+			}
+			back += l.Qty
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("return stock of refund %d of order %d: %w", refundID, orderID, err)
+	}
+	return back, nil
+}
+
 // Commit turns the reservation of orderID into a sale: the rows go, the
 // stock stays taken (a paid order). Idempotent.
 func (s *Service) Commit(ctx context.Context, orderID int64) error {

@@ -38,6 +38,7 @@ func TestService(t *testing.T) {
 		{"ReleaseIdempotent", testReleaseIdempotent},
 		{"Sweep", testSweep},
 		{"ReserveRace", testReserveRace},
+		{"ReturnOnceRace", testReturnOnceRace},
 	}
 	for _, eng := range sqldbtest.Engines() {
 		t.Run(eng.Name, func(t *testing.T) {
@@ -533,5 +534,50 @@ func testReserveRace(t *testing.T, e env) {
 	e.wantLevels(t, map[int64]int64{scarce: 0, common: plenty - stock})
 	if rows, units := e.heldOf(t, scarce); rows != stock || units != stock {
 		t.Errorf("%d reservation rows holding %d units of the scarce sku, want %d and %d", rows, units, stock, stock)
+	}
+}
+
+// testReturnOnceRace: the stock of refunded lines comes back once per
+// refund and sku, however many callers ask at once or again (a refund's
+// request and its redelivered event); another refund of the same order
+// returns its own lines; a sku without a level is skipped.
+func testReturnOnceRace(t *testing.T, e env) {
+	a, b, unlimited := e.sku(1), e.sku(2), e.sku(3)
+	e.mustSet(t, a, 10)
+	e.mustSet(t, b, 10)
+	oid := e.order(1)
+	if err := e.s.Reserve(e.ctx, oid, []Line{{a, 3}, {b, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.Commit(e.ctx, oid); err != nil { // paid: a sale
+		t.Fatal(err)
+	}
+	const refund1, refund2 = 71, 72
+	var mu sync.Mutex
+	var back int64
+	errs := race(16, func(int) error {
+		n, err := e.s.Return(e.ctx, refund1, oid, []Line{{a, 1}, {a, 1}, {unlimited, 4}})
+		mu.Lock()
+		back += n
+		mu.Unlock()
+		return err
+	})
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if back != 2 {
+		t.Fatalf("16 returns of refund %d gave back %d units, want 2 once", refund1, back)
+	}
+	if n, err := e.s.Return(e.ctx, refund2, oid, []Line{{a, 1}, {b, 2}}); err != nil || n != 3 {
+		t.Fatalf("the second refund's return: %d %v, want 3", n, err)
+	}
+	if n, err := e.s.Return(e.ctx, refund2, oid, []Line{{a, 1}, {b, 2}}); err != nil || n != 0 {
+		t.Fatalf("the second refund's return again: %d %v, want 0", n, err)
+	}
+	e.wantLevels(t, map[int64]int64{a: 7 + 3, b: 8 + 2})
+	if m, err := e.s.Levels(e.ctx, []int64{unlimited}); err != nil || len(m) != 0 {
+		t.Fatalf("a sku without a level got one: %v %v", m, err)
 	}
 }

@@ -299,7 +299,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		srv.PushStats = func() any { return n.Push.Stats() }
 	}
-	if cfg.Has("api") || cfg.Has("worker") {
+	if cfg.Has("api") || cfg.Has("worker") || cfg.Has("fulfil") { // fulfil: the POS's refunds
 		payURL := cfg.PayURL
 		if payURL == "" {
 			payURL = public
@@ -308,7 +308,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			wxsim.New(wxsim.Config{BaseURL: payURL, Secret: keys.WXSecret}),
 			alisim.New(alisim.Config{BaseURL: payURL, Secret: keys.AliSecret, PublicKey: &keys.AliPrivateKey.PublicKey}),
 		}
-		n.Payments = payment.New(n.DB, n.IDs, n.Orders, channels, cfg.PayWeights, log, payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
+		// Refunds of orders ask the stores' fulfilment records whether the
+		// store accepted an order, and withdraw it when it has not.
+		var stores payment.Stores = n.Fulfil
+		if n.Fulfil == nil {
+			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, nil, log.With("role", "refunds"))
+		}
+		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, cfg.PayWeights, log,
+			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
 		if url := cmp.Or(cfg.NotifyURL, strings.TrimSuffix(payURL, "/")+notify.SinkPath); cfg.Has("worker") && url != "off" {
 			if err := notify.Prepare(ctx, n.Bus); err != nil {
 				return nil, fmt.Errorf("notify: %w", err)
@@ -317,6 +324,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		if cfg.Has("api") {
 			srv.Payments = n.Payments
+		}
+		if cfg.Has("fulfil") {
+			srv.Refunds = n.Payments
 		}
 	}
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
@@ -371,6 +381,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "reservation-sweep", 30*time.Second, n.sweep)
 		})
 		spawn("expiry sweeper", func(ctx context.Context) error { return n.Jobs.Every(ctx, "expiry-sweep", 5*time.Second, n.expireDue) })
+		spawn("refunds of withdrawn orders", func(ctx context.Context) error { return n.Payments.ConsumeWithdrawn(ctx, n.Bus) })
 		spawn("payment queries and repairs", func(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "payment-queries", time.Second, n.Payments.Work)
 		})

@@ -29,7 +29,9 @@ func (s *Service) Fulfilled(ctx context.Context, orderID int64, typ, pickupCode 
 			return err
 		}
 		switch {
-		case rank[o.Status] >= rank[st.to]:
+		case rank[o.Status] >= rank[st.to], o.Status == Refunding, o.Status == Refunded:
+			// Applied or passed, or refunded in full meanwhile (a step the
+			// store took before it learnt of the refund): nothing to do.
 			return nil
 		case o.Status != st.from:
 			return fmt.Errorf("order %d is %s; %s waits for %s", orderID, o.Status, typ, st.from)

@@ -27,7 +27,9 @@ const ledgerDeliveries = 20
 // Consume runs the worker's consumer of order events until ctx is done: it
 // records every event it sees in events_seen (idempotently: a redelivery
 // only counts up deliveries) and releases the stock of cancelled orders
-// (idempotent too). Tests and operators count events with Seen.
+// (idempotent too), and gives back the limited stock of lines refunded
+// before the store accepted their order (once per refund and sku). Tests
+// and operators count events with Seen.
 //
 // Order of events (docs/api.md, Events): the stream holds an order's
 // order.paid before its store steps (the store learns of the order from
@@ -63,6 +65,10 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 				}
 			case EvAccepted, EvReady, EvCompleted:
 				if err := s.Fulfilled(ctx, ev.OrderID, ev.Type, ev.PickupCode); err != nil {
+					return err
+				}
+			case EvRefunding:
+				if err := s.restock(ctx, ev.RefundID, ev.OrderID, ev.Restock); err != nil {
 					return err
 				}
 			}

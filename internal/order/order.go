@@ -22,6 +22,10 @@ import (
 //	pending_payment -> paid -> accepted -> ready -> completed
 //	pending_payment -> cancelled
 //	paid|accepted -> refunding -> refunded
+//
+// (ready and completed orders may be refunded too: a refund that leaves
+// nothing of the order takes it to refunding; a refund of some of its
+// lines leaves its status as it is, see refund.go.)
 type Status string
 
 const (
@@ -49,7 +53,7 @@ var (
 	ErrUnknownSKU     = errkind.New(errkind.Invalid, "unknown_sku", "the item is not on this store's menu")
 	ErrUnavailable    = errkind.New(errkind.Conflict, "item_unavailable", "the item is not available now")
 	ErrStoreClosed    = errkind.New(errkind.Conflict, "store_closed", "the store is not taking orders")
-	ErrNotCancellable = errkind.New(errkind.Conflict, "not_cancellable", "only an unpaid order can be cancelled")
+	ErrNotCancellable = errkind.New(errkind.Conflict, "not_cancellable", "only an unpaid order, or a paid one the store has not accepted, can be cancelled")
 	ErrChanged        = errkind.New(errkind.Conflict, "order_changed", "the order changed meanwhile, read it again")
 	ErrBadKey         = errkind.New(errkind.Invalid, "invalid_idempotency_key", "Idempotency-Key must be 1 to 128 printable ASCII characters")
 	ErrKeyReused      = errkind.New(errkind.Conflict, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
@@ -69,7 +73,7 @@ type Order struct {
 	Discount   int64      `json:"discount"`
 	Payable    int64      `json:"payable"`
 	Discounts  []Discount `json:"discounts,omitempty"` // on the order; each line has its shares
-	Refunded   int64      `json:"refunded,omitempty"`  // refunded to the customer so far
+	Refunded   int64      `json:"refunded,omitempty"`  // refunded to the customer so far, the refunds on their way included
 	PickupCode string     `json:"pickup_code,omitempty"`
 	PaymentID  int64      `json:"payment_id,string,omitempty"` // the payment that paid it
 	Reason     string     `json:"cancel_reason,omitempty"`     // why it was cancelled: "user" or "expired"
@@ -91,7 +95,8 @@ type Line struct {
 	Payable   int64      `json:"payable"`
 	GiftOf    int64      `json:"gift_of,string,omitempty"`
 	Discounts []Discount `json:"discounts,omitempty"`
-	Refunded  int64      `json:"refunded,omitempty"`
+	Refunded  int64      `json:"refunded,omitempty"`         // Payable once refunded (0 for a line whose payable is 0)
+	RefundID  int64      `json:"refund_id,string,omitempty"` // the refund that refunded the line; 0 = not refunded
 }
 
 // Request is the body of POST /api/v1/orders and of its preview.
@@ -162,18 +167,35 @@ type Created struct {
 
 // Event is the payload of every order event on the bus.
 type Event struct {
-	EventID    int64     `json:"event_id,string"`
-	Type       string    `json:"type"`
-	OrderID    int64     `json:"order_id,string"`
-	UserID     int64     `json:"user_id,string"`
-	StoreID    int64     `json:"store_id,string"`
-	Status     Status    `json:"status"`
-	Version    int64     `json:"version"`
-	Payable    int64     `json:"payable"`
-	PickupCode string    `json:"pickup_code,omitempty"`
-	PaymentID  int64     `json:"payment_id,string,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
-	At         time.Time `json:"at"`
+	EventID    int64  `json:"event_id,string"`
+	Type       string `json:"type"`
+	OrderID    int64  `json:"order_id,string"`
+	UserID     int64  `json:"user_id,string"`
+	StoreID    int64  `json:"store_id,string"`
+	Status     Status `json:"status"`
+	Version    int64  `json:"version"`
+	Payable    int64  `json:"payable"`
+	PickupCode string `json:"pickup_code,omitempty"`
+	PaymentID  int64  `json:"payment_id,string,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	// Refund events (order.refunding, order.refunded) name the refund,
+	// its amount, the order's refunded after it, and its lines' skus;
+	// order.refunding carries the limited stock to give back (lines
+	// refunded before the store accepted the order). By says who asked
+	// (a refund, order.withdrawn).
+	RefundID int64         `json:"refund_id,string,omitempty"`
+	Amount   int64         `json:"amount,omitempty"`
+	Refunded int64         `json:"refunded,omitempty"`
+	SKUs     promo.IDs     `json:"sku_ids,omitempty"`
+	Restock  []RestockLine `json:"restock,omitempty"`
+	By       string        `json:"by,omitempty"`
+	At       time.Time     `json:"at"`
+}
+
+// RestockLine is limited stock a refund gives back.
+type RestockLine struct {
+	SKU int64 `json:"sku_id,string"`
+	Qty int64 `json:"qty"`
 }
 
 // Event types.
@@ -185,12 +207,27 @@ const (
 	EvAccepted  = "order.accepted"
 	EvReady     = "order.ready"
 	EvCompleted = "order.completed"
+	// A refund recorded on the order (its lines marked, the money on its
+	// way: order.refunding) and made by the channel (order.refunded).
+	EvRefunding = "order.refunding"
+	EvRefunded  = "order.refunded"
+	// The store's fulfilment withdrew a paid order it had not accepted
+	// (the customer cancelled it, or all of it is refunded): the payments
+	// centre refunds it, if the request that withdrew it did not finish.
+	EvWithdrawn = "order.withdrawn"
 )
 
 // Cancel reasons.
 const (
 	ByUser   = "user"
 	ByExpiry = "expired"
+)
+
+// Who asks for a refund.
+const (
+	ByCustomer = "customer"
+	ByStore    = "store"
+	ByOperator = "operator"
 )
 
 // Catalog prices orders.
@@ -203,6 +240,8 @@ type Stock interface {
 	Reserve(ctx context.Context, orderID int64, lines []inventory.Line) error
 	Release(ctx context.Context, orderID int64) (int64, error)
 	Commit(ctx context.Context, orderID int64) error
+	// Return gives back refunded lines' stock, once per refund and sku.
+	Return(ctx context.Context, refundID, orderID int64, lines []inventory.Line) (int64, error)
 }
 
 func mustJSON(v any) []byte {

@@ -355,12 +355,21 @@ func (s *Service) wake(gene int) {
 }
 
 func (s *Service) event(o *Order, typ string) (outbox.Event, error) {
-	gene := id.Gene(o.ID)
-	evID, err := s.ids.Next(gene)
-	ev := Event{EventID: evID, Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
+	ev, err := s.newEvent(o, typ)
+	return ev.outbox(), err
+}
+
+// newEvent is the event typ of o as it is now, with a fresh id.
+func (s *Service) newEvent(o *Order, typ string) (Event, error) {
+	evID, err := s.ids.Next(id.Gene(o.ID))
+	return Event{EventID: evID, Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
 		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, PaymentID: o.PaymentID,
-		Reason: o.Reason, At: o.UpdatedAt.UTC()}
-	return outbox.Event{ID: ev.EventID, Subject: Subject(gene, typ), Type: typ, Payload: mustJSON(ev)}, err
+		Reason: o.Reason, At: o.UpdatedAt.UTC()}, err
+}
+
+// outbox is the outbox row of ev, on its order's subject.
+func (ev Event) outbox() outbox.Event {
+	return outbox.Event{ID: ev.EventID, Subject: Subject(id.Gene(ev.OrderID), ev.Type), Type: ev.Type, Payload: mustJSON(ev)}
 }
 
 // Get returns the order if it belongs to userID (0 = any user), with its lines.
@@ -476,7 +485,7 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		}
 		ids += strconv.FormatInt(o.ID, 10)
 	}
-	const cols = `order_id, sku_id, name, price, qty, payable, gift_of, discounts, refunded`
+	const cols = `order_id, sku_id, name, price, qty, payable, gift_of, discounts, refunded, refund_id`
 	query, args := `SELECT `+cols+` FROM order_items WHERE order_id IN (`+ids+`) ORDER BY order_id, line`, []any(nil)
 	if len(orders) == 1 { // the common case, as one cacheable statement
 		query, args = `SELECT `+cols+` FROM order_items WHERE order_id = $1 ORDER BY line`, []any{orders[0].ID}
@@ -490,7 +499,7 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		var oid int64
 		var l Line
 		var disc string
-		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty, &l.Payable, &l.GiftOf, &disc, &l.Refunded); err != nil {
+		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty, &l.Payable, &l.GiftOf, &disc, &l.Refunded, &l.RefundID); err != nil {
 			return err
 		}
 		l.List, l.Discounts = l.Price*int64(l.Qty), decodeDiscounts(disc)
@@ -618,8 +627,9 @@ var _ Stock = (*inventory.Service)(nil)
 
 // effects carries out, in the transaction of a transition, what the
 // order's discounts hold: paying uses its coupons and quotas, cancelling
-// releases them, a full refund gives them back. The compare-and-set of the
-// transition makes each happen once, whatever the order of the events.
+// releases them, a full refund gives them back (when the channel has made
+// the last of its refunds: refunding -> refunded). The compare-and-set of
+// the transition makes each happen once, whatever the order of the events.
 func (s *Service) effects(ctx context.Context, tx *sql.Tx, o, next *Order) error {
 	if len(o.Discounts) == 0 || o.Status == next.Status {
 		return nil

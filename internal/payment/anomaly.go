@@ -15,7 +15,7 @@ type Anomaly struct {
 	OtherID   int64     `json:"other_payment_id,string,omitempty"`
 	Detail    string    `json:"detail"`
 	At        time.Time `json:"at"`
-	Refund    string    `json:"refund,omitempty"` // pending | done | failed: surge's refund of the payment, if it made one
+	Refund    string    `json:"refund,omitempty"` // pending | done | failed: surge's refund of all the payment held, if it made one
 	// Kinds about money refunded at the channel say how much the payment
 	// captured, how much was refunded and by whom ("outside surge": the
 	// provider's merchant console or another system holding the keys).
@@ -81,8 +81,8 @@ func (s *Service) Anomalies(ctx context.Context, limit int) ([]Anomaly, error) {
 	}
 	for i := range out {
 		var st string
-		if err := s.db.ForID(out[i].PaymentID).R.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1`,
-			out[i].PaymentID).Scan(&st); err == nil {
+		if err := s.db.ForID(out[i].PaymentID).R.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1 AND kind = $2`,
+			out[i].PaymentID, refundPayment).Scan(&st); err == nil {
 			out[i].Refund = st
 		}
 	}

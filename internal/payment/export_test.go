@@ -1,6 +1,14 @@
 package payment
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetNow sets the clock of s (tests of package payment_test).
 func SetNow(s *Service, now func() time.Time) { s.now = now }
+
+// SendRefund asks the channel for refund refundID now, as Repair would.
+func SendRefund(ctx context.Context, s *Service, refundID int64) error {
+	return s.sendRefund(ctx, refundID)
+}

@@ -2,7 +2,6 @@ package payment
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -165,15 +164,13 @@ func (s *Service) reconcileOne(ctx context.Context, ch Channel, x int64, m *move
 		f.Kind, f.Action = FindAmountMismatch, "alarm: amounts differ, check with the channel"
 		return &f, nil
 	}
-	var ourRefund int64
-	var ourState string
-	if err := s.db.ForID(p.ID).W.QueryRowContext(ctx, `SELECT id, state FROM refunds WHERE payment_id = $1`, p.ID).
-		Scan(&ourRefund, &ourState); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("refund of payment %d: %w", p.ID, err)
+	ourRefunds, ourState, err := s.refundsOf(ctx, p.ID)
+	if err != nil {
+		return nil, err
 	}
 	var outside, ours bool
 	for _, l := range m.refunds {
-		if l.RefundID == ourRefund {
+		if ourRefunds[l.RefundID] {
 			ours = true
 		} else {
 			outside = true
@@ -223,13 +220,37 @@ func (s *Service) reconcileOne(ctx context.Context, ch Channel, x int64, m *move
 			if err := s.settle(ctx, p.ID); err != nil {
 				return nil, err
 			}
-		} else if err := s.sendRefund(ctx, p.ID); err != nil {
+		} else if err := s.sendPaymentRefund(ctx, p.ID); err != nil {
 			return nil, err
 		}
 		f.Action = "refund sent"
 		return &f, nil
 	}
 	return nil, nil
+}
+
+// refundsOf returns the ids of surge's refunds of paymentID, and the state
+// of its refund of all the payment held ("" when it has none).
+func (s *Service) refundsOf(ctx context.Context, paymentID int64) (map[int64]bool, string, error) {
+	rows, err := s.db.ForID(paymentID).W.QueryContext(ctx, `SELECT id, state, kind FROM refunds WHERE payment_id = $1`, paymentID)
+	if err != nil {
+		return nil, "", fmt.Errorf("refunds of payment %d: %w", paymentID, err)
+	}
+	defer rows.Close()
+	ids := map[int64]bool{}
+	whole := ""
+	for rows.Next() {
+		var rid int64
+		var state, kind string
+		if err := rows.Scan(&rid, &state, &kind); err != nil {
+			return nil, "", err
+		}
+		ids[rid] = true
+		if kind == refundPayment {
+			whole = state
+		}
+	}
+	return ids, whole, rows.Err()
 }
 
 // fixed says what applying the channel's figures st did to payment

@@ -16,10 +16,13 @@ import (
 //
 // surge refunds a payment that must not pay its order (a duplicate, a
 // payment after the order was cancelled, what is left of one refunded in
-// part outside surge): one refund per payment, of all the payment still
-// holds, its id fixed so the channel refunds once however often asked.
-// payments.refunded is what the channel has refunded of the payment as far
-// as surge knows, by surge or outside it; a payment keeps amount - refunded.
+// part outside surge): one refund per payment (kind refundPayment), of all
+// the payment still holds. A payment may take more refunds (kind
+// refundOrder, see orderrefund.go): each refund has an id of its own,
+// fixed when it is recorded, so the channel makes it once however often it
+// is asked. payments.refunded is what the channel has refunded of the
+// payment as far as surge knows, by surge or outside it; a payment keeps
+// amount - refunded.
 //
 // A refund made at the channel without surge (the provider's merchant
 // console) reaches surge as a channel's word that the payment is refunded
@@ -32,8 +35,11 @@ import (
 //     duplicate or late payment): it becomes reversed and never pays its
 //     order; the anomaly refunded_outside records what was captured and
 //     refunded, and surge refunds what is left;
-//   - applied (it paid its order): the order stays paid, and the anomaly
-//     paid_order_refunded_outside names it for the operator to decide;
+//   - applied (it paid its order): surge's refunds of the order's lines
+//     explain as much as they come to (made, or on their way); anything
+//     more was refunded outside surge: the order stays paid, and the
+//     anomaly paid_order_refunded_outside names it for the operator to
+//     decide;
 //   - being refunded by surge: surge's refund explains the channel's until
 //     it is done or given up; the ledger's refunded is raised.
 //
@@ -85,8 +91,16 @@ func (s *Service) refundedAt(ctx context.Context, p *Payment, st Status) error {
 			if refunded <= p.Refunded {
 				return nil // known
 			}
-			if err := s.anomaly(ctx, outsideAnomaly(p, refunded, true)); err != nil {
+			done, sent, err := s.ourRefunds(ctx, p.ID)
+			if err != nil {
 				return err
+			}
+			// What was refunded outside surge as far as the ledger knew,
+			// plus all surge's refunds the channel may have made.
+			if refunded > max(0, p.Refunded-done)+sent {
+				if err := s.anomaly(ctx, outsideAnomaly(p, refunded, true)); err != nil {
+					return err
+				}
 			}
 			return s.raiseRefunded(ctx, p, refunded)
 		case stRefund, stReversed:
@@ -172,11 +186,18 @@ func (s *Service) reverse(ctx context.Context, p *Payment) error {
 	return s.refund(ctx, p, anomalyOutside)
 }
 
+// Kinds of surge's refunds (refunds.kind).
+const (
+	refundPayment = "payment" // all that is left of a payment that must not pay its order: one per payment
+	refundOrder   = "order"   // lines of the order the payment paid: any number per payment
+)
+
 // refund marks a paid p for refund (reversed payments stay reversed) and
 // asks its channel to refund all p still holds (amount - refunded, read in
 // the same transaction); nothing is asked when nothing is left. A failed
-// call is retried by Repair. The refund id is fixed per payment: the
-// channel refunds once however often it is asked.
+// call is retried by Repair. A payment has one such refund, whose id is
+// fixed when it is recorded: the channel refunds once however often it is
+// asked.
 func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
 	now := s.now().UnixMilli()
 	rid, err := s.ids.Next(id.Gene(p.ID))
@@ -185,9 +206,9 @@ func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
 	}
 	err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
 		// retry_at: Repair leaves it to this call for a few seconds.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO refunds (id, payment_id, order_id, channel, amount, reason, state, created_at, updated_at, retry_at)
-			SELECT $1, id, order_id, channel, amount - refunded, $2, 'pending', $3, $3, $4 FROM payments WHERE id = $5 AND amount > refunded
-			ON CONFLICT (payment_id) DO NOTHING`, rid, reason, now, now+repairAfter.Milliseconds(), p.ID); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO refunds (id, payment_id, order_id, channel, amount, reason, state, created_at, updated_at, retry_at, kind)
+			SELECT $1, id, order_id, channel, amount - refunded, $2, 'pending', $3, $3, $4, $5 FROM payments WHERE id = $6 AND amount > refunded
+			ON CONFLICT (payment_id) WHERE kind = 'payment' DO NOTHING`, rid, reason, now, now+repairAfter.Milliseconds(), refundPayment, p.ID); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`, stRefund, now, p.ID, stPaid)
@@ -196,18 +217,34 @@ func (s *Service) refund(ctx context.Context, p *Payment, reason string) error {
 	if err != nil {
 		return fmt.Errorf("refund payment %d: %w", p.ID, err)
 	}
-	return s.sendRefund(ctx, p.ID)
+	return s.sendPaymentRefund(ctx, p.ID)
+}
+
+// sendPaymentRefund sends paymentID's refund of all it held (see refund),
+// if it has one.
+func (s *Service) sendPaymentRefund(ctx context.Context, paymentID int64) error {
+	var rid int64
+	err := s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT id FROM refunds WHERE payment_id = $1 AND kind = $2`,
+		paymentID, refundPayment).Scan(&rid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // nothing was left to refund
+	}
+	if err != nil {
+		return fmt.Errorf("read refund of payment %d: %w", paymentID, err)
+	}
+	return s.sendRefund(ctx, rid)
 }
 
 // repairAfter is how long Repair leaves a fresh refund (or paid payment)
 // to the request that is handling it.
 const repairAfter = 5 * time.Second
 
-// refundState is the state of surge's refund of paymentID: "" (none),
-// pending, done or failed.
+// refundState is the state of surge's refund of all paymentID held (kind
+// refundPayment): "" (none), pending, done or failed.
 func (s *Service) refundState(ctx context.Context, paymentID int64) (string, error) {
 	var st string
-	err := s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1`, paymentID).Scan(&st)
+	err := s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT state FROM refunds WHERE payment_id = $1 AND kind = $2`,
+		paymentID, refundPayment).Scan(&st)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("refund of payment %d: %w", paymentID, err)
 	}
@@ -225,78 +262,104 @@ func refused(err error) bool {
 	return e != nil && (e.Kind == errkind.NotFound || e.Kind == errkind.Conflict || e.Kind == errkind.Invalid)
 }
 
-// sendRefund asks the channel to refund paymentID's pending refund. On
-// success the refund is done and the payment's refunded is all of it. A
-// channel that is down is asked again in a few seconds (Repair); one that
-// refuses, again after a growing back-off, and after RefundAttempts
-// refusals the refund is given up (failed) with the anomaly
-// refund_refused, for an operator.
-func (s *Service) sendRefund(ctx context.Context, paymentID int64) error {
-	d := s.db.ForID(paymentID)
+// sendRefund asks the channel to make refund refundID, if it is still
+// pending. On success the refund is done and the payment's refunded says
+// so: all of it for a refund of all it held, at least the sum of its done
+// refunds of its order's lines (whose completion the order is told of in
+// the same transaction). A channel that is down is asked again in a few
+// seconds (Repair); one that refuses, again after a growing back-off, and
+// after RefundAttempts refusals the refund is given up (failed) with the
+// anomaly refund_refused, for an operator.
+func (s *Service) sendRefund(ctx context.Context, refundID int64) error {
+	d := s.db.ForID(refundID) // a refund id carries its payment's gene
 	var r Refund
-	var channel, state string
+	var orderID int64
+	var channel, state, kind string
 	var attempts int
-	err := d.W.QueryRowContext(ctx, `SELECT id, payment_id, amount, reason, channel, state, attempts FROM refunds WHERE payment_id = $1`, paymentID).
-		Scan(&r.RefundID, &r.PaymentID, &r.Amount, &r.Reason, &channel, &state, &attempts)
+	err := d.W.QueryRowContext(ctx, `SELECT id, payment_id, order_id, amount, reason, channel, state, attempts, kind FROM refunds WHERE id = $1`,
+		refundID).Scan(&r.RefundID, &r.PaymentID, &orderID, &r.Amount, &r.Reason, &channel, &state, &attempts, &kind)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil // nothing was left to refund
+		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("read refund of payment %d: %w", paymentID, err)
+		return fmt.Errorf("read refund %d: %w", refundID, err)
 	}
 	if state != "pending" {
 		return nil
 	}
 	ch := s.channels[channel]
 	if ch == nil {
-		return fmt.Errorf("refund of payment %d: channel %q not configured", paymentID, channel)
+		return fmt.Errorf("refund %d of payment %d: channel %q not configured", refundID, r.PaymentID, channel)
 	}
 	err = s.call(ctx, channel, func() error { return ch.Refund(ctx, r) })
 	now := s.now()
 	if err == nil {
-		return sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
-			res, err := tx.ExecContext(ctx, `UPDATE refunds SET state = 'done', error = '', updated_at = $1 WHERE payment_id = $2 AND state = 'pending'`,
-				now.UnixMilli(), paymentID)
-			if err != nil {
-				return err
-			}
-			if n, err := res.RowsAffected(); err != nil || n != 1 {
-				return err
-			}
-			// Surge's refund is always all that was left: the channel now
-			// has the whole payment refunded.
-			_, err = tx.ExecContext(ctx, `UPDATE payments SET refunded = amount, updated_at = $1 WHERE id = $2`, now.UnixMilli(), paymentID)
-			return err
-		})
+		return s.refundDone(ctx, r, orderID, kind)
 	}
 	msg := err.Error()
 	if len(msg) > 500 {
 		msg = msg[:500]
 	}
 	if !refused(err) {
-		s.log.Warn("refund failed, will retry", "payment_id", paymentID, "err", err)
-		_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET retry_at = $1, error = $2, updated_at = $3 WHERE payment_id = $4 AND state = 'pending'`,
-			now.Add(repairAfter).UnixMilli(), msg, now.UnixMilli(), paymentID)
+		s.log.Warn("refund failed, will retry", "refund_id", refundID, "payment_id", r.PaymentID, "err", err)
+		_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET retry_at = $1, error = $2, updated_at = $3 WHERE id = $4 AND state = 'pending'`,
+			now.Add(repairAfter).UnixMilli(), msg, now.UnixMilli(), refundID)
 		return uerr
 	}
 	attempts++
 	if attempts < s.cfg.RefundAttempts {
-		s.log.Warn("refund refused by the channel, will retry", "payment_id", paymentID, "attempts", attempts, "err", err)
+		s.log.Warn("refund refused by the channel, will retry", "refund_id", refundID, "payment_id", r.PaymentID, "attempts", attempts, "err", err)
 		backoff := min(repairAfter<<(attempts-1), 5*time.Minute)
-		_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET attempts = $1, retry_at = $2, error = $3, updated_at = $4 WHERE payment_id = $5 AND state = 'pending'`,
-			attempts, now.Add(backoff).UnixMilli(), msg, now.UnixMilli(), paymentID)
+		_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET attempts = $1, retry_at = $2, error = $3, updated_at = $4 WHERE id = $5 AND state = 'pending'`,
+			attempts, now.Add(backoff).UnixMilli(), msg, now.UnixMilli(), refundID)
 		return uerr
 	}
-	p, gerr := s.get(ctx, paymentID)
+	p, gerr := s.get(ctx, r.PaymentID)
 	if gerr != nil {
 		return gerr
 	}
+	// One anomaly per payment: a second refund of the payment given up is
+	// in the refunds of its order (GET /admin/v1/orders/{id}/refunds).
 	if err := s.anomaly(ctx, Anomaly{Kind: anomalyRefused, OrderID: p.OrderID, PaymentID: p.ID, Captured: p.Amount,
 		Detail: fmt.Sprintf("the channel refused surge's refund %d of %d fen %d times, last: %s; it is no longer retried: check the payment at the channel",
 			r.RefundID, r.Amount, attempts, msg)}); err != nil {
 		return err
 	}
-	_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET state = 'failed', attempts = $1, error = $2, updated_at = $3 WHERE payment_id = $4 AND state = 'pending'`,
-		attempts, msg, now.UnixMilli(), paymentID)
+	_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET state = 'failed', attempts = $1, error = $2, updated_at = $3 WHERE id = $4 AND state = 'pending'`,
+		attempts, msg, now.UnixMilli(), refundID)
 	return uerr
+}
+
+// refundDone records that the channel made refund r (of kind, for
+// orderID), once: the first caller to move it from pending to done raises
+// the payment's refunded and, for a refund of an order's lines, tells the
+// order in the same transaction.
+func (s *Service) refundDone(ctx context.Context, r Refund, orderID int64, kind string) error {
+	now := s.now().UnixMilli()
+	done := false
+	err := sqldb.Tx(ctx, s.db.ForID(r.RefundID), func(tx *sql.Tx) error {
+		done = false
+		res, err := tx.ExecContext(ctx, `UPDATE refunds SET state = 'done', error = '', updated_at = $1 WHERE id = $2 AND state = 'pending'`,
+			now, r.RefundID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n != 1 {
+			return err // done (or given up) by another caller
+		}
+		done = true
+		if kind == refundPayment {
+			// All that was left: the channel now has the whole payment refunded.
+			_, err = tx.ExecContext(ctx, `UPDATE payments SET refunded = amount, updated_at = $1 WHERE id = $2`, now, r.PaymentID)
+			return err
+		}
+		return s.orderRefundDoneTx(ctx, tx, r, orderID)
+	})
+	if err != nil {
+		return fmt.Errorf("refund %d of payment %d done: %w", r.RefundID, r.PaymentID, err)
+	}
+	if done && kind == refundOrder {
+		s.orders.RefundDone(ctx, orderID)
+	}
+	return nil
 }

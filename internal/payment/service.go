@@ -60,6 +60,14 @@ type Orders interface {
 	// database, which a payment shares with its order.
 	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (order.PaidResult, error)
 	Paid(ctx context.Context, orderID int64)
+	// RefundTx and Recorded record a refund of an order's lines inside a
+	// transaction on the order's database, with the refund's ledger row;
+	// RefundedTx and RefundDone tell the order the channel made it, in
+	// the transaction that marks it done (see orderrefund.go).
+	RefundTx(ctx context.Context, tx *sql.Tx, o *order.Order, rf order.Refund) (*order.RefundRecord, error)
+	Recorded(ctx context.Context, r *order.RefundRecord)
+	RefundedTx(ctx context.Context, tx *sql.Tx, orderID, refundID int64, last bool) error
+	RefundDone(ctx context.Context, orderID int64)
 }
 
 // Config tunes the service. Zero values take the defaults.
@@ -78,6 +86,7 @@ type Service struct {
 	db       *sqldb.Cluster
 	ids      *id.Generator
 	orders   Orders
+	stores   Stores // nil: refunds of orders are not served
 	channels map[string]Channel
 	Router   *Router
 	log      *slog.Logger
@@ -111,7 +120,9 @@ func (s *Service) CallbackCounts() CallbackCounts {
 const MaxCallbackBody = 64 << 10
 
 // New returns the payments centre over channels (routed with weights).
-func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
+// stores decides between a customer's cancel and the store's accept (nil:
+// no refunds of orders).
+func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
 	if cfg.QueryAfter <= 0 {
 		cfg.QueryAfter = 10 * time.Second
 	}
@@ -121,7 +132,7 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, channels []Channel
 	if cfg.RefundAttempts <= 0 {
 		cfg.RefundAttempts = 6
 	}
-	s := &Service{db: db, ids: ids, orders: orders, channels: map[string]Channel{}, log: log, cfg: cfg, now: time.Now}
+	s := &Service{db: db, ids: ids, orders: orders, stores: stores, channels: map[string]Channel{}, log: log, cfg: cfg, now: time.Now}
 	w := map[string]int{}
 	for _, c := range channels {
 		s.channels[c.Name()] = c

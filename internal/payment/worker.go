@@ -117,7 +117,7 @@ func (s *Service) Repair(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		refunds, err := sqldb.IDs(ctx, d.R, `SELECT payment_id FROM refunds WHERE state = 'pending' AND retry_at <= $1 LIMIT 200`, now.UnixMilli())
+		refunds, err := sqldb.IDs(ctx, d.R, `SELECT id FROM refunds WHERE state = 'pending' AND retry_at <= $1 LIMIT 200`, now.UnixMilli())
 		if err != nil {
 			return err
 		}
@@ -129,7 +129,7 @@ func (s *Service) Repair(ctx context.Context) error {
 		}
 		for _, x := range refunds {
 			if err := s.sendRefund(ctx, x); err != nil {
-				s.log.Warn("resend refund", "payment_id", x, "err", err)
+				s.log.Warn("resend refund", "refund_id", x, "err", err)
 			}
 		}
 	}

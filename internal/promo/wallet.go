@@ -360,7 +360,21 @@ func Restore(ctx context.Context, tx execer, q queryer, orderID int64, at time.T
 	return err
 }
 
-func giveBackQuota(ctx context.Context, tx execer, q queryer, orderID int64) error {
+// GiveBack gives back, in the transaction that records a refund of some
+// of an order's lines, the special-price units of those lines (skus) to
+// the customer's quota. The order's coupons and first-order offer stay
+// used: the rest of the order still has them (Restore gives them back when
+// all of it is refunded). A hold is given back once: it goes with it.
+func GiveBack(ctx context.Context, tx execer, q queryer, orderID int64, skus []int64) error {
+	if len(skus) == 0 {
+		return nil
+	}
+	return giveBackQuota(ctx, tx, q, orderID, skus...)
+}
+
+// giveBackQuota gives back the quota holds of orderID: of the given skus
+// only, or all of them.
+func giveBackQuota(ctx context.Context, tx execer, q queryer, orderID int64, skus ...int64) error {
 	rows, err := q.QueryContext(ctx, `SELECT promotion_id, sku_id, user_id, qty FROM quota_holds WHERE order_id = $1`, orderID)
 	if err != nil {
 		return err
@@ -373,20 +387,34 @@ func giveBackQuota(ctx context.Context, tx execer, q queryer, orderID int64) err
 			rows.Close()
 			return err
 		}
-		holds = append(holds, h)
+		if len(skus) == 0 || slices.Contains(skus, h.sku) {
+			holds = append(holds, h)
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
 	for _, h := range holds {
+		// The hold goes first: only the caller that deletes it gives it
+		// back (the order's transition makes that one caller anyway).
+		r, err := tx.ExecContext(ctx, `DELETE FROM quota_holds WHERE order_id = $1 AND promotion_id = $2 AND sku_id = $3`,
+			orderID, h.promo, h.sku)
+		if err != nil {
+			return err
+		}
+		if n, err := r.RowsAffected(); err != nil || n != 1 {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE quota_used SET used = used - $1 WHERE user_id = $2 AND promotion_id = $3 AND sku_id = $4`,
 			h.qty, h.user, h.promo, h.sku); err != nil {
 			return err
 		}
 	}
-	_, err = tx.ExecContext(ctx, `DELETE FROM quota_holds WHERE order_id = $1`, orderID)
-	return err
+	return nil
 }
 
 func contains(xs []int64, x int64) bool { return slices.Contains(xs, x) }

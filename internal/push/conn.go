@@ -37,6 +37,7 @@ type conn struct {
 	// is catching up.
 	cursor, want int64
 	catching     bool
+	greeted      bool // POS: hello is out (what comes outside the queue waits for it)
 }
 
 // send queues b for the client; a client that lets MaxQueue messages pile
@@ -157,6 +158,12 @@ func resyncReason(err error) string {
 func (c *conn) offer(n news) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.store != 0 && n.Seq == 0 {
+		if len(n.Msg) > 0 && c.greeted {
+			c.sendLocked(n.Msg) // a store's message outside its queue
+		}
+		return
+	}
 	if n.Prev > 0 && len(n.Msg) > 0 && c.store == 0 && !c.closed && !c.catching && c.cursor == n.Prev && c.want <= c.cursor {
 		c.cursor, c.want = n.Seq, n.Seq
 		c.h.direct.Add(1)

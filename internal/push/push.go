@@ -334,7 +334,7 @@ func (h *Hub) posWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c.mu.Lock()
 	c.sendLocked(mustJSON(map[string]string{"type": "hello", "store_id": strconv.FormatInt(storeID, 10)}))
-	c.catching = false
+	c.catching, c.greeted = false, true
 	c.announceLocked(math.MaxInt64) // send what is queued already
 	c.mu.Unlock()
 	go c.readLoop()

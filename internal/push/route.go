@@ -12,6 +12,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 // Stream keeps each customer's recent push events so a client that
@@ -37,14 +38,28 @@ type Event struct {
 	StoreID    int64        `json:"store_id,string"`
 	Status     order.Status `json:"status"`
 	PickupCode string       `json:"pickup_code,omitempty"`
-	At         time.Time    `json:"at"`
+	// Refunds: the refund, its amount, the order's refunded after it, and
+	// the skus of its lines.
+	RefundID int64     `json:"refund_id,string,omitempty"`
+	Amount   int64     `json:"amount,omitempty"`
+	Refunded int64     `json:"refunded,omitempty"`
+	SKUs     promo.IDs `json:"sku_ids,omitempty"`
+	At       time.Time `json:"at"`
 }
 
-// customerStatus is the order status each pushed event type announces.
+// customerStatus is the order status each pushed event type announces
+// ("" for the refund events: the status their event carries, since a
+// refund of some lines leaves the order's status as it is).
 var customerStatus = map[string]order.Status{
 	order.EvPaid: order.Paid, order.EvAccepted: order.Accepted, order.EvReady: order.Ready,
 	order.EvCompleted: order.Completed, order.EvCancelled: order.Cancelled,
+	order.EvRefunding: "", order.EvRefunded: "",
 }
+
+// storeTypes are the pushed event types a store's POS is told of too: a
+// refund of one of its orders (the customer's cancel of an order it has
+// not accepted among them), sent to its sockets as it is routed.
+var storeTypes = map[string]bool{order.EvRefunding: true, order.EvRefunded: true}
 
 // routing is the push nodes' shared consumer of order events. Events from
 // before the first push node started mean nothing to sockets. Each handler
@@ -91,9 +106,17 @@ func Route(ctx context.Context, b *bus.Bus) error {
 			if err := json.Unmarshal(m.Data, &oe); err != nil || oe.UserID == 0 {
 				return nil // nothing to route; the ledger consumer reports undecodable events
 			}
+			if st == "" {
+				st = oe.Status
+			}
 			ev := Event{Type: oe.Type, EventID: oe.EventID, OrderID: oe.OrderID, StoreID: oe.StoreID, Status: st,
-				PickupCode: oe.PickupCode, At: oe.At}
+				PickupCode: oe.PickupCode, RefundID: oe.RefundID, Amount: oe.Amount, Refunded: oe.Refunded, SKUs: oe.SKUs, At: oe.At}
 			data, _ := json.Marshal(ev)
+			if storeTypes[oe.Type] && oe.StoreID != 0 {
+				// At most once, as the store's queue news: a POS that misses
+				// it sees the refund when it reads the order.
+				announce(b, storeSubject(oe.StoreID), news{OrderID: oe.OrderID, Msg: data})
+			}
 			seq, prev, err := w.put(ctx, b, oe.UserID, bus.Msg{Subject: logSubject(oe.UserID), ID: strconv.FormatInt(oe.EventID, 10), Data: data})
 			if err != nil {
 				return err
@@ -160,7 +183,8 @@ func (w *windows) put(ctx context.Context, b *bus.Bus, userID int64, msg bus.Msg
 // news is the live message that tells push nodes a customer's window or a
 // store's queue has reached seq (the order is for the curious). For a
 // customer it may carry the socket message itself, and prev, the seq of
-// the customer's event before it.
+// the customer's event before it. For a store, news without a seq carries
+// a message to send as it is (a refund of one of its orders).
 type news struct {
 	Seq     int64           `json:"seq"`
 	OrderID int64           `json:"order_id"`

@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"Expiry", testExpiry},
 		{"MarkPaid", testMarkPaid},
 		{"SweepByFate", testSweepByFate},
+		{"RefundLineRace", testRefundLineRace},
+		{"RefundPartialThenFull", testRefundPartialThenFull},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -204,6 +204,9 @@ type Store interface {
 	// ZTrim removes every member with score <= upTo and returns how many it
 	// removed. upTo may lie outside the score range.
 	ZTrim(ctx context.Context, key string, upTo int64) (int64, error)
+	// ZRem removes member from the sorted set at key and reports whether it
+	// was there. A set left empty is removed, as by ZTrim.
+	ZRem(ctx context.Context, key, member string) (bool, error)
 	// ZCard returns the number of members of the sorted set at key.
 	ZCard(ctx context.Context, key string) (int64, error)
 

@@ -86,6 +86,18 @@ func (z *zset) trim(upTo int64) int {
 	return k
 }
 
+// remove removes member and reports whether it was there.
+func (z *zset) remove(member string) bool {
+	score, ok := z.score[member]
+	if !ok {
+		return false
+	}
+	i, _ := slices.BinarySearchFunc(z.items, Scored{Score: score, Member: member}, compareScored)
+	z.items = slices.Delete(z.items, i, i+1)
+	delete(z.score, member)
+	return true
+}
+
 // zsetLocked returns the sorted set at key, nil if key is missing, or
 // ErrWrongType if key holds a value. s.mu must be held.
 func (s *shard) zsetLocked(key string, now int64) (*zset, error) {
@@ -255,6 +267,24 @@ func (m *Memory) ZTrim(_ context.Context, key string, upTo int64) (int64, error)
 		delete(s.m, key)
 	}
 	return int64(n), nil
+}
+
+// ZRem implements Store.
+func (m *Memory) ZRem(_ context.Context, key, member string) (bool, error) {
+	s := m.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	z, err := s.zsetLocked(key, m.now())
+	if err != nil {
+		return false, fmt.Errorf("kv: zrem %q: %w", key, err)
+	}
+	if z == nil || !z.remove(member) {
+		return false, nil
+	}
+	if len(z.items) == 0 {
+		delete(s.m, key)
+	}
+	return true, nil
 }
 
 // ZCard implements Store.

@@ -440,6 +440,17 @@ func (r *Redis) ZTrim(ctx context.Context, key string, upTo int64) (int64, error
 	return n, nil
 }
 
+// ZRem implements Store with ZREM.
+func (r *Redis) ZRem(ctx context.Context, key, member string) (bool, error) {
+	ctx, cancel := r.bound(ctx)
+	defer cancel()
+	n, err := r.client.Do(ctx, r.client.B().Zrem().Key(r.key(key)).Member(member).Build()).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("kv: zrem %q: %w", key, classify(err))
+	}
+	return n == 1, nil
+}
+
 // ZCard implements Store with ZCARD.
 func (r *Redis) ZCard(ctx context.Context, key string) (int64, error) {
 	ctx, cancel := r.bound(ctx)

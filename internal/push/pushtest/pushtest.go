@@ -26,6 +26,9 @@ type Msg struct {
 	Seq         json.Number `json:"seq"` // POS: place in the store's queue
 	LastEventID string      `json:"last_event_id"`
 	Reason      string      `json:"reason"`
+	RefundID    string      `json:"refund_id"` // refund events: the refund, its amount, the order's refunded after it
+	Amount      int64       `json:"amount"`
+	Refunded    int64       `json:"refunded"`
 	Order       struct {
 		OrderID string `json:"order_id"`
 		StoreID string `json:"store_id"`

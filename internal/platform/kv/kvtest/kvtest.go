@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) kv.Store) {
 		{"ZAfterPaging", testZAfterPaging},
 		{"ZAddReplaces", testZAddReplaces},
 		{"ZTrim", testZTrim},
+		{"ZRem", testZRem},
 		{"ZEmpty", testZEmpty},
 		{"ZScoreRange", testZScoreRange},
 		{"ZAfterInvalidLimit", testZAfterInvalidLimit},
@@ -722,6 +723,36 @@ func testZTrim(t *testing.T, s kv.Store) {
 	}
 }
 
+func mustZRem(t *testing.T, s kv.Store, key, m string, want bool) {
+	t.Helper()
+	got, err := s.ZRem(ctx(t), key, m)
+	if err != nil || got != want {
+		t.Fatalf("ZRem(%q, %q) = %v, %v; want %v", key, m, got, err, want)
+	}
+}
+
+// testZRem: a member leaves from anywhere in the set, once; the others keep
+// their places, and a set left empty is gone.
+func testZRem(t *testing.T, s kv.Store) {
+	for i := int64(1); i <= 5; i++ {
+		mustZAdd(t, s, "z-rem", i, member(i))
+	}
+	mustZRem(t, s, "z-rem", member(3), true)
+	mustZRem(t, s, "z-rem", member(3), false)
+	mustZRem(t, s, "z-rem", "never", false)
+	mustZRem(t, s, "z-missing", "a", false)
+	mustMissing(t, s, "z-missing")
+	mustZAfter(t, s, "z-rem", 0, 10, []kv.Scored{{Score: 1, Member: member(1)}, {Score: 2, Member: member(2)},
+		{Score: 4, Member: member(4)}, {Score: 5, Member: member(5)}})
+	mustZRem(t, s, "z-rem", member(1), true)
+	mustZRem(t, s, "z-rem", member(5), true)
+	mustZAfter(t, s, "z-rem", 0, 10, []kv.Scored{{Score: 2, Member: member(2)}, {Score: 4, Member: member(4)}})
+	mustZRem(t, s, "z-rem", member(2), true)
+	mustZRem(t, s, "z-rem", member(4), true)
+	mustZCard(t, s, "z-rem", 0)
+	mustMissing(t, s, "z-rem")
+}
+
 func testZEmpty(t *testing.T, s kv.Store) {
 	got, err := s.ZAfter(ctx(t), "z-empty", math.MinInt64, 10)
 	if err != nil || len(got) != 0 {
@@ -784,6 +815,7 @@ func testZWrongType(t *testing.T, s kv.Store) {
 		{"ZAfter", "z-value", func(k string) error { _, err := s.ZAfter(ctx(t), k, 0, 10); return err }},
 		{"ZTrim", "z-value", func(k string) error { _, err := s.ZTrim(ctx(t), k, 10); return err }},
 		{"ZCard", "z-value", func(k string) error { _, err := s.ZCard(ctx(t), k); return err }},
+		{"ZRem", "z-value", func(k string) error { _, err := s.ZRem(ctx(t), k, "a"); return err }},
 		{"Get", "z-set", func(k string) error { _, err := s.Get(ctx(t), k); return err }},
 		{"IncrBy", "z-set", func(k string) error { _, err := s.IncrBy(ctx(t), k, 1); return err }},
 		{"Take", "z-set", func(k string) error { _, _, err := s.Take(ctx(t), k, 1); return err }},
