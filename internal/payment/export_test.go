@@ -6,7 +6,7 @@ import (
 )
 
 // SetNow sets the clock of s (tests of package payment_test).
-func SetNow(s *Service, now func() time.Time) { s.now = now }
+func SetNow(s *Service, now func() time.Time) { s.clock.Store(&now) }
 
 // SendRefund asks the channel for refund refundID now, as Repair would.
 func SendRefund(ctx context.Context, s *Service, refundID int64) error {

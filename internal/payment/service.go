@@ -91,7 +91,7 @@ type Service struct {
 	Router   *Router
 	log      *slog.Logger
 	cfg      Config
-	now      func() time.Time
+	clock    atomic.Pointer[func() time.Time] // nil: time.Now (tests set another, even while jobs run)
 
 	// Counters of callbacks, for operators and tests (see CallbackCounts).
 	Callbacks, Refused, Forged, Replayed, Oversized, UnknownChannel atomic.Int64
@@ -132,7 +132,7 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, cha
 	if cfg.RefundAttempts <= 0 {
 		cfg.RefundAttempts = 6
 	}
-	s := &Service{db: db, ids: ids, orders: orders, stores: stores, channels: map[string]Channel{}, log: log, cfg: cfg, now: time.Now}
+	s := &Service{db: db, ids: ids, orders: orders, stores: stores, channels: map[string]Channel{}, log: log, cfg: cfg}
 	w := map[string]int{}
 	for _, c := range channels {
 		s.channels[c.Name()] = c
@@ -489,4 +489,12 @@ func (s *Service) OfOrder(ctx context.Context, orderID int64) ([]*Payment, error
 		out = append(out, p)
 	}
 	return out, rows.Err()
+}
+
+// now is the service's clock.
+func (s *Service) now() time.Time {
+	if f := s.clock.Load(); f != nil {
+		return (*f)()
+	}
+	return time.Now()
 }
