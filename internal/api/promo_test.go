@@ -532,3 +532,37 @@ func orderID(t *testing.T, r nodetest.Resp) string {
 		OrderID string `json:"order_id"`
 	}](t, r).OrderID
 }
+
+// Operators' bad input is a 4xx with a message, never a 500.
+func TestPromotionAdminInput(t *testing.T) {
+	t.Parallel()
+	n := promoNode(t)
+	op := &nodetest.Client{T: t, Base: n.URL(), Token: admin}
+	for _, tc := range []struct {
+		path, body, code string
+		status           int
+	}{
+		{"/admin/v1/promotions", `{"kind":"bogus","name":"x"}`, "invalid_promotion", 400},
+		{"/admin/v1/promotions", `{"kind":"threshold","name":""}`, "invalid_name", 400},
+		{"/admin/v1/promotions", `{"kind":"threshold","name":"t","tiers":[]}`, "invalid_promotion", 400},
+		{"/admin/v1/promotions", `{"kind":"percent","name":"p","sku_ids":["1001001"],"percent":101}`, "invalid_promotion", 400},
+		{"/admin/v1/promotions", `{"kind":"threshold","name":"t","tiers":[{"min":100,"off":10}],"starts_at":"2030-01-02T00:00:00Z","ends_at":"2030-01-01T00:00:00Z"}`, "invalid_promotion", 400},
+		{"/admin/v1/promotions", `{"kind":"threshold","name":"t","sku_ids":["x"]}`, "", 400},
+		{"/admin/v1/coupon-templates", `{"name":"c","kind":"amount","off":100,"quantity":0,"per_user":1}`, "invalid_coupon_template", 400},
+		{"/admin/v1/coupon-templates", `{"name":"c","kind":"amount","off":100,"quantity":10,"per_user":0}`, "invalid_coupon_template", 400},
+		{"/admin/v1/coupon-templates", `{"name":"c","kind":"percent","percent":0,"quantity":10,"per_user":1}`, "invalid_coupon", 400},
+		{"/admin/v1/promotions/123/disable", ``, "promotion_not_found", 404},
+	} {
+		r := op.Do("POST", tc.path, tc.body)
+		if r.Status != tc.status || tc.code != "" && r.Code() != tc.code {
+			t.Errorf("POST %s %s: %d %s, want %d %s", tc.path, tc.body, r.Status, r.Body, tc.status, tc.code)
+		}
+	}
+	if r := op.Do("GET", "/admin/v1/coupon-templates/999", ""); r.Status != 404 || r.Code() != "coupon_template_not_found" {
+		t.Errorf("unknown template: %d %s", r.Status, r.Body)
+	}
+	c := nodetest.Login(t, n.URL(), demo.Phone(7))
+	if r := c.Do("POST", "/api/v1/coupons/999/claim", ""); r.Status != 404 {
+		t.Errorf("claim of an unknown template: %d %s", r.Status, r.Body)
+	}
+}
