@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -69,8 +71,8 @@ func scanCoupon(sc interface{ Scan(...any) error }, at time.Time) (Coupon, prici
 	if err := sc.Scan(&c.ID, &c.TemplateID, &rule, &c.State, &c.OrderID, &claimed); err != nil {
 		return Coupon{}, pricing.Coupon{}, err
 	}
-	var r pricing.Coupon
-	if err := json.Unmarshal([]byte(rule), &r); err != nil {
+	r, err := decodeRule(rule)
+	if err != nil {
 		return Coupon{}, pricing.Coupon{}, fmt.Errorf("stored coupon %d: %w", c.ID, err)
 	}
 	r.ID = c.ID
@@ -81,6 +83,30 @@ func scanCoupon(sc interface{ Scan(...any) error }, at time.Time) (Coupon, prici
 		c.State = Expired
 	}
 	return c, r, nil
+}
+
+// rules caches decoded coupon rules by their stored text: every coupon of
+// a template has the same, and an order reads its coupons on every
+// placement. The slices in a cached rule are shared: read only.
+var (
+	rules     sync.Map // string -> pricing.Coupon
+	rulesSize atomic.Int64
+)
+
+const maxRules = 10_000
+
+func decodeRule(rule string) (pricing.Coupon, error) {
+	if r, ok := rules.Load(rule); ok {
+		return r.(pricing.Coupon), nil
+	}
+	var r pricing.Coupon
+	if err := json.Unmarshal([]byte(rule), &r); err != nil {
+		return pricing.Coupon{}, err
+	}
+	if rulesSize.Add(1) <= maxRules {
+		rules.Store(rule, r)
+	}
+	return r, nil
 }
 
 // Wallet lists userID's coupons, newest first (at most MaxWallet).
