@@ -433,6 +433,20 @@ func TestDemo(t *testing.T) {
 	if placed == 0 {
 		t.Fatalf("the simulation placed no order:\n%s", text)
 	}
+	// The demo promotions and coupons are used: the simulation claims
+	// coupons and orders with them.
+	var discounted, claimed, withCoupon int
+	var yuan float64
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "discounts:") {
+			fmt.Sscanf(line, "discounts: %d orders discounted, %f yuan taken off; %d coupons claimed, %d orders with a coupon",
+				&discounted, &yuan, &claimed, &withCoupon)
+		}
+	}
+	if discounted == 0 || yuan <= 0 || claimed == 0 || withCoupon == 0 {
+		t.Fatalf("the simulation gave no discount or used no coupon (%d discounted, %.2f yuan, %d claimed, %d with a coupon):\n%s",
+			discounted, yuan, claimed, withCoupon, text)
+	}
 	cmd.Process.Signal(os.Interrupt)
 	go io.Copy(io.Discard, stdout)
 	if err := cmd.Wait(); err != nil {
