@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
+	"github.com/surge-platform/surge/internal/pricing"
+	"github.com/surge-platform/surge/internal/promo"
 )
 
 // special is the example store's limited item at a special price of 1.00,
@@ -425,4 +428,66 @@ func (p pullPage) has(oid string) bool {
 		}
 	}
 	return false
+}
+
+// Refunding the lines that cost nothing (a gift) moves no money and needs
+// no channel (which refuses a refund of 0): when it is the last refund the
+// order still ends refunded. An order that would cost nothing is refused
+// at once (no channel takes a payment of 0), never left unpayable.
+func TestZeroFenRefundAndOrder(t *testing.T) {
+	t.Parallel()
+	n := promoNode(t)
+	base := n.URL()
+	op := &nodetest.Client{T: t, Base: base, Token: admin}
+	latte, tart := "1002001", "1002024"
+	if r := op.Do("POST", "/admin/v1/promotions", `{"store_id":"1002","kind":"gift","name":"buy 1 get a tart",
+		"sku_ids":["`+latte+`"],"buy_qty":1,"gift_sku_id":"`+tart+`","gift_qty":1}`); r.Status != 201 {
+		t.Fatalf("create gift promotion: %d %s", r.Status, r.Body)
+	}
+	c := nodetest.Login(t, base, demo.Phone(40))
+	oid := placeAndPay(t, c, `{"store_id":"1002","items":[{"sku_id":"`+latte+`","qty":1}]}`)
+	pos := nodetest.POS(t, base, "1002")
+	mustAccept(t, pos, oid)
+	if r := pos.Do("POST", "/pos/v1/orders/"+oid+"/refund", `{"sku_ids":["`+latte+`"]}`); r.Status != 201 {
+		t.Fatalf("refund of the paid line: %d %s", r.Status, r.Body)
+	}
+	r := pos.Do("POST", "/pos/v1/orders/"+oid+"/refund", `{}`) // what is left: the gift, 0 fen
+	if r.Status != 201 || decode[refundAnswer](t, r).Amount != 0 {
+		t.Fatalf("refund of the gift: %d %s", r.Status, r.Body)
+	}
+	eventually.Saw(t, 10*time.Second, "the order refunded", func() (bool, string) {
+		o := getOrder(t, c, oid)
+		return o.Status == "refunded" && o.Refunded == o.Payable, fmt.Sprintf("%+v", o)
+	})
+
+	free, err := n.Promo.CreateTemplate(t.Context(), promo.Template{Name: "all on us", Kind: pricing.AmountOff, Off: 1_000_000,
+		Quantity: 10, PerUser: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Do("POST", "/api/v1/coupons/"+strconv.FormatInt(free.ID, 10)+"/claim", ""); r.Status != 201 {
+		t.Fatalf("claim: %d %s", r.Status, r.Body)
+	}
+	var cid string
+	eventually.True(t, 10*time.Second, "the coupon in the wallet", func() bool {
+		w := decode[struct {
+			Coupons []struct {
+				ID         string `json:"coupon_id"`
+				TemplateID string `json:"template_id"`
+			}
+		}](t, c.Do("GET", "/api/v1/me/coupons", ""))
+		for _, x := range w.Coupons {
+			if x.TemplateID == strconv.FormatInt(free.ID, 10) {
+				cid = x.ID
+			}
+		}
+		return cid != ""
+	})
+	body := `{"store_id":"1002","items":[{"sku_id":"1002005","qty":1}],"coupon_ids":["` + cid + `"]}`
+	if r := c.Do("POST", "/api/v1/orders", body); r.Status != 409 || r.Code() != "nothing_to_pay" {
+		t.Fatalf("an order that costs nothing: %d %s", r.Status, r.Body)
+	}
+	if st := couponState(t, c, cid); st != "available" {
+		t.Fatalf("the coupon of a refused order is %q", st)
+	}
 }

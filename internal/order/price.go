@@ -16,6 +16,7 @@ import (
 var (
 	ErrPriceChanged        = errkind.New(errkind.Conflict, "price_changed", "the order's price is not the one expected; see the new breakdown")
 	ErrCouponNotApplicable = errkind.New(errkind.Conflict, "coupon_not_applicable", "a chosen coupon does not apply to this order")
+	ErrNothingToPay        = errkind.New(errkind.Conflict, "nothing_to_pay", "the order would cost nothing after its discounts; free orders are not supported")
 )
 
 // Promotions gives the promotions in force at a store (promo.Service).

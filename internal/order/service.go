@@ -262,6 +262,11 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 	if err := p.notApplied(); err != nil {
 		return Created{}, false, err
 	}
+	if p.res.Payable == 0 {
+		// No channel takes a payment of 0 fen: such an order could never
+		// be paid. Refused until orders that cost nothing skip payment.
+		return Created{}, false, ErrNothingToPay.With("the order comes to 0 fen after %d fen of discounts; choose fewer coupons or add items", p.res.Discount)
+	}
 	if req.ExpectedPayable != nil && *req.ExpectedPayable != p.res.Payable {
 		return Created{}, false, &PriceChangedError{
 			error:     ErrPriceChanged.With("the order comes to %d fen, not the %d expected; see the breakdown", p.res.Payable, *req.ExpectedPayable),

@@ -236,6 +236,12 @@ func (s *Service) covers(ctx context.Context, q interface {
 // of its order, and the order is told (the last of its refunds on the way
 // may make it refunded).
 func (s *Service) orderRefundDoneTx(ctx context.Context, tx *sql.Tx, r Refund, orderID int64) error {
+	// The payment's row lock first: two refunds of the order done at once
+	// (on PostgreSQL) are then recorded one after the other, each seeing
+	// the other's state, so the sum is whole and exactly one is the last.
+	if _, err := tx.ExecContext(ctx, `UPDATE payments SET updated_at = $1 WHERE id = $2`, s.now().UnixMilli(), r.PaymentID); err != nil {
+		return err
+	}
 	var done int64
 	var pending int
 	if err := tx.QueryRowContext(ctx, `SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM refunds

@@ -287,6 +287,12 @@ func (s *Service) sendRefund(ctx context.Context, refundID int64) error {
 	if state != "pending" {
 		return nil
 	}
+	if r.Amount == 0 {
+		// Lines that cost nothing (gifts): there is no money to move, and
+		// channels refuse a refund of 0. Done here, or the order would wait
+		// in refunding for a refund no channel makes.
+		return s.refundDone(ctx, r, orderID, kind)
+	}
 	ch := s.channels[channel]
 	if ch == nil {
 		return fmt.Errorf("refund %d of payment %d: channel %q not configured", refundID, r.PaymentID, channel)

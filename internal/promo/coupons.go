@@ -254,6 +254,7 @@ type claimMsg struct {
 const (
 	publishTimeout = 2 * time.Second
 	settle         = 3 * time.Second
+	reloadTimeout  = 2 * time.Minute // the lock outlives it
 )
 
 // Claim takes one coupon of template for userID: the check and the take
@@ -286,6 +287,9 @@ func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed,
 	if err != nil {
 		return Claimed{}, err
 	}
+	// The claim reaches the bus within publishTimeout of the moment before
+	// its admission, or never: what a reload's settle counts on.
+	deadline := time.Now().Add(publishTimeout)
 	left, res, err := s.kv.Admit(ctx, leftKey(t.ID), userKey(t.ID, userID), 1, t.PerUser, t.keyTTL())
 	if err != nil {
 		return Claimed{}, err
@@ -303,7 +307,7 @@ func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed,
 	// stays taken (a coupon fewer, never one too many: the message may
 	// have reached the stream all the same); an operator's reload counts
 	// it back from the durable claims.
-	if err := s.record(ctx, claimMsg{CouponID: cid, TemplateID: t.ID, UserID: userID, At: now.UTC()}); err != nil {
+	if err := s.record(ctx, claimMsg{CouponID: cid, TemplateID: t.ID, UserID: userID, At: now.UTC()}, deadline); err != nil {
 		if ctx.Err() != nil {
 			return Claimed{}, ctx.Err() // the client went away
 		}
@@ -323,7 +327,7 @@ const (
 
 type pendingClaim struct {
 	msg      claimMsg
-	deadline time.Time // publishTimeout after it was admitted: never sent later
+	deadline time.Time // publishTimeout after its admission began: never sent later
 	done     chan error
 }
 
@@ -334,14 +338,14 @@ type batch struct {
 
 // record makes a claim durable: it returns once the message that carries
 // it is acknowledged by JetStream.
-func (s *Service) record(ctx context.Context, c claimMsg) error {
+func (s *Service) record(ctx context.Context, c claimMsg, deadline time.Time) error {
 	s.startBatching.Do(func() {
 		s.pending = make(chan *pendingClaim, 1024)
 		for range publishers {
 			go s.publishLoop()
 		}
 	})
-	p := &pendingClaim{msg: c, deadline: time.Now().Add(publishTimeout), done: make(chan error, 1)}
+	p := &pendingClaim{msg: c, deadline: deadline, done: make(chan error, 1)}
 	select {
 	case s.pending <- p:
 	case <-ctx.Done():
@@ -490,7 +494,7 @@ func (s *Service) reloadAsync(t *Template) {
 		return
 	}
 	defer s.loading.Delete(t.ID)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
 	defer cancel()
 	if err := s.reload(ctx, t, false); err != nil {
 		s.log.Warn("reload coupon counters", "template_id", t.ID, "err", err)
@@ -504,7 +508,7 @@ func (s *Service) reloadAsync(t *Template) {
 // still being published, then until the claims consumer has nothing
 // pending. Claims meanwhile find the template not loaded (503).
 func (s *Service) reload(ctx context.Context, t *Template, fresh bool) error {
-	if ok, err := s.kv.SetNX(ctx, loadKey(t.ID), []byte("1"), time.Minute); err != nil || !ok {
+	if ok, err := s.kv.SetNX(ctx, loadKey(t.ID), []byte("1"), reloadTimeout+time.Minute); err != nil || !ok {
 		return err // another process reloads it
 	}
 	defer s.kv.Del(context.WithoutCancel(ctx), loadKey(t.ID))
@@ -558,16 +562,27 @@ func (s *Service) reload(ctx context.Context, t *Template, fresh bool) error {
 	return nil
 }
 
-// drained waits until the claims consumer has nothing pending.
+// drained waits until the claims consumer has applied every claim on the
+// stream now: its ack floor reaches the stream's last message. (Not "until
+// it is idle": another template's campaign may keep it busy for hours.)
 func (s *Service) drained(ctx context.Context) error {
 	if s.bus == nil {
 		return nil
 	}
+	st, err := s.bus.JetStream().Stream(ctx, s.bus.Name(Claims.Name))
+	if err != nil {
+		return fmt.Errorf("claims stream: %w", err)
+	}
+	si, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("claims stream: %w", err)
+	}
+	last := si.State.LastSeq
 	for {
 		c, err := s.bus.JetStream().Consumer(ctx, s.bus.Name(Claims.Name), s.bus.Name(claimsConsumer))
 		if err == nil {
 			info, ierr := c.Info(ctx)
-			if ierr == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			if ierr == nil && (info.AckFloor.Stream >= last || info.NumPending == 0 && info.NumAckPending == 0) {
 				return nil
 			}
 			err = ierr
