@@ -460,7 +460,7 @@ func TestZeroFenRefundAndOrder(t *testing.T) {
 		return o.Status == "refunded" && o.Refunded == o.Payable, fmt.Sprintf("%+v", o)
 	})
 
-	free, err := n.Promo.CreateTemplate(t.Context(), promo.Template{Name: "all on us", Kind: pricing.AmountOff, Off: 1_000_000,
+	free, err := n.Promo.CreateTemplate(t.Context(), promo.Template{Terms: promo.Terms{Name: "all on us", Kind: pricing.AmountOff, Off: 1_000_000},
 		Quantity: 10, PerUser: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -52,8 +52,8 @@ func SeedPromotions(ctx context.Context, cat *catalog.Service, p *promo.Service)
 			return fmt.Errorf("seed promotion %q: %w", pr.Name, err)
 		}
 	}
-	_, err := p.CreateTemplate(ctx, promo.Template{Name: "满50减10", Kind: pricing.ThresholdOff, Min: 5000, Off: 1000,
-		Quantity: 100, PerUser: 1, ValidUntil: time.Now().AddDate(1, 0, 0).UTC().Truncate(time.Second)})
+	_, err := p.CreateTemplate(ctx, promo.Template{Terms: promo.Terms{Name: "满50减10", Kind: pricing.ThresholdOff, Min: 5000, Off: 1000,
+		ValidUntil: time.Now().AddDate(1, 0, 0).UTC().Truncate(time.Second)}, Quantity: 100, PerUser: 1})
 	if err != nil {
 		return fmt.Errorf("seed coupon template: %w", err)
 	}

@@ -181,7 +181,7 @@ func settled(t *testing.T, s *Service, tid int64, got map[int64][]int64, want, p
 
 func newTemplate(t *testing.T, s *Service, qty, perUser int64) *Template {
 	t.Helper()
-	tp, err := s.CreateTemplate(t.Context(), Template{Name: "满50减10", Kind: pricing.ThresholdOff, Min: 5000, Off: 1000,
+	tp, err := s.CreateTemplate(t.Context(), Template{Terms: Terms{Name: "满50减10", Kind: pricing.ThresholdOff, Min: 5000, Off: 1000},
 		Quantity: qty, PerUser: perUser})
 	if err != nil {
 		t.Fatal(err)

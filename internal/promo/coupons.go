@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -33,40 +34,52 @@ const (
 	MaxPerUser  = 100
 )
 
-// Template is a coupon template: operators create it, customers claim
-// coupons from it. StoreID 0 makes platform coupons (valid in every store,
-// or in Stores only); a store's template makes store coupons.
-type Template struct {
-	ID       int64              `json:"template_id,string"`
-	StoreID  int64              `json:"store_id,string"`
-	Name     string             `json:"name"`
-	Kind     pricing.CouponKind `json:"kind"`
-	Off      int64              `json:"off,omitempty"`
-	Min      int64              `json:"min,omitempty"`
-	Percent  int64              `json:"percent,omitempty"`
-	Cap      int64              `json:"cap,omitempty"`
-	Stores   IDs                `json:"store_ids,omitempty"`
-	SKUs     IDs                `json:"sku_ids,omitempty"`
-	Quantity int64              `json:"quantity"`
-	PerUser  int64              `json:"per_user"`
-	// ClaimStarts, ClaimEnds: when coupons may be claimed (zero: always).
-	ClaimStarts time.Time `json:"claim_starts,omitzero"`
-	ClaimEnds   time.Time `json:"claim_ends,omitzero"`
+// Terms are what a coupon gives and where it can be used: a template's,
+// and every coupon claimed from it. StoreID 0 makes platform coupons
+// (valid in every store, or in Stores only); a store's makes store coupons.
+type Terms struct {
+	StoreID int64              `json:"store_id,string"`
+	Name    string             `json:"name"`
+	Kind    pricing.CouponKind `json:"kind"`
+	Off     int64              `json:"off,omitempty"`
+	Min     int64              `json:"min,omitempty"`
+	Percent int64              `json:"percent,omitempty"`
+	Cap     int64              `json:"cap,omitempty"`
+	Stores  IDs                `json:"store_ids,omitempty"`
+	SKUs    IDs                `json:"sku_ids,omitempty"`
 	// ValidFrom, ValidUntil: when a claimed coupon may be used (zero: always).
 	ValidFrom  time.Time `json:"valid_from,omitzero"`
 	ValidUntil time.Time `json:"valid_until,omitzero"`
+}
+
+// rule is the coupon as pricing takes it.
+func (t Terms) rule(couponID int64) pricing.Coupon {
+	return pricing.Coupon{ID: couponID, Name: t.Name, Kind: t.Kind, StoreID: t.StoreID, Stores: t.Stores, SKUs: t.SKUs,
+		Window: pricing.Window{Starts: t.ValidFrom, Ends: t.ValidUntil}, Off: t.Off, Min: t.Min, Percent: t.Percent, Cap: t.Cap}
+}
+
+// termsOf is rule's inverse.
+func termsOf(r pricing.Coupon) Terms {
+	return Terms{StoreID: r.StoreID, Name: r.Name, Kind: r.Kind, Off: r.Off, Min: r.Min, Percent: r.Percent, Cap: r.Cap,
+		Stores: r.Stores, SKUs: r.SKUs, ValidFrom: r.Starts, ValidUntil: r.Ends}
+}
+
+// Template is a coupon template: operators create it, customers claim
+// coupons from it.
+type Template struct {
+	ID int64 `json:"template_id,string"`
+	Terms
+	Quantity int64 `json:"quantity"`
+	PerUser  int64 `json:"per_user"`
+	// ClaimStarts, ClaimEnds: when coupons may be claimed (zero: always).
+	ClaimStarts time.Time `json:"claim_starts,omitzero"`
+	ClaimEnds   time.Time `json:"claim_ends,omitzero"`
 	// Claimed is the durable count of claims (it trails the live count by
 	// the claims still on their way to the database).
 	Claimed int64 `json:"claimed"`
 	// Remaining is what kv says is left to claim (absent while it is not
 	// loaded).
 	Remaining *int64 `json:"remaining,omitempty"`
-}
-
-// rule is the coupon as pricing takes it.
-func (t *Template) rule(couponID int64) pricing.Coupon {
-	return pricing.Coupon{ID: couponID, Name: t.Name, Kind: t.Kind, StoreID: t.StoreID, Stores: t.Stores, SKUs: t.SKUs,
-		Window: pricing.Window{Starts: t.ValidFrom, Ends: t.ValidUntil}, Off: t.Off, Min: t.Min, Percent: t.Percent, Cap: t.Cap}
 }
 
 func (t *Template) check() error {
@@ -220,7 +233,7 @@ func (s *Service) Claimable(ctx context.Context, storeID int64) ([]Template, err
 		if !t.ClaimStarts.IsZero() && now.Before(t.ClaimStarts) || !t.ClaimEnds.IsZero() && !now.Before(t.ClaimEnds) {
 			continue
 		}
-		if storeID != 0 && t.StoreID != storeID && (t.StoreID != 0 || len(t.Stores) > 0 && !contains(t.Stores, storeID)) {
+		if storeID != 0 && t.StoreID != storeID && (t.StoreID != 0 || len(t.Stores) > 0 && !slices.Contains(t.Stores, storeID)) {
 			continue
 		}
 		c := *t

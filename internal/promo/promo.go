@@ -145,8 +145,8 @@ type Service struct {
 	now func() time.Time
 
 	mu        sync.Mutex
-	promos    []Promotion // in force or still to come, by id; guarded by mu
-	promosAt  time.Time   // when read; guarded by mu
+	promos    []pricing.Promotion // in force or still to come, by id; guarded by mu
+	promosAt  time.Time           // when read; guarded by mu
 	templates map[int64]*Template
 	tmplAt    time.Time
 	loading   sync.Map // template id -> struct{}: a reload runs here
@@ -265,15 +265,17 @@ func (s *Service) InForce(ctx context.Context, storeID int64, at time.Time) ([]p
 		return nil, err
 	}
 	var out []pricing.Promotion
-	for _, p := range all {
-		if (p.StoreID == 0 || p.StoreID == storeID) && (p.EndsAt.IsZero() || at.Before(p.EndsAt)) {
-			out = append(out, p.Rule())
+	for _, r := range all {
+		if (r.StoreID == 0 || r.StoreID == storeID) && (r.Ends.IsZero() || at.Before(r.Ends)) {
+			out = append(out, r) // a copy: the caller may set its fields (slices are shared: read only)
 		}
 	}
 	return out, nil
 }
 
-func (s *Service) cached(ctx context.Context) ([]Promotion, error) {
+// cached returns the promotions not disabled nor ended, as pricing takes
+// them, read again every refresh.
+func (s *Service) cached(ctx context.Context) ([]pricing.Promotion, error) {
 	s.mu.Lock()
 	if s.now().Sub(s.promosAt) < refresh {
 		p := s.promos
@@ -291,10 +293,14 @@ func (s *Service) cached(ctx context.Context) ([]Promotion, error) {
 		}
 		return nil, err
 	}
+	rules := make([]pricing.Promotion, len(ps))
+	for i, p := range ps {
+		rules[i] = p.Rule()
+	}
 	s.mu.Lock()
-	s.promos, s.promosAt = ps, s.now()
+	s.promos, s.promosAt = rules, s.now()
 	s.mu.Unlock()
-	return ps, nil
+	return rules, nil
 }
 
 func millis(t time.Time) int64 {

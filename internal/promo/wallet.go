@@ -36,22 +36,12 @@ const (
 
 // Coupon is one coupon in a customer's wallet.
 type Coupon struct {
-	ID         int64              `json:"coupon_id,string"`
-	TemplateID int64              `json:"template_id,string"`
-	StoreID    int64              `json:"store_id,string"`
-	Name       string             `json:"name"`
-	Kind       pricing.CouponKind `json:"kind"`
-	Off        int64              `json:"off,omitempty"`
-	Min        int64              `json:"min,omitempty"`
-	Percent    int64              `json:"percent,omitempty"`
-	Cap        int64              `json:"cap,omitempty"`
-	Stores     IDs                `json:"store_ids,omitempty"`
-	SKUs       IDs                `json:"sku_ids,omitempty"`
-	ValidFrom  time.Time          `json:"valid_from,omitzero"`
-	ValidUntil time.Time          `json:"valid_until,omitzero"`
-	State      string             `json:"state"`
-	OrderID    int64              `json:"order_id,string,omitempty"`
-	ClaimedAt  time.Time          `json:"claimed_at"`
+	ID         int64 `json:"coupon_id,string"`
+	TemplateID int64 `json:"template_id,string"`
+	Terms
+	State     string    `json:"state"`
+	OrderID   int64     `json:"order_id,string,omitempty"`
+	ClaimedAt time.Time `json:"claimed_at"`
 }
 
 // MaxWallet bounds a wallet page.
@@ -76,8 +66,7 @@ func scanCoupon(sc interface{ Scan(...any) error }, at time.Time) (Coupon, prici
 		return Coupon{}, pricing.Coupon{}, fmt.Errorf("stored coupon %d: %w", c.ID, err)
 	}
 	r.ID = c.ID
-	c.StoreID, c.Name, c.Kind, c.Off, c.Min, c.Percent, c.Cap = r.StoreID, r.Name, r.Kind, r.Off, r.Min, r.Percent, r.Cap
-	c.Stores, c.SKUs, c.ValidFrom, c.ValidUntil = r.Stores, r.SKUs, r.Starts, r.Ends
+	c.Terms = termsOf(r)
 	c.ClaimedAt = time.UnixMilli(claimed).UTC()
 	if c.State == Available && !r.Ends.IsZero() && !at.Before(r.Ends) {
 		c.State = Expired
@@ -164,8 +153,8 @@ func Chosen(ctx context.Context, q queryer, userID int64, ids []int64, at time.T
 		return nil, ErrTooManyChosen.With("at most 2 coupons per order (one platform, one store), got %d", len(ids))
 	}
 	var out []pricing.Coupon
-	for _, cid := range ids {
-		if slices.Contains(ids[:len(out)], cid) && len(out) > 0 {
+	for i, cid := range ids {
+		if slices.Contains(ids[:i], cid) {
 			return nil, ErrTooManyChosen.With("coupon %d is chosen twice", cid)
 		}
 		c, r, err := scanCoupon(q.QueryRowContext(ctx, `SELECT `+couponCols+` FROM coupons WHERE id = $1 AND user_id = $2`, cid, userID), at)
@@ -442,8 +431,6 @@ func giveBackQuota(ctx context.Context, tx execer, q queryer, orderID int64, sku
 	}
 	return nil
 }
-
-func contains(xs []int64, x int64) bool { return slices.Contains(xs, x) }
 
 func sortTemplates(ts []Template) {
 	slices.SortFunc(ts, func(a, b Template) int { return cmp.Compare(a.ID, b.ID) })
