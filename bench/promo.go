@@ -221,7 +221,6 @@ func promoOrders(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	body := "{" + cart + "}"
 	warm, err := runWrk(ctx, pb+"/api/v1/orders", *workers, 2*time.Second, ordersLua(ptok, nil, cart, "warm"))
 	if err != nil {
 		return err
@@ -242,7 +241,6 @@ func promoOrders(ctx context.Context) error {
 		return err
 	}
 	fmt.Printf("  promo orders: a cart of %d fen comes to %d with the promotions and a coupon\n", check.Total, check.Payable)
-	_ = body
 	var bs, ss []float64
 	used := 0
 	for r := range *rounds {

@@ -158,7 +158,7 @@ func Chosen(ctx context.Context, q queryer, userID int64, ids []int64, at time.T
 			return nil, ErrTooManyChosen.With("coupon %d is chosen twice", cid)
 		}
 		c, r, err := scanCoupon(q.QueryRowContext(ctx, `SELECT `+couponCols+` FROM coupons WHERE id = $1 AND user_id = $2`, cid, userID), at)
-		if isNoRows(err) {
+		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrCouponUnavailable.With("coupon %d is not in your wallet (a coupon just claimed appears within a moment)", cid)
 		}
 		if err != nil {
@@ -286,7 +286,7 @@ func Hold(ctx context.Context, tx execer, userID, storeID, orderID int64, res pr
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO first_orders (user_id, scope, order_id, state) VALUES ($1, $2, $3, 'held')`,
 				userID, scope, orderID); err != nil {
-				if isUnique(err) {
+				if sqldb.IsUnique(err) {
 					return ErrQuotaTaken.With("the first-order offer is held by another of your orders")
 				}
 				return err
@@ -435,7 +435,3 @@ func giveBackQuota(ctx context.Context, tx execer, q queryer, orderID int64, sku
 func sortTemplates(ts []Template) {
 	slices.SortFunc(ts, func(a, b Template) int { return cmp.Compare(a.ID, b.ID) })
 }
-
-func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
-
-func isUnique(err error) bool { return sqldb.IsUnique(err) }
