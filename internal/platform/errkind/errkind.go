@@ -21,6 +21,8 @@ const (
 	TooLarge                 // body too large: 413
 	Throttled                // rate limited: 429
 	Unavailable              // a dependency is down: 503
+	TooEarly                 // not open yet (a flash sale before its start): 425
+	Challenge                // a challenge must be answered first (captcha-style): 428
 )
 
 // Error is a sentinel with a kind, a stable machine-readable code and a

@@ -38,6 +38,8 @@ var statusOf = map[errkind.Kind]int{
 	errkind.TooLarge:     http.StatusRequestEntityTooLarge,
 	errkind.Throttled:    http.StatusTooManyRequests,
 	errkind.Unavailable:  http.StatusServiceUnavailable,
+	errkind.TooEarly:     http.StatusTooEarly,
+	errkind.Challenge:    http.StatusPreconditionRequired,
 }
 
 // ErrBody is the JSON shape of every error response.
