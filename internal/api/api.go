@@ -7,6 +7,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"github.com/surge-platform/surge/internal/flashsale"
+	"github.com/surge-platform/surge/internal/guard"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
@@ -45,6 +47,8 @@ type Server struct {
 	Fulfil     *fulfil.Service
 	Refunds    *payment.Service // the POS's refunds (with Fulfil); nil leaves the route out
 	Promo      *promo.Service
+	Flash      *flashsale.Service
+	Blacklist  *guard.Blacklist
 	Extra      map[string]http.Handler // more routes (pattern -> handler), e.g. the payment simulator
 	AdminToken string
 	Checks     []Check
@@ -72,6 +76,9 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.Promo != nil {
 		s.promoRoutes(mux)
+	}
+	if s.Flash != nil {
+		s.flashRoutes(mux)
 	}
 	if s.Payments != nil {
 		s.paymentRoutes(mux)

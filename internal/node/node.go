@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/surge-platform/surge/internal/flashsale"
+	"github.com/surge-platform/surge/internal/guard"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,24 +50,25 @@ var Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
-	Addr       string         // listen address; ":0" picks a free port
-	Data       string         // directory for the embedded backends
-	Roles      []string       // subset of Roles, or ["all"]
-	DB         []string       // database URLs; empty = sqlite:<Data>/db
-	KV         string         // kv URL; empty = mem:
-	Bus        string         // bus URL; empty = embedded:<Data>/nats
-	AdminToken string         // empty = random, printed at start
-	OrderTTL   time.Duration  // time to pay an order
-	NodeID     int            // id generator node; -1 = lease the lowest free one
-	DBMaxConns int            // per PostgreSQL database; 0 = default
-	Migrate    bool           // apply migrations at start
-	RelayPoll  time.Duration  // outbox backstop poll; 0 = 1s
-	PublicURL  string         // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
-	PayURL     string         // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
-	PayQuery   time.Duration  // first active query of an unpaid payment; 0 = 10s
-	PayWeights map[string]int // routing weight per channel; missing = 1
-	WSPing     time.Duration  // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
-	NotifyURL  string         // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
+	Addr       string           // listen address; ":0" picks a free port
+	Data       string           // directory for the embedded backends
+	Roles      []string         // subset of Roles, or ["all"]
+	DB         []string         // database URLs; empty = sqlite:<Data>/db
+	KV         string           // kv URL; empty = mem:
+	Bus        string           // bus URL; empty = embedded:<Data>/nats
+	AdminToken string           // empty = random, printed at start
+	OrderTTL   time.Duration    // time to pay an order
+	NodeID     int              // id generator node; -1 = lease the lowest free one
+	DBMaxConns int              // per PostgreSQL database; 0 = default
+	Migrate    bool             // apply migrations at start
+	RelayPoll  time.Duration    // outbox backstop poll; 0 = 1s
+	PublicURL  string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL     string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	PayQuery   time.Duration    // first active query of an unpaid payment; 0 = 10s
+	PayWeights map[string]int   // routing weight per channel; missing = 1
+	WSPing     time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
+	NotifyURL  string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
+	Flash      flashsale.Config // flash-sale purchase limits; zero = defaults
 }
 
 // Defaults returns a config that works on a laptop.
@@ -137,17 +140,19 @@ type Node struct {
 	Jobs  *lease.Jobs   // jobs that run once per cluster (worker role)
 	watch *kv.Watch     // kv loss: rebuilds what the roles keep in kv
 
-	Members  *member.Service
-	Catalog  *catalog.Service
-	Stock    *inventory.Service
-	Orders   *order.Service
-	Promo    *promo.Service
-	Payments *payment.Service
-	Sim      *paysim.Server
-	Fulfil   *fulfil.Service
-	Push     *push.Hub
-	Notify   *notify.Service // customer notifications (worker role); nil when off
-	Inbox    *notify.Sink    // the simulator's notification inbox (paysim role)
+	Members   *member.Service
+	Catalog   *catalog.Service
+	Stock     *inventory.Service
+	Orders    *order.Service
+	Promo     *promo.Service
+	Flash     *flashsale.Service
+	Blacklist *guard.Blacklist
+	Payments  *payment.Service
+	Sim       *paysim.Server
+	Fulfil    *fulfil.Service
+	Push      *push.Hub
+	Notify    *notify.Service // customer notifications (worker role); nil when off
+	Inbox     *notify.Sink    // the simulator's notification inbox (paysim role)
 
 	ln     net.Listener
 	srv    *http.Server
@@ -246,6 +251,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}
 	n.closer = append(n.closer, func() error { unsubPromo(); return nil })
 	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, Promotions: n.Promo})
+	n.Blacklist = guard.NewBlacklist(n.DB, log.With("context", "blacklist"))
+	n.Flash = flashsale.New(n.DB, n.KV, n.Bus, n.IDs, n.Orders, n.Blacklist, guard.NewPoW(0), n.owner, cfg.Flash,
+		log.With("context", "flashsale"))
+	if err := n.Flash.Prepare(octx); err != nil {
+		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
+	}
+	n.watch.Register("flash-counters", n.Flash.Forget)
 	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
 		x, _ := strconv.ParseInt(string(data), 10, 64)
 		n.Catalog.Invalidate(x)
@@ -257,6 +269,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
+		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist
 	}
 	public := cfg.PublicURL
 	if public == "" {
@@ -370,8 +383,18 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.Push != nil {
 		spawn("push sockets", n.Push.Run)
 		spawn("push routing", func(ctx context.Context) error { return push.Route(ctx, n.Bus) })
+		spawn("push ticket routing", func(ctx context.Context) error { return push.RouteTickets(ctx, n.Bus) })
+	}
+	if n.cfg.Has("api") {
+		spawn("flash sales", n.Flash.Run)
+		spawn("blacklist", n.Blacklist.Run)
 	}
 	if n.cfg.Has("worker") {
+		spawn("flash-sale tickets", n.Flash.Consume)
+		spawn("flash-sale orders", n.Flash.ConsumeOrders)
+		spawn("flash-sale pre-warm", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "flash-prewarm", 10*time.Second, n.Flash.PreWarm)
+		})
 		spawn("outbox relay", n.relay.Run)
 		spawn("order consumer", func(ctx context.Context) error { return n.Orders.Consume(ctx, n.Bus) })
 		spawn("order timers", func(ctx context.Context) error { return n.Orders.ConsumeTimers(ctx, n.Bus) })

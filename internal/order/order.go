@@ -75,8 +75,9 @@ type Order struct {
 	Discounts  []Discount `json:"discounts,omitempty"` // on the order; each line has its shares
 	Refunded   int64      `json:"refunded,omitempty"`  // refunded to the customer so far, the refunds on their way included
 	PickupCode string     `json:"pickup_code,omitempty"`
-	PaymentID  int64      `json:"payment_id,string,omitempty"` // the payment that paid it
-	Reason     string     `json:"cancel_reason,omitempty"`     // why it was cancelled: "user" or "expired"
+	PaymentID  int64      `json:"payment_id,string,omitempty"`    // the payment that paid it
+	SaleID     int64      `json:"flash_sale_id,string,omitempty"` // the flash sale it was bought in (its id is the ticket's)
+	Reason     string     `json:"cancel_reason,omitempty"`        // why it was cancelled: "user" or "expired"
 	CreatedAt  time.Time  `json:"created_at"`
 	UpdatedAt  time.Time  `json:"updated_at"`
 	ExpiresAt  time.Time  `json:"expires_at"`
@@ -189,6 +190,7 @@ type Event struct {
 	SKUs     promo.IDs     `json:"sku_ids,omitempty"`
 	Restock  []RestockLine `json:"restock,omitempty"`
 	By       string        `json:"by,omitempty"`
+	SaleID   int64         `json:"flash_sale_id,string,omitempty"` // an order of a flash sale
 	At       time.Time     `json:"at"`
 }
 

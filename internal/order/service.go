@@ -310,9 +310,9 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created, p *
 	}
 	err = sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
-			created_at, updated_at, expires_at, discounts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			created_at, updated_at, expires_at, discounts, sale_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
-			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli(), encodeDiscounts(o.Discounts)); err != nil {
+			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli(), encodeDiscounts(o.Discounts), o.SaleID); err != nil {
 			return err
 		}
 		for i, l := range o.Items {
@@ -369,7 +369,7 @@ func (s *Service) newEvent(o *Order, typ string) (Event, error) {
 	evID, err := s.ids.Next(id.Gene(o.ID))
 	return Event{EventID: evID, Type: typ, OrderID: o.ID, UserID: o.UserID, StoreID: o.StoreID,
 		Status: o.Status, Version: o.Version, Payable: o.Payable, PickupCode: o.PickupCode, PaymentID: o.PaymentID,
-		Reason: o.Reason, At: o.UpdatedAt.UTC()}, err
+		Reason: o.Reason, SaleID: o.SaleID, At: o.UpdatedAt.UTC()}, err
 }
 
 // outbox is the outbox row of ev, on its order's subject.
@@ -435,7 +435,7 @@ type queryer interface {
 }
 
 const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
-	created_at, updated_at, expires_at, discounts, refunded`
+	created_at, updated_at, expires_at, discounts, refunded, sale_id`
 
 func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var o Order
@@ -443,7 +443,7 @@ func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var created, updated, expires int64
 	var disc string
 	if err := sc.Scan(&o.ID, &o.UserID, &o.StoreID, &status, &o.Version, &o.Total, &o.Payable, &o.PickupCode,
-		&o.PaymentID, &o.Reason, &created, &updated, &expires, &disc, &o.Refunded); err != nil {
+		&o.PaymentID, &o.Reason, &created, &updated, &expires, &disc, &o.Refunded, &o.SaleID); err != nil {
 		return nil, err
 	}
 	o.Discount = o.Total - o.Payable

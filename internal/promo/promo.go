@@ -152,7 +152,7 @@ type Service struct {
 	loading   sync.Map // template id -> struct{}: a reload runs here
 
 	startBatching sync.Once
-	pending       chan *pendingClaim // claims waiting for the bus
+	claims        *bus.Batcher[claimMsg] // claims on their way to the bus
 }
 
 // New returns the service. bus carries claims (nil: claims are refused as

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/surge-platform/surge/internal/flashsale"
 	"maps"
 	"slices"
 	"strconv"
@@ -44,7 +45,13 @@ type Event struct {
 	Amount   int64     `json:"amount,omitempty"`
 	Refunded int64     `json:"refunded,omitempty"`
 	SKUs     promo.IDs `json:"sku_ids,omitempty"`
-	At       time.Time `json:"at"`
+	// A flash-sale ticket's outcome (type flash.ticket): the ticket, its
+	// sale, ordered or failed, and why it failed. OrderID is its order.
+	Ticket int64     `json:"ticket,string,omitempty"`
+	SaleID int64     `json:"sale_id,string,omitempty"`
+	Result string    `json:"result,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
 }
 
 // customerStatus is the order status each pushed event type announces
@@ -73,7 +80,12 @@ var routing = bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "push", Max
 // published after it returns are routed (call it before the node takes
 // traffic).
 func Prepare(ctx context.Context, b *bus.Bus) error {
-	if err := b.EnsureStream(ctx, Stream); err != nil {
+	for _, st := range []bus.StreamConfig{Stream, flashsale.Results} {
+		if err := b.EnsureStream(ctx, st); err != nil {
+			return err
+		}
+	}
+	if err := b.EnsureConsumer(ctx, tickets); err != nil {
 		return err
 	}
 	return b.EnsureConsumer(ctx, routing)
@@ -117,18 +129,43 @@ func Route(ctx context.Context, b *bus.Bus) error {
 				// it sees the refund when it reads the order.
 				announce(b, storeSubject(oe.StoreID), news{OrderID: oe.OrderID, Msg: data})
 			}
-			seq, prev, err := w.put(ctx, b, oe.UserID, bus.Msg{Subject: logSubject(oe.UserID), ID: strconv.FormatInt(oe.EventID, 10), Data: data})
-			if err != nil {
-				return err
-			}
-			n := news{Seq: int64(seq), OrderID: oe.OrderID}
-			if prev > 0 {
-				ev.ID = seq
-				n.Prev, n.Msg = int64(prev), mustJSON(ev)
-			}
-			announce(b, userSubject(oe.UserID), n)
-			return nil
+			return w.tell(ctx, b, oe.UserID, strconv.FormatInt(oe.EventID, 10), ev, data)
 		})
+}
+
+// tickets is the push nodes' shared consumer of flash-sale ticket outcomes.
+var tickets = bus.ConsumerConfig{Stream: flashsale.Results.Name, Durable: "push-tickets", MaxAckPending: 2048, Workers: 16, FromNow: true}
+
+// RouteTickets runs the push centre's share of the flash-sale ticket
+// outcomes until ctx is done: each goes to its buyer's window and sockets
+// as Route's order events do.
+func RouteTickets(ctx context.Context, b *bus.Bus) error {
+	var w windows
+	return b.Consume(ctx, tickets, func(ctx context.Context, m bus.Msg) error {
+		var r flashsale.Result
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.UserID == 0 {
+			return nil
+		}
+		ev := Event{Type: flashsale.ResultType, OrderID: r.OrderID, Ticket: r.Ticket, SaleID: r.SaleID, Result: r.State,
+			Reason: r.Reason, At: r.At}
+		return w.tell(ctx, b, r.UserID, m.ID, ev, mustJSON(ev))
+	})
+}
+
+// tell puts ev (data: its JSON) in the customer's window under the dedup
+// id msgID and announces it on the customer's live subject.
+func (w *windows) tell(ctx context.Context, b *bus.Bus, userID int64, msgID string, ev Event, data []byte) error {
+	seq, prev, err := w.put(ctx, b, userID, bus.Msg{Subject: logSubject(userID), ID: msgID, Data: data})
+	if err != nil {
+		return err
+	}
+	n := news{Seq: int64(seq), OrderID: ev.OrderID}
+	if prev > 0 {
+		ev.ID = seq
+		n.Prev, n.Msg = int64(prev), mustJSON(ev)
+	}
+	announce(b, userSubject(userID), n)
+	return nil
 }
 
 // windows remembers, per customer, the seq of the last event this router

@@ -323,3 +323,36 @@ func unavailable(err error) bool {
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
 }
+
+// Drained waits until the durable consumer has acknowledged every message
+// the stream holds now: its ack floor reaches the stream's last message.
+// (Not "until it is idle": other work on the stream may keep it busy for
+// hours.) Counters rebuilt from what a consumer wrote wait for it first.
+func (b *Bus) Drained(ctx context.Context, stream, durable string) error {
+	st, err := b.js.Stream(ctx, b.Name(stream))
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", stream, b.connErr(err))
+	}
+	si, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", stream, b.connErr(err))
+	}
+	last := si.State.LastSeq
+	if si.State.Msgs == 0 {
+		return nil
+	}
+	for {
+		c, err := b.js.Consumer(ctx, b.Name(stream), b.Name(durable))
+		if err == nil {
+			info, ierr := c.Info(ctx)
+			if ierr == nil && (info.AckFloor.Stream >= last || info.NumPending == 0 && info.NumAckPending == 0) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus: %s still has messages of %s to apply: %w", durable, stream, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
