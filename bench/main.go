@@ -47,7 +47,7 @@ var (
 	rounds    = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur       = flag.Duration("dur", 4*time.Second, "duration of one measurement")
 	workers   = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing", "which benchmarks to run")
+	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing,flash", "which benchmarks to run")
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
@@ -88,6 +88,11 @@ func main() {
 	}
 	if strings.Contains(*only, "coupons") {
 		if err := coupons(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "flash") {
+		if err := flash(ctx); err != nil {
 			fail(err)
 		}
 	}

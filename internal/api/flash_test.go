@@ -228,15 +228,20 @@ func TestFlashSaleInput(t *testing.T) {
 }
 
 // TestFlashSaleRace races many buyers at a small stock, on memory and on
-// Redis: exactly the stock is sold, nobody over the limit, every ticket
-// becomes an order.
+// Redis, and on Redis restarted empty mid-sale: exactly the stock is
+// sold, nobody over the limit, every ticket becomes an order.
 func TestFlashSaleRace(t *testing.T) {
-	for name, kvURL := range map[string]func(t *testing.T) string{
-		"memory": func(*testing.T) string { return "mem:" },
-		"redis":  func(t *testing.T) string { return kvtest.StartRedis(t).URL("") },
-	} {
-		t.Run(name, func(t *testing.T) {
-			url := kvURL(t)
+	for _, tc := range []struct {
+		name    string
+		restart bool
+	}{{"memory", false}, {"redis", false}, {"redis restarted", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := "mem:"
+			var redis *kvtest.Server
+			if tc.name != "memory" {
+				redis = kvtest.StartRedis(t)
+				url = redis.URL("")
+			}
 			n := nodetest.Start(t, func(c *node.Config) {
 				c.KV = url
 				c.Flash = flashsale.Config{UserRate: 1000, IPRate: -1}
@@ -253,30 +258,47 @@ func TestFlashSaleRace(t *testing.T) {
 				tickets = map[string]string{} // ticket -> buyer token
 				perUser = map[string]int{}
 				wg      sync.WaitGroup
-				other   atomic.Int64
+				paused  atomic.Int64
+				once    sync.Once
 			)
+			sem := make(chan struct{}, 64)
 			for i := range users * tries {
 				wg.Add(1)
+				sem <- struct{}{}
 				go func() {
 					defer wg.Done()
+					defer func() { <-sem }()
 					c := buyers[i%users]
-					r := c.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "")
-					switch {
-					case r.Status == 202:
-						var tk struct{ Ticket string }
-						json.Unmarshal(r.Body, &tk)
-						mu.Lock()
-						tickets[tk.Ticket] = c.Token
-						perUser[c.Token]++
-						mu.Unlock()
-					case r.Status == 409 && (r.Code() == "sold_out" || r.Code() == "purchase_limit"):
-					default:
-						other.Add(1)
-						t.Errorf("purchase: %d %s", r.Status, r.Body)
+					for try := 0; ; try++ {
+						r := c.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "")
+						switch {
+						case r.Status == 202:
+							var tk struct{ Ticket string }
+							json.Unmarshal(r.Body, &tk)
+							mu.Lock()
+							tickets[tk.Ticket] = c.Token
+							perUser[c.Token]++
+							k := len(tickets)
+							mu.Unlock()
+							if tc.restart && k == stock/3 {
+								once.Do(redis.Restart) // empty: no persistence
+							}
+						case r.Status == 409 && (r.Code() == "sold_out" || r.Code() == "purchase_limit"):
+						case r.Status == 503 && try < 400:
+							paused.Add(1)
+							time.Sleep(25 * time.Millisecond) // as a client would
+							continue
+						default:
+							t.Errorf("purchase: %d %s", r.Status, r.Body)
+						}
+						return
 					}
 				}()
 			}
 			wg.Wait()
+			if tc.restart {
+				t.Logf("%d answers were 503 while the sale recounted", paused.Load())
+			}
 			if len(tickets) != stock {
 				t.Fatalf("%d tickets for a stock of %d", len(tickets), stock)
 			}

@@ -328,6 +328,9 @@ func (s *Service) live(ctx context.Context, saleID int64) (*live, error) {
 // refreshOne reads what is left of l from kv. A missing counter means kv
 // lost it (or it was never loaded): the sale pauses and is counted again.
 func (s *Service) refreshOne(ctx context.Context, l *live) {
+	if !s.now().Before(l.EndsAt) {
+		return // over: nothing to admit, nothing to count again
+	}
 	b, err := s.kv.Get(ctx, leftKey(l.ID))
 	switch {
 	case errors.Is(err, kv.ErrNotFound):

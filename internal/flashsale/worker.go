@@ -77,16 +77,14 @@ func (s *Service) Consume(ctx context.Context) error {
 		})
 }
 
-// sale returns a sale's definition, from memory when this node serves it.
+// sale returns a sale's definition, from this node's memory after the
+// first time.
 func (s *Service) sale(ctx context.Context, saleID int64) (*Sale, error) {
-	s.mu.RLock()
-	l := s.sales[saleID]
-	s.mu.RUnlock()
-	if l != nil {
-		return &l.Sale, nil
+	l, err := s.live(ctx, saleID)
+	if err != nil {
+		return nil, err
 	}
-	sale, err := s.read(ctx, s.db.Main().W, saleID)
-	return &sale, err
+	return &l.Sale, nil
 }
 
 // apply records one ticket and makes its order.
