@@ -54,7 +54,8 @@ const RefreshEvery = time.Second
 // blacklist table of the main database, shared by all nodes; each node
 // checks an immutable snapshot in memory that Run refreshes every second
 // and that Add and Clear change at once, so a node sees its own changes
-// at once and other nodes' within about a second.
+// at once and other nodes' within about a second. Without Run a node sees
+// only its own changes, which it keeps until a refresh.
 type Blacklist struct {
 	db  *sqldb.Cluster
 	log *slog.Logger
@@ -63,6 +64,7 @@ type Blacklist struct {
 
 	mu      sync.Mutex // serializes changes to snap
 	seq     uint64     // guarded by mu: local changes made so far
+	read    uint64     // guarded by mu: seq when the refresh published last began
 	pending []pending  // guarded by mu: local changes a refresh may not have seen, oldest first
 }
 
@@ -252,15 +254,11 @@ func (b *Blacklist) Run(ctx context.Context) error {
 	}
 }
 
-// refresh reads the live entries and publishes them as the snapshot. The
-// local changes it keeps are those made after it began: one made before
-// was committed before the read began, so the read saw it.
+// refresh reads the live entries and publishes them as the snapshot.
 func (b *Blacklist) refresh(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*RefreshEvery)
 	defer cancel()
-	b.mu.Lock()
-	from := b.seq
-	b.mu.Unlock()
+	from := b.begin()
 	rows, skipped, err := b.load(ctx, time.Now(), "")
 	if err != nil {
 		return err
@@ -268,19 +266,39 @@ func (b *Blacklist) refresh(ctx context.Context) error {
 	if skipped > 0 {
 		b.log.Warn("blacklist rows that do not validate are ignored", "rows", skipped)
 	}
+	b.publish(from, rows)
+	return nil
+}
+
+// begin is called before a refresh reads: it returns the local changes
+// made so far, which the read will see (each was committed before).
+func (b *Blacklist) begin() (from uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.seq
+}
+
+// publish makes rows, read by a refresh that began at from, the snapshot.
+// It keeps as local the changes made after from, which the read may have
+// missed. Refreshes may run at once: one that began before the last one
+// published publishes nothing (it may have missed changes that one let go).
+func (b *Blacklist) publish(from uint64, rows []row) {
 	live := make(map[key]Entry, len(rows))
 	for _, r := range rows {
 		live[r.k] = r.e
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if from < b.read {
+		return
+	}
+	b.read = from
 	i := 0
 	for i < len(b.pending) && b.pending[i].seq <= from {
 		i++
 	}
 	b.pending = append(b.pending[:0], b.pending[i:]...)
 	b.snap.Store(&snapshot{live: live, local: b.localLocked()})
-	return nil
 }
 
 // change publishes a snapshot with k's entry set to e (the zero Entry: cleared).

@@ -12,6 +12,8 @@
 // one an abuser hammers) is never forgotten, however many others pass;
 // what is lost is the state of idle keys, so maxKeys/2 should exceed the
 // keys that appear within a refill (burst/perSecond) and a StrikeWindow.
+// Once that many keys have passed, a Keyed takes about 128 bytes per key
+// of maxKeys (measured: 134 MB for 1<<20), and allocates no more.
 package limit
 
 import (
