@@ -124,7 +124,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 		s.strike(guard.KindUser, strconv.FormatInt(b.UserID, 10), strikes)
 		return Ticket{}, ErrRate
 	}
-	if ok, strikes := s.ips.Allow(ip, now); !ok {
+	if ok, strikes := s.ips.Allow(ip, now); !ok && b.IP.IsValid() {
 		c.rate.Add(1)
 		s.strike(guard.KindIP, b.IP.String(), strikes)
 		return Ticket{}, ErrRate

@@ -197,8 +197,11 @@ func New(db *sqldb.Cluster, store kv.Store, b *bus.Bus, ids *id.Generator, order
 	cfg = cfg.withDefaults()
 	s := &Service{db: db, kv: store, bus: b, ids: ids, orders: orders, blacklist: bl, challenge: ch, node: node, cfg: cfg,
 		log: log, now: time.Now, sales: map[int64]*live{}, missing: map[int64]time.Time{},
-		users: limit.NewKeyed(cfg.UserRate, int(2*cfg.UserRate), 1<<20),
-		ips:   limit.NewKeyed(cfg.IPRate, int(2*cfg.IPRate), 1<<18),
+		// Each bucket costs about 128 bytes: 256k buyers (34 MB) and 64k
+		// IPs active within a few seconds on one node; older ones are
+		// forgotten first.
+		users: limit.NewKeyed(cfg.UserRate, int(2*cfg.UserRate), 1<<18),
+		ips:   limit.NewKeyed(cfg.IPRate, int(2*cfg.IPRate), 1<<16),
 		hot:   limit.NewKeyed(cfg.HotRate, int(cfg.HotRate), 1024)}
 	s.tickets = bus.Batcher[ticketMsg]{Bus: b,
 		Partition: func(t ticketMsg) int { return int(uint64(t.UserID) % Partitions) },
