@@ -19,6 +19,7 @@ func (s *Server) flashRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/flash-sales/{sale_id}/tickets/{ticket}", s.authed(s.ticket))
 	mux.HandleFunc("POST /admin/v1/flash-sales", s.admin(s.createSale))
 	mux.HandleFunc("GET /admin/v1/flash-sales/{sale_id}", s.admin(s.saleFigures))
+	mux.HandleFunc("POST /admin/v1/flash-sales/{sale_id}/recount", s.admin(s.recountSale))
 	if s.Blacklist != nil {
 		mux.HandleFunc("GET /admin/v1/blacklist", s.admin(s.listBlacklist))
 		mux.HandleFunc("DELETE /admin/v1/blacklist/{kind}/{value}", s.admin(s.clearBlacklist))
@@ -140,6 +141,19 @@ func (s *Server) saleFigures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	web.JSON(w, http.StatusOK, f)
+}
+
+func (s *Server) recountSale(w http.ResponseWriter, r *http.Request) {
+	sid, err := pathID(r, "sale_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	if err := s.Flash.Recount(r.Context(), sid); err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	s.saleFigures(w, r)
 }
 
 func (s *Server) listBlacklist(w http.ResponseWriter, r *http.Request) {

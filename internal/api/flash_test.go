@@ -257,45 +257,57 @@ func TestFlashSaleRace(t *testing.T) {
 				mu      sync.Mutex
 				tickets = map[string]string{} // ticket -> buyer token
 				perUser = map[string]int{}
-				wg      sync.WaitGroup
 				paused  atomic.Int64
-				once    sync.Once
+				sent    atomic.Int64
 			)
-			sem := make(chan struct{}, 64)
-			for i := range users * tries {
-				wg.Add(1)
-				sem <- struct{}{}
-				go func() {
-					defer wg.Done()
-					defer func() { <-sem }()
-					c := buyers[i%users]
-					for try := 0; ; try++ {
-						r := c.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "")
-						switch {
-						case r.Status == 202:
-							var tk struct{ Ticket string }
-							json.Unmarshal(r.Body, &tk)
-							mu.Lock()
-							tickets[tk.Ticket] = c.Token
-							perUser[c.Token]++
-							k := len(tickets)
-							mu.Unlock()
-							if tc.restart && k == stock/3 {
-								once.Do(redis.Restart) // empty: no persistence
+			// race sends `tries` purchases from each of the buyers.
+			race := func(buyers []*nodetest.Client) {
+				var wg sync.WaitGroup
+				sem := make(chan struct{}, 64)
+				for i := range len(buyers) * tries {
+					wg.Add(1)
+					sem <- struct{}{}
+					go func() {
+						defer wg.Done()
+						defer func() { <-sem }()
+						c := buyers[i%len(buyers)]
+						for try := 0; ; try++ {
+							r := c.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "")
+							sent.Add(1)
+							switch {
+							case r.Status == 202:
+								var tk struct{ Ticket string }
+								json.Unmarshal(r.Body, &tk)
+								mu.Lock()
+								tickets[tk.Ticket] = c.Token
+								perUser[c.Token]++
+								mu.Unlock()
+							case r.Status == 409 && (r.Code() == "sold_out" || r.Code() == "purchase_limit"):
+							case r.Status == 503 && try < 400:
+								paused.Add(1)
+								time.Sleep(25 * time.Millisecond) // as a client would
+								continue
+							default:
+								t.Errorf("purchase: %d %s", r.Status, r.Body)
 							}
-						case r.Status == 409 && (r.Code() == "sold_out" || r.Code() == "purchase_limit"):
-						case r.Status == 503 && try < 400:
-							paused.Add(1)
-							time.Sleep(25 * time.Millisecond) // as a client would
-							continue
-						default:
-							t.Errorf("purchase: %d %s", r.Status, r.Body)
+							return
 						}
-						return
-					}
-				}()
+					}()
+				}
+				wg.Wait()
 			}
-			wg.Wait()
+			if tc.restart {
+				// A third of the stock sold, then Redis restarts empty (no
+				// persistence): the sale must pause, count its tickets
+				// again, and go on selling exactly the rest, with the
+				// first buyers' limits intact.
+				race(buyers[:stock/3])
+				if len(tickets) != stock/3 {
+					t.Fatalf("%d tickets before the restart, want %d", len(tickets), stock/3)
+				}
+				redis.Restart()
+			}
+			race(buyers)
 			if tc.restart {
 				t.Logf("%d answers were 503 while the sale recounted", paused.Load())
 			}
@@ -313,8 +325,12 @@ func TestFlashSaleRace(t *testing.T) {
 					t.Fatalf("ticket %s: %+v", tk, v)
 				}
 			}
-			f := saleFigures(t, admin, sale)
-			if f.Orders != stock || f.Sold != stock || f.Left == nil || *f.Left != 0 {
+			var f figures
+			eventually.True(t, 15*time.Second, "every attempt in the figures", func() bool {
+				f = saleFigures(t, admin, sale)
+				return f.Left != nil && f.Attempts == sent.Load()
+			})
+			if f.Orders != stock || f.Sold != stock || *f.Left != 0 || f.Admitted != stock {
 				t.Fatalf("figures: %+v", f)
 			}
 		})
@@ -399,4 +415,114 @@ func buyerID(t *testing.T, base, phone string) int64 {
 		t.Fatalf("user id: %s", r.Body)
 	}
 	return uid
+}
+
+// TestFlashSaleFailedTicket: a ticket whose order cannot be made (the
+// store closed after the sale began) fails, and its unit goes back to the
+// sale and to the buyer's limit; an operator's recount agrees.
+func TestFlashSaleFailedTicket(t *testing.T) {
+	n := nodetest.Start(t)
+	admin := &nodetest.Client{T: t, Base: n.URL(), Token: nodetest.Admin}
+	buyer := nodetest.Login(t, n.URL(), "13900000011")
+	start := time.Now().Add(-time.Second).UTC()
+	r := admin.Do("POST", "/admin/v1/flash-sales", `{"store_id":"1002","sku_id":"1002004","price":500,"stock":3,"per_user_limit":1,
+		"starts_at":"`+start.Format(time.RFC3339Nano)+`","ends_at":"`+start.Add(time.Hour).Format(time.RFC3339Nano)+`"}`)
+	var s struct {
+		SaleID string `json:"sale_id"`
+	}
+	if json.Unmarshal(r.Body, &s); r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
+	}
+	if r := admin.Do("PUT", "/admin/v1/stores/1002", `{"name":"closed for the day","open":false}`); r.Status != 200 {
+		t.Fatalf("close the store: %d %s", r.Status, r.Body)
+	}
+	r = buyer.Do("POST", "/api/v1/flash-sales/"+s.SaleID+"/purchase", "")
+	var tk struct{ Ticket string }
+	if json.Unmarshal(r.Body, &tk); r.Status != 202 {
+		t.Fatalf("purchase: %d %s", r.Status, r.Body)
+	}
+	if v := pollTicket(t, buyer, s.SaleID, tk.Ticket); v.State != "failed" || v.Reason == "" || v.OrderID != "" {
+		t.Fatalf("ticket of a closed store: %+v", v)
+	}
+	f := saleFigures(t, admin, s.SaleID)
+	if f.Failed != 1 || f.Sold != 0 || f.Orders != 0 || f.Left == nil || *f.Left != 3 {
+		t.Fatalf("figures after a failed ticket: %+v", f)
+	}
+	// The buyer's limit came back too: the store reopens, they buy.
+	if r := admin.Do("PUT", "/admin/v1/stores/1002", `{"name":"open again","open":true}`); r.Status != 200 {
+		t.Fatalf("reopen: %d %s", r.Status, r.Body)
+	}
+	r = buyer.Do("POST", "/api/v1/flash-sales/"+s.SaleID+"/purchase", "")
+	if json.Unmarshal(r.Body, &tk); r.Status != 202 {
+		t.Fatalf("purchase after the unit came back: %d %s", r.Status, r.Body)
+	}
+	if v := pollTicket(t, buyer, s.SaleID, tk.Ticket); v.State != "ordered" {
+		t.Fatalf("ticket: %+v", v)
+	}
+	r = admin.Do("POST", "/admin/v1/flash-sales/"+s.SaleID+"/recount", "")
+	var after figures
+	if json.Unmarshal(r.Body, &after); r.Status != 200 || after.Left == nil || *after.Left != 2 || after.Sold != 1 {
+		t.Fatalf("recount: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestFlashSaleRefundKeepsStoreStock: a paid sale order refunded before
+// the store accepts it gives nothing back to the store's own stock of the
+// sku (the sale's stock was its own).
+func TestFlashSaleRefundKeepsStoreStock(t *testing.T) {
+	n := nodetest.Start(t)
+	admin := &nodetest.Client{T: t, Base: n.URL(), Token: nodetest.Admin}
+	buyer := nodetest.Login(t, n.URL(), "13900000012")
+	stockOf := func() int64 {
+		r := buyer.Do("GET", "/api/v1/stores/1001/menu", "")
+		var m struct {
+			Categories []struct {
+				Items []struct {
+					SKU   string `json:"sku_id"`
+					Stock *int64
+				}
+			}
+		}
+		json.Unmarshal(r.Body, &m)
+		for _, c := range m.Categories {
+			for _, it := range c.Items {
+				if it.SKU == flashSKU && it.Stock != nil {
+					return *it.Stock
+				}
+			}
+		}
+		t.Fatalf("no stock shown for the latte: %s", r.Body)
+		return 0
+	}
+	before := stockOf()
+	sale := createSale(t, admin, 5, 1, -time.Second, "")
+	r := buyer.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "")
+	var tk struct{ Ticket string }
+	if json.Unmarshal(r.Body, &tk); r.Status != 202 {
+		t.Fatalf("purchase: %d %s", r.Status, r.Body)
+	}
+	oid := pollTicket(t, buyer, sale, tk.Ticket).OrderID
+	p := buyer.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wxsim"}`)
+	var st struct {
+		PayURL string `json:"pay_url"`
+	}
+	if json.Unmarshal(p.Body, &st); p.Status != 201 {
+		t.Fatalf("pay: %d %s", p.Status, p.Body)
+	}
+	if r := (&nodetest.Client{T: t}).Do("POST", st.PayURL, ""); r.Status != 200 {
+		t.Fatalf("payer pays: %d %s", r.Status, r.Body)
+	}
+	eventually.True(t, 10*time.Second, "order paid", func() bool {
+		var o struct{ Status string }
+		json.Unmarshal(buyer.Do("GET", "/api/v1/orders/"+oid, "").Body, &o)
+		return o.Status == "paid"
+	})
+	if r := admin.Do("POST", "/admin/v1/orders/"+oid+"/refund", `{"reason":"test"}`); r.Status != 201 {
+		t.Fatalf("refund: %d %s", r.Status, r.Body)
+	}
+	eventually.True(t, 10*time.Second, "paid ticket counted", func() bool { return saleFigures(t, admin, sale).Paid == 1 })
+	time.Sleep(1500 * time.Millisecond) // menus showing stock are cached for a second
+	if after := stockOf(); after != before {
+		t.Fatalf("the store's stock of the latte went from %d to %d after refunding a sale order", before, after)
+	}
 }

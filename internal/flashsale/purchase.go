@@ -32,7 +32,9 @@ func ticketSubject(userID int64) string {
 // Tickets is the stream of admitted tickets: a ticket is durable once it
 // is here (its id is the message id of the batch it opens, and every
 // ticket is applied idempotently by its id).
-var Tickets = bus.StreamConfig{Name: "FLASH", Subjects: []string{"flash.tickets.>"}, Duplicates: 10 * time.Minute}
+// Tickets older than a week are dropped: workers that are down longer
+// than that lose them.
+var Tickets = bus.StreamConfig{Name: "FLASH", Subjects: []string{"flash.tickets.>"}, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour}
 
 type ticketMsg struct {
 	Ticket int64     `json:"ticket,string"`
@@ -116,6 +118,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 		c.early.Add(1)
 		return Ticket{}, &NotStartedError{ErrNotStarted.With("the sale starts at %s", l.StartsAt.Format(time.RFC3339)), l.StartsAt}
 	case !now.Before(l.EndsAt):
+		c.ended.Add(1)
 		return Ticket{}, ErrEnded.With("the sale ended at %s", l.EndsAt.Format(time.RFC3339))
 	}
 	user, ip := uint64(b.UserID), limit.IPKey(b.IP)
@@ -180,7 +183,10 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 	if left == 0 && !l.soldOut.Swap(true) { // the last unit: the next attempts need not ask kv
 		s.tell(l.ID, false)
 	}
-	err = s.tickets.Record(ctx, ticketMsg{Ticket: tid, SaleID: l.ID, UserID: b.UserID, At: now.UTC()}, deadline)
+	// Not cancelled with the request: a buyer who leaves must not leave a
+	// unit taken for a ticket that was never sent (it is given back
+	// below); Record ends by the deadline all the same.
+	err = s.tickets.Record(context.WithoutCancel(ctx), ticketMsg{Ticket: tid, SaleID: l.ID, UserID: b.UserID, At: now.UTC()}, deadline)
 	switch {
 	case errors.Is(err, bus.ErrNotSent):
 		// Certainly not on the stream: the unit goes back at once.
@@ -190,8 +196,8 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 		return Ticket{}, ctx.Err() // the buyer went away; the ticket may still land, and they learn of it by push
 	case err != nil:
 		// It may have reached the stream all the same: the unit stays
-		// taken (one fewer sold at worst, never one too many) until a
-		// recount.
+		// taken (one fewer sold, never one too many) until a recount
+		// (POST /admin/v1/flash-sales/{id}/recount).
 		return Ticket{}, kv.ErrUnavailable.With("the purchase could not be recorded, try again: %v", err)
 	}
 	return Ticket{Ticket: tid, SaleID: l.ID, State: "pending", Left: left}, nil
@@ -256,9 +262,14 @@ func (s *Service) Ticket(ctx context.Context, userID, saleID, ticket int64) (Tic
 	if ticket <= 0 || id.Gene(ticket) != id.GeneOf(userID) {
 		return TicketView{}, ErrNoTicket.With("no ticket %d", ticket)
 	}
+	if ok, _ := s.polls.Allow(uint64(userID), s.now()); !ok {
+		return TicketView{}, ErrRate
+	}
 	v := TicketView{Ticket: ticket, SaleID: saleID}
 	var sale, user int64
 	var state string
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
 	err := s.db.Main().R.QueryRowContext(ctx, `SELECT sale_id, user_id, state, reason FROM flash_tickets WHERE id = $1`, ticket).
 		Scan(&sale, &user, &state, &v.Reason)
 	switch {
@@ -272,7 +283,7 @@ func (s *Service) Ticket(ctx context.Context, userID, saleID, ticket int64) (Tic
 		v.State = "pending"
 		return v, nil
 	case err != nil:
-		return TicketView{}, err
+		return TicketView{}, unavailable(err)
 	case sale != saleID || user != userID:
 		return TicketView{}, ErrNoTicket.With("no ticket %d", ticket)
 	}

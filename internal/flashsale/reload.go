@@ -98,6 +98,13 @@ func (s *Service) reload(ctx context.Context, sale *Sale) error {
 			return err
 		}
 	}
+	// What is left comes from the durable count as it is now, not as it
+	// was when the buyers were counted: a unit given back meanwhile (an
+	// order cancelled while the key was missing, so kv could not take
+	// it) is counted back in.
+	if err := s.db.Main().W.QueryRowContext(ctx, `SELECT sold FROM flash_sales WHERE id = $1`, sale.ID).Scan(&sold); err != nil {
+		return fmt.Errorf("count tickets of flash sale %d: %w", sale.ID, err)
+	}
 	left := max(0, sale.Stock-sold)
 	if _, err := s.kv.SetNX(ctx, leftKey(sale.ID), []byte(strconv.FormatInt(left, 10)), ttl); err != nil {
 		return err
@@ -122,6 +129,24 @@ func (s *Service) Forget(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Recount makes a sale's live counters be counted again from the durable
+// tickets (operators: after the bus failed to confirm tickets kv had
+// admitted, whose units stay taken until then). The sale pauses while it
+// runs.
+func (s *Service) Recount(ctx context.Context, saleID int64) error {
+	l, err := s.live(ctx, saleID)
+	if err != nil {
+		return err
+	}
+	if err := s.kv.Del(ctx, leftKey(saleID)); err != nil {
+		return err
+	}
+	l.paused.Store(true)
+	err = s.reload(ctx, &l.Sale)
+	s.refreshOne(ctx, l)
+	return err
 }
 
 // PreWarm loads the counters of every sale that starts within the next

@@ -37,6 +37,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/limit"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"golang.org/x/sync/singleflight"
 )
 
 var (
@@ -104,7 +105,7 @@ func (s *Sale) check(now time.Time) error {
 		return ErrBadSale.With("a sale lasts at most %v", MaxLength)
 	case !s.EndsAt.After(now):
 		return ErrBadSale.With("ends_at is in the past")
-	case s.PaySeconds < 0 || time.Duration(s.PaySeconds)*time.Second > MaxPayTTL:
+	case s.PaySeconds < 0 || s.PaySeconds > int64(MaxPayTTL/time.Second):
 		return ErrBadSale.With("pay_seconds must be 0 (the default, %v) to %d", DefaultPay, int(MaxPayTTL/time.Second))
 	}
 	return nil
@@ -126,6 +127,8 @@ func (s *Sale) keyTTL(now time.Time) time.Duration {
 // Orders places the orders of tickets (order.Service).
 type Orders interface {
 	PlaceSale(ctx context.Context, so order.SaleOrder) (*order.Order, error)
+	Get(ctx context.Context, userID, orderID int64) (*order.Order, error)
+	Cancel(ctx context.Context, userID, orderID int64) (*order.Order, error)
 }
 
 // Config tunes the request path's limits; the zero value gets the
@@ -178,11 +181,12 @@ type Service struct {
 	now       func() time.Time
 
 	users, ips, hot *limit.Keyed
+	polls           *limit.Keyed // ticket polls per user
 
 	mu      sync.RWMutex
 	sales   map[int64]*live     // sales this node has served
 	missing map[int64]time.Time // ids found not to exist, until when (against floods at made-up ids)
-	load    sync.Mutex          // one database read of an unknown sale at a time
+	load    singleflight.Group  // one database read of an unknown sale at a time
 
 	tickets bus.Batcher[ticketMsg]
 	loading sync.Map // sale id -> reloading here
@@ -202,7 +206,8 @@ func New(db *sqldb.Cluster, store kv.Store, b *bus.Bus, ids *id.Generator, order
 		// forgotten first.
 		users: limit.NewKeyed(cfg.UserRate, int(2*cfg.UserRate), 1<<18),
 		ips:   limit.NewKeyed(cfg.IPRate, int(2*cfg.IPRate), 1<<16),
-		hot:   limit.NewKeyed(cfg.HotRate, int(cfg.HotRate), 1024)}
+		hot:   limit.NewKeyed(cfg.HotRate, int(cfg.HotRate), 1024),
+		polls: limit.NewKeyed(2, 5, 1<<18)}
 	s.tickets = bus.Batcher[ticketMsg]{Bus: b,
 		Partition: func(t ticketMsg) int { return int(uint64(t.UserID) % Partitions) },
 		Message: func(ts []ticketMsg) bus.Msg {
@@ -298,34 +303,58 @@ func (s *Service) live(ctx context.Context, saleID int64) (*live, error) {
 	if gone && now.Before(until) {
 		return nil, ErrNoSale.With("no flash sale %d", saleID)
 	}
-	s.load.Lock()
-	defer s.load.Unlock()
-	s.mu.RLock()
-	l, ok = s.sales[saleID]
-	s.mu.RUnlock()
-	if ok {
-		return l, nil
-	}
-	sale, err := s.read(ctx, s.db.Main().R, saleID)
-	if errors.Is(err, ErrNoSale) {
-		s.mu.Lock()
-		if len(s.missing) > 10_000 {
-			clear(s.missing)
+	// One read per sale at a time, whoever asks; each waiter waits no
+	// longer than its own request allows.
+	ch := s.load.DoChan(strconv.FormatInt(saleID, 10), func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		defer cancel()
+		sale, err := s.read(rctx, s.db.Main().R, saleID)
+		if errors.Is(err, ErrNoSale) {
+			s.mu.Lock()
+			if len(s.missing) > 10_000 {
+				clear(s.missing)
+			}
+			s.missing[saleID] = now.Add(5 * time.Second)
+			s.mu.Unlock()
+			return nil, err
 		}
-		s.missing[saleID] = now.Add(5 * time.Second)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		l := &live{Sale: sale}
+		s.refreshOne(rctx, l)
+		s.mu.Lock()
+		if old, ok := s.sales[saleID]; ok {
+			l = old
+		} else {
+			s.sales[saleID] = l
+		}
+		delete(s.missing, saleID)
 		s.mu.Unlock()
-		return nil, err
+		return l, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*live), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if err != nil {
-		return nil, err
+}
+
+// readTimeout bounds a database read on the request path (a sale the node
+// has not served yet, a ticket's poll).
+const readTimeout = time.Second
+
+// unavailable classifies a failed database read on the request path: the
+// database is slow or down (503), not a bug.
+func unavailable(err error) error {
+	if errkind.Of(err) != nil {
+		return err
 	}
-	l = &live{Sale: sale}
-	s.refreshOne(ctx, l)
-	s.mu.Lock()
-	s.sales[saleID] = l
-	delete(s.missing, saleID)
-	s.mu.Unlock()
-	return l, nil
+	return errkind.ErrUnavailable.With("the database did not answer in time, try again: %v", err)
 }
 
 // refreshOne reads what is left of l from kv. A missing counter means kv
@@ -381,10 +410,17 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		s.mu.RUnlock()
 		for _, l := range ls {
-			if now.Before(l.EndsAt.Add(time.Minute)) {
+			switch {
+			case now.Before(l.EndsAt):
 				rctx, cancel := context.WithTimeout(ctx, time.Second)
 				s.refreshOne(rctx, l)
 				cancel()
+			case now.After(l.EndsAt.Add(time.Hour)) && l.c.attempts.Load() == 0:
+				// Over an hour ago, its figures flushed: forgotten (read
+				// again if anyone asks).
+				s.mu.Lock()
+				delete(s.sales, l.ID)
+				s.mu.Unlock()
 			}
 		}
 		if now.Sub(lastFlush) >= FlushEvery {

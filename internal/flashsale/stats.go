@@ -13,7 +13,7 @@ import (
 // counters are this node's request-path figures of one sale since the
 // last flush.
 type counters struct {
-	attempts, admitted, soldOut, overLimit, rate, blacklist, challenge, early, paused atomic.Int64
+	attempts, admitted, soldOut, overLimit, rate, blacklist, challenge, early, paused, ended atomic.Int64
 }
 
 // FlushEvery is how often each node adds its figures to the database.
@@ -30,7 +30,7 @@ func (s *Service) flush(ctx context.Context) {
 	s.mu.RUnlock()
 	for _, l := range ls {
 		c := &l.c
-		fs := []*atomic.Int64{&c.attempts, &c.admitted, &c.soldOut, &c.overLimit, &c.rate, &c.blacklist, &c.challenge, &c.early, &c.paused}
+		fs := []*atomic.Int64{&c.attempts, &c.admitted, &c.soldOut, &c.overLimit, &c.rate, &c.blacklist, &c.challenge, &c.early, &c.paused, &c.ended}
 		v := make([]int64, len(fs))
 		some := false
 		for i, f := range fs {
@@ -41,14 +41,15 @@ func (s *Service) flush(ctx context.Context) {
 			continue
 		}
 		_, err := s.db.Main().W.ExecContext(ctx, `INSERT INTO flash_sale_stats (sale_id, node, attempts, admitted, sold_out,
-			over_limit, rate, blacklist, challenge, early, paused, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+			over_limit, rate, blacklist, challenge, early, paused, ended, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 			ON CONFLICT (sale_id, node) DO UPDATE SET attempts = flash_sale_stats.attempts + excluded.attempts,
 			admitted = flash_sale_stats.admitted + excluded.admitted, sold_out = flash_sale_stats.sold_out + excluded.sold_out,
 			over_limit = flash_sale_stats.over_limit + excluded.over_limit, rate = flash_sale_stats.rate + excluded.rate,
 			blacklist = flash_sale_stats.blacklist + excluded.blacklist, challenge = flash_sale_stats.challenge + excluded.challenge,
 			early = flash_sale_stats.early + excluded.early, paused = flash_sale_stats.paused + excluded.paused,
+			ended = flash_sale_stats.ended + excluded.ended,
 			updated_at = excluded.updated_at`,
-			l.ID, s.node, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], s.now().UnixMilli())
+			l.ID, s.node, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], s.now().UnixMilli())
 		if err != nil {
 			for i, f := range fs {
 				f.Add(v[i])
@@ -74,6 +75,7 @@ type Figures struct {
 		Challenge int64 `json:"challenge"`
 		Early     int64 `json:"not_started"`
 		Paused    int64 `json:"paused"`
+		Ended     int64 `json:"ended"`
 	} `json:"refused"`
 	Tickets  int64  `json:"tickets"`        // recorded by the workers
 	Pending  int64  `json:"pending"`        // recorded, order being made
@@ -90,20 +92,20 @@ type Figures struct {
 func (s *Service) Figures(ctx context.Context, saleID int64) (Figures, error) {
 	sale, err := s.read(ctx, s.db.Main().R, saleID)
 	if err != nil {
-		return Figures{}, err
+		return Figures{}, unavailable(err)
 	}
 	f := Figures{Sale: sale, Now: s.now().UTC()}
 	err = s.db.Main().R.QueryRowContext(ctx, `SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(admitted), 0),
 		COALESCE(SUM(sold_out), 0), COALESCE(SUM(over_limit), 0), COALESCE(SUM(rate), 0), COALESCE(SUM(blacklist), 0),
-		COALESCE(SUM(challenge), 0), COALESCE(SUM(early), 0), COALESCE(SUM(paused), 0) FROM flash_sale_stats WHERE sale_id = $1`, saleID).
+		COALESCE(SUM(challenge), 0), COALESCE(SUM(early), 0), COALESCE(SUM(paused), 0), COALESCE(SUM(ended), 0) FROM flash_sale_stats WHERE sale_id = $1`, saleID).
 		Scan(&f.Attempts, &f.Admitted, &f.Refused.SoldOut, &f.Refused.Limit, &f.Refused.Rate, &f.Refused.Blacklist,
-			&f.Refused.Challenge, &f.Refused.Early, &f.Refused.Paused)
+			&f.Refused.Challenge, &f.Refused.Early, &f.Refused.Paused, &f.Refused.Ended)
 	if err != nil {
-		return Figures{}, fmt.Errorf("flash-sale figures: %w", err)
+		return Figures{}, unavailable(fmt.Errorf("flash-sale figures: %w", err))
 	}
 	rows, err := s.db.Main().R.QueryContext(ctx, `SELECT state, COUNT(*) FROM flash_tickets WHERE sale_id = $1 GROUP BY state`, saleID)
 	if err != nil {
-		return Figures{}, fmt.Errorf("flash-sale figures: %w", err)
+		return Figures{}, unavailable(fmt.Errorf("flash-sale figures: %w", err))
 	}
 	defer rows.Close()
 	for rows.Next() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/surge-platform/surge/internal/order"
@@ -32,8 +33,11 @@ const ticketsConsumer = "flash-tickets"
 
 // The workers' consumers: of tickets, and of the orders of sales.
 var (
-	ticketsCfg = bus.ConsumerConfig{Stream: Tickets.Name, Durable: ticketsConsumer, Workers: 8, MaxDeliver: -1}
-	ordersCfg  = bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "flash-orders", Workers: 4,
+	// A batch takes well under a second; a worker that dies holding one
+	// delays its buyers' orders by the ack wait. (Two deliveries of a
+	// batch that do run at once are safe: see told.)
+	ticketsCfg = bus.ConsumerConfig{Stream: Tickets.Name, Durable: ticketsConsumer, Workers: 8, MaxDeliver: -1, AckWait: 10 * time.Second}
+	ordersCfg  = bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "flash-orders", Workers: 4, MaxDeliver: -1,
 		FilterSubjects: order.Types(order.EvPaid, order.EvCancelled), FromNow: true}
 )
 
@@ -59,7 +63,10 @@ const ResultType = "flash.ticket"
 // Consume turns tickets into orders until ctx is done (the worker role;
 // every worker shares the consumer). A worker that dies mid-ticket leaves
 // the batch unacknowledged: it is redelivered, and each ticket is applied
-// again idempotently (its row, its order by the ticket's id).
+// again idempotently (its row, its order by the ticket's id). A ticket
+// that still fails after maxTries deliveries fails for good (its unit
+// goes back), so that one poisoned ticket cannot hold up the others, or a
+// recount that waits for the stream to drain.
 func (s *Service) Consume(ctx context.Context) error {
 	return s.bus.Consume(ctx, ticketsCfg,
 		func(ctx context.Context, m bus.Msg) error {
@@ -69,13 +76,17 @@ func (s *Service) Consume(ctx context.Context) error {
 				return nil
 			}
 			for _, t := range b.Tickets {
-				if err := s.apply(ctx, t); err != nil {
+				if err := s.apply(ctx, t, m.Deliveries >= maxTries); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 }
+
+// maxTries is how many deliveries a ticket batch gets before its tickets
+// that still fail are failed for good (about 5 minutes of backoff).
+const maxTries = 20
 
 // sale returns a sale's definition, from this node's memory after the
 // first time.
@@ -87,8 +98,9 @@ func (s *Service) sale(ctx context.Context, saleID int64) (*Sale, error) {
 	return &l.Sale, nil
 }
 
-// apply records one ticket and makes its order.
-func (s *Service) apply(ctx context.Context, t ticketMsg) error {
+// apply records one ticket and makes its order; last: this is its last
+// try.
+func (s *Service) apply(ctx context.Context, t ticketMsg, last bool) error {
 	sale, err := s.sale(ctx, t.SaleID)
 	if errors.Is(err, ErrNoSale) {
 		s.log.Error("ticket of an unknown flash sale dropped", "ticket", t.Ticket, "sale_id", t.SaleID)
@@ -97,34 +109,77 @@ func (s *Service) apply(ctx context.Context, t ticketMsg) error {
 	if err != nil {
 		return err
 	}
-	state, err := s.hold(ctx, sale, t)
+	state, overLimit, err := s.hold(ctx, sale, t)
 	if err != nil {
 		return fmt.Errorf("ticket %d: %w", t.Ticket, err)
+	}
+	if overLimit {
+		// kv let the buyer past their limit (a recount raced a return, an
+		// evicted key): the stock it took was not sold, so it goes back,
+		// and the buyer's count with it.
+		s.giveBack(ctx, sale, t.UserID)
 	}
 	switch state {
 	case stRefused:
 		return s.tellBuyer(ctx, t, stFailed, "sold out")
-	case stFailed:
-		return s.tellBuyer(ctx, t, stFailed, "the order could not be made")
-	case stOrdered, stPaid, stReturned:
-		return s.tellBuyer(ctx, t, stOrdered, "")
+	case stHeld:
+	default:
+		return s.told(ctx, t, state)
 	}
 	_, err = s.orders.PlaceSale(ctx, order.SaleOrder{OrderID: t.Ticket, UserID: t.UserID, StoreID: sale.StoreID, SKU: sale.SKU,
 		Price: sale.Price, Qty: 1, SaleID: sale.ID, TTL: sale.payTTL()})
 	if err != nil {
-		if k := errkind.Of(err); k == nil || k.Kind == errkind.Unavailable || k.Kind == errkind.Internal {
+		if k := errkind.Of(err); !last && (k == nil || k.Kind == errkind.Unavailable || k.Kind == errkind.Internal) {
 			return fmt.Errorf("ticket %d: order: %w", t.Ticket, err) // retried
 		}
-		// Final (the store closed, the sku left the menu): the unit goes back.
+		// Final (the store closed, the sku left the menu, or too many
+		// tries): the unit goes back, unless another delivery of the
+		// ticket made the order meanwhile.
 		s.log.Warn("flash-sale ticket failed", "ticket", t.Ticket, "sale_id", sale.ID, "err", err)
-		if err := s.release(ctx, sale, t.Ticket, t.UserID, stFailed, err.Error()); err != nil {
-			return err
+		moved, err2 := s.release(ctx, sale, t.Ticket, t.UserID, []string{stHeld}, stFailed, err.Error())
+		if err2 != nil {
+			return err2
+		}
+		if !moved {
+			return s.told(ctx, t, "")
 		}
 		return s.tellBuyer(ctx, t, stFailed, err.Error())
 	}
-	if _, err := s.db.Main().W.ExecContext(ctx, `UPDATE flash_tickets SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`,
-		stOrdered, s.now().UnixMilli(), t.Ticket, stHeld); err != nil {
+	res, err := s.db.Main().W.ExecContext(ctx, `UPDATE flash_tickets SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4`,
+		stOrdered, s.now().UnixMilli(), t.Ticket, stHeld)
+	if err != nil {
 		return fmt.Errorf("ticket %d: %w", t.Ticket, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return s.told(ctx, t, "")
+	}
+	return s.tellBuyer(ctx, t, stOrdered, "")
+}
+
+// told tells the buyer what became of a ticket another delivery decided
+// (state "" = read it). A ticket another delivery failed while this one
+// made its order (they ran at once: a redelivery after the ack wait)
+// must not keep the order, whose unit went back: it is cancelled.
+func (s *Service) told(ctx context.Context, t ticketMsg, state string) error {
+	if state == "" {
+		if err := s.db.Main().W.QueryRowContext(ctx, `SELECT state FROM flash_tickets WHERE id = $1`, t.Ticket).Scan(&state); err != nil {
+			return fmt.Errorf("ticket %d: %w", t.Ticket, err)
+		}
+	}
+	switch state {
+	case stFailed:
+		if o, err := s.orders.Get(ctx, t.UserID, t.Ticket); err == nil && o.Status == order.PendingPayment {
+			if _, err := s.orders.Cancel(ctx, t.UserID, t.Ticket); err != nil && !errors.Is(err, order.ErrNotCancellable) {
+				return fmt.Errorf("ticket %d: cancel the order of a failed ticket: %w", t.Ticket, err)
+			}
+		} else if err != nil && !errors.Is(err, order.ErrNotFound) {
+			return fmt.Errorf("ticket %d: %w", t.Ticket, err)
+		}
+		return s.tellBuyer(ctx, t, stFailed, "the order could not be made")
+	case stRefused:
+		return s.tellBuyer(ctx, t, stFailed, "sold out")
+	case stHeld:
+		return fmt.Errorf("ticket %d: still being ordered by another delivery", t.Ticket)
 	}
 	return s.tellBuyer(ctx, t, stOrdered, "")
 }
@@ -133,12 +188,14 @@ func (s *Service) apply(ctx context.Context, t ticketMsg) error {
 // sale's stock and the buyer's limit under the sale's row lock: the
 // durable guard. kv admits exactly as many after a loss only if its
 // recount was right; a ticket beyond either is recorded refused and gets
-// no order. It returns the ticket's state (that of an earlier delivery
-// when there was one).
-func (s *Service) hold(ctx context.Context, sale *Sale, t ticketMsg) (string, error) {
-	state := stHeld
+// no order (overLimit: refused for the buyer's limit, with stock left).
+// It returns the ticket's state (that of an earlier delivery when there
+// was one).
+func (s *Service) hold(ctx context.Context, sale *Sale, t ticketMsg) (state string, overLimit bool, err error) {
+	state = stHeld
 	now := s.now().UnixMilli()
-	err := sqldb.Tx(ctx, s.db.Main(), func(tx *sql.Tx) error {
+	err = sqldb.Tx(ctx, s.db.Main(), func(tx *sql.Tx) error {
+		overLimit = false
 		res, err := tx.ExecContext(ctx, `INSERT INTO flash_tickets (id, sale_id, user_id, state, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO NOTHING`, t.Ticket, sale.ID, t.UserID, stHeld, t.At.UnixMilli())
 		if err != nil {
@@ -162,7 +219,7 @@ func (s *Service) hold(ctx context.Context, sale *Sale, t ticketMsg) (string, er
 				return err
 			}
 			if held > sale.PerUser { // this ticket is among them
-				state = stRefused
+				state, overLimit = stRefused, true
 				if _, err := tx.ExecContext(ctx, `UPDATE flash_sales SET sold = sold - 1 WHERE id = $1`, sale.ID); err != nil {
 					return err
 				}
@@ -176,21 +233,22 @@ func (s *Service) hold(ctx context.Context, sale *Sale, t ticketMsg) (string, er
 	})
 	if err == nil && state == stRefused {
 		s.log.Warn("flash-sale ticket beyond the stock or the buyer's limit refused (kv admitted it after a loss)",
-			"ticket", t.Ticket, "sale_id", sale.ID, "user_id", t.UserID)
+			"ticket", t.Ticket, "sale_id", sale.ID, "user_id", t.UserID, "over_limit", overLimit)
 	}
-	return state, err
+	return state, overLimit && err == nil, err
 }
 
-// release takes a ticket that holds a unit (held or ordered) to state
-// (failed, returned) and gives its unit back: in the database, then, while
-// the sale runs, to kv's live counters. Once per ticket: a repeat finds it
-// moved and does nothing. (A process that dies between the two leaves kv
-// one unit short, one fewer sold at worst, until a recount.)
-func (s *Service) release(ctx context.Context, sale *Sale, ticket, userID int64, state, reason string) error {
-	moved := false
-	err := sqldb.Tx(ctx, s.db.Main(), func(tx *sql.Tx) error {
+// release takes a ticket in one of the states from (held, ordered) to
+// state (failed, returned) and gives its unit back: in the database, then,
+// while the sale runs, to kv's live counters. Once per ticket: a repeat
+// finds it moved and does nothing (moved false). (A process that dies
+// between the two leaves kv one unit short until a recount.)
+func (s *Service) release(ctx context.Context, sale *Sale, ticket, userID int64, from []string, state, reason string) (moved bool, err error) {
+	in := "'" + strings.Join(from, "', '") + "'"
+	err = sqldb.Tx(ctx, s.db.Main(), func(tx *sql.Tx) error {
+		moved = false
 		res, err := tx.ExecContext(ctx, `UPDATE flash_tickets SET state = $1, reason = $2, updated_at = $3
-			WHERE id = $4 AND state IN ('held', 'ordered')`, state, reason, s.now().UnixMilli(), ticket)
+			WHERE id = $4 AND state IN (`+in+`)`, state, reason, s.now().UnixMilli(), ticket)
 		if err != nil {
 			return err
 		}
@@ -202,12 +260,12 @@ func (s *Service) release(ctx context.Context, sale *Sale, ticket, userID int64,
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("ticket %d: give back: %w", ticket, err)
+		return false, fmt.Errorf("ticket %d: give back: %w", ticket, err)
 	}
 	if moved {
 		s.giveBack(ctx, sale, userID)
 	}
-	return nil
+	return moved, nil
 }
 
 // tellBuyer puts the ticket's outcome on the results stream (the push
@@ -249,7 +307,8 @@ func (s *Service) ConsumeOrders(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
-				return s.release(ctx, sale, ev.OrderID, ev.UserID, stReturned, "order "+ev.Reason)
+				_, err = s.release(ctx, sale, ev.OrderID, ev.UserID, []string{stHeld, stOrdered}, stReturned, "order "+ev.Reason)
+				return err
 			}
 			return nil
 		})

@@ -169,7 +169,7 @@ func (s *Service) RefundTx(ctx context.Context, tx *sql.Tx, o *Order, rf Refund)
 		}
 		l.Refunded, l.RefundID = l.Payable, rf.ID
 		r.SKUs = append(r.SKUs, l.SKU)
-		if rf.Before {
+		if rf.Before && o.SaleID == 0 { // a sale's order took none of the store's stock
 			r.Restock = append(r.Restock, inventory.Line{SKU: l.SKU, Qty: int64(l.Qty)})
 		}
 	}

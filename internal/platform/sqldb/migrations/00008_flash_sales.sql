@@ -47,6 +47,7 @@ CREATE TABLE flash_sale_stats (
     blacklist  BIGINT NOT NULL DEFAULT 0,
     challenge  BIGINT NOT NULL DEFAULT 0,
     early      BIGINT NOT NULL DEFAULT 0,
+    ended      BIGINT NOT NULL DEFAULT 0,
     paused     BIGINT NOT NULL DEFAULT 0,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (sale_id, node)
