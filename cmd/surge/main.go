@@ -253,6 +253,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 			return err
 		}
 	}
+	var sale string
+	if isDemo && o.Has("api") {
+		fs, err := demo.SeedFlashSale(ctx, n.Flash, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		sale = strconv.FormatInt(fs.ID, 10)
+	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
 	log.Info("serving", "url", n.URL(), "roles", strings.Join(n.Config().Roles, ","))
@@ -260,9 +268,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo 
 		fmt.Fprintf(stdout, "admin token (generated for this run): %s\n", o.AdminToken)
 	}
 	if isDemo {
-		intro(stdout, n.URL(), o.AdminToken)
+		intro(stdout, n.URL(), o.AdminToken, sale)
 		if o.simDuration > 0 {
-			rep, err := demo.Simulate(ctx, n.URL(), o.simCustomers, o.simDuration)
+			rep, err := demo.Simulate(ctx, n.URL(), o.simCustomers, o.simDuration, sale)
 			if err != nil {
 				return err
 			}
@@ -295,7 +303,7 @@ func mask(s string) string {
 	return s[:4] + "****"
 }
 
-func intro(w io.Writer, url, admin string) {
+func intro(w io.Writer, url, admin, sale string) {
 	store := demo.StoreIDs()[0]
 	fmt.Fprintf(w, `
 surge demo is up: %[1]s
@@ -326,6 +334,14 @@ Promotions (docs/promotions.md): the seeds' 满99减9 example, 30.00 + 40.00 + 5
   curl -s %[1]s/api/v1/me/coupons -H "Authorization: Bearer $TOKEN"
 `, url, admin, store, demo.Stores, demo.Users, store*1000+6, strings.Replace(url, "http", "ws", 1),
 		demo.ExampleSKU, demo.ExampleSKU+1, demo.ExampleSKU+2)
+	if sale != "" {
+		fmt.Fprintf(w, `Flash sale (docs/flash-sales.md): %[3]d Americanos of store %[4]d at 1.00, one each, from a few seconds after the start:
+  curl -s %[1]s/api/v1/flash-sales/%[2]s          # the countdown: "now", "starts_at", "state"
+  curl -s -X POST %[1]s/api/v1/flash-sales/%[2]s/purchase -H "Authorization: Bearer $TOKEN"   # 202 {"ticket"} or 409 sold_out
+  curl -s %[1]s/api/v1/flash-sales/%[2]s/tickets/<ticket> -H "Authorization: Bearer $TOKEN"   # "ordered", "order_id"
+  curl -s %[1]s/admin/v1/flash-sales/%[2]s -H "Authorization: Bearer %[5]s"   # the live figures
+`, url, sale, demo.FlashStock, demo.FlashStore, admin)
+	}
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

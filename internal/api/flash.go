@@ -108,6 +108,9 @@ func (s *Server) ticket(w http.ResponseWriter, r *http.Request, uid int64) {
 	}
 	v, err := s.Flash.Ticket(r.Context(), uid, sid, tid)
 	if err != nil {
+		if errors.Is(err, flashsale.ErrRate) {
+			w.Header().Set("Retry-After", "1")
+		}
 		web.Error(w, r, err)
 		return
 	}

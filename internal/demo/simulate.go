@@ -30,6 +30,9 @@ type Report struct {
 	CouponOrders int   // orders placed with a coupon
 	Discounted   int   // orders with any discount
 	Discounts    int64 // fen taken off the orders placed
+	// The flash sale: purchase attempts, tickets handed out, their orders
+	// (the ticket's outcome), of which paid.
+	FlashAttempts, FlashTickets, FlashOrders, FlashPaid int
 }
 
 // Op counts one kind of request.
@@ -46,8 +49,10 @@ func (o *Op) Quantile(q float64) time.Duration {
 // Simulate runs `customers` simulated customers against base for d: each
 // logs in, browses stores and menus, places orders (with an
 // Idempotency-Key), pays most of them at the simulated channels, cancels
-// some of the others and reads them back.
-func Simulate(ctx context.Context, base string, customers int, d time.Duration) (*Report, error) {
+// some of the others and reads them back. With a flash sale (sale != ""),
+// each first waits for it on its page's countdown, tries to buy, and pays
+// the order its ticket becomes.
+func Simulate(ctx context.Context, base string, customers int, d time.Duration, sale string) (*Report, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: customers}}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -109,6 +114,9 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration) 
 			var login struct{ Token string }
 			if call("login", "POST", "/api/v1/auth/login", "", map[string]string{"phone": Phone(c % Users)}, &login) != 200 {
 				return
+			}
+			if sale != "" {
+				flash(ctx, call, login.Token, sale, client, rep, &mu)
 			}
 			coupon := claimCoupon(call, login.Token)
 			if coupon != "" {
@@ -248,6 +256,9 @@ func (r *Report) Print(w io.Writer) {
 		total, r.Duration.Seconds(), float64(total)/r.Duration.Seconds(), r.Orders, r.Paid, r.Cancels, r.SoldOut)
 	fmt.Fprintf(w, "discounts: %d orders discounted, %.2f yuan taken off; %d coupons claimed, %d orders with a coupon\n",
 		r.Discounted, float64(r.Discounts)/100, r.Claimed, r.CouponOrders)
+	if r.FlashAttempts > 0 {
+		fmt.Fprintf(w, "flash sale: %d attempts, %d tickets, %d orders, %d paid\n", r.FlashAttempts, r.FlashTickets, r.FlashOrders, r.FlashPaid)
+	}
 	fmt.Fprintf(w, "%-14s %8s %7s %9s %9s %9s\n", "request", "count", "errors", "p50", "p99", "max")
 	for _, k := range names {
 		o := r.Ops[k]
@@ -295,4 +306,75 @@ func claimCoupon(call func(op, method, path, token string, body any, out any, hd
 		}
 	}
 	return ""
+}
+
+// caller is Simulate's request helper.
+type caller func(op, method, path, token string, body any, out any, hdr ...string) int
+
+// flash waits for the sale to start (by its page's countdown, as the app
+// lights its button), tries to buy once or twice, follows the ticket and
+// pays its order.
+func flash(ctx context.Context, call caller, token, sale string, client *http.Client, rep *Report, mu *sync.Mutex) {
+	var page struct {
+		Now      time.Time `json:"now"`
+		StartsAt time.Time `json:"starts_at"`
+	}
+	if call("sale page", "GET", "/api/v1/flash-sales/"+sale, "", nil, &page) != 200 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(page.StartsAt.Sub(page.Now) + time.Second): // the page's now is whole seconds
+	}
+	for range 2 {
+		var tk struct {
+			Ticket string `json:"ticket"`
+		}
+		status := call("flash purchase", "POST", "/api/v1/flash-sales/"+sale+"/purchase", token, nil, &tk)
+		mu.Lock()
+		rep.FlashAttempts++
+		mu.Unlock()
+		if status == 425 {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if status != 202 {
+			return
+		}
+		mu.Lock()
+		rep.FlashTickets++
+		mu.Unlock()
+		for ctx.Err() == nil {
+			var v struct {
+				State   string `json:"state"`
+				OrderID string `json:"order_id"`
+			}
+			if s := call("flash ticket", "GET", "/api/v1/flash-sales/"+sale+"/tickets/"+tk.Ticket, token, nil, &v); s == 200 && v.State != "pending" {
+				if v.State != "ordered" {
+					return
+				}
+				mu.Lock()
+				rep.FlashOrders++
+				mu.Unlock()
+				var st struct {
+					PayURL string `json:"pay_url"`
+				}
+				if call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wxsim"}, &st) == 201 {
+					if req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil); err == nil {
+						if res, err := client.Do(req); err == nil {
+							io.Copy(io.Discard, res.Body)
+							res.Body.Close()
+							mu.Lock()
+							rep.FlashPaid++
+							mu.Unlock()
+						}
+					}
+				}
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		return
+	}
 }

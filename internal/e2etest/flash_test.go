@@ -500,7 +500,7 @@ func (fc *flashCluster) resolveTickets(t *testing.T, c *flashCrowd) (waited int)
 	for tk := range c.tickets {
 		open = append(open, tk)
 	}
-	// A killed worker's batches come back after the ack wait (30 s).
+	// A killed worker's batches come back after the ack wait (10 s).
 	deadline := time.Now().Add(90 * time.Second)
 	for round := 0; len(open) > 0; round++ {
 		var mu sync.Mutex

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/surge-platform/surge/internal/demo"
 	"io"
 	"net"
 	"net/http"
@@ -396,7 +397,7 @@ func TestSeparateRoles(t *testing.T) {
 
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	cmd := exec.Command(bin, "demo", "--addr", "127.0.0.1:0", "--sim-duration", "2s", "--sim-customers", "4")
+	cmd := exec.Command(bin, "demo", "--addr", "127.0.0.1:0", "--sim-duration", "5s", "--sim-customers", "12")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -446,6 +447,18 @@ func TestDemo(t *testing.T) {
 	if discounted == 0 || yuan <= 0 || claimed == 0 || withCoupon == 0 {
 		t.Fatalf("the simulation gave no discount or used no coupon (%d discounted, %.2f yuan, %d claimed, %d with a coupon):\n%s",
 			discounted, yuan, claimed, withCoupon, text)
+	}
+	// The demo's flash sale sells exactly its stock, each ticket an order,
+	// and the simulated customers pay them.
+	var attempts, tickets, orders, paid int
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "flash sale:") {
+			fmt.Sscanf(line, "flash sale: %d attempts, %d tickets, %d orders, %d paid", &attempts, &tickets, &orders, &paid)
+		}
+	}
+	if tickets != demo.FlashStock || orders != tickets || paid != orders || attempts <= tickets {
+		t.Fatalf("the demo's flash sale of %d: %d attempts, %d tickets, %d orders, %d paid:\n%s", demo.FlashStock,
+			attempts, tickets, orders, paid, text)
 	}
 	cmd.Process.Signal(os.Interrupt)
 	go io.Copy(io.Discard, stdout)
