@@ -19,11 +19,14 @@ import (
 // flash.tickets.<user id mod Partitions>, one stream. Queues on the bus,
 // not kv lists: kv is never the only copy of anything, and a JetStream
 // message survives a worker that dies holding it (it is redelivered after
-// its ack wait), which a popped list item does not. The partitions keep a
-// buyer's tickets on one subject, in order, and let an operator see the
-// backlog per queue; every worker shares one durable consumer over all of
-// them, so adding workers needs no reassignment.
-const Partitions = 16
+// its ack wait), which a popped list item does not. The partitions let an
+// operator see the backlog per queue and would let queues be given to
+// workers; today every worker shares one durable consumer over all of
+// them, so adding workers needs no reassignment. Few: a batch of tickets
+// is one message per partition it touches, and each message costs the
+// bus about as much as its tickets (16 queues instead of 4 took the
+// in-stock purchase rate from 0.44 to 0.37 of hello-world).
+const Partitions = 4
 
 func ticketSubject(userID int64) string {
 	return "flash.tickets." + strconv.Itoa(int(uint64(userID)%Partitions))
@@ -145,7 +148,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 	}
 	if l.soldOut.Load() {
 		c.soldOut.Add(1)
-		return Ticket{}, ErrSoldOut.With("all %d of flash sale %d are sold", l.Stock, l.ID)
+		return Ticket{}, ErrSoldOut
 	}
 	if ok, _ := s.hot.Allow(uint64(l.SKU), now); !ok {
 		c.rate.Add(1)
@@ -173,7 +176,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 		if !l.soldOut.Swap(true) {
 			s.tell(l.ID, false)
 		}
-		return Ticket{}, ErrSoldOut.With("all %d of flash sale %d are sold", l.Stock, l.ID)
+		return Ticket{}, ErrSoldOut
 	case kv.OverLimit:
 		c.overLimit.Add(1)
 		return Ticket{}, ErrLimit.With("one person may buy %d in flash sale %d", l.PerUser, l.ID)

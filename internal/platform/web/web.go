@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -77,6 +78,15 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 		err = context.Canceled // the client went away mid-request; whatever failed after that is noise
 	}
 	status := Status(err)
+	sentinel, _ := err.(*errkind.Error)
+	if sentinel != nil && status < 500 {
+		// A bare sentinel (a flash sale's sold_out, most of a crowd's
+		// answers) is encoded once.
+		if b, ok := sentinelBodies.Load(sentinel); ok {
+			Raw(w, status, b.([]byte))
+			return
+		}
+	}
 	var body ErrBody
 	if e := errkind.Of(err); e != nil {
 		body.Error.Code, body.Error.Message = e.Code, e.Message
@@ -93,8 +103,18 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 {
 		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
 	}
+	if sentinel != nil && status < 500 {
+		b, _ := json.Marshal(body)
+		sentinelBodies.Store(sentinel, b)
+		Raw(w, status, b)
+		return
+	}
 	JSON(w, status, body)
 }
+
+// sentinelBodies holds the encoded body of each bare sentinel answered
+// so far (*errkind.Error -> []byte): a few dozen at most.
+var sentinelBodies sync.Map
 
 // JSON writes v with status.
 func JSON(w http.ResponseWriter, status int, v any) {
