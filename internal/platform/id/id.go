@@ -115,10 +115,12 @@ func (g *Generator) Node() int {
 
 // Next returns a new id carrying gene (taken mod Genes). Ids from one
 // generator are strictly increasing. When the 32 sequence numbers of a
-// millisecond are used up, or the clock stepped back, Next waits for the
-// clock instead of repeating an id. A leased generator returns ErrNoLease
+// millisecond are used up, Next takes the next millisecond, up to 20 ms
+// ahead of the clock; further ahead, or when the clock stepped back
+// further, it waits for the clock instead of repeating an id. A leased generator returns ErrNoLease
 // (Unavailable) past its lease's deadline.
 func (g *Generator) Next(gene int) (int64, error) {
+	const maxAhead = 20 // milliseconds a burst may borrow from the clock (under the 50 a lease taker allows)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for {
@@ -140,7 +142,15 @@ func (g *Generator) Next(gene int) (int64, error) {
 			g.last, g.seq = ms, 0
 		case g.seq < maxSeq:
 			g.seq++ // same millisecond, or the clock went back: keep counting on last
+		case g.last-ms < maxAhead:
+			// The millisecond's 32 are used up: take the next millisecond
+			// (DESIGN: a burst borrows from the clock, which catches up).
+			// Sleeping instead held every caller for the timer's
+			// granularity: flash-sale tickets waited milliseconds for ids.
+			g.last, g.seq = g.last+1, 0
 		default:
+			// Borrowed maxAhead ahead: more than 32 ids a millisecond for
+			// that long. Wait for the clock.
 			time.Sleep(time.Duration(g.last-ms+1) * 100 * time.Microsecond)
 			continue
 		}

@@ -3,6 +3,7 @@ package id
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -153,5 +154,40 @@ func TestLeasedBounds(t *testing.T) {
 	g3.Lease(5, time.Now().Add(time.Hour), 0, time.Now().Add(-time.Second).UnixMilli())
 	if _, err := g3.Next(0); !errors.Is(err, ErrNoLease) {
 		t.Fatalf("past the declared bound: %v, want ErrNoLease", err)
+	}
+}
+
+// TestBurstBorrowsAhead: a burst of more than 32 ids in one millisecond
+// takes the next milliseconds at once (no waiting for the clock), up to
+// 20 ms ahead; beyond that Next waits for the clock.
+func TestBurstBorrowsAhead(t *testing.T) {
+	t.Parallel()
+	g, _ := New(5)
+	now := time.Now()
+	var clock atomic.Int64
+	clock.Store(now.UnixNano())
+	g.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	var last int64
+	for i := range 21 * (maxSeq + 1) { // this millisecond and 20 more, with the clock frozen
+		x := must(t, g, 0)
+		if x <= last {
+			t.Fatalf("id %d: %d not above %d", i, x, last)
+		}
+		last = x
+	}
+	if ahead := Time(last).Sub(now.Truncate(time.Millisecond)); ahead != 20*time.Millisecond {
+		t.Fatalf("the burst borrowed %v ahead, want 20 ms", ahead)
+	}
+	// The next one must wait until the clock moves.
+	got := make(chan int64)
+	go func() { got <- must(t, g, 0) }()
+	select {
+	case x := <-got:
+		t.Fatalf("id %d handed out 20 ms ahead of a frozen clock", x)
+	case <-time.After(50 * time.Millisecond):
+	}
+	clock.Add(int64(5 * time.Millisecond))
+	if x := <-got; x <= last {
+		t.Fatalf("%d not above %d", x, last)
 	}
 }
