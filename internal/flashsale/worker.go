@@ -64,9 +64,10 @@ const ResultType = "flash.ticket"
 // every worker shares the consumer). A worker that dies mid-ticket leaves
 // the batch unacknowledged: it is redelivered, and each ticket is applied
 // again idempotently (its row, its order by the ticket's id). A ticket
-// that still fails after maxTries deliveries fails for good (its unit
-// goes back), so that one poisoned ticket cannot hold up the others, or a
-// recount that waits for the stream to drain.
+// whose order still fails after maxTries deliveries, for any reason but a
+// database that is down, fails for good (its unit goes back), so that one
+// poisoned ticket cannot hold up the others, or a recount that waits for
+// the stream to drain.
 func (s *Service) Consume(ctx context.Context) error {
 	return s.bus.Consume(ctx, ticketsCfg,
 		func(ctx context.Context, m bus.Msg) error {
@@ -129,8 +130,11 @@ func (s *Service) apply(ctx context.Context, t ticketMsg, last bool) error {
 	_, err = s.orders.PlaceSale(ctx, order.SaleOrder{OrderID: t.Ticket, UserID: t.UserID, StoreID: sale.StoreID, SKU: sale.SKU,
 		Price: sale.Price, Qty: 1, SaleID: sale.ID, TTL: sale.payTTL()})
 	if err != nil {
-		if k := errkind.Of(err); !last && (k == nil || k.Kind == errkind.Unavailable || k.Kind == errkind.Internal) {
-			return fmt.Errorf("ticket %d: order: %w", t.Ticket, err) // retried
+		k := errkind.Of(err)
+		if k != nil && k.Kind == errkind.Unavailable || !last && (k == nil || k.Kind == errkind.Internal) {
+			// Retried: a database that is down is waited out however
+			// long; anything else for maxTries deliveries.
+			return fmt.Errorf("ticket %d: order: %w", t.Ticket, err)
 		}
 		// Final (the store closed, the sku left the menu, or too many
 		// tries): the unit goes back, unless another delivery of the
