@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/kv"
@@ -57,20 +56,7 @@ func flashMode(ctx context.Context, mode string, kvArgs []string, target float64
 	if err != nil {
 		return err
 	}
-	script := func(sale string) string {
-		var lua strings.Builder
-		lua.WriteString("local tokens = {")
-		for _, t := range tokens {
-			lua.WriteString(luaString("Bearer "+t) + ",")
-		}
-		lua.WriteString("}\nlocal n = 0\n")
-		lua.WriteString(`request = function()
-	n = n + 1
-	return wrk.format("POST", "/api/v1/flash-sales/` + sale + `/purchase", {["Authorization"] = tokens[n % #tokens + 1]}, "")
-end
-`)
-		return lua.String()
-	}
+	script := func(sale string) string { return postAs(tokens, "/api/v1/flash-sales/"+sale+"/purchase") }
 	newSale := func(stock int) (string, error) {
 		var s struct {
 			ID string `json:"sale_id"`

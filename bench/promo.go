@@ -104,17 +104,7 @@ func coupons(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var lua strings.Builder
-	lua.WriteString("local tokens = {")
-	for _, t := range tokens {
-		lua.WriteString(luaString("Bearer "+t) + ",")
-	}
-	lua.WriteString("}\nlocal n = 0\n")
-	lua.WriteString(`request = function()
-	n = n + 1
-	return wrk.format("POST", "/api/v1/coupons/` + tid + `/claim", {["Authorization"] = tokens[n % #tokens + 1]}, "")
-end
-`)
+	lua := postAs(tokens, "/api/v1/coupons/"+tid+"/claim")
 	// The baseline: the same script, a stock key large enough, a user key
 	// drawn from a million users per call.
 	stockKey := "bench:{t1}:left"
@@ -144,7 +134,7 @@ end
 		if r == 0 && *profile != "" {
 			go saveProfile(base, *dur, *profile)
 		}
-		s, err := runWrk(ctx, base+"/api/v1/coupons/"+tid+"/claim", *workers, *dur, lua.String())
+		s, err := runWrk(ctx, base+"/api/v1/coupons/"+tid+"/claim", *workers, *dur, lua)
 		if err != nil {
 			return err
 		}
@@ -160,6 +150,23 @@ end
 	// does no work at all (the Lua baseline makes no HTTP request).
 	report("coupon claims against the hello-world net/http server (same rounds; no target)", "hello-world", "surge POST claim", hs, ss, 0)
 	return nil
+}
+
+// postAs is a wrk script that POSTs to path with an empty body, each
+// request as the next of the customers' tokens in turn.
+func postAs(tokens []string, path string) string {
+	var lua strings.Builder
+	lua.WriteString("local tokens = {")
+	for _, t := range tokens {
+		lua.WriteString(luaString("Bearer "+t) + ",")
+	}
+	lua.WriteString("}\nlocal n = 0\n")
+	lua.WriteString(`request = function()
+	n = n + 1
+	return wrk.format("POST", "` + path + `", {["Authorization"] = tokens[n % #tokens + 1]}, "")
+end
+`)
+	return lua.String()
 }
 
 func redisParts(u string) (host, port, db string) {
