@@ -16,8 +16,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +28,7 @@ import (
 	"github.com/surge-platform/surge/internal/demo"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/heapfloor"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
@@ -155,12 +158,68 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.Float64Var(&o.Flash.UserRate, "flash-user-rps", 5, "flash-sale purchases per second one user may attempt, per api node (burst 2x; beyond it 429, then a challenge, then a blacklist; <0: off)")
 	fs.Float64Var(&o.Flash.IPRate, "flash-ip-rps", 200, "flash-sale purchases per second from one client IP, per api node (burst 2x; <0: off)")
 	fs.Float64Var(&o.Flash.HotRate, "flash-hot-rps", 20000, "flash-sale admissions per second of one sale's sku (its hot key in kv), per api node (<0: off)")
+	fs.Float64Var(&o.Edge.IPRPS, "ip-rps", d.Edge.IPRPS, "customer requests per second from one client address, per node (burst 2x; loopback exempt; 0: off)")
+	fs.Float64Var(&o.Edge.UserRPS, "user-rps", d.Edge.UserRPS, "requests per second of one customer, per node (burst 2x; 0: off)")
+	fs.Func("route-rps", "per-customer limits of the expensive routes, per node, e.g. order=20,pay=20,claim=20,flash=0 (burst 2x; 0 or none: off) (default "+routes(d.Edge.RouteRPS)+")", func(v string) error {
+		m, err := parseRoutes(v)
+		o.Edge.RouteRPS = m
+		return err
+	})
+	fs.IntVar(&o.Edge.MaxInflight, "max-inflight", d.Edge.MaxInflight, "requests in flight on this node (customers at most 70%, operators 10%; beyond: 503 overloaded; 0: no cap)")
+	fs.IntVar(&o.MaxConns, "max-conns", d.MaxConns, "open connections on this node (beyond: 503 and close; 0: no cap)")
+	fs.StringVar(&o.Edge.Shed, "shed", d.Edge.Shed, "adaptive load shedding: bbr (refuse customer requests early, 503, while the process uses over 90% of its cores and more are in flight than the node has shown it can carry), failsafe (failsafe-go's adaptive limiter instead), off")
+	fs.IntVar(&o.Edge.Ban, "ban-strikes", d.Edge.Ban, "refusals by the per-IP, per-user and per-route limits within 10 s that blacklist the client cluster-wide (0: never)")
+	fs.DurationVar(&o.Edge.BanFor, "ban-for", d.Edge.BanFor, "how long such a client stays blacklisted")
+	fs.Func("trusted-proxies", "reverse proxies (CIDRs, comma-separated) whose X-Forwarded-For names the client, e.g. 10.0.0.0/8 (default none: the peer is the client)", func(v string) error {
+		o.Proxies = nil
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				a, aerr := netip.ParseAddr(c)
+				if aerr != nil {
+					return fmt.Errorf("%q: want a CIDR such as 10.0.0.0/8 or an address", c)
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			o.Proxies = append(o.Proxies, p.Masked())
+		}
+		return nil
+	})
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.IntVar(&o.heapFloor, "heap-floor-mb", 64, "least heap the Go collector lets grow before collecting, MiB (fewer collections under load, up to that much more memory; 0: GOGC alone)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
 	fs.IntVar(&o.simCustomers, "sim-customers", 16, "demo: simulated customers")
 	return fs
+}
+
+// routes renders per-route limits as route-rps takes them.
+func routes(m map[string]float64) string {
+	var parts []string
+	for _, r := range edge.Routes {
+		parts = append(parts, r+"="+strconv.FormatFloat(m[r], 'f', -1, 64))
+	}
+	return strings.Join(parts, ",")
+}
+
+// parseRoutes reads route=rps pairs; "none" (or "") turns them all off.
+func parseRoutes(v string) (map[string]float64, error) {
+	m := map[string]float64{}
+	if v = strings.TrimSpace(v); v == "" || v == "none" {
+		return m, nil
+	}
+	for _, kv := range strings.Split(v, ",") {
+		name, r, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		rps, err := strconv.ParseFloat(r, 64)
+		if !ok || err != nil || rps < 0 || !slices.Contains(edge.Routes, name) {
+			return nil, fmt.Errorf("%q: want route=rps with a route of %s and a rate >= 0", kv, strings.Join(edge.Routes, ", "))
+		}
+		m[name] = rps
+	}
+	return m, nil
 }
 
 func printFlags(w io.Writer) {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
@@ -57,6 +59,14 @@ type Server struct {
 	// Cluster reports this node's identity, its jobs and the cluster's
 	// leases (GET /admin/v1/cluster, on every node); nil = not served.
 	Cluster func(ctx context.Context) (any, error)
+
+	// Auth checks customers' tokens in the chain (for every role that
+	// serves customers: api, push); nil: no customer is ever recognised.
+	Auth *member.Service
+	// Edge is the node's limits and shedder (nil: none); Proxies are the
+	// trusted reverse proxies whose X-Forwarded-For names the client.
+	Edge    *edge.Edge
+	Proxies []netip.Prefix
 
 	// DeadLetters serves the dead-letter routes and counts (admin routes
 	// only); nil leaves them out.
@@ -99,6 +109,11 @@ func (s *Server) Handler() http.Handler {
 			web.JSON(w, http.StatusOK, v)
 		}))
 	}
+	if s.Edge != nil {
+		mux.HandleFunc("GET /admin/v1/edge", s.admin(func(w http.ResponseWriter, r *http.Request) {
+			web.JSON(w, http.StatusOK, s.Edge.Stats())
+		}))
+	}
 	if s.PushStats != nil {
 		mux.HandleFunc("GET /push/v1/stats", s.admin(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Query().Get("gc") == "1" { // for memory measurements: live memory only
@@ -110,7 +125,22 @@ func (s *Server) Handler() http.Handler {
 	for pattern, h := range s.Extra {
 		mux.Handle(pattern, h)
 	}
-	return web.Middleware(s.Log, mux)
+	e := s.Edge
+	if e == nil {
+		e = edge.New(edge.Config{}, nil, nil)
+	}
+	// The chain every request passes, in this order; DESIGN section 9 and
+	// docs/operations.md say what each step does.
+	return web.Chain(mux,
+		web.Trace{Log: s.Log},             // trace id, logger, the request's log line
+		web.Recover{},                     // a panic is a JSON 500
+		web.HeaderLimit{},                 // 431 over MaxHeaderBytes
+		edge.Classify{Proxies: s.Proxies}, // class, client address, expensive route
+		e.Admit(),                         // blacklisted addresses, the cluster cap, the per-IP limit
+		e.Shed(),                          // in-flight caps per class, adaptive shedding
+		auth{s},                           // customer token or admin token, checked once
+		e.Users(),                         // blacklisted customers, per-customer and per-route limits
+	)
 }
 
 // checkTimeout bounds each readiness check.
@@ -170,28 +200,57 @@ type ctxKey int
 
 const userKey ctxKey = 0
 
-// authed wraps h so that it runs only with a valid customer token.
+// auth is the chain's authentication step: a customer request's bearer
+// token (or a socket's access_token=) is verified once, here, and an
+// operator request's admin token compared; what it finds is in the
+// request's web.Info for the limits after it and for authed, admin and the
+// push centre. It refuses nothing itself: a route that needs a customer or
+// an operator does.
+type auth struct{ s *Server }
+
+func (a auth) Wrap(next http.Handler) http.Handler {
+	s := a.s
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if in := web.InfoOf(r.Context()); in != nil {
+			switch {
+			case in.Class.Customer() && s.Auth != nil:
+				tok, ok := web.Bearer(r)
+				if !ok && r.URL.Path == "/api/v1/ws" {
+					tok, ok = web.Token(r)
+				}
+				if ok {
+					in.UserID, in.AuthErr = s.Auth.Verify(tok)
+				}
+			case in.Class == web.ClassAdmin:
+				tok, ok := web.Bearer(r)
+				in.Admin = ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) == 1
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authed wraps h so that it runs only for a customer whose token the
+// chain's auth step accepted.
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := web.Bearer(r)
-		if !ok {
+		in := web.InfoOf(r.Context())
+		switch {
+		case in != nil && in.UserID != 0:
+			h(w, r, in.UserID)
+		case in != nil && in.AuthErr != nil:
+			web.Error(w, r, in.AuthErr)
+		default:
 			web.Error(w, r, member.ErrToken.With("missing Authorization: Bearer <token>"))
-			return
 		}
-		uid, err := s.Members.Verify(tok)
-		if err != nil {
-			web.Error(w, r, err)
-			return
-		}
-		h(w, r, uid)
 	}
 }
 
-// admin wraps h so that it runs only with the admin token.
+// admin wraps h so that it runs only when the chain's auth step found the
+// admin token.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := web.Bearer(r)
-		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) != 1 {
+		if in := web.InfoOf(r.Context()); in == nil || !in.Admin {
 			web.Error(w, r, errkind.ErrUnauthorized.With("admin token required"))
 			return
 		}

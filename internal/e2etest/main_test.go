@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,8 +83,18 @@ func (s *syncBuf) String() string {
 }
 
 // start runs `surge args...` and waits until /readyz answers 200 on addr.
+// perCustomerOff turns off the per-customer limits of `surge serve`: the
+// tests drive thousands of orders a second from a handful of customers,
+// which production defaults rightly refuse. The rest of the edge (per-IP
+// limits, loopback exempt; the in-flight caps; the shedder) stays as
+// deployed; a test that sets these flags itself keeps its own values.
+var perCustomerOff = []string{"--user-rps", "0", "--route-rps", "none"}
+
 func start(t *testing.T, addr string, args ...string) *proc {
 	t.Helper()
+	if len(args) > 0 && args[0] == "serve" {
+		args = append(slices.Clone(args[:1]), append(slices.Clone(perCustomerOff), args[1:]...)...) // flags given later win
+	}
 	p := &proc{t: t, base: "http://" + addr, out: &syncBuf{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

@@ -226,23 +226,7 @@ func (s *Service) strike(kind guard.Kind, value string, strikes int) {
 	if s.blacklist == nil || strikes < s.cfg.Ban {
 		return
 	}
-	key := string(kind) + ":" + value
-	if _, busy := s.banning.LoadOrStore(key, struct{}{}); busy {
-		return
-	}
-	go func() {
-		defer s.banning.Delete(key)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		now := s.now()
-		e := guard.Entry{Kind: kind, Value: value, Reason: "flash-sale purchases over the rate limit " + strconv.Itoa(strikes) + " times in 10 s",
-			Until: now.Add(s.cfg.Blacklist), CreatedAt: now}
-		if err := s.blacklist.Add(ctx, e); err != nil {
-			s.log.Warn("blacklist", "kind", kind, "value", value, "err", err)
-			return
-		}
-		s.log.Info("blacklisted", "kind", kind, "value", value, "until", e.Until)
-	}()
+	s.blacklist.Ban(kind, value, s.cfg.Blacklist, "flash-sale purchases over the rate limit "+strconv.Itoa(strikes)+" times in 10 s")
 }
 
 // TicketView is a ticket as its buyer polls it: pending (not yet an

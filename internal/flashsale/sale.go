@@ -190,7 +190,6 @@ type Service struct {
 
 	tickets bus.Batcher[ticketMsg]
 	loading sync.Map // sale id -> reloading here
-	banning sync.Map // "u<id>" / "i<ip>" -> being blacklisted
 }
 
 // New returns the service. orders may be nil on a node without the

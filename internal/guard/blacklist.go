@@ -66,6 +66,8 @@ type Blacklist struct {
 	seq     uint64     // guarded by mu: local changes made so far
 	read    uint64     // guarded by mu: seq when the refresh published last began
 	pending []pending  // guarded by mu: local changes a refresh may not have seen, oldest first
+
+	banning sync.Map // "kind:value" -> a Ban being written
 }
 
 // key identifies an entry in memory: a user id, or an address in
@@ -379,3 +381,26 @@ func parse(kind Kind, value string) (key, string, error) {
 // canonical is the form addresses are kept in: IPv4 not mapped into IPv6,
 // no zone.
 func canonical(ip netip.Addr) netip.Addr { return ip.Unmap().WithZone("") }
+
+// Ban blacklists kind and value for d with reason, in the background (the
+// caller is on a request path): one write at a time per entry, however
+// many requests trip the limit meanwhile. A failed write is logged; the
+// next strike tries again.
+func (b *Blacklist) Ban(kind Kind, value string, d time.Duration, reason string) {
+	k := string(kind) + ":" + value
+	if _, busy := b.banning.LoadOrStore(k, struct{}{}); busy {
+		return
+	}
+	go func() {
+		defer b.banning.Delete(k)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		now := time.Now()
+		e := Entry{Kind: kind, Value: value, Reason: reason, Until: now.Add(d), CreatedAt: now}
+		if err := b.Add(ctx, e); err != nil {
+			b.log.Warn("blacklist", "kind", kind, "value", value, "err", err)
+			return
+		}
+		b.log.Info("blacklisted", "kind", kind, "value", value, "until", e.Until, "reason", reason)
+	}()
+}

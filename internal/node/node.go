@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,6 +36,7 @@ import (
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/lease"
@@ -69,12 +71,17 @@ type Config struct {
 	WSPing     time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
 	NotifyURL  string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
 	Flash      flashsale.Config // flash-sale purchase limits; zero = defaults
+	Edge       edge.Config      // the HTTP chain's limits and shedder; zero = none
+	MaxConns   int              // open connections; 0 = no cap
+	Proxies    []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
 }
 
 // Defaults returns a config that works on a laptop.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8080", Data: "./data", Roles: []string{"all"}, OrderTTL: 15 * time.Minute,
-		NodeID: -1, Migrate: true}
+		NodeID: -1, Migrate: true, MaxConns: 20000,
+		Edge: edge.Config{IPRPS: 1000, UserRPS: 100, RouteRPS: map[string]float64{edge.RouteOrder: 20, edge.RoutePay: 20, edge.RouteClaim: 20},
+			MaxInflight: 2048, Shed: edge.ShedBBR, Ban: 500, BanFor: 10 * time.Minute}}
 }
 
 // Resolve fills the derived defaults and checks the roles.
@@ -115,6 +122,9 @@ func (c *Config) Resolve() error {
 	if err := checkConfig(c); err != nil {
 		return err
 	}
+	if err := c.Edge.Check(); err != nil {
+		return err
+	}
 	if c.WSPing != 0 && c.WSPing < 100*time.Millisecond {
 		return fmt.Errorf("--ws-ping %v: want at least 100ms", c.WSPing)
 	}
@@ -147,6 +157,7 @@ type Node struct {
 	Promo     *promo.Service
 	Flash     *flashsale.Service
 	Blacklist *guard.Blacklist
+	Edge      *edge.Edge
 	Payments  *payment.Service
 	Sim       *paysim.Server
 	Fulfil    *fulfil.Service
@@ -264,7 +275,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
-	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Checks: []api.Check{
+	n.Edge = edge.New(cfg.Edge, nil, n.Blacklist)
+	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
 	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
@@ -343,6 +355,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 	}
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
+	n.ln = n.Edge.Listen(n.ln, cfg.MaxConns)
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: web.ServerMaxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -387,7 +400,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if n.cfg.Has("api") {
 		spawn("flash sales", n.Flash.Run)
-		spawn("blacklist", n.Blacklist.Run)
+	}
+	if n.cfg.Has("api") || n.cfg.Has("push") || n.cfg.Has("fulfil") || n.cfg.Has("paysim") {
+		spawn("blacklist", n.Blacklist.Run) // the chain checks it on every node that serves clients
 	}
 	if n.cfg.Has("worker") {
 		spawn("flash-sale tickets", n.Flash.Consume)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/demo"
 	"github.com/surge-platform/surge/internal/node"
+	"github.com/surge-platform/surge/internal/platform/edge"
 )
 
 // Admin is the operator token of nodes started here.
@@ -26,6 +27,10 @@ func Start(t *testing.T, edit ...func(*node.Config)) *node.Node {
 	cfg := node.Defaults()
 	cfg.Addr, cfg.Data, cfg.AdminToken = "127.0.0.1:0", dir, Admin
 	cfg.DB = []string{"sqlite:" + dir + "/db?shards=2"}
+	// The edge's limits and shedder are off: tests race hundreds of
+	// requests from one customer on two busy cores, which production
+	// defaults rightly refuse. Tests of the edge turn them on.
+	cfg.Edge, cfg.MaxConns = edge.Config{}, 0
 	for _, e := range edit {
 		e(&cfg)
 	}

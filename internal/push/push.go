@@ -279,12 +279,7 @@ func (h *Hub) dispatch(subject string, data []byte) {
 // customerWS serves GET /api/v1/ws: the events of the token's customer.
 // ?last_event_id=N replays the customer's events after N first.
 func (h *Hub) customerWS(w http.ResponseWriter, r *http.Request) {
-	tok, ok := token(r)
-	if !ok {
-		web.Error(w, r, ErrNoToken)
-		return
-	}
-	userID, err := h.users.Verify(tok)
+	userID, err := h.customer(r)
 	if err != nil {
 		web.Error(w, r, err)
 		return
@@ -307,7 +302,7 @@ func (h *Hub) customerWS(w http.ResponseWriter, r *http.Request) {
 // acknowledges the queue up to N (as the pull API does) and sends every
 // entry after it, then each new one as it comes.
 func (h *Hub) posWS(w http.ResponseWriter, r *http.Request) {
-	key, ok := token(r)
+	key, ok := web.Token(r)
 	if !ok {
 		web.Error(w, r, fulfil.ErrBadKey.With("missing Authorization: Bearer <store POS key> (or access_token=)"))
 		return
@@ -396,16 +391,18 @@ func (s smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(conn, 1024)), nil
 }
 
-// token reads the bearer token from the Authorization header, or from
-// access_token= for browsers (which cannot set headers on a WebSocket).
-func token(r *http.Request) (string, bool) {
-	if t, ok := web.Bearer(r); ok {
-		return t, true
+// customer is the customer whose token r carries: as the chain's
+// authentication step found it (it checks a token once, for every route),
+// or checked here when r did not pass the chain.
+func (h *Hub) customer(r *http.Request) (int64, error) {
+	if in := web.InfoOf(r.Context()); in != nil && (in.UserID != 0 || in.AuthErr != nil) {
+		return in.UserID, in.AuthErr
 	}
-	if t := r.URL.Query().Get("access_token"); t != "" {
-		return t, true
+	tok, ok := web.Token(r)
+	if !ok {
+		return 0, ErrNoToken
 	}
-	return "", false
+	return h.users.Verify(tok)
 }
 
 func param(r *http.Request, name string) (int64, error) {

@@ -1,5 +1,7 @@
 // Package web holds surge's HTTP plumbing: JSON bodies and errors, the error
-// kind -> status table, trace ids, request logging and panic recovery.
+// kind -> status table, and the steps of the HTTP chain every server of a
+// node runs (chain.go): trace ids and request logging, panic recovery, the
+// header limit; the governance steps (limits, shedding) are in package edge.
 package web
 
 import (
@@ -12,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
 )
@@ -198,6 +199,7 @@ type recorder struct {
 	status   int
 	swallow  bool      // net/http's own plain-text 404/405 was replaced by JSON
 	traceHdr [1]string // X-Trace-Id's value
+	info     Info      // what the chain's steps learnt about the request
 }
 
 // reqCtx is the request's context with its recorder as the value of
@@ -250,50 +252,6 @@ func (r *recorder) Write(b []byte) (int, error) {
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// Middleware wraps h with trace ids (X-Trace-Id on every response, taken
-// from traceparent when present), the header limit (a JSON 431 over
-// MaxHeaderBytes), a request logger in the context, panic
-// recovery (a JSON 500, logged with the stack) and one log line per request
-// at debug level (warn for 5xx).
-func Middleware(base *slog.Logger, h http.Handler) http.Handler {
-	debug := base.Enabled(context.Background(), slog.LevelDebug)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		tid := traceFrom(r)
-		rec := &recorder{ResponseWriter: w, trace: tid, log: base, traceHdr: [1]string{tid}}
-		rec.ctx = reqCtx{Context: r.Context(), rec: rec}
-		w.Header()["X-Trace-Id"] = rec.traceHdr[:]
-		var ctx context.Context = &rec.ctx
-		r = r.WithContext(ctx)
-		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				Log(ctx).Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
-				if rec.status == 0 {
-					JSON(rec, http.StatusInternalServerError, errBody("internal", "internal error (trace id "+tid+")"))
-				}
-			}
-			if debug || rec.status >= 500 && rec.status != StatusClientClosed {
-				lvl := slog.LevelDebug
-				if rec.status >= 500 {
-					lvl = slog.LevelWarn
-				}
-				Log(ctx).Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
-					"ms", float64(time.Since(start).Microseconds())/1000)
-			}
-		}()
-		if headerBytes(r) > MaxHeaderBytes {
-			rec.Header()["Connection"] = []string{"close"}
-			JSON(rec, http.StatusRequestHeaderFieldsTooLarge, errBody("header_too_large",
-				"the request line and headers exceed "+strconv.Itoa(MaxHeaderBytes>>10)+" KiB"))
-			return
-		}
-		h.ServeHTTP(rec, r)
-	})
-}
-
 // headerBytes is about what the request line and headers took on the wire.
 func headerBytes(r *http.Request) int {
 	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + len(r.Host) + 12
@@ -318,4 +276,17 @@ func Bearer(r *http.Request) (string, bool) {
 		return "", false
 	}
 	return strings.TrimSpace(h[7:]), true
+}
+
+// Token returns the bearer token of r: its Authorization header's, else
+// its access_token= parameter's (browsers cannot set headers on a
+// WebSocket).
+func Token(r *http.Request) (string, bool) {
+	if t, ok := Bearer(r); ok {
+		return t, true
+	}
+	if t := r.URL.Query().Get("access_token"); t != "" {
+		return t, true
+	}
+	return "", false
 }

@@ -19,7 +19,7 @@ import (
 func serve(t *testing.T, h http.Handler, method, path, body string) *httptest.ResponseRecorder {
 	t.Helper()
 	w := httptest.NewRecorder()
-	Middleware(slog.New(slog.NewTextHandler(io.Discard, nil)), h).ServeHTTP(w, httptest.NewRequest(method, path, strings.NewReader(body)))
+	Chain(h, Basic(slog.New(slog.NewTextHandler(io.Discard, nil)))...).ServeHTTP(w, httptest.NewRequest(method, path, strings.NewReader(body)))
 	return w
 }
 
@@ -177,8 +177,9 @@ func TestDecodeSpeaksTheAPI(t *testing.T) {
 // (with a trace id) from a server that reads up to ServerMaxHeaderBytes.
 func TestOversizeHeaderIsJSON(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewUnstartedServer(Middleware(slog.New(slog.NewTextHandler(io.Discard, nil)),
-		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { JSON(w, 200, map[string]bool{"ok": true}) })))
+	srv := httptest.NewUnstartedServer(Chain(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { JSON(w, 200, map[string]bool{"ok": true}) }),
+		Basic(slog.New(slog.NewTextHandler(io.Discard, nil)))...))
 	srv.Config.MaxHeaderBytes = ServerMaxHeaderBytes
 	srv.Start()
 	defer srv.Close()

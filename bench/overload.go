@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/surge-platform/surge/bench/load"
+)
+
+// overload drives one surge node (pinned to one core with GOMAXPROCS=1,
+// so that its own CPU saturates and the load generator has the other
+// core) past its capacity with an open-loop load: requests at a fixed rate
+// whatever the answers, as a crowd does. For each shedder (bbr, failsafe,
+// off) it prints the accepted rate (goodput) against the node's peak, the
+// p99 of accepted requests against the unloaded p99, the refusals, and how
+// long after the overload the node answers at its unloaded latency again.
+// The route is a customer's order list (a database read and a render,
+// costlier than the cached menu, so that 3x its capacity is a rate this
+// load generator can send).
+func overload(ctx context.Context) error {
+	if _, err := exec.LookPath("taskset"); err != nil || runtime.NumCPU() < 2 {
+		fmt.Println("  overload: needs taskset and 2 cores: skipped")
+		return nil
+	}
+	fmt.Printf("\noverload (one node on one core, GOMAXPROCS=1; open-loop load from this process; GET /api/v1/orders)\n")
+	for _, mode := range []string{"bbr", "failsafe", "off"} {
+		if err := overloadMode(ctx, mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func overloadMode(ctx context.Context, mode string) error {
+	addr := freeAddr()
+	data, _ := os.MkdirTemp("", "surge-bench-")
+	defer os.RemoveAll(data)
+	args := append([]string{"-c", "0", *surgeBin, "serve", "--addr", addr, "--data", data, "--seed-demo", "--log-level", "error",
+		"--shed", mode, "--ip-rps", "0"}, benchLimits...)
+	cmd := exec.Command("taskset", args...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer stop(cmd)
+	base := "http://" + addr
+	if err := waitUp(base + "/readyz"); err != nil {
+		return err
+	}
+	tokens, err := logins(base, 50, 3_000_000)
+	if err != nil {
+		return err
+	}
+	for _, tok := range tokens { // 10 orders each: the list has something to read
+		for range 10 {
+			if err := api("POST", base+"/api/v1/orders", tok, `{"store_id":"1001","items":[{"sku_id":"1001000","qty":1}]}`, 201, nil); err != nil {
+				return err
+			}
+		}
+	}
+	list := func(w, i int) *http.Request {
+		r, _ := http.NewRequest("GET", base+"/api/v1/orders?limit=10", nil)
+		r.Header.Set("Authorization", "Bearer "+tokens[(w*7+i)%len(tokens)])
+		return r
+	}
+	load.Run(ctx, 4, 2*time.Second, 200, list) // warm up
+	unloaded := load.Run(ctx, 1, 3*time.Second, 200, list)
+	peak := load.Run(ctx, 16, *dur, 200, list)
+	rate := 3 * peak.RPS()
+	over := openLoop(ctx, rate, *dur, list)
+	recovery := recoverAfter(ctx, list, 2*unloaded.P99)
+	fmt.Printf("  shed=%-8s unloaded p99 %6v | peak %6.0f/s p99 %6v | at %6.0f/s offered: accepted %6.0f/s (%.2f of peak), p99 %6v (%.1fx unloaded), 503 %6.0f/s, failed %d | back to unloaded latency in %v\n",
+		mode, unloaded.P99, peak.RPS(), peak.P99, rate, over.ok, over.ok/peak.RPS(), over.p99,
+		float64(over.p99)/float64(unloaded.P99), over.shed, over.failed, recovery)
+	return nil
+}
+
+func waitUp(url string) error {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if r, err := http.Get(url); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s did not come up", url)
+}
+
+type openResult struct {
+	ok, shed float64 // per second
+	failed   int64   // neither 200 nor 503: errors, timeouts, other statuses
+	p99      time.Duration
+}
+
+// openLoop sends rate requests a second for d, each on its own goroutine
+// (up to 4096 at once: beyond that a request counts as failed, unsent),
+// and reports the answers.
+func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Request) openResult {
+	tr := &http.Transport{MaxIdleConnsPerHost: 4096, MaxConnsPerHost: 4096, DisableCompression: true,
+		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var ok, shed, failed atomic.Int64
+	var mu sync.Mutex
+	hist := hdrhistogram.New(1, 10_000_000, 3)
+	slots := make(chan struct{}, 4096)
+	var wg sync.WaitGroup
+	interval := time.Duration(float64(time.Second) / rate)
+	start := time.Now()
+	for i := 0; ; i++ {
+		at := start.Add(time.Duration(i) * interval)
+		if at.Sub(start) >= d {
+			break
+		}
+		if wait := time.Until(at); wait > 0 {
+			time.Sleep(wait)
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			failed.Add(1)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			req := next(i%1024, i).WithContext(ctx)
+			t0 := time.Now()
+			res, err := client.Do(req)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			switch res.StatusCode {
+			case 200:
+				ok.Add(1)
+				mu.Lock()
+				hist.RecordValue(time.Since(t0).Microseconds())
+				mu.Unlock()
+			case 503:
+				shed.Add(1)
+			default:
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	secs := d.Seconds()
+	return openResult{ok: float64(ok.Load()) / secs, shed: float64(shed.Load()) / secs, failed: failed.Load(),
+		p99: time.Duration(hist.ValueAtQuantile(99)) * time.Microsecond}
+}
+
+// recoverAfter is how long after an overload a lone client's requests
+// take less than within again (5 in a row), up to 10 s.
+func recoverAfter(ctx context.Context, next load.Request, within time.Duration) time.Duration {
+	client := &http.Client{Timeout: 10 * time.Second}
+	start := time.Now()
+	good := 0
+	for i := 0; time.Since(start) < 10*time.Second; i++ {
+		t0 := time.Now()
+		res, err := client.Do(next(0, i).WithContext(ctx))
+		if err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		if err == nil && res.StatusCode == 200 && time.Since(t0) <= within {
+			if good++; good == 5 {
+				return time.Since(start).Round(time.Millisecond)
+			}
+		} else {
+			good = 0
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return -1
+}

@@ -1,0 +1,430 @@
+package edge
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/surge-platform/surge/internal/platform/web"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// chain is the edge's steps around h as api.Server builds them, with a
+// stand-in for authentication: X-User names the customer.
+func chain(e *Edge, proxies []netip.Prefix, h http.Handler) http.Handler {
+	fakeAuth := stepFunc(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u := r.Header.Get("X-User"); u != "" {
+				web.InfoOf(r.Context()).UserID, _ = strconv.ParseInt(u, 10, 64)
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	return web.Chain(h, web.Trace{Log: quiet}, web.Recover{}, Classify{Proxies: proxies}, e.Admit(), e.Shed(), fakeAuth, e.Users())
+}
+
+type stepFunc func(http.Handler) http.Handler
+
+func (f stepFunc) Wrap(next http.Handler) http.Handler { return f(next) }
+
+var ok = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { web.JSON(w, 200, map[string]bool{"ok": true}) })
+
+func do(h http.Handler, method, path, peer string, hdr ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, nil)
+	r.RemoteAddr = peer
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func code(t *testing.T, w *httptest.ResponseRecorder) string {
+	t.Helper()
+	var b web.ErrBody
+	json.Unmarshal(w.Body.Bytes(), &b)
+	return b.Error.Code
+}
+
+func TestClassify(t *testing.T) {
+	seen := web.Info{}
+	h := web.Chain(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = *web.InfoOf(r.Context()) }),
+		web.Trace{Log: quiet}, Classify{Proxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	for _, tc := range []struct {
+		method, path string
+		hdr          []string
+		class        web.Class
+		route        string
+		write        bool
+	}{
+		{"GET", "/api/v1/stores/1/menu", nil, web.ClassApp, "", false},
+		{"GET", "/api/v1/stores", []string{"X-Client", "mini"}, web.ClassMini, "", false},
+		{"GET", "/api/v1/stores", []string{"X-Client", "pos"}, web.ClassApp, "", false}, // a customer cannot claim a staff class
+		{"GET", "/api/v1/stores", []string{"User-Agent", "Mozilla/5.0 (iPhone) MicroMessenger/8.0 miniProgram"}, web.ClassMini, "", false},
+		{"GET", "/api/v1/stores", []string{"User-Agent", "Mozilla/5.0 (iPhone)"}, web.ClassH5, "", false},
+		{"POST", "/api/v1/orders", nil, web.ClassApp, RouteOrder, true},
+		{"GET", "/api/v1/orders", nil, web.ClassApp, "", false},
+		{"POST", "/api/v1/orders/42/pay", nil, web.ClassApp, RoutePay, true},
+		{"POST", "/api/v1/orders/42/cancel", nil, web.ClassApp, "", true},
+		{"POST", "/api/v1/coupons/7/claim", nil, web.ClassApp, RouteClaim, true},
+		{"POST", "/api/v1/flash-sales/7/purchase", nil, web.ClassApp, RouteFlash, true},
+		{"GET", "/pos/v1/orders/new", nil, web.ClassPOS, "", false},
+		{"GET", "/pos/v1/ws", nil, web.ClassPOS, "", false},
+		{"POST", "/pay/v1/notify/wxsim", nil, web.ClassCallback, "", true},
+		{"GET", "/admin/v1/cluster", nil, web.ClassAdmin, "", false},
+		{"GET", "/debug/pprof/", nil, web.ClassAdmin, "", false},
+		{"GET", "/healthz", nil, web.ClassOps, "", false},
+		{"POST", "/paysim/v1/wxsim/transactions", nil, web.ClassOps, "", true},
+	} {
+		do(h, tc.method, tc.path, "192.0.2.1:5000", tc.hdr...)
+		if seen.Class != tc.class || seen.Route != tc.route || seen.Write != tc.write {
+			t.Errorf("%s %s %v: class %v route %q write %v, want %v %q %v", tc.method, tc.path, tc.hdr,
+				seen.Class, seen.Route, seen.Write, tc.class, tc.route, tc.write)
+		}
+	}
+	for _, tc := range []struct {
+		peer string
+		hdr  []string
+		want string
+	}{
+		{"192.0.2.1:5000", []string{"X-Forwarded-For", "198.51.100.7"}, "192.0.2.1"},                          // not a proxy of ours: header ignored
+		{"10.1.2.3:5000", []string{"X-Forwarded-For", "198.51.100.7"}, "198.51.100.7"},                        // nginx says who
+		{"10.1.2.3:5000", []string{"X-Forwarded-For", "203.0.113.9, 198.51.100.7"}, "198.51.100.7"},           // the left entry is the client's to forge
+		{"10.1.2.3:5000", []string{"X-Forwarded-For", "203.0.113.9, 198.51.100.7, 10.9.9.9"}, "198.51.100.7"}, // two of our proxies
+		{"10.1.2.3:5000", []string{"X-Real-IP", "198.51.100.8"}, "198.51.100.8"},
+		{"10.1.2.3:5000", []string{"X-Forwarded-For", "garbage"}, "10.1.2.3"},
+		{"[::ffff:192.0.2.5]:80", nil, "192.0.2.5"},
+	} {
+		do(h, "GET", "/api/v1/stores", tc.peer, tc.hdr...)
+		if seen.IP.String() != tc.want {
+			t.Errorf("peer %s %v: client %v, want %s", tc.peer, tc.hdr, seen.IP, tc.want)
+		}
+	}
+}
+
+// TestPerIPLimit: the burst passes, then 429 rate_limited with
+// Retry-After; another address, loopback and POS terminals are not held.
+func TestPerIPLimit(t *testing.T) {
+	e := New(Config{IPRPS: 5}, nil, nil)
+	now := time.Unix(1000, 0)
+	e.now = func() time.Time { return now }
+	h := chain(e, nil, ok)
+	passed := 0
+	for range 30 {
+		w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1")
+		switch w.Code {
+		case 200:
+			passed++
+		case 429:
+			if code(t, w) != "rate_limited" || w.Header().Get("Retry-After") != "1" {
+				t.Fatalf("refusal: %s %q", w.Body, w.Header().Get("Retry-After"))
+			}
+		default:
+			t.Fatalf("status %d", w.Code)
+		}
+	}
+	if passed != 10 { // burst 2 x 5
+		t.Fatalf("%d passed, want the burst of 10", passed)
+	}
+	for _, peer := range []string{"192.0.2.2:1", "127.0.0.1:1", "[::1]:1"} {
+		if w := do(h, "GET", "/api/v1/stores", peer); w.Code != 200 {
+			t.Errorf("%s: %d", peer, w.Code)
+		}
+	}
+	if w := do(h, "GET", "/pos/v1/orders/new", "192.0.2.1:1"); w.Code != 200 {
+		t.Errorf("POS from the limited address: %d", w.Code)
+	}
+	now = now.Add(time.Second) // 5 more tokens
+	for i := range 6 {
+		w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1")
+		if want := 200 + 229*btoi(i == 5); w.Code != want {
+			t.Fatalf("after a second, request %d: %d, want %d", i, w.Code, want)
+		}
+	}
+	st := e.Stats()["classes"].(map[string]ClassStats)
+	if st["app"].Limited != 21 || st["pos"].Passed != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type fakeCap struct{ allow atomic.Bool }
+
+func (c *fakeCap) Allow(time.Time) (bool, time.Duration) {
+	return c.allow.Load(), 2500 * time.Millisecond
+}
+
+// TestClusterCap: over the cap, customers and operators get 429
+// cluster_busy with the cap's Retry-After; POS, callbacks and probes pass.
+func TestClusterCap(t *testing.T) {
+	cp := &fakeCap{}
+	h := chain(New(Config{}, cp, nil), nil, ok)
+	for _, path := range []string{"/api/v1/stores", "/admin/v1/cluster"} {
+		w := do(h, "GET", path, "192.0.2.1:1")
+		if w.Code != 429 || code(t, w) != "cluster_busy" || w.Header().Get("Retry-After") != "3" {
+			t.Errorf("%s: %d %s %q", path, w.Code, w.Body, w.Header().Get("Retry-After"))
+		}
+	}
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
+			t.Errorf("%s: %d", path, w.Code)
+		}
+	}
+	cp.allow.Store(true)
+	if w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1"); w.Code != 200 {
+		t.Errorf("under the cap: %d", w.Code)
+	}
+}
+
+// TestPerUserAndRouteLimits: a customer's own limit and the expensive
+// route's, each counted per customer.
+func TestPerUserAndRouteLimits(t *testing.T) {
+	e := New(Config{UserRPS: 10, RouteRPS: map[string]float64{RouteOrder: 1}}, nil, nil)
+	now := time.Unix(1000, 0)
+	e.now = func() time.Time { return now }
+	h := chain(e, nil, ok)
+	count := func(method, path, user string, n int) (passed int) {
+		for range n {
+			if w := do(h, method, path, "127.0.0.1:1", "X-User", user); w.Code == 200 {
+				passed++
+			} else if w.Code != 429 || code(t, w) != "rate_limited" {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+		}
+		return passed
+	}
+	if n := count("POST", "/api/v1/orders", "7", 5); n != 2 {
+		t.Fatalf("orders: %d passed, want the route's burst of 2", n)
+	}
+	if n := count("POST", "/api/v1/orders", "8", 5); n != 2 {
+		t.Fatalf("another customer's orders: %d passed, want 2", n)
+	}
+	// user 7 has spent 5 of 20 on the user limit; reads are not the route's
+	if n := count("GET", "/api/v1/orders", "7", 20); n != 15 {
+		t.Fatalf("reads: %d passed, want the 15 left of the user's burst", n)
+	}
+	if n := count("GET", "/api/v1/stores", "", 50); n != 50 {
+		t.Fatalf("anonymous reads: %d passed (no user limit applies)", n)
+	}
+}
+
+// TestInflightCaps: the hard cap's shares keep room for the other
+// classes: customers flooding a node leave POS terminals and callbacks
+// served, operators cannot take more than their tenth.
+func TestInflightCaps(t *testing.T) {
+	e := New(Config{MaxInflight: 20}, nil, nil)
+	release := make(chan struct{})
+	var entered sync.WaitGroup
+	blocking := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Block") != "" {
+			entered.Done()
+			<-release
+		}
+		web.JSON(w, 200, nil)
+	})
+	h := chain(e, nil, blocking)
+	hold := func(path, client string, n int) {
+		entered.Add(n)
+		for range n {
+			go do(h, "GET", path, "192.0.2.1:1", "X-Block", "1", "X-Client", client)
+		}
+		entered.Wait()
+	}
+	hold("/api/v1/stores", "app", 10) // app's share: 50% of 20
+	if w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1"); w.Code != 503 || code(t, w) != "overloaded" || w.Header().Get("Retry-After") != "1" {
+		t.Fatalf("app over its share: %d %s", w.Code, w.Body)
+	}
+	hold("/api/v1/stores", "h5", 4) // customers together: 70% = 14
+	if w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1", "X-Client", "mini"); w.Code != 503 {
+		t.Fatalf("customers over their 70%%: %d", w.Code)
+	}
+	hold("/admin/v1/x", "", 2) // operators: 10% = 2
+	if w := do(h, "GET", "/admin/v1/x", "192.0.2.1:1"); w.Code != 503 {
+		t.Fatalf("operators over their tenth: %d", w.Code)
+	}
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
+			t.Fatalf("%s under a customer flood: %d", path, w.Code)
+		}
+	}
+	hold("/pos/v1/orders/new", "", 4) // 16 + 4 = the whole cap
+	if w := do(h, "GET", "/pay/v1/notify/wxsim", "192.0.2.1:1"); w.Code != 503 {
+		t.Fatalf("over the whole cap: %d", w.Code)
+	}
+	if w := do(h, "GET", "/healthz", "192.0.2.1:1"); w.Code != 200 {
+		t.Fatalf("probes are never refused: %d", w.Code)
+	}
+	close(release)
+	eventuallyZero(t, e)
+	if w := do(h, "GET", "/api/v1/stores", "192.0.2.1:1"); w.Code != 200 {
+		t.Fatalf("after the flood: %d", w.Code)
+	}
+}
+
+func eventuallyZero(t *testing.T, e *Edge) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); e.shed.inflight.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("in flight: %d", e.shed.inflight.Load())
+		}
+	}
+}
+
+// TestAdaptiveShedding: with the CPU hot, requests beyond what the node
+// has shown it carries are refused, reads before writes; POS requests
+// never; with the CPU cool nothing is.
+func TestAdaptiveShedding(t *testing.T) {
+	e := New(Config{Shed: ShedBBR}, nil, nil)
+	sh := e.shed
+	var cpu atomic.Value
+	cpu.Store(0.5)
+	sh.usage = func(time.Time) float64 { return cpu.Load().(float64) }
+	// A measured past: 100 requests per 100 ms bucket at 20 ms each ->
+	// 1,000/s x 0.02 s = 20 in flight; reads may go to 40, writes to 60.
+	now := time.Now()
+	for i := 1; i <= 10; i++ {
+		t0 := now.Add(-time.Duration(i) * bucketDur).UnixNano()
+		b := &sh.win[t0/int64(bucketDur)%buckets]
+		*b = bucket{start: t0 - t0%int64(bucketDur), pass: 100, rtSum: 100 * int64(20*time.Millisecond)}
+	}
+	if l := sh.limit(now); l != 20 {
+		t.Fatalf("limit %d, want 20", l)
+	}
+	var app, pos atomic.Int64
+	admit := func(c web.Class, write bool, mine *atomic.Int64) bool { return sh.admit(c, write, mine, now) }
+	for range 50 { // 50 reads in flight while cool
+		if !admit(web.ClassApp, false, &app) {
+			t.Fatal("refused while the CPU is cool")
+		}
+	}
+	sh.avgFlying = 50
+	cpu.Store(0.95)
+	if admit(web.ClassApp, false, &app) {
+		t.Fatal("a read past the limit admitted while hot")
+	}
+	if !admit(web.ClassApp, true, &app) { // writes go to 3 x 20 = 60
+		t.Fatal("a write refused below 3x the limit")
+	}
+	for range 20 {
+		if !admit(web.ClassPOS, false, &pos) {
+			t.Fatal("POS refused by the shedder")
+		}
+	}
+	sh.avgFlying = 70
+	if admit(web.ClassApp, true, &app) { // 71 in flight
+		t.Fatal("a write past 3x admitted")
+	}
+	cpu.Store(0.1) // still hot for the cool-off after a refusal
+	if admit(web.ClassApp, false, &app) {
+		t.Fatal("a read admitted within the cool-off")
+	}
+	sh.dropped.Store(now.Add(-2 * coolOff).UnixNano())
+	if !admit(web.ClassApp, false, &app) {
+		t.Fatal("refused after the cool-off with the CPU cool")
+	}
+}
+
+// TestLimitListener: connections over the cap get a 503 and are closed;
+// a closed one frees its place.
+func TestLimitListener(t *testing.T) {
+	srv := httptest.NewUnstartedServer(ok)
+	ll := LimitListener(srv.Listener, 2)
+	srv.Listener = ll
+	srv.Start()
+	defer srv.Close()
+	c1, c2 := &http.Client{Transport: &http.Transport{}}, &http.Client{Transport: &http.Transport{}}
+	for _, c := range []*http.Client{c1, c2} { // each keeps its connection open
+		resp, err := c.Get(srv.URL)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatal(err, resp)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	c3 := &http.Client{Transport: &http.Transport{}}
+	resp, err := c3.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || !json.Valid(body) {
+		t.Fatalf("over the cap: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	c1.Transport.(*http.Transport).CloseIdleConnections()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if open, _ := ll.Open(); open < 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a closed connection kept its place")
+		}
+	}
+	resp, err = c3.Get(srv.URL)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatal(err, resp)
+	}
+	resp.Body.Close()
+	if _, refused := ll.Open(); refused != 1 {
+		t.Fatalf("refused %d", refused)
+	}
+}
+
+// TestStepsAllocateNothing: the edge's steps add no allocation to a
+// request that passes them (the chain's one allocation is Trace's).
+func TestStepsAllocateNothing(t *testing.T) {
+	e := New(Config{IPRPS: 1e9, UserRPS: 1e9, RouteRPS: map[string]float64{RouteOrder: 1e9}, MaxInflight: 1 << 20, Shed: ShedBBR}, &fakeCap{}, nil)
+	e.cap.(*fakeCap).allow.Store(true)
+	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	base := web.Chain(noop, web.Trace{Log: quiet})
+	full := chain(e, nil, noop)
+	r := httptest.NewRequest("POST", "/api/v1/orders", nil)
+	r.RemoteAddr = "192.0.2.1:1"
+	r.Header.Set("X-User", "7")
+	w := httptest.NewRecorder()
+	a0 := testing.AllocsPerRun(1000, func() { base.ServeHTTP(w, r) })
+	a1 := testing.AllocsPerRun(1000, func() { full.ServeHTTP(w, r) })
+	if a1 > a0 {
+		t.Fatalf("the edge's steps allocate: %.1f allocations a request, %.1f without them", a1, a0)
+	}
+}
+
+// BenchmarkSteps is the cost of the edge's steps on a request that passes
+// them all (every limit on), over the chain without them.
+func BenchmarkSteps(b *testing.B) {
+	e := New(Config{IPRPS: 1e9, UserRPS: 1e9, RouteRPS: map[string]float64{RouteOrder: 1e9}, MaxInflight: 1 << 20, Shed: ShedBBR}, nil, nil)
+	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	for _, bc := range []struct {
+		name string
+		h    http.Handler
+	}{{"trace-only", web.Chain(noop, web.Trace{Log: quiet})}, {"edge", chain(e, nil, noop)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				r := httptest.NewRequest("POST", "/api/v1/orders", nil)
+				r.RemoteAddr = "192.0.2.1:1"
+				r.Header.Set("X-User", "7")
+				w := httptest.NewRecorder()
+				for pb.Next() {
+					bc.h.ServeHTTP(w, r)
+				}
+			})
+		})
+	}
+}

@@ -1,0 +1,161 @@
+package web
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Step is one stage of the HTTP chain. Every server of a node (customer
+// API, POS, payment callbacks, admin, WebSocket upgrades) is one handler
+// wrapped in one chain, built in one place (api.Server.Handler); adding a
+// step is one line there.
+type Step interface {
+	Wrap(next http.Handler) http.Handler
+}
+
+// Chain wraps h in steps, the first outermost: Chain(h, a, b) runs a, then
+// b, then h.
+func Chain(h http.Handler, steps ...Step) http.Handler {
+	for i := len(steps) - 1; i >= 0; i-- {
+		h = steps[i].Wrap(h)
+	}
+	return h
+}
+
+// Class is the kind of client a request comes from (DESIGN's 终端分流):
+// limits, shedding and metrics are per class, so a flood from one class
+// cannot starve the others.
+type Class uint8
+
+// Classes, in the order they are shed under overload: browsing first,
+// payment callbacks and POS terminals last, operations never.
+const (
+	ClassApp      Class = iota // the customer app (the default for /api/)
+	ClassMini                  // a WeChat mini-program
+	ClassH5                    // a mobile web page
+	ClassAdmin                 // operators (/admin/, /debug/)
+	ClassPOS                   // store terminals (/pos/, /ws/pos)
+	ClassCallback              // payment channels' notifications (/pay/v1/notify/)
+	ClassOps                   // /healthz, /readyz, the simulators
+	Classes                    // the number of classes
+)
+
+var classNames = [Classes]string{"app", "mini", "h5", "admin", "pos", "callback", "ops"}
+
+func (c Class) String() string {
+	if c < Classes {
+		return classNames[c]
+	}
+	return "class" + strconv.Itoa(int(c))
+}
+
+// ParseClass is the class named s ("app", "pos", ...).
+func ParseClass(s string) (Class, bool) {
+	for i, n := range classNames {
+		if n == s {
+			return Class(i), true
+		}
+	}
+	return 0, false
+}
+
+// Customer reports whether c is one of the customer classes.
+func (c Class) Customer() bool { return c <= ClassH5 }
+
+// Info is what the chain's steps learn about a request, for the steps and
+// handlers after them. It lives in the request's one allocation.
+type Info struct {
+	Class  Class
+	IP     netip.Addr // the client's address (a trusted proxy's header, else the peer)
+	Route  string     // the name of an expensive route ("order", "pay", ...), else ""
+	Write  bool       // a method that changes state (not GET, HEAD, OPTIONS)
+	UserID int64      // the customer the bearer token names (0: none, or AuthErr)
+	Admin  bool       // the bearer token is the admin token
+	// AuthErr is why a customer's token was refused (nil: none was
+	// given, or it was good). Routes that need a customer answer with it.
+	AuthErr error
+}
+
+// InfoOf returns the request's Info, or nil outside the chain.
+func InfoOf(ctx context.Context) *Info {
+	if rec, ok := ctx.Value(ctxKey{}).(*recorder); ok {
+		return &rec.info
+	}
+	return nil
+}
+
+// Trace is the outermost step: it gives the request its trace id (from
+// traceparent when present; X-Trace-Id on every response), its logger in
+// the context, its Info, and one log line when it ends, at debug level
+// (warn for 5xx).
+type Trace struct{ Log *slog.Logger }
+
+func (t Trace) Wrap(next http.Handler) http.Handler {
+	base := t.Log
+	debug := base.Enabled(context.Background(), slog.LevelDebug)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		tid := traceFrom(r)
+		rec := &recorder{ResponseWriter: w, trace: tid, log: base, traceHdr: [1]string{tid}}
+		rec.ctx = reqCtx{Context: r.Context(), rec: rec}
+		w.Header()["X-Trace-Id"] = rec.traceHdr[:]
+		r = r.WithContext(&rec.ctx)
+		defer func() {
+			if debug || rec.status >= 500 && rec.status != StatusClientClosed {
+				lvl := slog.LevelDebug
+				if rec.status >= 500 {
+					lvl = slog.LevelWarn
+				}
+				ctx := r.Context()
+				Log(ctx).Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+					"class", rec.info.Class.String(), "ms", float64(time.Since(start).Microseconds())/1000)
+			}
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// Recover turns a handler's panic into a JSON 500 (when nothing was
+// written yet), logged with the stack. http.ErrAbortHandler goes on up.
+type Recover struct{}
+
+func (Recover) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				Log(r.Context()).Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
+				if rec, ok := w.(*recorder); !ok || rec.status == 0 {
+					JSON(w, http.StatusInternalServerError, errBody("internal", "internal error (trace id "+TraceID(r.Context())+")"))
+				}
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// HeaderLimit answers a request whose line and headers exceed
+// MaxHeaderBytes with a JSON 431 and closes the connection.
+type HeaderLimit struct{}
+
+func (HeaderLimit) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if headerBytes(r) > MaxHeaderBytes {
+			w.Header()["Connection"] = []string{"close"}
+			JSON(w, http.StatusRequestHeaderFieldsTooLarge, errBody("header_too_large",
+				"the request line and headers exceed "+strconv.Itoa(MaxHeaderBytes>>10)+" KiB"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Basic is the chain's first steps, which every server runs: trace and
+// log, recovery, the header limit.
+func Basic(log *slog.Logger) []Step { return []Step{Trace{log}, Recover{}, HeaderLimit{}} }
