@@ -6,6 +6,8 @@ package errkind
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 )
 
 // Kind classifies an error for the edge (HTTP status, retry decisions).
@@ -56,7 +58,16 @@ func (e *Error) With(format string, args ...any) error {
 }
 
 // Of returns the kinded error inside err, or nil when err carries no kind.
+// An error that carries no kind of its own (a driver's, returned through
+// *sql.DB or a client library) is offered to the classifiers registered with
+// Classify, in order; the first that recognises it decides its kind.
+// Context errors are left alone by every classifier: the caller's own
+// cancellation is not a kind (web answers it as the client going away or a
+// timeout).
 func Of(err error) *Error {
+	if err == nil {
+		return nil
+	}
 	var d *detailed
 	if errors.As(err, &d) {
 		return &Error{Kind: d.base.Kind, Code: d.base.Code, Message: d.detail}
@@ -65,7 +76,43 @@ func Of(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
+	if cs := classifiers.Load(); cs != nil {
+		for _, c := range *cs {
+			if e := c(err); e != nil {
+				return e
+			}
+		}
+	}
 	return nil
+}
+
+// A Classifier recognises errors made outside surge (a database driver's, a
+// client library's) and returns the declared sentinel they stand for
+// (ErrUnavailable, ErrTimeout ...), or nil for an error it does not know.
+// It must be cheap, safe for concurrent use, and must not recognise a bare
+// context.Canceled or context.DeadlineExceeded: those say nothing about
+// which dependency failed.
+type Classifier func(error) *Error
+
+var (
+	classifiers  atomic.Pointer[[]Classifier]
+	classifiesMu sync.Mutex
+)
+
+// Classify adds c to the classifiers Of consults for errors without a kind.
+// The package whose dependency makes the errors registers it (sqldb for
+// database drivers, bus for NATS), usually from init, so that every caller
+// of Of — the HTTP status table, retry loops, breakers — gets the same
+// answer without wrapping each call.
+func Classify(c Classifier) {
+	classifiesMu.Lock()
+	defer classifiesMu.Unlock()
+	var cs []Classifier
+	if old := classifiers.Load(); old != nil {
+		cs = append(cs, *old...)
+	}
+	cs = append(cs, c)
+	classifiers.Store(&cs)
 }
 
 // Generic errors shared by all contexts.
@@ -76,6 +123,7 @@ var (
 	ErrForbidden    = New(Forbidden, "forbidden", "not allowed")
 	ErrNotFound     = New(NotFound, "not_found", "not found")
 	ErrUnavailable  = New(Unavailable, "unavailable", "a dependency is unavailable, try again")
+	ErrTimeout      = New(Unavailable, "timeout", "the request timed out, try again") // a dependency did not answer in time
 	ErrTooLarge     = New(TooLarge, "body_too_large", "request body too large")
 	ErrThrottled    = New(Throttled, "throttled", "too many requests")
 )
