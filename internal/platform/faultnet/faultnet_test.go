@@ -52,6 +52,14 @@ func roundTrip(c net.Conn, msg string, wait time.Duration) (string, error) {
 	return string(b[:n]), err
 }
 
+// mustEcho fails t unless msg comes back on c.
+func mustEcho(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if got, err := roundTrip(c, msg, 5*time.Second); err != nil || got != msg {
+		t.Fatalf("round trip %q = %q, %v", msg, got, err)
+	}
+}
+
 // silent reports that nothing arrives on c within wait: a read times out.
 func silent(t *testing.T, c net.Conn, wait time.Duration) {
 	t.Helper()
@@ -66,20 +74,15 @@ func TestPassesThrough(t *testing.T) {
 	t.Parallel()
 	p := faultnet.Start(t, echo(t))
 	c := dial(t, p)
-	for _, msg := range []string{"ping", "a longer message that crosses nothing in particular"} {
-		if got, err := roundTrip(c, msg, 5*time.Second); err != nil || got != msg {
-			t.Fatalf("round trip %q = %q, %v", msg, got, err)
-		}
-	}
+	mustEcho(t, c, "ping")
+	mustEcho(t, c, "a longer message")
 }
 
 func TestCutDropsAndRefusesUntilResume(t *testing.T) {
 	t.Parallel()
 	p := faultnet.Start(t, echo(t))
 	old := dial(t, p)
-	if got, err := roundTrip(old, "x", 5*time.Second); err != nil || got != "x" {
-		t.Fatalf("before cut: %q, %v", got, err)
-	}
+	mustEcho(t, old, "x")
 	p.Cut()
 	if _, err := roundTrip(old, "y", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("open connection after Cut: err %v; want it closed at once", err)
@@ -94,18 +97,14 @@ func TestCutDropsAndRefusesUntilResume(t *testing.T) {
 		}
 	}
 	p.Resume()
-	if got, err := roundTrip(dial(t, p), "back", 5*time.Second); err != nil || got != "back" {
-		t.Fatalf("after Resume: %q, %v", got, err)
-	}
+	mustEcho(t, dial(t, p), "back")
 }
 
 func TestStallHoldsUntilResume(t *testing.T) {
 	t.Parallel()
 	p := faultnet.Start(t, echo(t))
 	old := dial(t, p)
-	if got, err := roundTrip(old, "x", 5*time.Second); err != nil || got != "x" {
-		t.Fatalf("before stall: %q, %v", got, err)
-	}
+	mustEcho(t, old, "x")
 	p.Stall()
 	old.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := old.Write([]byte("held")); err != nil {
@@ -153,9 +152,7 @@ func TestCloseEndsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, p)
-	if got, err := roundTrip(c, "x", 5*time.Second); err != nil || got != "x" {
-		t.Fatalf("before close: %q, %v", got, err)
-	}
+	mustEcho(t, c, "x")
 	p.Stall()
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
