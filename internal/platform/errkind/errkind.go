@@ -4,6 +4,7 @@
 package errkind
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -60,10 +61,12 @@ func (e *Error) With(format string, args ...any) error {
 // Of returns the kinded error inside err, or nil when err carries no kind.
 // An error that carries no kind of its own (a driver's, returned through
 // *sql.DB or a client library) is offered to the classifiers registered with
-// Classify, in order; the first that recognises it decides its kind.
-// Context errors are left alone by every classifier: the caller's own
-// cancellation is not a kind (web answers it as the client going away or a
-// timeout).
+// Classify, in order; the first that recognises it decides its kind. Failing
+// those, an error that wraps context.DeadlineExceeded is ErrTimeout:
+// something the caller waited on (database/sql returns a query's deadline
+// bare, whatever the driver saw) did not answer in time, which the edge
+// answers 503 and retry loops and breakers count as a dependency failing.
+// context.Canceled has no kind: the caller gave up.
 func Of(err error) *Error {
 	if err == nil {
 		return nil
@@ -83,15 +86,17 @@ func Of(err error) *Error {
 			}
 		}
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return ErrTimeout
+	}
 	return nil
 }
 
 // A Classifier recognises errors made outside surge (a database driver's, a
 // client library's) and returns the declared sentinel they stand for
 // (ErrUnavailable, ErrTimeout ...), or nil for an error it does not know.
-// It must be cheap, safe for concurrent use, and must not recognise a bare
-// context.Canceled or context.DeadlineExceeded: those say nothing about
-// which dependency failed.
+// It must be cheap, safe for concurrent use, and must not recognise an
+// error that wraps context.Canceled (the caller's own cancellation).
 type Classifier func(error) *Error
 
 var (

@@ -51,7 +51,8 @@ func TestOf(t *testing.T) {
 		{name: "detailed", err: sold.With("sku %d is sold out", 42), code: "sold_out", message: "sku 42 is sold out"},
 		{name: "kinded beats classified", err: errors.Join(&driverErr{down: true}, sold), code: "sold_out", message: "sold out"},
 		{name: "plain error", err: errors.New("boom"), asked: true},
-		{name: "context", err: context.DeadlineExceeded, asked: true},
+		{name: "cancelled", err: fmt.Errorf("query: %w", context.Canceled), asked: true},
+		{name: "deadline", err: fmt.Errorf("query: %w", context.DeadlineExceeded), want: errkind.ErrTimeout, code: "timeout", asked: true},
 		{name: "classified", err: fmt.Errorf("get order 7: %w", &driverErr{down: true}), want: errkind.ErrUnavailable, code: "unavailable", asked: true},
 		{name: "second classifier", err: &driverErr{}, want: errkind.ErrTimeout, code: "timeout", asked: true},
 	}
