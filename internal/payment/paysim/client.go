@@ -218,10 +218,10 @@ func (c *Client) do(ctx context.Context, op, method, path string, in any, read f
 	}()
 	if resp.StatusCode/100 == 2 {
 		if err := read(resp.Body); err != nil {
-			if errkind.Of(err) != nil {
+			if errkind.Of(err) != nil && !errors.Is(err, context.DeadlineExceeded) { // a deadline has a kind too (timeout), but is the transport's
 				return fmt.Errorf("%s: %w", op, err)
 			}
-			return c.transportErr(ctx, op, err) // cut off mid-body, or garbage
+			return c.transportErr(ctx, op, err) // cut off mid-body, timed out, or garbage
 		}
 		return nil
 	}

@@ -24,8 +24,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -214,10 +215,12 @@ func openPostgres(dsn string, opt Options) (*DB, error) {
 		u.RawQuery = q.Encode()
 		dsn = u.String()
 	}
-	db, err := sql.Open("pgx", dsn)
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqldb: %s: %w", name, err)
 	}
+	cfg.DialFunc = markDial(cfg.DialFunc) // a broken connection's errors say they came from here (unavailable.go)
+	db := stdlib.OpenDB(*cfg)
 	n := opt.MaxConns
 	if n <= 0 {
 		n = 8 * runtime.GOMAXPROCS(0)

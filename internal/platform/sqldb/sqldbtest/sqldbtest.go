@@ -17,6 +17,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/surge-platform/surge/internal/platform/faultnet"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -73,6 +74,20 @@ func PostgresURLs(tb testing.TB, n int) []string {
 		}
 	})
 	return urls
+}
+
+// PostgresViaProxy creates a fresh database (dropped at the end of the
+// test) and returns its URL through a fault-injecting proxy to the server,
+// for tests of what a database that is down or hung does to its callers.
+func PostgresViaProxy(tb testing.TB) (string, *faultnet.Proxy) {
+	tb.Helper()
+	u, err := url.Parse(PostgresURLs(tb, 1)[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := faultnet.Start(tb, u.Host)
+	u.Host = p.Addr()
+	return u.String(), p
 }
 
 // Open opens and migrates a cluster on urls, closed at the end of the test.
