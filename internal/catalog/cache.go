@@ -289,16 +289,17 @@ func (c *cache) fill(ctx context.Context, storeID int64) (any, error) {
 	return m, err
 }
 
-// put caches e unless the cache was dropped since gen was read.
+// put caches e unless the cache was dropped since gen was read. A menu
+// becomes the store's last good copy either way: it was good when it was
+// read, and the fallback marks it stale.
 func (c *cache) put(gen uint64, storeID int64, e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
-		return
-	}
-	c.menus[storeID] = e
 	if e.menu != nil {
 		c.last[storeID] = e.menu
+	}
+	if c.gen == gen {
+		c.menus[storeID] = e
 	}
 }
 
