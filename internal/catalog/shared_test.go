@@ -37,7 +37,7 @@ type cluster struct {
 	dbs   []*sqldb.Cluster
 }
 
-// kvURLOf returns the URL of the shared test Redis (SURGE_TEST_REDIS) under
+// sharedRedis returns the URL of the shared test Redis (SURGE_TEST_REDIS) under
 // a fresh key prefix.
 func sharedRedis(t *testing.T) string {
 	t.Helper()
@@ -86,14 +86,7 @@ func (c *cluster) add() *catalog.Service {
 	}
 	t.Cleanup(func() { store.Close() })
 	s := catalog.New(db, c.ids, inventory.New(db), c.bus, catalog.WithKV(store))
-	unsub, err := c.bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
-		x, _ := strconv.ParseInt(string(data), 10, 64)
-		s.Invalidate(x)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(unsub)
+	follow(t, c.bus, s)
 	c.nodes = append(c.nodes, s)
 	c.dbs = append(c.dbs, db)
 	return s
