@@ -16,6 +16,7 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /admin/v1/stores/{store_id}/items", s.admin(s.putItem))
 	mux.HandleFunc("PUT /admin/v1/stores/{store_id}/items/{sku_id}", s.admin(s.putItem))
 	mux.HandleFunc("PUT /admin/v1/items/{sku_id}/stock", s.admin(s.setStock))
+	mux.HandleFunc("POST /admin/v1/catalog/prewarm", s.admin(s.prewarmCatalog))
 	mux.HandleFunc("GET /admin/v1/orders/{order_id}", s.admin(s.adminOrder))
 	mux.HandleFunc("GET /admin/v1/events", s.admin(s.events))
 	mux.HandleFunc("GET /admin/v1/events/stats", s.admin(s.eventStats))
@@ -209,4 +210,15 @@ func (s *Server) eventStats(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	web.JSON(w, http.StatusOK, st)
+}
+
+// prewarmCatalog builds every store's menu into kv (before a campaign) and
+// answers the counts: {"stores","built","failed"}.
+func (s *Server) prewarmCatalog(w http.ResponseWriter, r *http.Request) {
+	n, err := s.Catalog.PreWarm(r.Context())
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, n)
 }

@@ -10,12 +10,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -110,13 +112,32 @@ type Service struct {
 	ids   *id.Generator
 	stock Stock
 	inv   Invalidator
+	kv    kv.Store // the shared tier; nil = none (local cache and database only)
+	log   *slog.Logger
 	cache *cache
 	now   func() time.Time
 }
 
+// An Option changes a Service New makes.
+type Option func(*Service)
+
+// WithKV gives the menus a tier shared by the nodes between each node's
+// local cache and the database: Redis in the distributed mode (one
+// database build of a cold menu for the whole cluster), the process's
+// memory store in the embedded mode. It holds copies only, rebuilt from
+// the database when missing (see cache.go).
+func WithKV(store kv.Store) Option { return func(s *Service) { s.kv = store } }
+
+// WithLog sets where the cache reports serving a stale menu (default:
+// nowhere).
+func WithLog(log *slog.Logger) Option { return func(s *Service) { s.log = log } }
+
 // New returns a service on the main database of c.
-func New(c *sqldb.Cluster, ids *id.Generator, stock Stock, inv Invalidator) *Service {
-	s := &Service{db: c.Main(), ids: ids, stock: stock, inv: inv, now: time.Now}
+func New(c *sqldb.Cluster, ids *id.Generator, stock Stock, inv Invalidator, opts ...Option) *Service {
+	s := &Service{db: c.Main(), ids: ids, stock: stock, inv: inv, now: time.Now, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(s)
+	}
 	s.cache = newCache(s)
 	return s
 }
@@ -125,7 +146,11 @@ func New(c *sqldb.Cluster, ids *id.Generator, stock Stock, inv Invalidator) *Ser
 // another node announces a change.
 func (s *Service) Invalidate(storeID int64) { s.cache.drop(storeID) }
 
+// changed makes every cached copy of the store's data unreachable: the
+// shared tier's first (its generation moves on), then this node's, then the
+// other nodes' (the bus message).
 func (s *Service) changed(storeID int64) {
+	s.cache.moveOn(storeID)
 	s.cache.drop(storeID)
 	if s.inv != nil {
 		s.inv.PublishCore(InvalidateSubject, []byte(fmt.Sprint(storeID)))
@@ -219,7 +244,7 @@ func (s *Service) CreateStore(ctx context.Context, storeID int64, in StoreInput)
 		storeID, in.Name, in.City, in.Address, open, NewPOSKey(), s.now().UnixMilli()); err != nil {
 		return Store{}, fmt.Errorf("create store: %w", err)
 	}
-	s.changed(0)
+	s.changed(storeID) // also drops the store list, on every node
 	return s.AdminStore(ctx, storeID)
 }
 
@@ -240,7 +265,7 @@ func (s *Service) UpdateStore(ctx context.Context, storeID int64, in StoreInput)
 	if n, _ := res.RowsAffected(); n == 0 {
 		return Store{}, ErrNoStore.With("no store %d", storeID)
 	}
-	s.changed(0)
+	s.changed(storeID) // also drops the store list, on every node
 	return s.AdminStore(ctx, storeID)
 }
 

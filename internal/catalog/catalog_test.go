@@ -30,17 +30,22 @@ func twoNodes(t *testing.T) (a, b *catalog.Service) {
 	ids, _ := id.New(1)
 	inv := inventory.New(db)
 	a, b = catalog.New(db, ids, inv, bs), catalog.New(db, ids, inv, bs)
-	for _, s := range []*catalog.Service{a, b} {
-		unsub, err := bs.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
-			x, _ := strconv.ParseInt(string(data), 10, 64)
-			s.Invalidate(x)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(unsub)
-	}
+	follow(t, bs, a)
+	follow(t, bs, b)
 	return a, b
+}
+
+// follow has s drop what the bus says changed, as node.New wires it.
+func follow(t *testing.T, bs *bus.Bus, s *catalog.Service) {
+	t.Helper()
+	unsub, err := bs.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
+		x, _ := strconv.ParseInt(string(data), 10, 64)
+		s.Invalidate(x)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unsub)
 }
 
 func TestChangeOnOneNodeShowsOnTheOther(t *testing.T) {
