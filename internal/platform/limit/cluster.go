@@ -166,10 +166,14 @@ func ceilRate(perSecond int64, d time.Duration) int64 {
 	return int64(math.Ceil(float64(perSecond) * d.Seconds()))
 }
 
-// share is a fresh in-process limit at this node's share of the cap.
+// share is a fresh in-process limit at this node's share of the cap. With
+// a store it starts with nothing saved up: a node entering local mode
+// (at start, or kv failing) takes its share from then on and no burst
+// on top of what it and the others have taken already; without a store
+// it is the only limit, and starts with its burst.
 func (c *Cluster) share() *gcra {
 	n := c.nodes.Load()
-	return newGCRA(float64(c.rate)/float64(n), (c.burst+n-1)/n)
+	return newGCRA(float64(c.rate)/float64(n), (c.burst+n-1)/n, c.store != nil, time.Now().UnixNano())
 }
 
 // Allow takes a permit at now. When it refuses, retryAfter is the time

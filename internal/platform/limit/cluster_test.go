@@ -247,6 +247,9 @@ func TestClusterRedisStopped(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	total, _ = accepted(nodes, 1500*time.Millisecond)
 	mustNear(t, "shared, after", total, capRate, 0.05)
+	for i, c := range nodes {
+		t.Logf("node %d: %+v", i, c.Stats())
+	}
 }
 
 // TestClusterEmbedded: one node on the in-process store (kv mem:), and one

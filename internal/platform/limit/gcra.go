@@ -16,10 +16,16 @@ type gcra struct {
 }
 
 // newGCRA returns a limit of perSecond (> 0) permits a second and at most
-// burst (>= 1) at once, starting with its whole burst free.
-func newGCRA(perSecond float64, burst int64) *gcra {
+// burst (>= 1) at once. It starts with its whole burst free, or, with
+// empty, with nothing free at now (unix ns): the first permit conforms one
+// emission interval later.
+func newGCRA(perSecond float64, burst int64, empty bool, now int64) *gcra {
 	per := max(int64(math.Round(float64(time.Second)/perSecond)), 1)
-	return &gcra{per: per, full: max(burst, 1) * per}
+	g := &gcra{per: per, full: max(burst, 1) * per}
+	if empty {
+		g.tat.Store(now + g.full)
+	}
+	return g
 }
 
 // allow takes a permit at now (unix ns) if one conforms; otherwise it

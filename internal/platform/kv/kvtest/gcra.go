@@ -67,10 +67,10 @@ func testGCRABurst(t *testing.T, s kv.Store) {
 
 // testGCRARace: goroutines taking batches at once never get more than the
 // rate allows (burst + rate x elapsed), and get most of it. The burst
-// holds 50ms of permits, so that takers that the scheduler of a busy
-// machine keeps waiting lose none.
+// holds 100ms of permits, so that takers that the scheduler of a busy
+// machine (or a busy shared Redis) keeps waiting lose few.
 func testGCRARace(t *testing.T, s kv.Store) {
-	const rate, burst, takers = 1000, 50, 4
+	const rate, burst, takers = 1000, 100, 4
 	var granted atomic.Int64
 	var failed atomic.Pointer[error]
 	start := time.Now()
@@ -91,7 +91,7 @@ func testGCRARace(t *testing.T, s kv.Store) {
 	}
 	// The store's clock may start a little before ours: 5ms of slack.
 	most := burst + int64(rate*(elapsed+5*time.Millisecond).Seconds())
-	least := int64(rate * 0.7 * elapsed.Seconds())
+	least := int64(rate * 0.5 * elapsed.Seconds())
 	if g := granted.Load(); g > most || g < least {
 		t.Fatalf("granted %d permits in %v at %d/s with burst %d, want %d to %d", g, elapsed, rate, burst, least, most)
 	}
