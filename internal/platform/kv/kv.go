@@ -53,6 +53,11 @@ const (
 	MinScore = -MaxScore
 )
 
+// MaxGCRARate is the greatest perSecond GCRA accepts: ten million a
+// second, a permit every 0.1 µs, where the precision of Redis's Lua
+// numbers (about 0.01 µs) still counts each permit.
+const MaxGCRARate = 10_000_000
+
 // AdmitResult says what Admit did.
 type AdmitResult int
 
@@ -209,6 +214,35 @@ type Store interface {
 	ZRem(ctx context.Context, key, member string) (bool, error)
 	// ZCard returns the number of members of the sorted set at key.
 	ZCard(ctx context.Context, key string) (int64, error)
+
+	// GCRA takes up to n (> 0) permits from the rate limit at key, a
+	// generic cell rate algorithm of perSecond (> 0) permits a second and
+	// at most burst (> 0) at once. It grants as many of the n as conform
+	// now, possibly 0, all or none of them changing the limit atomically,
+	// and returns them with wait: the time until the next permit conforms
+	// (0 if one does now). The clock is the store's: Redis's TIME, so that
+	// every node sharing key shares one clock whatever its own says; the
+	// process's monotonic clock for Memory. A missing key is a limit with
+	// its whole burst free; key holds the limit's theoretical arrival time
+	// and expires once the whole burst is free again, so Del resets it.
+	// Calls on one key with another perSecond or burst are allowed and
+	// count from that call on. Permits are exact to about 0.01 µs of
+	// arrival time per call.
+	//
+	// Errors: n, perSecond or burst <= 0, or perSecond > MaxGCRARate (a
+	// plain error); ErrNotInteger if key holds a value GCRA did not write,
+	// ErrWrongType if it holds a sorted set; ErrUnavailable as every remote
+	// call, and then the permits may have been granted all the same (they
+	// are lost: a lost answer under-admits, never over-admits).
+	GCRA(ctx context.Context, key string, perSecond, burst, n int64) (granted int64, wait time.Duration, err error)
+	// Heartbeat records member as alive now in the sorted set at key, with
+	// the store's time in milliseconds as its score (the clock as GCRA's),
+	// removes the members not heard from within window (> 0, in whole
+	// milliseconds, rounded up) and returns how many members are left,
+	// member included. The set has no ttl; the next Heartbeat trims what
+	// stopped beating. Errors: window <= 0 (a plain error); ErrWrongType if
+	// key holds a value; ErrUnavailable as every remote call.
+	Heartbeat(ctx context.Context, key, member string, window time.Duration) (live int64, err error)
 
 	// Ping reports whether the backend is reachable.
 	Ping(ctx context.Context) error

@@ -33,6 +33,11 @@ var ops = []struct {
 	{"ZAfter", func(ctx context.Context, s kv.Store) error { _, err := s.ZAfter(ctx, "z", 0, 10); return err }},
 	{"ZTrim", func(ctx context.Context, s kv.Store) error { _, err := s.ZTrim(ctx, "z", 1); return err }},
 	{"ZCard", func(ctx context.Context, s kv.Store) error { _, err := s.ZCard(ctx, "z"); return err }},
+	{"GCRA", func(ctx context.Context, s kv.Store) error { _, _, err := s.GCRA(ctx, "g", 10, 1, 1); return err }},
+	{"Heartbeat", func(ctx context.Context, s kv.Store) error {
+		_, err := s.Heartbeat(ctx, "h", "m", time.Second)
+		return err
+	}},
 	{"Ping", func(ctx context.Context, s kv.Store) error { return s.Ping(ctx) }},
 }
 

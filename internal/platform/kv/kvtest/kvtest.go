@@ -69,6 +69,11 @@ func Run(t *testing.T, open func(t *testing.T) kv.Store) {
 		{"ZAppendSameMembersRace", testZAppendSameMembersRace},
 		{"ZAck", testZAck},
 		{"ZAckRace", testZAckRace},
+		{"GCRABurst", testGCRABurst},
+		{"GCRARace", testGCRARace},
+		{"GCRAExpiry", testGCRAExpiry},
+		{"GCRAErrors", testGCRAErrors},
+		{"Heartbeat", testHeartbeat},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {
