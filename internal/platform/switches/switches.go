@@ -97,10 +97,11 @@ type Panel struct {
 	sw   map[string]*state // fixed at New: read without locks
 }
 
-// New creates the bucket if needed (file storage, History values per key,
-// replicas as given: 0 = 1, use 3 on a cluster), reads the switches' current
-// values and returns the Panel of defs (Defs). Call Watch to follow
-// changes. Errors: the bus's, or a bad def.
+// New creates the bucket if it does not exist (file storage, History values
+// per key, replicas as given: 0 = 1, 3 on a cluster) and uses it as it is
+// otherwise (an operator may have raised its replicas), reads the
+// switches' current values and returns the Panel of defs (Defs). Call Watch
+// to follow changes. Errors: the bus's, or a bad def.
 func New(ctx context.Context, b *bus.Bus, replicas int, defs []Def) (*Panel, error) {
 	p := &Panel{nc: b.Conn(), defs: defs, sw: make(map[string]*state, len(defs))}
 	for _, d := range defs {
@@ -111,13 +112,20 @@ func New(ctx context.Context, b *bus.Bus, replicas int, defs []Def) (*Panel, err
 		st.rec.Store(&Record{Name: d.Name, On: d.Default})
 		p.sw[d.Name] = st
 	}
-	kv, err := b.JetStream().CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:      b.Name(Bucket),
 		Description: "surge degradation switches (docs/operations.md)",
 		History:     History,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
-	})
+	}
+	kv, err := b.JetStream().KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = b.JetStream().CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) { // another node made it first
+			kv, err = b.JetStream().KeyValue(ctx, cfg.Bucket)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("switches: bucket %s: %w", Bucket, err)
 	}
