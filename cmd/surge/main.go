@@ -3,6 +3,7 @@
 //	surge demo     embedded platform + demo data + a short simulation
 //	surge serve    run roles as a server
 //	surge migrate  apply migrations to every database shard
+//	surge ctl      operate a running cluster (degradation switches)
 //	surge help     this text
 package main
 
@@ -64,6 +65,10 @@ Usage:
   surge reconcile --channel wxsim [--date 2026-11-23] [--server URL] [--admin-token T] [--json]
                   compare a channel's statement with the ledger (via a running
                   node's admin API); fixes what is safe, reports the rest
+  surge ctl switch list | set NAME on|off | history NAME
+                  [--server URL] [--admin-token T] [--operator NAME] [--json]
+                  the cluster's degradation switches (via a running node's admin
+                  API; env SURGE_SERVER, SURGE_ADMIN_TOKEN, SURGE_OPERATOR)
   surge help
 
 Exit status: 0 after Ctrl-C; 1 when something surge needs fails (a backend that
@@ -91,6 +96,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return migrate(ctx, args[1:], stdout, stderr)
 	case "reconcile":
 		return reconcile(ctx, args[1:], stdout, stderr)
+	case "ctl":
+		return ctl(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		printFlags(stdout)

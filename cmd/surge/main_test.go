@@ -59,7 +59,7 @@ func TestHelpNamesTheCommands(t *testing.T) {
 	if err := run(t.Context(), []string{"help"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"surge demo", "surge serve", "surge migrate", "-addr", "-roles", "-db", "-kv", "-bus", "-seed-demo", "-order-ttl", "-admin-token", "SURGE_"} {
+	for _, want := range []string{"surge demo", "surge serve", "surge migrate", "surge ctl switch", "-addr", "-roles", "-db", "-kv", "-bus", "-seed-demo", "-order-ttl", "-admin-token", "SURGE_"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}

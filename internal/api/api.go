@@ -25,6 +25,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
 )
@@ -71,6 +72,10 @@ type Server struct {
 	// DeadLetters serves the dead-letter routes and counts (admin routes
 	// only); nil leaves them out.
 	DeadLetters *bus.Bus
+
+	// Switches are the cluster's degradation switches (admin routes, and
+	// the features they gate); nil: every feature on, routes left out.
+	Switches *switches.Panel
 }
 
 // Handler returns the whole HTTP surface of a node.
@@ -95,6 +100,9 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.Fulfil != nil {
 		s.posRoutes(mux)
+	}
+	if s.Switches != nil {
+		s.switchRoutes(mux)
 	}
 	// Profiles for operators (admin token): go tool pprof -H 'Authorization: Bearer T' .../debug/pprof/profile
 	mux.HandleFunc("GET /debug/pprof/", s.admin(pprof.Index))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -117,7 +118,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request, uid int64) {
 		return
 	}
 	o, err := s.Orders.Get(r.Context(), uid, oid)
-	if err == nil && o.Status == order.PendingPayment && s.Payments != nil {
+	if err == nil && o.Status == order.PendingPayment && s.Payments != nil && s.Switches.On(switches.OrdersReadPayQuery) {
 		s.refreshPending(r.Context(), oid)
 		o, err = s.Orders.Get(r.Context(), uid, oid)
 	}
@@ -135,6 +136,10 @@ func (s *Server) listOrders(w http.ResponseWriter, r *http.Request, uid int64) {
 		return
 	}
 	size := order.PageSize(int(min(limit, 1000)))
+	if !s.Switches.On(switches.OrdersHistoryFull) {
+		s.historyCut(w, r, uid, cursor, size)
+		return
+	}
 	list, err := s.Orders.List(r.Context(), uid, cursor, size)
 	if err != nil {
 		web.Error(w, r, err)

@@ -8,6 +8,7 @@ import (
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -116,7 +117,13 @@ func (s *Server) switchChannel(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, web.ErrBadJSON.With("enabled is required"))
 		return
 	}
-	if err := s.Payments.Router.Force(r.PathValue("channel"), !*in.Enabled); err != nil {
+	// The cluster-wide switch pay.channel.<name>: every node's router follows it.
+	name := r.PathValue("channel")
+	if err := s.Payments.Router.Check(name); err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	if _, err := s.flip(r, switches.PayChannel(name), *in.Enabled); err != nil {
 		web.Error(w, r, err)
 		return
 	}

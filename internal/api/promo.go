@@ -7,6 +7,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
 )
@@ -52,6 +53,10 @@ func (s *Server) preview(w http.ResponseWriter, r *http.Request, uid int64) {
 }
 
 func (s *Server) claimable(w http.ResponseWriter, r *http.Request) {
+	if !s.Switches.On(switches.PromoCouponList) {
+		switchedOff(w, switches.PromoCouponList)
+		return
+	}
 	sid, err := queryStoreID(r)
 	if err != nil {
 		web.Error(w, r, err)

@@ -42,6 +42,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/lease"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
 	"github.com/surge-platform/surge/internal/push"
@@ -164,6 +165,7 @@ type Node struct {
 	Push      *push.Hub
 	Notify    *notify.Service // customer notifications (worker role); nil when off
 	Inbox     *notify.Sink    // the simulator's notification inbox (paysim role)
+	Switches  *switches.Panel // the cluster's degradation switches (every node)
 
 	ln     net.Listener
 	srv    *http.Server
@@ -224,6 +226,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 		}
 	}
+	if n.Switches, err = switches.New(octx, n.Bus, 0, switches.Defs(wxsim.Name, alisim.Name)); err != nil {
+		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
+	}
 	// Node ids and job leaders are leased in the main database: every
 	// process that shares the data sees the leases there.
 	leases := lease.New(n.DB.Main())
@@ -278,7 +283,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.Edge = edge.New(cfg.Edge, nil, n.Blacklist)
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats, DeadLetters: n.Bus, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
 		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist
@@ -341,11 +346,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, cfg.PayWeights, log,
 			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
+		chSwitch := map[string]string{} // channel -> its switch, named once: picks do not allocate
+		for _, ch := range channels {
+			chSwitch[ch.Name()] = switches.PayChannel(ch.Name())
+		}
+		n.Payments.Router.Follow(func(ch string) bool { return n.Switches.On(chSwitch[ch]) })
 		if url := cmp.Or(cfg.NotifyURL, strings.TrimSuffix(payURL, "/")+notify.SinkPath); cfg.Has("worker") && url != "off" {
 			if err := notify.Prepare(ctx, n.Bus); err != nil {
 				return nil, fmt.Errorf("notify: %w", err)
 			}
-			n.Notify = notify.New(notify.Config{}, notify.NewWebhook(url, notifySecret, 0), log.With("role", "notify"))
+			n.Notify = notify.New(notify.Config{On: func() bool { return n.Switches.On(switches.NotifySend) }}, notify.NewWebhook(url, notifySecret, 0), log.With("role", "notify"))
 		}
 		if cfg.Has("api") {
 			srv.Payments = n.Payments
@@ -387,6 +397,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	spawn("kv loss watch", n.watch.Run)
+	spawn("switches", n.Switches.Watch)
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)
 	}
@@ -495,6 +506,7 @@ func (n *Node) stats(ctx context.Context) (map[string]int64, error) {
 	if n.Notify != nil {
 		st := n.Notify.Stats()
 		out["notify_sent"], out["notify_failed"], out["notify_skipped"] = st.Sent, st.Failed, st.Skipped
+		out["notify_suppressed"] = st.Suppressed
 	}
 	return out, nil
 }

@@ -64,6 +64,10 @@ type Config struct {
 	// through; its success closes the breaker, its failure opens it again.
 	BreakerFailures int
 	BreakerDelay    time.Duration
+	// On reports whether notifications are switched on (the cluster's
+	// switch notify.send); while it is false Consume sends nothing and
+	// counts every message as Suppressed. nil = always on.
+	On func() bool
 }
 
 func (c Config) withDefaults() Config {
@@ -83,26 +87,33 @@ func (c Config) withDefaults() Config {
 	if c.BreakerDelay <= 0 {
 		c.BreakerDelay = 10 * time.Second
 	}
+	if c.On == nil {
+		c.On = func() bool { return true }
+	}
 	return c
 }
 
 // Stats counts the outcomes of Send since New.
 type Stats struct {
-	Sent    int64  `json:"sent"`
-	Failed  int64  `json:"failed"`  // rejected, or every attempt failed
-	Skipped int64  `json:"skipped"` // refused by the open breaker before any attempt
-	Breaker string `json:"breaker"` // "closed", "open" or "half-open"
+	Sent    int64 `json:"sent"`
+	Failed  int64 `json:"failed"`  // rejected, or every attempt failed
+	Skipped int64 `json:"skipped"` // refused by the open breaker before any attempt
+	// Suppressed counts the messages Consume did not send because the
+	// switch was off (they are not sent later either).
+	Suppressed int64  `json:"suppressed"`
+	Breaker    string `json:"breaker"` // "closed", "open" or "half-open"
 }
 
 // Service sends messages with retries and a circuit breaker. It is safe
 // for concurrent use.
 type Service struct {
 	sender  Sender
+	on      func() bool
 	log     *slog.Logger
 	breaker circuitbreaker.CircuitBreaker[any]
 	exec    failsafe.Executor[any]
 
-	sent, failed, skipped atomic.Int64
+	sent, failed, skipped, suppressed atomic.Int64
 }
 
 // New returns a Service that sends through s.
@@ -121,7 +132,7 @@ func New(cfg Config, s Sender, log *slog.Logger) *Service {
 		AbortIf(func(_ any, err error) bool { return !retryable(err) }).
 		ReturnLastFailure().
 		Build()
-	return &Service{sender: s, log: log, breaker: cb, exec: failsafe.With[any](rp, cb)}
+	return &Service{sender: s, on: cfg.On, log: log, breaker: cb, exec: failsafe.With[any](rp, cb)}
 }
 
 // retryable reports whether another attempt may succeed. Breaker-open
@@ -160,7 +171,7 @@ func (s *Service) Send(ctx context.Context, m Message) error {
 // Stats returns the counters and the breaker's state.
 func (s *Service) Stats() Stats {
 	return Stats{Sent: s.sent.Load(), Failed: s.failed.Load(), Skipped: s.skipped.Load(),
-		Breaker: s.breaker.State().String()}
+		Suppressed: s.suppressed.Load(), Breaker: s.breaker.State().String()}
 }
 
 // Durable is the name of the bus consumer of order events.
@@ -181,7 +192,8 @@ func Prepare(ctx context.Context, b *bus.Bus) error {
 }
 
 // Consume runs the durable consumer of order events until ctx is done,
-// sending a message for every order.accepted and order.ready event. Every
+// sending a message for every order.accepted and order.ready event (none
+// while Config.On says off: they are counted as suppressed). Every
 // event is acked, sent or not: a failed send is counted and logged at warn
 // once. Only a send interrupted by shutdown is handed back to the bus. It
 // returns the errors of bus.Consume.
@@ -198,6 +210,10 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 			}
 			m, ok := MessageOf(ev)
 			if !ok {
+				return nil
+			}
+			if !s.on() {
+				s.suppressed.Add(1)
 				return nil
 			}
 			err := s.Send(ctx, m)

@@ -35,7 +35,6 @@ type bucket struct {
 
 type health struct {
 	weight    int
-	forcedOff bool
 	outUntil  time.Time // taken out until then
 	probation bool      // back from an outage, not yet proven
 	buckets   [30]bucket
@@ -43,17 +42,19 @@ type health struct {
 
 // Router picks a channel for each new payment from the channels' recent
 // health and the operator's switches. Safe for concurrent use; each node
-// judges from its own calls.
+// judges health from its own calls, while the switches are the cluster's
+// (see Follow).
 type Router struct {
 	now   func() time.Time
 	mu    sync.Mutex
-	names []string           // in configuration order
-	h     map[string]*health // guarded by mu
+	names []string               // in configuration order
+	h     map[string]*health     // guarded by mu
+	on    func(name string) bool // the operator's switch of a channel; guarded by mu
 }
 
 // NewRouter routes between the named channels with the given weights (> 0).
 func NewRouter(weights map[string]int) *Router {
-	r := &Router{now: time.Now, h: map[string]*health{}}
+	r := &Router{now: time.Now, h: map[string]*health{}, on: func(string) bool { return true }}
 	for name, w := range weights {
 		r.names = append(r.names, name)
 		r.h[name] = &health{weight: max(w, 1)}
@@ -104,15 +105,22 @@ func (h *health) statsLocked(now time.Time) (calls, fails int, mean time.Duratio
 	return calls, fails, mean
 }
 
-// Force switches a channel off (or back on) for this node.
-func (r *Router) Force(name string, off bool) error {
+// Follow makes on the operator's switch of every channel: a channel for
+// which on reports false takes no new payments. on is called under the
+// router's lock on every pick, so it must be quick and must not call the
+// Router; a node passes the cluster-wide switches (pay.channel.<name>).
+// Until Follow is called every channel is on.
+func (r *Router) Follow(on func(channel string) bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	h := r.h[name]
-	if h == nil {
-		return ErrUnknownChannel.With("no payment channel %q", name)
+	r.on = on
+}
+
+// Check returns ErrUnknownChannel when name is not a channel of the router.
+func (r *Router) Check(name string) error {
+	if r.h[name] == nil { // names are fixed at NewRouter: no lock needed
+		return ErrUnknownChannel.With("no payment channel %q (have %v)", name, r.names)
 	}
-	h.forcedOff = off
 	return nil
 }
 
@@ -131,7 +139,7 @@ type ChannelState struct {
 	Name      string  `json:"name"`
 	Weight    int     `json:"weight"`
 	Effective int     `json:"effective_weight"`
-	ForcedOff bool    `json:"forced_off"`
+	ForcedOff bool    `json:"forced_off"` // its switch pay.channel.<name> is off (cluster-wide)
 	Out       bool    `json:"out"`
 	Probation bool    `json:"probation"`
 	Calls     int     `json:"calls"`
@@ -148,7 +156,7 @@ func (r *Router) States() []ChannelState {
 	for _, name := range r.names {
 		h := r.h[name]
 		calls, fails, mean := h.statsLocked(now)
-		st := ChannelState{Name: name, Weight: h.weight, Effective: h.effectiveLocked(now), ForcedOff: h.forcedOff,
+		st := ChannelState{Name: name, Weight: h.weight, Effective: r.effectiveLocked(name, now), ForcedOff: !r.on(name),
 			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000}
 		if calls > 0 {
 			st.ErrorRate = float64(fails) / float64(calls)
@@ -158,9 +166,11 @@ func (r *Router) States() []ChannelState {
 	return out
 }
 
-// effectiveLocked is the weight a pick uses now: 0 when off or out.
-func (h *health) effectiveLocked(now time.Time) int {
-	if h.forcedOff || now.Before(h.outUntil) {
+// effectiveLocked is the weight a pick uses now: 0 when switched off or
+// out. r.mu must be held.
+func (r *Router) effectiveLocked(name string, now time.Time) int {
+	h := r.h[name]
+	if !r.on(name) || now.Before(h.outUntil) {
 		return 0
 	}
 	w := h.weight * 10
@@ -184,7 +194,7 @@ func (r *Router) Pick(requested string, except ...string) (string, error) {
 		if h == nil {
 			return "", ErrUnknownChannel.With("no payment channel %q (have %v)", requested, r.names)
 		}
-		if h.effectiveLocked(now) == 0 {
+		if r.effectiveLocked(requested, now) == 0 {
 			return "", ErrChannelDown.With("payment channel %s is unavailable now; try another or none", requested)
 		}
 		return requested, nil
@@ -196,7 +206,7 @@ func (r *Router) Pick(requested string, except ...string) (string, error) {
 		if slices.Contains(except, name) {
 			continue
 		}
-		weights[i] = h.effectiveLocked(now)
+		weights[i] = r.effectiveLocked(name, now)
 		if weights[i] > 0 && !h.probation {
 			healthy++
 		}

@@ -43,18 +43,26 @@ func TestRouterTakesFailingChannelOutAndBack(t *testing.T) {
 	if m := picks(1000); m["a"] < 300 {
 		t.Fatalf("after a success a got %d of 1000 picks", m["a"])
 	}
-	if err := r.Force("b", true); err != nil {
-		t.Fatal(err)
-	}
+	off := map[string]bool{"b": true} // the operator's switches
+	r.Follow(func(name string) bool { return !off[name] })
 	if m := picks(100); m["b"] != 0 {
-		t.Fatalf("b forced off but picked %d times", m["b"])
+		t.Fatalf("b switched off but picked %d times", m["b"])
 	}
-	r.Force("a", true)
+	if _, err := r.Pick("b"); !errors.Is(err, ErrChannelDown) {
+		t.Fatalf("asking for a switched-off channel: %v, want ErrChannelDown", err)
+	}
+	if st := r.States(); st[0].ForcedOff || !st[1].ForcedOff {
+		t.Fatalf("states %+v: want b (only) switched off", st)
+	}
+	off["a"] = true
 	if _, err := r.Pick(""); !errors.Is(err, ErrNoChannel) {
 		t.Fatalf("all off: %v, want ErrNoChannel", err)
 	}
 	if _, err := r.Pick("zzz"); !errors.Is(err, ErrUnknownChannel) {
 		t.Fatalf("unknown: %v", err)
+	}
+	if err := r.Check("zzz"); !errors.Is(err, ErrUnknownChannel) || r.Check("a") != nil {
+		t.Fatalf("Check: %v, %v", err, r.Check("a"))
 	}
 }
 
