@@ -40,6 +40,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/lease"
+	"github.com/surge-platform/surge/internal/platform/limit"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/switches"
@@ -53,28 +54,30 @@ var Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
-	Addr       string           // listen address; ":0" picks a free port
-	Data       string           // directory for the embedded backends
-	Roles      []string         // subset of Roles, or ["all"]
-	DB         []string         // database URLs; empty = sqlite:<Data>/db
-	KV         string           // kv URL; empty = mem:
-	Bus        string           // bus URL; empty = embedded:<Data>/nats
-	AdminToken string           // empty = random, printed at start
-	OrderTTL   time.Duration    // time to pay an order
-	NodeID     int              // id generator node; -1 = lease the lowest free one
-	DBMaxConns int              // per PostgreSQL database; 0 = default
-	Migrate    bool             // apply migrations at start
-	RelayPoll  time.Duration    // outbox backstop poll; 0 = 1s
-	PublicURL  string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
-	PayURL     string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
-	PayQuery   time.Duration    // first active query of an unpaid payment; 0 = 10s
-	PayWeights map[string]int   // routing weight per channel; missing = 1
-	WSPing     time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
-	NotifyURL  string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
-	Flash      flashsale.Config // flash-sale purchase limits; zero = defaults
-	Edge       edge.Config      // the HTTP chain's limits and shedder; zero = none
-	MaxConns   int              // open connections; 0 = no cap
-	Proxies    []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
+	Addr        string           // listen address; ":0" picks a free port
+	Data        string           // directory for the embedded backends
+	Roles       []string         // subset of Roles, or ["all"]
+	DB          []string         // database URLs; empty = sqlite:<Data>/db
+	KV          string           // kv URL; empty = mem:
+	Bus         string           // bus URL; empty = embedded:<Data>/nats
+	AdminToken  string           // empty = random, printed at start
+	OrderTTL    time.Duration    // time to pay an order
+	NodeID      int              // id generator node; -1 = lease the lowest free one
+	DBMaxConns  int              // per PostgreSQL database; 0 = default
+	Migrate     bool             // apply migrations at start
+	RelayPoll   time.Duration    // outbox backstop poll; 0 = 1s
+	PublicURL   string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL      string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	PayQuery    time.Duration    // first active query of an unpaid payment; 0 = 10s
+	PayWeights  map[string]int   // routing weight per channel; missing = 1
+	WSPing      time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
+	NotifyURL   string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
+	Flash       flashsale.Config // flash-sale purchase limits; zero = defaults
+	Edge        edge.Config      // the HTTP chain's limits and shedder; zero = none
+	GlobalRPS   int64            // the cluster-wide request cap (customers and operators); 0 = none
+	GlobalNodes int              // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
+	MaxConns    int              // open connections; 0 = no cap
+	Proxies     []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
 }
 
 // Defaults returns a config that works on a laptop.
@@ -126,6 +129,9 @@ func (c *Config) Resolve() error {
 	if err := c.Edge.Check(); err != nil {
 		return err
 	}
+	if c.GlobalRPS < 0 || c.GlobalRPS > kv.MaxGCRARate || c.GlobalNodes < 0 || c.MaxConns < 0 {
+		return fmt.Errorf("--global-rps wants 0..%d, --global-nodes and --max-conns at least 0", kv.MaxGCRARate)
+	}
 	if c.WSPing != 0 && c.WSPing < 100*time.Millisecond {
 		return fmt.Errorf("--ws-ping %v: want at least 100ms", c.WSPing)
 	}
@@ -159,6 +165,7 @@ type Node struct {
 	Flash     *flashsale.Service
 	Blacklist *guard.Blacklist
 	Edge      *edge.Edge
+	cap       *limit.Cluster // the cluster-wide request cap; nil: none
 	Payments  *payment.Service
 	Sim       *paysim.Server
 	Fulfil    *fulfil.Service
@@ -246,7 +253,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.Jobs = lease.NewJobs(leases, n.owner, 0, log)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
 	n.Stock = inventory.New(n.DB)
-	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus)
+	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus, catalog.WithKV(n.KV), catalog.WithLog(log.With("context", "catalog")))
+	n.watch.Register("catalog-menus", n.Catalog.ForgetShared)
 	if n.Members, err = member.New(ctx, n.DB, n.IDs); err != nil {
 		return nil, err
 	}
@@ -280,7 +288,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
-	n.Edge = edge.New(cfg.Edge, nil, n.Blacklist)
+	var limitCap edge.Cap
+	if cfg.GlobalRPS > 0 { // leased from kv in batches: the request path never waits on kv
+		n.cap = limit.NewCluster(n.KV, "global", cfg.GlobalRPS, limit.ClusterOptions{Node: "node-" + strconv.Itoa(n.IDs.Node()), Nodes: int64(cfg.GlobalNodes)})
+		limitCap = n.cap
+	}
+	n.Edge = edge.New(cfg.Edge, limitCap, n.Blacklist)
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
 	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
@@ -398,6 +411,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	spawn("kv loss watch", n.watch.Run)
 	spawn("switches", n.Switches.Watch)
+	if n.cap != nil {
+		spawn("cluster request cap", n.cap.Run)
+	}
 	if n.Sim != nil {
 		spawn("payment simulator callbacks", n.Sim.Run)
 	}
@@ -428,6 +444,12 @@ func (n *Node) Run(ctx context.Context) error {
 		// Once per cluster, on the node holding each job's lease.
 		spawn("reservation sweeper", func(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "reservation-sweep", 30*time.Second, n.sweep)
+		})
+		spawn("menu pre-warm", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "catalog-prewarm", time.Hour, func(ctx context.Context) error {
+				_, err := n.Catalog.PreWarm(ctx)
+				return err
+			})
 		})
 		spawn("expiry sweeper", func(ctx context.Context) error { return n.Jobs.Every(ctx, "expiry-sweep", 5*time.Second, n.expireDue) })
 		spawn("refunds of withdrawn orders", func(ctx context.Context) error { return n.Payments.ConsumeWithdrawn(ctx, n.Bus) })

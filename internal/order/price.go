@@ -83,11 +83,22 @@ type priced struct {
 	menu   *catalog.Menu
 }
 
+// menu is the store's menu to price an order with: never the last good
+// copy the catalog shows browsing customers, marked stale, when kv and the
+// database are slow (an order is priced from a fresh read or not at all).
+func (s *Service) menu(ctx context.Context, storeID int64) (*catalog.Menu, error) {
+	m, err := s.catalog.Menu(ctx, storeID)
+	if err == nil && m.Stale {
+		return nil, errkind.ErrUnavailable.With("store %d's menu cannot be read now, try again", storeID)
+	}
+	return m, err
+}
+
 // price prices req for userID at `at`. q reads the user's shard (their
 // coupons and quotas). Errors: the menu's (unknown sku, unavailable,
 // closed) and the coupons' (not in the wallet, in use, too many).
 func (s *Service) price(ctx context.Context, q queryer, userID int64, req Request, at time.Time) (*priced, error) {
-	menu, err := s.catalog.Menu(ctx, req.StoreID)
+	menu, err := s.menu(ctx, req.StoreID)
 	if err != nil {
 		return nil, err
 	}

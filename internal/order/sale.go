@@ -41,7 +41,7 @@ func (s *Service) PlaceSale(ctx context.Context, so SaleOrder) (*Order, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	menu, err := s.catalog.Menu(ctx, so.StoreID)
+	menu, err := s.menu(ctx, so.StoreID)
 	if err != nil {
 		return nil, err
 	}

@@ -252,8 +252,14 @@ func (e *Edge) Stats() map[string]any {
 		open, refused := e.conns.Open()
 		out["connections"] = map[string]int64{"open": open, "max": e.conns.max, "refused": refused}
 	}
-	if s, ok := e.cap.(interface{ Stats() any }); ok {
-		out["cap"] = s.Stats()
+	if s, ok := e.cap.(interface{ Stats() limit.ClusterStats }); ok {
+		st := s.Stats()
+		c := map[string]any{"mode": st.Mode, "rate": st.Rate, "nodes": st.Nodes, "reserve": st.Reserve,
+			"allowed": st.Allowed, "refused": st.Refused, "fallbacks": st.Fallbacks}
+		if st.Err != nil {
+			c["error"] = st.Err.Error()
+		}
+		out["cap"] = c
 	}
 	return out
 }

@@ -57,9 +57,6 @@ func Status(err error) int {
 	if e := errkind.Of(err); e != nil {
 		return statusOf[e.Kind]
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return http.StatusServiceUnavailable
-	}
 	if errors.Is(err, context.Canceled) {
 		return StatusClientClosed
 	}
@@ -75,8 +72,12 @@ const StatusClientClosed = 499
 // client sees a generic message. A 503 carries Retry-After (1 s) unless the
 // handler set one.
 func Error(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil && errkind.Of(err) == nil {
-		err = context.Canceled // the client went away mid-request; whatever failed after that is noise
+	if r.Context().Err() != nil {
+		// The client went away mid-request: whatever failed after that
+		// (a query cut short, classified as the database's) is noise.
+		if e := errkind.Of(err); e == nil || statusOf[e.Kind] >= 500 {
+			err = context.Canceled
+		}
 	}
 	status := Status(err)
 	sentinel, _ := err.(*errkind.Error)
@@ -93,8 +94,6 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 		body.Error.Code, body.Error.Message = e.Code, e.Message
 	} else if status == StatusClientClosed {
 		body.Error.Code, body.Error.Message = "client_closed", "the client closed the request"
-	} else if status == http.StatusServiceUnavailable {
-		body.Error.Code, body.Error.Message = "timeout", "the request timed out, try again"
 	} else {
 		body.Error.Code, body.Error.Message = "internal", "internal error (trace id "+TraceID(r.Context())+")"
 	}
