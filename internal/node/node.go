@@ -145,17 +145,18 @@ func (c *Config) Has(r string) bool { return slices.Contains(c.Roles, r) }
 
 // Node is a running set of roles.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	DB    *sqldb.Cluster
-	KV    kv.Store
-	Bus   *bus.Bus
-	IDs   *id.Generator
-	relay *outbox.Relay
-	owner string        // this process, as leases name it
-	node  *lease.NodeID // keeps the node id leased
-	Jobs  *lease.Jobs   // jobs that run once per cluster (worker role)
-	watch *kv.Watch     // kv loss: rebuilds what the roles keep in kv
+	cfg       Config
+	log       *slog.Logger
+	DB        *sqldb.Cluster
+	KV        kv.Store
+	Bus       *bus.Bus
+	IDs       *id.Generator
+	relay     *outbox.Relay
+	owner     string        // this process, as leases name it
+	node      *lease.NodeID // keeps the node id leased
+	Jobs      *lease.Jobs   // jobs that run once per cluster (worker role)
+	watch     *kv.Watch     // kv loss: rebuilds what the roles keep in kv
+	kvBreaker *kv.Breaker   // nil with kv in memory
 
 	Members   *member.Service
 	Catalog   *catalog.Service
@@ -217,6 +218,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("kv", []string{cfg.KV}, "--kv", "Redis", start, err)
 	}
 	n.closer = append(n.closer, n.KV.Close)
+	if !strings.HasPrefix(cfg.KV, "mem:") { // a remote store: calls fail fast while it is down
+		n.kvBreaker = kv.NewBreaker(n.KV, log.With("dependency", "kv"))
+		n.KV = n.kvBreaker
+	}
 	n.watch = kv.NewWatch(n.KV, 0, kvEvents(log))
 	octx, cancel = context.WithTimeout(ctx, OpenTimeout)
 	defer cancel()
@@ -508,7 +513,11 @@ func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(), "leases": ls}, nil
+	out := map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(), "leases": ls}
+	if n.kvBreaker != nil {
+		out["breakers"] = map[string]string{"kv": n.kvBreaker.State()}
+	}
+	return out, nil
 }
 
 func (n *Node) stats(ctx context.Context) (map[string]int64, error) {
