@@ -119,8 +119,10 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request, uid int64) {
 	}
 	o, err := s.Orders.Get(r.Context(), uid, oid)
 	if err == nil && o.Status == order.PendingPayment && s.Payments != nil && s.Switches.On(switches.OrdersReadPayQuery) {
-		s.refreshPending(r.Context(), oid)
-		o, err = s.Orders.Get(r.Context(), uid, oid)
+		// The payer is looking at the result page and the callback has not
+		// come: the channel is asked off this request's path, and the
+		// page's next poll shows what it said.
+		s.Payments.RefreshSoon(oid)
 	}
 	if err != nil {
 		web.Error(w, r, err)

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"net/http"
 	"time"
 
@@ -60,19 +59,6 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", ct)
 	w.Write(ack)
-}
-
-// refreshPending queries the channel about an unpaid order's payments once
-// (the customer waits on the result page), bounded to a second.
-func (s *Server) refreshPending(ctx context.Context, orderID int64) {
-	if s.Payments == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if err := s.Payments.Refresh(ctx, orderID); err != nil {
-		web.Log(ctx).Warn("refresh payments on read", "order_id", orderID, "err", err)
-	}
 }
 
 func (s *Server) orderPayments(w http.ResponseWriter, r *http.Request) {

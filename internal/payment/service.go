@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,6 +96,9 @@ type Service struct {
 
 	// Counters of callbacks, for operators and tests (see CallbackCounts).
 	Callbacks, Refused, Forged, Replayed, Oversized, UnknownChannel atomic.Int64
+
+	soon      sync.Map      // order id -> struct{}: a RefreshSoon under way
+	soonSlots chan struct{} // RefreshSoon's concurrency
 }
 
 // CallbackCounts are the callback counters of one node: every callback
@@ -132,7 +136,8 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, cha
 	if cfg.RefundAttempts <= 0 {
 		cfg.RefundAttempts = 6
 	}
-	s := &Service{db: db, ids: ids, orders: orders, stores: stores, channels: map[string]Channel{}, log: log, cfg: cfg}
+	s := &Service{db: db, ids: ids, orders: orders, stores: stores, channels: map[string]Channel{}, log: log, cfg: cfg,
+		soonSlots: make(chan struct{}, 16)}
 	w := map[string]int{}
 	for _, c := range channels {
 		s.channels[c.Name()] = c

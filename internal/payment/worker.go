@@ -106,6 +106,30 @@ func (s *Service) Refresh(ctx context.Context, orderID int64) error {
 	return nil
 }
 
+// RefreshSoon is Refresh off the caller's path (a customer's read of
+// their order must not wait on a payment channel): at most one per order
+// at a time, at most 16 at once on this node (asks beyond that are
+// dropped: the worker's scheduled queries catch up), each within 2 s.
+func (s *Service) RefreshSoon(orderID int64) {
+	if _, busy := s.soon.LoadOrStore(orderID, struct{}{}); busy {
+		return
+	}
+	select {
+	case s.soonSlots <- struct{}{}:
+	default:
+		s.soon.Delete(orderID)
+		return
+	}
+	go func() {
+		defer func() { <-s.soonSlots; s.soon.Delete(orderID) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := s.Refresh(ctx, orderID); err != nil {
+			s.log.Warn("refresh payments on read", "order_id", orderID, "err", err)
+		}
+	}()
+}
+
 // Repair settles payments left paid but unapplied, older than a few
 // seconds (so it does not race the request that is doing it right now),
 // and resends pending refunds that are due (see sendRefund).
