@@ -1,5 +1,6 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: makes sure PostgreSQL,
-# Redis and a NATS server of the version pinned in go.mod are reachable, and
+# Redis and a NATS server of the version pinned in go.mod are reachable
+# (and nginx is installed, for the test of deploy/nginx), and
 # exports their URLs as SURGE_TEST_PG, SURGE_TEST_REDIS and SURGE_TEST_NATS.
 #
 # - A URL already set in the environment is used as is.
@@ -88,6 +89,17 @@ if [ -z "${SURGE_TEST_REDIS:-}" ]; then
 		wait_port "$port" 10 || { say "redis did not start"; exit 1; }
 		started_pids+=("$(cat "$cache/redis.pid")")
 		export SURGE_TEST_REDIS="redis://127.0.0.1:$port/0"
+	fi
+fi
+
+# --- nginx (the e2e test of deploy/nginx starts its own) ----------------------------
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+	# policy-rc.d keeps the package from starting a server of its own on port 80
+	if [ ! -e /usr/sbin/policy-rc.d ] && as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'; then
+		apt_install nginx || say "nginx could not be installed: its test will fail in CI"
+		as_root rm -f /usr/sbin/policy-rc.d
+	else
+		apt_install nginx || say "nginx could not be installed: its test will fail in CI"
 	fi
 fi
 
