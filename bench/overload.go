@@ -9,6 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +49,7 @@ func overloadMode(ctx context.Context, mode string) error {
 	addr := freeAddr()
 	data, _ := os.MkdirTemp("", "surge-bench-")
 	defer os.RemoveAll(data)
-	args := append([]string{"-c", "0", *surgeBin, "serve", "--addr", addr, "--data", data, "--seed-demo", "--log-level", "error",
+	args := append([]string{"-c", "0", *surgeBin, "serve", "--addr", addr, "--data", data, "--seed-demo", "--log-level", "error", "--admin-token", benchAdmin,
 		"--shed", mode, "--ip-rps", "0"}, benchLimits...)
 	cmd := exec.Command("taskset", args...)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
@@ -81,6 +84,13 @@ func overloadMode(ctx context.Context, mode string) error {
 	rate := 3 * peak.RPS()
 	over := openLoop(ctx, rate, *dur, list)
 	recovery := recoverAfter(ctx, list, 2*unloaded.P99)
+	if mode == "bbr" {
+		defer func() {
+			if err := classes(ctx, base, list, peak.RPS()); err != nil {
+				fmt.Println("  classes:", err)
+			}
+		}()
+	}
 	fmt.Printf("  shed=%-8s unloaded p99 %6v | peak %6.0f/s p99 %6v | at %6.0f/s offered: accepted %6.0f/s (%.2f of peak), p99 %6v (%.1fx unloaded), 503 %6.0f/s, failed %d | back to unloaded latency in %v\n",
 		mode, unloaded.P99, peak.RPS(), peak.P99, rate, over.ok, over.ok/peak.RPS(), over.p99,
 		float64(over.p99)/float64(unloaded.P99), over.shed, over.failed, recovery)
@@ -100,20 +110,24 @@ func waitUp(url string) error {
 }
 
 type openResult struct {
-	ok, shed float64 // per second
-	failed   int64   // neither 200 nor 503: errors, timeouts, other statuses
+	ok, shed float64 // per second: answered 200; answered 503
+	limited  int64   // answered 429
+	failed   int64   // errors, timeouts, other statuses, unsent (over 4096 in flight)
 	p99      time.Duration
 }
 
 // openLoop sends rate requests a second for d, each on its own goroutine
 // (up to 4096 at once: beyond that a request counts as failed, unsent),
-// and reports the answers.
-func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Request) openResult {
+// and reports the answers: good are the statuses whose latency counts.
+func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Request, good ...int) openResult {
+	if len(good) == 0 {
+		good = []int{200}
+	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 4096, MaxConnsPerHost: 4096, DisableCompression: true,
 		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	var ok, shed, failed atomic.Int64
+	var ok, shed, limited, failed atomic.Int64
 	var mu sync.Mutex
 	hist := hdrhistogram.New(1, 10_000_000, 3)
 	slots := make(chan struct{}, 4096)
@@ -146,14 +160,17 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Requ
 			}
 			io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-			switch res.StatusCode {
-			case 200:
+			took := time.Since(t0)
+			switch {
+			case slices.Contains(good, res.StatusCode):
 				ok.Add(1)
 				mu.Lock()
-				hist.RecordValue(time.Since(t0).Microseconds())
+				hist.RecordValue(took.Microseconds())
 				mu.Unlock()
-			case 503:
+			case res.StatusCode == 503:
 				shed.Add(1)
+			case res.StatusCode == 429:
+				limited.Add(1)
 			default:
 				failed.Add(1)
 			}
@@ -161,8 +178,55 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Requ
 	}
 	wg.Wait()
 	secs := d.Seconds()
-	return openResult{ok: float64(ok.Load()) / secs, shed: float64(shed.Load()) / secs, failed: failed.Load(),
+	return openResult{ok: float64(ok.Load()) / secs, shed: float64(shed.Load()) / secs, limited: limited.Load(), failed: failed.Load(),
 		p99: time.Duration(hist.ValueAtQuantile(99)) * time.Microsecond}
+}
+
+// classes floods one node (as overloadMode starts it, shed=bbr) with
+// customers' order-list reads at 5x its capacity while POS terminals poll
+// for new orders and a payment channel sends callbacks (unsigned ones: the
+// node refuses them with a 4xx after the whole chain, as it would a real
+// one's forgery; what counts is that the edge neither limits nor sheds
+// them), and compares their answers and p99 with the same traffic alone.
+func classes(ctx context.Context, base string, list load.Request, capacity float64) error {
+	var pos struct {
+		POSKey string `json:"pos_key"`
+	}
+	if err := getJSON(base+"/admin/v1/stores/1001", benchAdmin, &pos); err != nil {
+		return err
+	}
+	pull := func(int, int) *http.Request {
+		r, _ := http.NewRequest("GET", base+"/pos/v1/orders/new", nil)
+		r.Header.Set("Authorization", "Bearer "+pos.POSKey)
+		return r
+	}
+	callback := func(_, i int) *http.Request {
+		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", strings.NewReader(`{"id":"`+strconv.Itoa(i)+`"}`))
+		return r
+	}
+	staff := func() (p, c openResult) {
+		var wg sync.WaitGroup
+		wg.Go(func() { p = openLoop(ctx, 200, *dur, pull, 200) })
+		wg.Go(func() { c = openLoop(ctx, 200, *dur, callback, 400, 401, 403) })
+		wg.Wait()
+		return p, c
+	}
+	p0, c0 := staff()
+	var flood openResult
+	var p1, c1 openResult
+	var wg sync.WaitGroup
+	wg.Go(func() { flood = openLoop(ctx, 5*capacity, *dur, list) })
+	wg.Go(func() { time.Sleep(200 * time.Millisecond); p1, c1 = staff() })
+	wg.Wait()
+	fmt.Printf("  classes: customers flood at %.0f/s (5x): %.0f/s served, %.0f/s shed\n", 5*capacity, flood.ok, flood.shed)
+	for _, x := range []struct {
+		name         string
+		alone, flood openResult
+	}{{"POS pulls", p0, p1}, {"callbacks", c0, c1}} {
+		fmt.Printf("  classes: %-10s 200/s alone p99 %7v; under the flood p99 %7v (%.1fx), 429 %d, 503 %.0f/s, failed %d\n",
+			x.name, x.alone.p99, x.flood.p99, float64(x.flood.p99)/float64(x.alone.p99), x.flood.limited, x.flood.shed, x.flood.failed)
+	}
+	return nil
 }
 
 // recoverAfter is how long after an overload a lone client's requests
