@@ -175,6 +175,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 		return err
 	})
 	fs.IntVar(&o.Edge.MaxInflight, "max-inflight", d.Edge.MaxInflight, "requests in flight on this node (customers at most 70%, operators 10%; beyond: 503 overloaded; 0: no cap)")
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", d.RequestTimeout, "every request but a WebSocket's gives up after this: its database, kv, bus and channel calls are cut short and it answers 503 timeout (0: never)")
 	fs.IntVar(&o.MaxConns, "max-conns", d.MaxConns, "open connections on this node (beyond: 503 and close; 0: no cap)")
 	fs.StringVar(&o.Edge.Shed, "shed", d.Edge.Shed, "adaptive load shedding: bbr (refuse customer requests early, 503, while the process uses over 90% of its cores and more are in flight than the node has shown it can carry), failsafe (failsafe-go's adaptive limiter instead), off")
 	fs.IntVar(&o.Edge.Ban, "ban-strikes", d.Edge.Ban, "refusals by the per-IP, per-user and per-route limits within 10 s that blacklist the client cluster-wide (0: never)")

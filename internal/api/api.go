@@ -68,6 +68,8 @@ type Server struct {
 	// trusted reverse proxies whose X-Forwarded-For names the client.
 	Edge    *edge.Edge
 	Proxies []netip.Prefix
+	// RequestTimeout bounds every request but a socket's (0: none).
+	RequestTimeout time.Duration
 
 	// DeadLetters serves the dead-letter routes and counts (admin routes
 	// only); nil leaves them out.
@@ -146,6 +148,7 @@ func (s *Server) Handler() http.Handler {
 		edge.Classify{Proxies: s.Proxies}, // class, client address, expensive route
 		e.Admit(),                         // blacklisted addresses, the cluster cap, the per-IP limit
 		e.Shed(),                          // in-flight caps per class, adaptive shedding
+		web.Deadline{D: s.RequestTimeout}, // every downstream call gives up by then
 		auth{s},                           // customer token or admin token, checked once
 		e.Users(),                         // blacklisted customers, per-customer and per-route limits
 	)

@@ -54,36 +54,37 @@ var Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
-	Addr        string           // listen address; ":0" picks a free port
-	Data        string           // directory for the embedded backends
-	Roles       []string         // subset of Roles, or ["all"]
-	DB          []string         // database URLs; empty = sqlite:<Data>/db
-	KV          string           // kv URL; empty = mem:
-	Bus         string           // bus URL; empty = embedded:<Data>/nats
-	AdminToken  string           // empty = random, printed at start
-	OrderTTL    time.Duration    // time to pay an order
-	NodeID      int              // id generator node; -1 = lease the lowest free one
-	DBMaxConns  int              // per PostgreSQL database; 0 = default
-	Migrate     bool             // apply migrations at start
-	RelayPoll   time.Duration    // outbox backstop poll; 0 = 1s
-	PublicURL   string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
-	PayURL      string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
-	PayQuery    time.Duration    // first active query of an unpaid payment; 0 = 10s
-	PayWeights  map[string]int   // routing weight per channel; missing = 1
-	WSPing      time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
-	NotifyURL   string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
-	Flash       flashsale.Config // flash-sale purchase limits; zero = defaults
-	Edge        edge.Config      // the HTTP chain's limits and shedder; zero = none
-	GlobalRPS   int64            // the cluster-wide request cap (customers and operators); 0 = none
-	GlobalNodes int              // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
-	MaxConns    int              // open connections; 0 = no cap
-	Proxies     []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
+	Addr           string           // listen address; ":0" picks a free port
+	Data           string           // directory for the embedded backends
+	Roles          []string         // subset of Roles, or ["all"]
+	DB             []string         // database URLs; empty = sqlite:<Data>/db
+	KV             string           // kv URL; empty = mem:
+	Bus            string           // bus URL; empty = embedded:<Data>/nats
+	AdminToken     string           // empty = random, printed at start
+	OrderTTL       time.Duration    // time to pay an order
+	NodeID         int              // id generator node; -1 = lease the lowest free one
+	DBMaxConns     int              // per PostgreSQL database; 0 = default
+	Migrate        bool             // apply migrations at start
+	RelayPoll      time.Duration    // outbox backstop poll; 0 = 1s
+	PublicURL      string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL         string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	PayQuery       time.Duration    // first active query of an unpaid payment; 0 = 10s
+	PayWeights     map[string]int   // routing weight per channel; missing = 1
+	WSPing         time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
+	NotifyURL      string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
+	Flash          flashsale.Config // flash-sale purchase limits; zero = defaults
+	Edge           edge.Config      // the HTTP chain's limits and shedder; zero = none
+	GlobalRPS      int64            // the cluster-wide request cap (customers and operators); 0 = none
+	GlobalNodes    int              // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
+	MaxConns       int              // open connections; 0 = no cap
+	RequestTimeout time.Duration    // every request but a socket's gives up after this; 0 = never
+	Proxies        []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
 }
 
 // Defaults returns a config that works on a laptop.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8080", Data: "./data", Roles: []string{"all"}, OrderTTL: 15 * time.Minute,
-		NodeID: -1, Migrate: true, MaxConns: 20000,
+		NodeID: -1, Migrate: true, MaxConns: 20000, RequestTimeout: 10 * time.Second,
 		Edge: edge.Config{IPRPS: 1000, UserRPS: 100, RouteRPS: map[string]float64{edge.RouteOrder: 20, edge.RoutePay: 20, edge.RouteClaim: 20},
 			MaxInflight: 2048, Shed: edge.ShedBBR, Ban: 500, BanFor: 10 * time.Minute}}
 }
@@ -299,7 +300,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		limitCap = n.cap
 	}
 	n.Edge = edge.New(cfg.Edge, limitCap, n.Blacklist)
-	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, Checks: []api.Check{
+	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, RequestTimeout: cfg.RequestTimeout, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
 	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {

@@ -156,6 +156,27 @@ func (HeaderLimit) Wrap(next http.Handler) http.Handler {
 	})
 }
 
+// Deadline gives every request but a WebSocket upgrade a deadline of D
+// (0: none), so that every call it makes downstream (a database, kv, the
+// bus, a payment channel) gives up by then: a dependency that hangs costs
+// a request D, never the length of the hang, and answers 503 timeout.
+type Deadline struct{ D time.Duration }
+
+func (d Deadline) Wrap(next http.Handler) http.Handler {
+	if d.D <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" { // a socket lives on; its own pings bound it
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), d.D)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
 // Basic is the chain's first steps, which every server runs: trace and
 // log, recovery, the header limit.
 func Basic(log *slog.Logger) []Step { return []Step{Trace{log}, Recover{}, HeaderLimit{}} }

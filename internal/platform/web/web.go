@@ -72,7 +72,7 @@ const StatusClientClosed = 499
 // client sees a generic message. A 503 carries Retry-After (1 s) unless the
 // handler set one.
 func Error(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
+	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The client went away mid-request: whatever failed after that
 		// (a query cut short, classified as the database's) is noise.
 		if e := errkind.Of(err); e == nil || statusOf[e.Kind] >= 500 {
