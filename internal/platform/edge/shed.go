@@ -155,10 +155,15 @@ func (s *Shedder) admit(c web.Class, write bool, mine *atomic.Int64, now time.Ti
 		}
 	}
 	if p := priority(c, write); p > 0 && s.adaptive && s.overloaded(now) {
-		if limit := s.limit(now); limit > 0 && n*4 > limit*p && s.avg()*4 > float64(limit*p) {
-			s.undo(c, mine)
-			s.dropped.Store(now.UnixNano())
-			return false
+		// A floor of 4 requests a core: a window learnt in a quiet spell
+		// (a few requests a bucket) must not strangle the first burst.
+		if limit := s.limit(now); limit > 0 {
+			limit = max(limit, int64(4*runtime.GOMAXPROCS(0)))
+			if n*4 > limit*p && s.avg()*4 > float64(limit*p) {
+				s.undo(c, mine)
+				s.dropped.Store(now.UnixNano())
+				return false
+			}
 		}
 	}
 	return true
