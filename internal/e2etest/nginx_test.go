@@ -139,16 +139,18 @@ http {
 	ws.Close(websocket.StatusNormalClosure, "")
 
 	// surge sees the client's address nginx forwards: its per-IP limit
-	// (5/s, burst 10) holds this one back and not the test's others.
+	// (5/s, burst 10, on each of the 3 nodes nginx spreads the requests
+	// over) holds this one back.
 	codes := map[int]int{}
-	for range 20 {
+	start := time.Now()
+	for range 60 {
 		res, body := get("/api/v1/stores", "X-Forwarded-For", "198.51.100.9")
 		codes[res.StatusCode]++
 		if res.StatusCode == 429 && !strings.Contains(body, "rate_limited") {
 			t.Fatalf("a 429 that is not surge's: %s", body)
 		}
 	}
-	if codes[200] > 12 || codes[429] < 8 {
+	if most := 3*10 + int(time.Since(start).Seconds()*15) + 3; codes[200] > most || codes[429] == 0 {
 		t.Fatalf("one forwarded address at 5/s: %v", codes)
 	}
 
