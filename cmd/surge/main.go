@@ -165,7 +165,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.Float64Var(&o.Flash.UserRate, "flash-user-rps", 5, "flash-sale purchases per second one user may attempt, per api node (burst 2x; beyond it 429, then a challenge, then a blacklist; <0: off)")
 	fs.Float64Var(&o.Flash.IPRate, "flash-ip-rps", 200, "flash-sale purchases per second from one client IP, per api node (burst 2x; <0: off)")
 	fs.Float64Var(&o.Flash.HotRate, "flash-hot-rps", 20000, "flash-sale admissions per second of one sale's sku (its hot key in kv), per api node (<0: off)")
-	fs.Int64Var(&o.GlobalRPS, "global-rps", 0, "the cluster-wide request cap of customers and operators, shared by every node through kv (GCRA in Redis; each node falls back to its share when kv is down; 0: off)")
+	fs.Int64Var(&o.GlobalRPS, "global-rps", 0, "the cluster-wide request cap of customers, shared by every node through kv (GCRA in Redis; each node falls back to its share when kv is down; 0: off)")
 	fs.IntVar(&o.GlobalNodes, "global-nodes", 1, "api nodes assumed until kv has counted the live ones: a node that cannot reach kv from the start takes global-rps / this")
 	fs.Float64Var(&o.Edge.IPRPS, "ip-rps", d.Edge.IPRPS, "customer requests per second from one client address, per node (burst 2x; loopback exempt; 0: off)")
 	fs.Float64Var(&o.Edge.UserRPS, "user-rps", d.Edge.UserRPS, "requests per second of one customer, per node (burst 2x; 0: off)")

@@ -146,7 +146,7 @@ func (s *Server) Handler() http.Handler {
 		web.Recover{},                     // a panic is a JSON 500
 		web.HeaderLimit{},                 // 431 over MaxHeaderBytes
 		edge.Classify{Proxies: s.Proxies}, // class, client address, expensive route
-		e.Admit(),                         // blacklisted addresses, the cluster cap, the per-IP limit
+		e.Admit(),                         // blacklisted addresses, the per-IP limit, the cluster cap
 		e.Shed(),                          // in-flight caps per class, adaptive shedding
 		web.Deadline{D: s.RequestTimeout}, // every downstream call gives up by then
 		auth{s},                           // customer token or admin token, checked once

@@ -14,9 +14,10 @@ import (
 )
 
 // TestKVStallBreaker: Redis freezes under a node. Menu reads keep being
-// served (from the database) while the kv circuit breaker opens, and once
-// it is open they do not wait on the frozen store at all; when Redis
-// answers again the breaker closes.
+// served (from the database: the catalog's own fallback) while the node's
+// kv circuit breaker opens, and stay quick while it is open; when Redis
+// answers again the breaker closes. (That an open breaker refuses calls
+// without waiting on the store is TestBreakerOpensOnStall's, in kv.)
 func TestKVStallBreaker(t *testing.T) {
 	raw := os.Getenv("SURGE_TEST_REDIS")
 	if raw == "" {

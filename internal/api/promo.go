@@ -54,7 +54,7 @@ func (s *Server) preview(w http.ResponseWriter, r *http.Request, uid int64) {
 
 func (s *Server) claimable(w http.ResponseWriter, r *http.Request) {
 	if !s.Switches.On(switches.PromoCouponList) {
-		switchedOff(w, switches.PromoCouponList)
+		switchedOff(w, r, switches.PromoCouponList)
 		return
 	}
 	sid, err := queryStoreID(r)

@@ -84,6 +84,9 @@ func operator(r *http.Request) (string, error) {
 		}
 		name = v[0]
 	}
+	if in := web.InfoOf(r.Context()); in != nil && in.IP.IsValid() {
+		return name + "@" + in.IP.String(), nil // behind nginx: the operator's address, not the proxy's
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
@@ -101,12 +104,10 @@ var switchedOffRetry = []string{"60"}
 // switchedOff answers 503 switched_off for the feature behind switch name.
 // It is an operator's decision, not a failure: unlike web.Error it logs
 // nothing (a degraded feature under peak load would flood the log).
-func switchedOff(w http.ResponseWriter, name string) {
-	var body web.ErrBody
-	body.Error.Code, body.Error.Message = ErrSwitchedOff.Code, ErrSwitchedOff.Message+" (switch "+name+")"
+func switchedOff(w http.ResponseWriter, r *http.Request, name string) {
 	w.Header()["Retry-After"] = switchedOffRetry
 	w.Header().Set("Cache-Control", "no-store")
-	web.JSON(w, http.StatusServiceUnavailable, body)
+	web.Refuse(w, r, ErrSwitchedOff.With("%s (switch %s)", ErrSwitchedOff.Message, name))
 }
 
 // historyCut is the customer's order list while orders.history_full is

@@ -160,6 +160,14 @@ func (c *cache) drop(storeID int64) {
 	delete(c.menus, storeID)
 }
 
+// atLeast: the store's copies in the shared tier older than version are
+// not to be taken.
+func (c *cache) atLeast(storeID, version int64) {
+	if c.shared != nil {
+		c.shared.atLeast(storeID, version)
+	}
+}
+
 // moveOn makes the shared tier's copies of the store unreachable.
 func (c *cache) moveOn(storeID int64) {
 	if c.shared != nil && storeID != 0 {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -146,14 +147,38 @@ func New(c *sqldb.Cluster, ids *id.Generator, stock Stock, inv Invalidator, opts
 // another node announces a change.
 func (s *Service) Invalidate(storeID int64) { s.cache.drop(storeID) }
 
+// OnInvalidate handles a message of InvalidateSubject: "<store id>", or
+// "<store id>:<version>" when the change gave the store a new version.
+// From then on this node takes no shared copy of the store's menu older
+// than that version (it builds one from the database instead, and puts it
+// in kv over the old): so a change whose node could not move the shared
+// tier's generation on (kv down for it, up for the others) is not hidden
+// behind the old copy for the copy's 15 minutes.
+func (s *Service) OnInvalidate(data []byte) {
+	id, v, _ := strings.Cut(string(data), ":")
+	storeID, _ := strconv.ParseInt(id, 10, 64)
+	if version, err := strconv.ParseInt(v, 10, 64); err == nil && storeID != 0 {
+		s.cache.atLeast(storeID, version)
+	}
+	s.cache.drop(storeID)
+}
+
 // changed makes every cached copy of the store's data unreachable: the
 // shared tier's first (its generation moves on), then this node's, then the
-// other nodes' (the bus message).
-func (s *Service) changed(storeID int64) {
+// other nodes' (the bus message, with the store's new version when there
+// is one, 0 otherwise).
+func (s *Service) changed(storeID, version int64) {
 	s.cache.moveOn(storeID)
+	if version > 0 {
+		s.cache.atLeast(storeID, version)
+	}
 	s.cache.drop(storeID)
 	if s.inv != nil {
-		s.inv.PublishCore(InvalidateSubject, []byte(fmt.Sprint(storeID)))
+		msg := strconv.FormatInt(storeID, 10)
+		if version > 0 {
+			msg += ":" + strconv.FormatInt(version, 10)
+		}
+		s.inv.PublishCore(InvalidateSubject, []byte(msg))
 	}
 }
 
@@ -244,7 +269,7 @@ func (s *Service) CreateStore(ctx context.Context, storeID int64, in StoreInput)
 		storeID, in.Name, in.City, in.Address, open, NewPOSKey(), s.now().UnixMilli()); err != nil {
 		return Store{}, fmt.Errorf("create store: %w", err)
 	}
-	s.changed(storeID) // also drops the store list, on every node
+	s.changed(storeID, 1) // also drops the store list, on every node
 	return s.AdminStore(ctx, storeID)
 }
 
@@ -257,15 +282,16 @@ func (s *Service) UpdateStore(ctx context.Context, storeID int64, in StoreInput)
 	if in.Open != nil && !*in.Open {
 		open = 0
 	}
-	res, err := s.db.W.ExecContext(ctx, `UPDATE stores SET name = $1, city = $2, address = $3, is_open = $4,
-		version = version + 1, updated_at = $5 WHERE id = $6`, in.Name, in.City, in.Address, open, s.now().UnixMilli(), storeID)
+	var version int64
+	err := s.db.W.QueryRowContext(ctx, `UPDATE stores SET name = $1, city = $2, address = $3, is_open = $4,
+		version = version + 1, updated_at = $5 WHERE id = $6 RETURNING version`, in.Name, in.City, in.Address, open, s.now().UnixMilli(), storeID).Scan(&version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Store{}, ErrNoStore.With("no store %d", storeID)
+	}
 	if err != nil {
 		return Store{}, fmt.Errorf("update store %d: %w", storeID, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return Store{}, ErrNoStore.With("no store %d", storeID)
-	}
-	s.changed(storeID) // also drops the store list, on every node
+	s.changed(storeID, version) // also drops the store list, on every node
 	return s.AdminStore(ctx, storeID)
 }
 
@@ -399,14 +425,16 @@ func (s *Service) SetStock(ctx context.Context, sku, qty int64) error {
 	if err := s.stock.Set(ctx, sku, qty); err != nil {
 		return err
 	}
-	s.changed(st)
+	s.changed(st, 0) // stock is not versioned: menus showing it live 1 s in every cache
 	return nil
 }
 
 // bump raises the store's version (its menu changed) and invalidates caches.
 func (s *Service) bump(ctx context.Context, storeID int64) {
-	s.db.W.ExecContext(ctx, `UPDATE stores SET version = version + 1, updated_at = $1 WHERE id = $2`, s.now().UnixMilli(), storeID)
-	s.changed(storeID)
+	var version int64 // 0 when the update failed: the caches are dropped all the same
+	s.db.W.QueryRowContext(ctx, `UPDATE stores SET version = version + 1, updated_at = $1 WHERE id = $2 RETURNING version`,
+		s.now().UnixMilli(), storeID).Scan(&version)
+	s.changed(storeID, version)
 }
 
 // RotatePOSKey gives a store a new POS key; the old one stops working at once.

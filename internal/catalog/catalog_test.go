@@ -3,7 +3,6 @@ package catalog_test
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,10 +37,7 @@ func twoNodes(t *testing.T) (a, b *catalog.Service) {
 // follow has s drop what the bus says changed, as node.New wires it.
 func follow(t *testing.T, bs *bus.Bus, s *catalog.Service) {
 	t.Helper()
-	unsub, err := bs.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
-		x, _ := strconv.ParseInt(string(data), 10, 64)
-		s.Invalidate(x)
-	})
+	unsub, err := bs.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) { s.OnInvalidate(data) })
 	if err != nil {
 		t.Fatal(err)
 	}

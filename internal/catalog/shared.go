@@ -58,6 +58,17 @@ type shared struct {
 	downUntil atomic.Int64 // unix nanos: kv is skipped until then
 	errors    atomic.Int64
 	pending   sync.Map // store id -> struct{}: a generation bump being retried
+	floor     sync.Map // store id -> int64: the least store version a copy may have (OnInvalidate)
+}
+
+// atLeast raises the least version of the store's copies taken from kv.
+func (sh *shared) atLeast(storeID, version int64) {
+	for {
+		old, loaded := sh.floor.LoadOrStore(storeID, version)
+		if !loaded || old.(int64) >= version || sh.floor.CompareAndSwap(storeID, old, version) {
+			return
+		}
+	}
 }
 
 func genKey(storeID int64) string { return "catalog:gen:" + strconv.FormatInt(storeID, 10) }
@@ -123,6 +134,9 @@ func (sh *shared) menu(ctx context.Context, storeID, gen int64) (*Menu, error) {
 	m, err := decodeMenu(b)
 	if err != nil {
 		return nil, errMiss
+	}
+	if f, ok := sh.floor.Load(storeID); ok && (m == nil || m.Store.Version < f.(int64)) {
+		return nil, errMiss // older than a change this node was told of: built again over
 	}
 	if m == nil {
 		return nil, ErrNoStore.With("no store %d", storeID)

@@ -16,6 +16,7 @@ import (
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/faultnet"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/kv/kvtest"
@@ -432,5 +433,43 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within 5 s: %s", what)
 		}
+	}
+}
+
+// TestChangeWhileKVCutOffForItsNode: the node making a change cannot
+// reach kv (so the shared tier's generation stays where it was) while the
+// others can: they are told the store's new version with the invalidation
+// and take no older copy from kv, rebuild from the database and put the
+// new copy in kv over the old, where a node that was never told finds it.
+func TestChangeWhileKVCutOffForItsNode(t *testing.T) {
+	t.Parallel()
+	kvURL := sharedRedis(t)
+	c := newCluster(t, 3, kvURL)
+	sid, sku := newStore(t, c.nodes[0], 900)
+	for _, s := range c.nodes { // every tier holds the 900 menu
+		if m, err := s.Menu(t.Context(), sid); err != nil || m.Items[sku].Price != 900 {
+			t.Fatalf("menu: %v", err)
+		}
+	}
+	u, _ := url.Parse(kvURL)
+	px := faultnet.Start(t, u.Host)
+	u.Host = px.Addr()
+	c.kvURL = u.String()
+	cut := c.add() // a node whose kv goes through px
+	if m, err := cut.Menu(t.Context(), sid); err != nil || m.Items[sku].Price != 900 {
+		t.Fatalf("menu through the proxy: %v", err)
+	}
+	px.Cut()
+	setPrice(t, cut, sid, sku, 1300)
+	for i, s := range c.nodes[:3] {
+		waitFor(t, "node "+strconv.Itoa(i)+" serves the new price", func() bool {
+			m, err := s.Menu(t.Context(), sid)
+			return err == nil && m.Items[sku].Price == 1300
+		})
+	}
+	c.kvURL = kvURL
+	fresh := c.add() // never told: reads what kv holds at the old generation
+	if m, err := fresh.Menu(t.Context(), sid); err != nil || m.Items[sku].Price != 1300 {
+		t.Fatalf("a node that was not told got price %d (%v) from kv", m.Items[sku].Price, err)
 	}
 }

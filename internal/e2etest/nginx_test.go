@@ -115,14 +115,22 @@ http {
 		res.Body.Close()
 		return res, string(b[:n])
 	}
-	res, _ := get("/api/v1/stores/1001/menu")
-	if res.StatusCode != 200 {
-		t.Fatalf("menu through nginx: %d", res.StatusCode)
-	}
-	if age := res.Header.Get("Cache-Control"); !strings.Contains(age, "max-age=1,") && !strings.HasSuffix(age, "max-age=1") {
-		if res, _ = get("/api/v1/stores/1001/menu"); res.Header.Get("X-Cache-Status") != "HIT" {
-			t.Fatalf("second menu read (%s): cache %q", age, res.Header.Get("X-Cache-Status"))
+	// (The demo's menus show stock: surge lets them be cached for 1 s, so
+	// the read right after the first is a HIT; a few tries in case one
+	// pair straddles an expiry.)
+	hit := false
+	for range 5 {
+		res, _ := get("/api/v1/stores/1001/menu")
+		if res.StatusCode != 200 {
+			t.Fatalf("menu through nginx: %d", res.StatusCode)
 		}
+		if res, _ = get("/api/v1/stores/1001/menu"); res.Header.Get("X-Cache-Status") == "HIT" {
+			hit = true
+			break
+		}
+	}
+	if !hit {
+		t.Fatal("no menu read came from nginx's cache")
 	}
 
 	// An order and a socket through nginx.

@@ -67,7 +67,8 @@ type Blacklist struct {
 	read    uint64     // guarded by mu: seq when the refresh published last began
 	pending []pending  // guarded by mu: local changes a refresh may not have seen, oldest first
 
-	banning sync.Map // "kind:value" -> a Ban being written
+	banning  sync.Map      // "kind:value" -> a Ban being written, or failed within 10 s
+	banSlots chan struct{} // Ban's writes in flight
 }
 
 // key identifies an entry in memory: a user id, or an address in
@@ -94,7 +95,7 @@ type pending struct {
 // NewBlacklist returns the blacklist kept in db's main database. It is
 // empty until the first refresh of Run (or a local Add).
 func NewBlacklist(db *sqldb.Cluster, log *slog.Logger) *Blacklist {
-	b := &Blacklist{db: db, log: log}
+	b := &Blacklist{db: db, log: log, banSlots: make(chan struct{}, 16)}
 	b.snap.Store(&snapshot{})
 	return b
 }
@@ -386,21 +387,34 @@ func canonical(ip netip.Addr) netip.Addr { return ip.Unmap().WithZone("") }
 // caller is on a request path): one write at a time per entry, however
 // many requests trip the limit meanwhile. A failed write is logged; the
 // next strike tries again.
+//
+// At most 16 writes run at once (a botnet's thousands of addresses must
+// not queue on the main database): a strike that finds them all busy is
+// dropped, and the client's next strike tries again. After a failed write
+// the entry is not tried again for 10 s.
 func (b *Blacklist) Ban(kind Kind, value string, d time.Duration, reason string) {
 	k := string(kind) + ":" + value
 	if _, busy := b.banning.LoadOrStore(k, struct{}{}); busy {
 		return
 	}
+	select {
+	case b.banSlots <- struct{}{}:
+	default:
+		b.banning.Delete(k)
+		return
+	}
 	go func() {
-		defer b.banning.Delete(k)
+		defer func() { <-b.banSlots }()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		now := time.Now()
 		e := Entry{Kind: kind, Value: value, Reason: reason, Until: now.Add(d), CreatedAt: now}
 		if err := b.Add(ctx, e); err != nil {
 			b.log.Warn("blacklist", "kind", kind, "value", value, "err", err)
+			time.AfterFunc(10*time.Second, func() { b.banning.Delete(k) })
 			return
 		}
+		b.banning.Delete(k)
 		b.log.Info("blacklisted", "kind", kind, "value", value, "until", e.Until, "reason", reason)
 	}()
 }

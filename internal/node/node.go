@@ -74,7 +74,7 @@ type Config struct {
 	NotifyURL      string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
 	Flash          flashsale.Config // flash-sale purchase limits; zero = defaults
 	Edge           edge.Config      // the HTTP chain's limits and shedder; zero = none
-	GlobalRPS      int64            // the cluster-wide request cap (customers and operators); 0 = none
+	GlobalRPS      int64            // the cluster-wide request cap (customer requests); 0 = none
 	GlobalNodes    int              // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
 	MaxConns       int              // open connections; 0 = no cap
 	RequestTimeout time.Duration    // every request but a socket's gives up after this; 0 = never
@@ -219,6 +219,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("kv", []string{cfg.KV}, "--kv", "Redis", start, err)
 	}
 	n.closer = append(n.closer, n.KV.Close)
+	rawKV := n.KV                           // the cluster cap's: it has its own fallback, and its 50 ms calls must not open the breaker for everyone
 	if !strings.HasPrefix(cfg.KV, "mem:") { // a remote store: calls fail fast while it is down
 		n.kvBreaker = kv.NewBreaker(n.KV, log.With("dependency", "kv"))
 		n.KV = n.kvBreaker
@@ -288,15 +289,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	n.watch.Register("flash-counters", n.Flash.Forget)
-	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) {
-		x, _ := strconv.ParseInt(string(data), 10, 64)
-		n.Catalog.Invalidate(x)
-	}); err != nil {
+	if n.unsub, err = n.Bus.Subscribe(catalog.InvalidateSubject, func(_ string, data []byte) { n.Catalog.OnInvalidate(data) }); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	var limitCap edge.Cap
 	if cfg.GlobalRPS > 0 { // leased from kv in batches: the request path never waits on kv
-		n.cap = limit.NewCluster(n.KV, "global", cfg.GlobalRPS, limit.ClusterOptions{Node: "node-" + strconv.Itoa(n.IDs.Node()), Nodes: int64(cfg.GlobalNodes)})
+		n.cap = limit.NewCluster(rawKV, "global", cfg.GlobalRPS, limit.ClusterOptions{Node: "node-" + strconv.Itoa(n.IDs.Node()), Nodes: int64(cfg.GlobalNodes)})
 		limitCap = n.cap
 	}
 	n.Edge = edge.New(cfg.Edge, limitCap, n.Blacklist)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -61,7 +62,7 @@ type counters struct {
 
 // New returns the edge for cfg (a Shed it does not know is ShedOff: Check
 // it first). cap (nil: no cluster cap) applies to the
-// customer and admin classes; bl (nil: none) is the cluster-wide blacklist
+// customer classes; bl (nil: none) is the cluster-wide blacklist
 // the limits add to and check.
 func New(cfg Config, cap Cap, bl *guard.Blacklist) *Edge {
 	keys := cfg.MaxKeys
@@ -118,24 +119,26 @@ func (a admit) Wrap(next http.Handler) http.Handler {
 		if e.bl != nil && in.IP.IsValid() {
 			if _, bad := e.bl.IP(in.IP, now); bad {
 				c.banned.Add(1)
-				web.Error(w, r, ErrBlacklisted)
-				return
-			}
-		}
-		if e.cap != nil {
-			if ok, retry := e.cap.Allow(now); !ok {
-				c.capped.Add(1)
-				refuse(w, r, ErrCap, retry)
+				web.Refuse(w, r, ErrBlacklisted)
 				return
 			}
 		}
 		// Loopback is local tooling, or a proxy not listed in Classify's
-		// Proxies (whose clients would all share its address).
+		// Proxies (whose clients would all share its address). The per-IP
+		// limit comes before the cap: one abuser's refused requests must
+		// not spend the cluster's permits.
 		if in.Class.Customer() && in.IP.IsValid() && !in.IP.IsLoopback() {
-			if ok, strikes := e.ip.Allow(limit.IPKey(in.IP), now); !ok {
+			if ok, strikes := e.ip.Allow(ipKey(in.IP), now); !ok {
 				c.limited.Add(1)
 				e.strike(guard.KindIP, in.IP.String(), strikes)
 				refuse(w, r, ErrRate, perToken(e.cfg.IPRPS))
+				return
+			}
+		}
+		if e.cap != nil && in.Class.Customer() { // operators are not capped: they run the incident
+			if ok, retry := e.cap.Allow(now); !ok {
+				c.capped.Add(1)
+				refuse(w, r, ErrCap, retry)
 				return
 			}
 		}
@@ -165,7 +168,7 @@ func (u users) Wrap(next http.Handler) http.Handler {
 		if e.bl != nil {
 			if _, bad := e.bl.User(in.UserID, now); bad {
 				c.banned.Add(1)
-				web.Error(w, r, ErrBlacklisted)
+				web.Refuse(w, r, ErrBlacklisted)
 				return
 			}
 		}
@@ -207,11 +210,20 @@ func perToken(rps float64) time.Duration {
 }
 
 // refuse answers err with Retry-After: retry rounded up to whole seconds,
-// at least 1.
+// at least 1. It logs nothing: the counters say how many.
 func refuse(w http.ResponseWriter, r *http.Request, err error, retry time.Duration) {
 	secs := max(1, int64((retry+time.Second-1)/time.Second))
 	w.Header()["Retry-After"] = retryValues(secs)
-	web.Error(w, r, err)
+	web.Refuse(w, r, err)
+}
+
+// ipKey is the per-IP limit's key of a client: an IPv6 client usually
+// holds a whole /64, so it is limited (and blacklisted) as one.
+func ipKey(a netip.Addr) uint64 {
+	if a.Is6() && !a.Is4In6() {
+		a = netip.PrefixFrom(a, 64).Masked().Addr()
+	}
+	return limit.IPKey(a)
 }
 
 var retryCache [11][]string

@@ -20,7 +20,7 @@ import (
 //   - Hard caps on requests in flight: MaxInflight in all; the customer
 //     classes together at most 70% of it and each at most 50%, operators
 //     at most 10%, so a flood of one class leaves room for the others, and
-//     at least 30% is always left for POS terminals and payment callbacks.
+//     at least 20% is always left for POS terminals and payment callbacks.
 //   - Adaptive shedding, as go-zero's shedder and Kratos's BBR do: while
 //     the process's CPU is above 90% of its cores (or for a second after a refusal), a
 //     request is refused when the requests in flight (now and on average)

@@ -105,9 +105,9 @@ func (t Trace) Wrap(next http.Handler) http.Handler {
 		w.Header()["X-Trace-Id"] = rec.traceHdr[:]
 		r = r.WithContext(&rec.ctx)
 		defer func() {
-			if debug || rec.status >= 500 && rec.status != StatusClientClosed {
+			if debug || rec.status >= 500 && rec.status != StatusClientClosed && !rec.quiet {
 				lvl := slog.LevelDebug
-				if rec.status >= 500 {
+				if rec.status >= 500 && !rec.quiet {
 					lvl = slog.LevelWarn
 				}
 				ctx := r.Context()
@@ -156,7 +156,8 @@ func (HeaderLimit) Wrap(next http.Handler) http.Handler {
 	})
 }
 
-// Deadline gives every request but a WebSocket upgrade a deadline of D
+// Deadline gives every request but a socket's (/api/v1/ws, /pos/v1/ws) and
+// an operator's a deadline of D
 // (0: none), so that every call it makes downstream (a database, kv, the
 // bus, a payment channel) gives up by then: a dependency that hangs costs
 // a request D, never the length of the hang, and answers 503 timeout.
@@ -167,7 +168,11 @@ func (d Deadline) Wrap(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" { // a socket lives on; its own pings bound it
+		if p := r.URL.Path; p == "/api/v1/ws" || p == "/pos/v1/ws" { // a socket lives on; its pings bound it
+			next.ServeHTTP(w, r)
+			return
+		}
+		if in := InfoOf(r.Context()); in != nil && in.Class == ClassAdmin { // a reconciliation, a pre-warm, a profile: minutes
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -112,6 +112,35 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 	JSON(w, status, body)
 }
 
+// Refuse answers err like Error but logs nothing, and the request's log
+// line stays at debug level: a refusal by design (shed load, a limit, a
+// switched-off feature) is counted where it is made, and logging each one
+// would cost an overloaded node the most when it can least afford it.
+func Refuse(w http.ResponseWriter, r *http.Request, err error) {
+	if rec, ok := w.(*recorder); ok {
+		rec.quiet = true
+	}
+	status := Status(err)
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header()["Retry-After"] = retryAfter
+	}
+	var body ErrBody
+	if e := errkind.Of(err); e != nil {
+		body.Error.Code, body.Error.Message = e.Code, e.Message
+	}
+	if sentinel, ok := err.(*errkind.Error); ok {
+		if b, ok := sentinelBodies.Load(sentinel); ok {
+			Raw(w, status, b.([]byte))
+			return
+		}
+		b, _ := json.Marshal(body)
+		sentinelBodies.Store(sentinel, b)
+		Raw(w, status, b)
+		return
+	}
+	JSON(w, status, body)
+}
+
 // sentinelBodies holds the encoded body of each bare sentinel answered
 // so far (*errkind.Error -> []byte): a few dozen at most.
 var sentinelBodies sync.Map
@@ -197,6 +226,7 @@ type recorder struct {
 	log      *slog.Logger
 	status   int
 	swallow  bool      // net/http's own plain-text 404/405 was replaced by JSON
+	quiet    bool      // a refusal by design (Refuse): not logged as a failure
 	traceHdr [1]string // X-Trace-Id's value
 	info     Info      // what the chain's steps learnt about the request
 }
