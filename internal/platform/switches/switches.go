@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,10 +92,39 @@ type state struct {
 // Panel is this node's view of the switches. Safe for concurrent use. A nil
 // *Panel has every switch on and refuses changes with ErrUnavailable.
 type Panel struct {
-	kv   jetstream.KeyValue
+	mu   sync.Mutex
+	kv   jetstream.KeyValue // guarded by mu: replaced when the bucket is made again
+	js   jetstream.JetStream
+	cfg  jetstream.KeyValueConfig
 	nc   *nats.Conn
 	defs []Def
 	sw   map[string]*state // fixed at New: read without locks
+}
+
+// bucket is the bucket as last opened.
+func (p *Panel) bucket() jetstream.KeyValue {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.kv
+}
+
+// open opens the bucket, making it when it is missing (a first start, or a
+// bus that lost it: a server restarted without its JetStream storage).
+func (p *Panel) open(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := p.js.KeyValue(ctx, p.cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = p.js.CreateKeyValue(ctx, p.cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) { // another node made it first
+			kv, err = p.js.KeyValue(ctx, p.cfg.Bucket)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.kv = kv
+	p.mu.Unlock()
+	return kv, nil
 }
 
 // New creates the bucket if it does not exist (file storage, History values
@@ -103,7 +133,7 @@ type Panel struct {
 // switches' current values and returns the Panel of defs (Defs). Call Watch
 // to follow changes. Errors: the bus's, or a bad def.
 func New(ctx context.Context, b *bus.Bus, replicas int, defs []Def) (*Panel, error) {
-	p := &Panel{nc: b.Conn(), defs: defs, sw: make(map[string]*state, len(defs))}
+	p := &Panel{nc: b.Conn(), js: b.JetStream(), defs: defs, sw: make(map[string]*state, len(defs))}
 	for _, d := range defs {
 		if !validKey(d.Name) || p.sw[d.Name] != nil {
 			return nil, fmt.Errorf("switches: bad or repeated switch name %q", d.Name)
@@ -112,24 +142,17 @@ func New(ctx context.Context, b *bus.Bus, replicas int, defs []Def) (*Panel, err
 		st.rec.Store(&Record{Name: d.Name, On: d.Default})
 		p.sw[d.Name] = st
 	}
-	cfg := jetstream.KeyValueConfig{
+	p.cfg = jetstream.KeyValueConfig{
 		Bucket:      b.Name(Bucket),
 		Description: "surge degradation switches (docs/operations.md)",
 		History:     History,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 	}
-	kv, err := b.JetStream().KeyValue(ctx, cfg.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = b.JetStream().CreateKeyValue(ctx, cfg)
-		if errors.Is(err, jetstream.ErrBucketExists) { // another node made it first
-			kv, err = b.JetStream().KeyValue(ctx, cfg.Bucket)
-		}
-	}
+	kv, err := p.open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("switches: bucket %s: %w", Bucket, err)
 	}
-	p.kv = kv
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("switches: read: %w", err)
@@ -229,9 +252,9 @@ func (p *Panel) Set(ctx context.Context, name string, on bool, who string) (Reco
 		rec := Record{Name: name, On: on, Old: old, By: who, At: time.Now().UTC()}
 		val, _ := json.Marshal(rec)
 		if rev == 0 {
-			rec.Revision, err = p.kv.Create(ctx, name, val)
+			rec.Revision, err = p.bucket().Create(ctx, name, val)
 		} else {
-			rec.Revision, err = p.kv.Update(ctx, name, val, rev)
+			rec.Revision, err = p.bucket().Update(ctx, name, val, rev)
 		}
 		switch {
 		case err == nil:
@@ -249,7 +272,7 @@ func (p *Panel) Set(ctx context.Context, name string, on bool, who string) (Reco
 // current reads the switch's value and revision from the bucket: the
 // default and 0 when it was never set or was deleted.
 func (p *Panel) current(ctx context.Context, st *state) (on bool, rev uint64, err error) {
-	e, err := p.kv.Get(ctx, st.def.Name)
+	e, err := p.bucket().Get(ctx, st.def.Name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return st.def.Default, 0, nil // Create also replaces a delete marker
 	}
@@ -290,7 +313,7 @@ func (p *Panel) History(ctx context.Context, name string) ([]Record, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	es, err := p.kv.History(ctx, name)
+	es, err := p.bucket().History(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return []Record{}, nil
 	}
@@ -359,7 +382,16 @@ func (p *Panel) Watch(ctx context.Context) error {
 		// An error ends this watcher; the next is made after the pause (the
 		// node's readiness check reports a bus that is down).
 		start := time.Now()
-		if w, err := p.kv.WatchAll(ctx); err == nil {
+		w, err := p.bucket().WatchAll(ctx)
+		if err != nil {
+			// Open it again: the bus may have lost it (then it is made
+			// again, every switch at its default) or come back elsewhere.
+			var kv jetstream.KeyValue
+			if kv, err = p.open(ctx); err == nil {
+				w, err = kv.WatchAll(ctx)
+			}
+		}
+		if err == nil {
 			p.follow(ctx, w, false)
 			w.Stop()
 		}
@@ -375,18 +407,46 @@ func (p *Panel) Watch(ctx context.Context) error {
 	}
 }
 
+// bucketCheck is how often a watching node checks that its bucket is there.
+const bucketCheck = 5 * time.Second
+
 // follow applies w's entries until w ends (an error) or ctx is done (nil);
 // with untilReady it returns nil at the end of the initial values.
+//
+// The initial values are the bucket as it is: they replace the snapshot,
+// whatever its revisions (a bucket made again after the bus lost it counts
+// from 1 again), and a switch they do not name is at its default. Later
+// entries apply by revision.
 func (p *Panel) follow(ctx context.Context, w jetstream.KeyWatcher, untilReady bool) error {
+	initial := map[string]*Record{}
+	ready := false
+	// A watcher of a bucket the bus lost does not end by itself: look.
+	check := time.NewTicker(bucketCheck)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-check.C:
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := p.bucket().Status(cctx)
+			cancel()
+			if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+				return fmt.Errorf("switches: the bucket is gone: %w", err)
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return errors.New("switches: watcher ended")
 			}
 			if e == nil { // the initial values are all in
+				for name, st := range p.sw {
+					rec := initial[name]
+					if rec == nil {
+						rec = &Record{Name: name, On: st.def.Default}
+					}
+					st.rec.Store(rec)
+				}
+				ready = true
 				if untilReady {
 					return nil
 				}
@@ -394,7 +454,11 @@ func (p *Panel) follow(ctx context.Context, w jetstream.KeyWatcher, untilReady b
 			}
 			if st := p.sw[e.Key()]; st != nil { // other keys: switches this version does not have
 				rec := st.record(e)
-				if !rec.Unknown {
+				switch {
+				case rec.Unknown:
+				case !ready:
+					initial[e.Key()] = &rec
+				default:
 					st.apply(&rec)
 				}
 			}

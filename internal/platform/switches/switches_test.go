@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"strconv"
 	"testing"
 	"time"
 
@@ -351,4 +352,47 @@ func (p *proxy) restore() {
 		p.t.Fatalf("proxy: listen again: %v", err)
 	}
 	p.serve(ln)
+}
+
+// TestBucketLost: the bus loses the bucket under running nodes (a server
+// restarted without its JetStream storage; here: deleted). The nodes make
+// it again, every switch at its default, and a change made in the new
+// bucket (whose revisions count from 1 again) reaches all of them.
+func TestBucketLost(t *testing.T) {
+	t.Parallel()
+	url := bustest.Namespaced(t, bustest.ExternalURL(t))
+	var nodes []*switches.Panel
+	var b *bus.Bus
+	for range 3 {
+		p, pb := mustPanel(t, url)
+		watch(t, p)
+		nodes, b = append(nodes, p), pb
+	}
+	for range 3 { // revisions 1..3 of the old bucket, ending off
+		if _, err := nodes[0].Set(t.Context(), switches.NotifySend, false, "ops"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nodes[0].Set(t.Context(), switches.NotifySend, true, "ops"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nodes[0].Set(t.Context(), switches.NotifySend, false, "ops"); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range nodes {
+		waitFor(t, time.Second, "node "+strconv.Itoa(i)+" sees off", func() bool { return !p.On(switches.NotifySend) })
+	}
+	if err := b.JetStream().DeleteKeyValue(t.Context(), b.Name(switches.Bucket)); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range nodes { // made again: back to the default
+		waitFor(t, 15*time.Second, "node "+strconv.Itoa(i)+" back at the default", func() bool { return p.On(switches.NotifySend) })
+	}
+	waitFor(t, 15*time.Second, "a change in the new bucket", func() bool {
+		_, err := nodes[1].Set(t.Context(), switches.NotifySend, false, "ops")
+		return err == nil
+	})
+	for i, p := range nodes {
+		waitFor(t, 2*time.Second, "node "+strconv.Itoa(i)+" sees the new bucket's change", func() bool { return !p.On(switches.NotifySend) })
+	}
 }
