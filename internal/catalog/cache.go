@@ -198,6 +198,28 @@ func (c *cache) menu(ctx context.Context, storeID int64) (*Menu, error) {
 	return c.load(ctx, storeID)
 }
 
+// freshMenu is menu for pricing an order: never the last good copy marked
+// stale; while only that is cached it waits for the fill (its ctx bounds
+// the wait) and fails with the fill's error.
+func (c *cache) freshMenu(ctx context.Context, storeID int64) (*Menu, error) {
+	c.mu.RLock()
+	e := c.menus[storeID]
+	c.mu.RUnlock()
+	if e != nil && (e.menu == nil || !e.menu.Stale) {
+		return c.menu(ctx, storeID)
+	}
+	ch := c.flight.DoChan(strconv.FormatInt(storeID, 10), func() (any, error) { return c.fill(ctx, storeID) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Menu), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // refresh fills an expired entry in the background (its owner is the read
 // that found it expired; it ends within fillTimeout).
 func (c *cache) refresh(storeID int64) {

@@ -194,6 +194,13 @@ func (s *Service) Store(ctx context.Context, storeID int64) (Store, error) {
 	return m.Store, nil
 }
 
+// FreshMenu is Menu for pricing orders: it never returns the last good
+// copy marked stale (which Menu serves browsing customers when kv and the
+// database are slow or down); it waits for a fresh one, or fails.
+func (s *Service) FreshMenu(ctx context.Context, storeID int64) (*Menu, error) {
+	return s.cache.freshMenu(ctx, storeID)
+}
+
 // Menu returns the store's rendered menu (cached) or ErrNoStore.
 func (s *Service) Menu(ctx context.Context, storeID int64) (*Menu, error) {
 	return s.cache.menu(ctx, storeID)

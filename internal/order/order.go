@@ -232,9 +232,10 @@ const (
 	ByOperator = "operator"
 )
 
-// Catalog prices orders.
+// Catalog prices orders: FreshMenu never gives the stale copy browsing
+// customers may be shown while the catalog's backends are down.
 type Catalog interface {
-	Menu(ctx context.Context, storeID int64) (*catalog.Menu, error)
+	FreshMenu(ctx context.Context, storeID int64) (*catalog.Menu, error)
 }
 
 // Stock reserves limited items against orders.

@@ -87,8 +87,8 @@ type priced struct {
 // copy the catalog shows browsing customers, marked stale, when kv and the
 // database are slow (an order is priced from a fresh read or not at all).
 func (s *Service) menu(ctx context.Context, storeID int64) (*catalog.Menu, error) {
-	m, err := s.catalog.Menu(ctx, storeID)
-	if err == nil && m.Stale {
+	m, err := s.catalog.FreshMenu(ctx, storeID)
+	if err == nil && m.Stale { // FreshMenu's promise, checked where it matters
 		return nil, errkind.ErrUnavailable.With("store %d's menu cannot be read now, try again", storeID)
 	}
 	return m, err
