@@ -68,7 +68,7 @@ func overloadMode(ctx context.Context, mode string) error {
 	}
 	for _, tok := range tokens { // 10 orders each: the list has something to read
 		for range 10 {
-			if err := api("POST", base+"/api/v1/orders", tok, `{"store_id":"1001","items":[{"sku_id":"1001000","qty":1}]}`, 201, nil); err != nil {
+			if err := api("POST", base+"/api/v1/orders", tok, `{"store_id":"1001","items":[{"sku_id":"1001006","qty":1}]}`, 201, nil); err != nil {
 				return err
 			}
 		}
