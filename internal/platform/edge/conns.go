@@ -64,3 +64,13 @@ func (c *counted) Close() error {
 	c.once.Do(func() { c.l.open.Add(-1) })
 	return c.Conn.Close()
 }
+
+// CloseWrite half-closes the connection when the one below can: net/http
+// does that before closing one it answered, so that a client still
+// sending gets the answer rather than a reset.
+func (c *counted) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
