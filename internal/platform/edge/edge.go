@@ -218,7 +218,8 @@ func refuse(w http.ResponseWriter, r *http.Request, err error, retry time.Durati
 }
 
 // ipKey is the per-IP limit's key of a client: an IPv6 client usually
-// holds a whole /64, so it is limited (and blacklisted) as one.
+// holds a whole /64, so it is limited as one (a ban still names the one
+// address that tripped the limit: the blacklist has no prefixes).
 func ipKey(a netip.Addr) uint64 {
 	if a.Is6() && !a.Is4In6() {
 		a = netip.PrefixFrom(a, 64).Masked().Addr()
