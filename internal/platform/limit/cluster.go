@@ -37,7 +37,7 @@ type ClusterOptions struct {
 	// the node in local mode. Default 50ms.
 	Timeout time.Duration
 	// Horizon is how much of this node's recent demand one lease covers
-	// (at most Horizon of the whole cluster's rate). Default 20ms.
+	// (at most Horizon of the whole cluster's rate). Default 50ms (a lease from a Redis slowed by a busy machine must come before the reserve runs dry).
 	Horizon time.Duration
 	// Gap is the least time between two asks while the cap holds this
 	// node back (kv granted less than asked). Default 5ms: at most 200
@@ -123,7 +123,7 @@ func NewCluster(store kv.Store, name string, perSecond int64, o ClusterOptions) 
 	perSecond = min(perSecond, kv.MaxGCRARate)
 	o.Nodes = max(o.Nodes, 1)
 	o.Timeout = positiveOr(o.Timeout, 50*time.Millisecond)
-	o.Horizon = positiveOr(o.Horizon, 20*time.Millisecond)
+	o.Horizon = positiveOr(o.Horizon, 50*time.Millisecond)
 	o.Gap = positiveOr(o.Gap, 5*time.Millisecond)
 	o.Probe = positiveOr(o.Probe, 250*time.Millisecond)
 	o.Beat = positiveOr(o.Beat, time.Second)
