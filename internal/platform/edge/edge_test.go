@@ -1,9 +1,11 @@
 package edge
 
 import (
+	"bufio"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -373,16 +375,23 @@ func TestLimitListener(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	c3 := &http.Client{Transport: &http.Transport{}}
-	resp, err := c3.Get(srv.URL)
+	// Over the cap: the answer comes at once, before any request (an HTTP
+	// client may see it as a broken connection instead; read it raw).
+	raw, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	raw.Close()
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || !json.Valid(body) {
 		t.Fatalf("over the cap: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
+	c3 := &http.Client{Transport: &http.Transport{}}
 	c1.Transport.(*http.Transport).CloseIdleConnections()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if open, _ := ll.Open(); open < 2 {

@@ -385,14 +385,19 @@ func (p *Panel) Watch(ctx context.Context) error {
 		w, err := p.bucket().WatchAll(ctx)
 		if err != nil {
 			// Open it again: the bus may have lost it (then it is made
-			// again, every switch at its default) or come back elsewhere.
+			// again, and every switch is at its default) or come back.
 			var kv jetstream.KeyValue
+			if p.gone(ctx) {
+				p.reset()
+			}
 			if kv, err = p.open(ctx); err == nil {
 				w, err = kv.WatchAll(ctx)
 			}
 		}
 		if err == nil {
-			p.follow(ctx, w, false)
+			if errors.Is(p.follow(ctx, w, false), errGone) {
+				p.reset() // the bucket made again counts its revisions from 1
+			}
 			w.Stop()
 		}
 		if time.Since(start) > time.Minute {
@@ -407,19 +412,34 @@ func (p *Panel) Watch(ctx context.Context) error {
 	}
 }
 
+// errGone: the bus lost the bucket.
+var errGone = errors.New("switches: the bucket is gone")
+
+// gone reports whether the bus has lost the bucket (not merely that it
+// cannot be asked now).
+func (p *Panel) gone(ctx context.Context) bool {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := p.js.KeyValue(cctx, p.cfg.Bucket)
+	return errors.Is(err, jetstream.ErrBucketNotFound)
+}
+
+// reset puts every switch back at its default, revision 0: the bucket
+// they were read from is gone, and the one made again starts from 1.
+func (p *Panel) reset() {
+	for name, st := range p.sw {
+		st.rec.Store(&Record{Name: name, On: st.def.Default})
+	}
+}
+
 // bucketCheck is how often a watching node checks that its bucket is there.
 const bucketCheck = 5 * time.Second
 
 // follow applies w's entries until w ends (an error) or ctx is done (nil);
 // with untilReady it returns nil at the end of the initial values.
 //
-// The initial values are the bucket as it is: they replace the snapshot,
-// whatever its revisions (a bucket made again after the bus lost it counts
-// from 1 again), and a switch they do not name is at its default. Later
-// entries apply by revision.
+// It returns errGone when the bus lost the bucket.
 func (p *Panel) follow(ctx context.Context, w jetstream.KeyWatcher, untilReady bool) error {
-	initial := map[string]*Record{}
-	ready := false
 	// A watcher of a bucket the bus lost does not end by itself: look.
 	check := time.NewTicker(bucketCheck)
 	defer check.Stop()
@@ -432,21 +452,13 @@ func (p *Panel) follow(ctx context.Context, w jetstream.KeyWatcher, untilReady b
 			_, err := p.bucket().Status(cctx)
 			cancel()
 			if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-				return fmt.Errorf("switches: the bucket is gone: %w", err)
+				return errGone
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return errors.New("switches: watcher ended")
 			}
 			if e == nil { // the initial values are all in
-				for name, st := range p.sw {
-					rec := initial[name]
-					if rec == nil {
-						rec = &Record{Name: name, On: st.def.Default}
-					}
-					st.rec.Store(rec)
-				}
-				ready = true
 				if untilReady {
 					return nil
 				}
@@ -454,11 +466,7 @@ func (p *Panel) follow(ctx context.Context, w jetstream.KeyWatcher, untilReady b
 			}
 			if st := p.sw[e.Key()]; st != nil { // other keys: switches this version does not have
 				rec := st.record(e)
-				switch {
-				case rec.Unknown:
-				case !ready:
-					initial[e.Key()] = &rec
-				default:
+				if !rec.Unknown {
 					st.apply(&rec)
 				}
 			}
