@@ -79,11 +79,34 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 			err = context.Canceled
 		}
 	}
+	answer(w, r, err, false)
+}
+
+// Refuse answers err like Error but logs nothing, and the request's log
+// line stays at debug level: a refusal by design (shed load, a limit, a
+// switched-off feature) is counted where it is made, and logging each one
+// would cost an overloaded node the most when it can least afford it.
+func Refuse(w http.ResponseWriter, r *http.Request, err error) {
+	if rec, ok := w.(*recorder); ok {
+		rec.quiet = true
+	}
+	answer(w, r, err, true)
+}
+
+// answer writes err's body with its status (and Retry-After on a 503),
+// logging a 5xx unless quiet. A bare sentinel's body (a flash sale's
+// sold_out, a shed request's overloaded: most of a crowd's answers) is
+// encoded once.
+func answer(w http.ResponseWriter, r *http.Request, err error, quiet bool) {
 	status := Status(err)
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header()["Retry-After"] = retryAfter
+	}
+	if status >= 500 && !quiet {
+		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
+	}
 	sentinel, _ := err.(*errkind.Error)
-	if sentinel != nil && status < 500 {
-		// A bare sentinel (a flash sale's sold_out, most of a crowd's
-		// answers) is encoded once.
+	if sentinel != nil {
 		if b, ok := sentinelBodies.Load(sentinel); ok {
 			Raw(w, status, b.([]byte))
 			return
@@ -97,42 +120,7 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		body.Error.Code, body.Error.Message = "internal", "internal error (trace id "+TraceID(r.Context())+")"
 	}
-	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
-		w.Header()["Retry-After"] = retryAfter
-	}
-	if status >= 500 {
-		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
-	}
-	if sentinel != nil && status < 500 {
-		b, _ := json.Marshal(body)
-		sentinelBodies.Store(sentinel, b)
-		Raw(w, status, b)
-		return
-	}
-	JSON(w, status, body)
-}
-
-// Refuse answers err like Error but logs nothing, and the request's log
-// line stays at debug level: a refusal by design (shed load, a limit, a
-// switched-off feature) is counted where it is made, and logging each one
-// would cost an overloaded node the most when it can least afford it.
-func Refuse(w http.ResponseWriter, r *http.Request, err error) {
-	if rec, ok := w.(*recorder); ok {
-		rec.quiet = true
-	}
-	status := Status(err)
-	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
-		w.Header()["Retry-After"] = retryAfter
-	}
-	var body ErrBody
-	if e := errkind.Of(err); e != nil {
-		body.Error.Code, body.Error.Message = e.Code, e.Message
-	}
-	if sentinel, ok := err.(*errkind.Error); ok {
-		if b, ok := sentinelBodies.Load(sentinel); ok {
-			Raw(w, status, b.([]byte))
-			return
-		}
+	if sentinel != nil {
 		b, _ := json.Marshal(body)
 		sentinelBodies.Store(sentinel, b)
 		Raw(w, status, b)
