@@ -387,10 +387,7 @@ func (s *Service) refreshOne(ctx context.Context, l *live) {
 // listens for other nodes' sell-outs and units back, and flushes this
 // node's figures every few seconds, until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
-	unsub, err := s.bus.Subscribe(NewsSubject, s.onNews)
-	if err != nil {
-		return err
-	}
+	unsub := s.listen(ctx)
 	defer unsub()
 	tick := time.NewTicker(RefreshEvery)
 	defer tick.Stop()
@@ -430,6 +427,24 @@ func (s *Service) Run(ctx context.Context) error {
 			fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			s.flush(fctx)
 			cancel()
+		}
+	}
+}
+
+// listen subscribes to other nodes' news, trying again every second while
+// the bus is away (a node outlives a bus outage; until it is back the
+// sales are kept fresh by the refresh alone).
+func (s *Service) listen(ctx context.Context) (unsubscribe func()) {
+	for {
+		unsub, err := s.bus.Subscribe(NewsSubject, s.onNews)
+		if err == nil {
+			return unsub
+		}
+		s.log.Warn("flash sales: listen for news, trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return func() {}
+		case <-time.After(time.Second):
 		}
 	}
 }

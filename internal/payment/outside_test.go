@@ -43,6 +43,16 @@ func (e *env) console(pid, amount int64) paysim.ConsoleRefund {
 	return r
 }
 
+// consoleDropped refunds payment pid at the console while the channel
+// drops callbacks, and waits until the refund's callback was dropped: a
+// fault cleared before that would let it through.
+func (e *env) consoleDropped(channel string, pid, amount int64) {
+	e.tb.Helper()
+	dropped := e.n.Sim.Stats(channel).Dropped
+	e.console(pid, amount)
+	e.waitStats(channel, "dropped the refund's callback", func(s paysim.Stats) bool { return s.Dropped > dropped })
+}
+
 // channelNotice is the notice channel would send now about payment pid:
 // the channel's own view of it, as it is.
 func (e *env) channelNotice(channel string, pid int64) payment.Notice {
@@ -281,9 +291,9 @@ func TestReconcileNetPerPayment(t *testing.T) {
 	}
 	eachChannel(t, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) { // no active queries: only reconciliation repairs
 		full, stFull := e.paidDropped(c, ch)
-		e.console(stFull.PaymentID, 0)
+		e.consoleDropped(ch, stFull.PaymentID, 0)
 		part, stPart := e.paidDropped(c, ch)
-		e.console(stPart.PaymentID, 100)
+		e.consoleDropped(ch, stPart.PaymentID, 100)
 		e.mustFaults(ch, paysim.Faults{})
 		clean := c.mustOrder()
 		stClean := c.mustPay(clean, ch)
@@ -294,10 +304,8 @@ func TestReconcileNetPerPayment(t *testing.T) {
 		e.mustPayAtChannel(stApplied)
 		e.mustSettledOnce(applied, stApplied.PaymentID)
 		e.waitStats(ch, "every callback acknowledged", func(s paysim.Stats) bool { return s.Pending == 0 })
-		dropped := e.n.Sim.Stats(ch).Dropped
 		e.mustFaults(ch, paysim.Faults{DropCallbacks: true})
-		e.console(stApplied.PaymentID, 100)
-		e.waitStats(ch, "dropped the refund's callback", func(s paysim.Stats) bool { return s.Dropped > dropped })
+		e.consoleDropped(ch, stApplied.PaymentID, 100)
 		e.mustFaults(ch, paysim.Faults{})
 		a := e.peek(full).Payable // every order here has the same amount
 
@@ -436,7 +444,7 @@ func TestRefundedOutsideRaces(t *testing.T) {
 		t.Run("callbacks and queries at once", func(t *testing.T) {
 			oid, st := e.paidDropped(c, ch)
 			amount := e.peek(oid).Payable
-			e.console(st.PaymentID, 100) // its callback is dropped too
+			e.consoleDropped(ch, st.PaymentID, 100)
 			n := e.channelNotice(ch, st.PaymentID)
 			h, body := e.mustEncode(ch, n)
 			e.queryNow(st.PaymentID)
@@ -475,7 +483,7 @@ func TestRefundedOutsideRaces(t *testing.T) {
 				oid, st := e.paidDropped(c, ch)
 				amount := e.peek(oid).Payable
 				stale := e.channelNotice(ch, st.PaymentID) // signed while paid
-				e.console(st.PaymentID, 100)               // its callback is dropped
+				e.consoleDropped(ch, st.PaymentID, 100)
 				e.queryNow(st.PaymentID)
 				h, body := e.mustEncode(ch, stale)
 				callback := func() {
