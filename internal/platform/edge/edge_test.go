@@ -2,9 +2,11 @@ package edge
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -304,17 +306,22 @@ func eventuallyZero(t *testing.T, e *Edge) {
 	}
 }
 
-// TestAdaptiveShedding: with the CPU hot, requests beyond what the node
-// has shown it carries are refused, reads before writes; POS requests
-// never; with the CPU cool nothing is.
+// TestAdaptiveShedding: while the node is overloaded (CPU hot, or
+// goroutines waiting for a core), customers' requests beyond what the node
+// has shown it carries wait for a place, briefly, and are then refused;
+// writes get half again more room; POS terminals and callbacks never wait;
+// while it is not, nothing waits.
 func TestAdaptiveShedding(t *testing.T) {
 	e := New(Config{Shed: ShedBBR}, nil, nil)
 	sh := e.shed
-	var cpu atomic.Value
-	cpu.Store(0.5)
-	sh.usage = func(time.Time) float64 { return cpu.Load().(float64) }
+	var cpu, wait atomic.Int64 // per mille; µs
+	cpu.Store(500)
+	sh.usage = func(time.Time) float64 { return float64(cpu.Load()) / 1000 }
+	sh.waited = func() time.Duration { return time.Duration(wait.Load()) * time.Microsecond }
+	sh.busyNow = func(int64) float64 { return 0 } // no early refusals here (TestEarlyRefusals)
 	// A measured past: 100 requests per 100 ms bucket at 20 ms each ->
-	// 1,000/s x 0.02 s = 20 in flight; reads may go to 40, writes to 60.
+	// 1,000/s x 0.02 s = 20 in flight; the gate's limit is half again: 30
+	// reads, 45 with writes.
 	now := time.Now()
 	for i := 1; i <= 10; i++ {
 		t0 := now.Add(-time.Duration(i) * bucketDur).UnixNano()
@@ -324,37 +331,219 @@ func TestAdaptiveShedding(t *testing.T) {
 	if l := sh.limit(now); l != 20 {
 		t.Fatalf("limit %d, want 20", l)
 	}
-	var app, pos atomic.Int64
-	admit := func(c web.Class, write bool, mine *atomic.Int64) bool { return sh.admit(c, write, mine, now) }
-	for range 50 { // 50 reads in flight while cool
-		if !admit(web.ClassApp, false, &app) {
-			t.Fatal("refused while the CPU is cool")
+	release := make(chan struct{})
+	var entered sync.WaitGroup
+	h := chain(e, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Block") != "" {
+			entered.Done()
+			<-release
+		}
+		web.JSON(w, 200, nil)
+	}))
+	hold := func(method, path string, n int) {
+		entered.Add(n)
+		for range n {
+			go do(h, method, path, "192.0.2.1:1", "X-Block", "1")
+		}
+		entered.Wait()
+	}
+	hold("GET", "/api/v1/stores", 40) // past the limit, but the node is not overloaded: all enter
+	refusedAfterWait := func(what, method, path string) {
+		t.Helper()
+		t0 := time.Now()
+		w := do(h, method, path, "192.0.2.1:1")
+		took := time.Since(t0)
+		if w.Code != 503 || code(t, w) != "overloaded" {
+			t.Fatalf("%s: %d %s, want 503 overloaded", what, w.Code, w.Body)
+		}
+		if took < 70*time.Millisecond || took > time.Second { // 4 x the lowest latency, 20 ms
+			t.Fatalf("%s refused after %v, want after its wait of ~80 ms", what, took)
 		}
 	}
-	sh.avgFlying = 50
-	cpu.Store(0.95)
-	if admit(web.ClassApp, false, &app) {
-		t.Fatal("a read past the limit admitted while hot")
-	}
-	if !admit(web.ClassApp, true, &app) { // writes go to 3 x 20 = 60
-		t.Fatal("a write refused below 3x the limit")
-	}
-	for range 20 {
-		if !admit(web.ClassPOS, false, &pos) {
-			t.Fatal("POS refused by the shedder")
+	wait.Store(5000) // goroutines wait 5 ms for a core
+	refusedAfterWait("a read past the limit", "GET", "/api/v1/stores")
+	cpu.Store(950)
+	wait.Store(0)
+	hold("POST", "/api/v1/orders", 5) // writes go to 45
+	refusedAfterWait("a write past half again the limit", "POST", "/api/v1/orders")
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
+			t.Fatalf("%s while customers wait: %d", path, w.Code)
 		}
 	}
-	sh.avgFlying = 70
-	if admit(web.ClassApp, true, &app) { // 71 in flight
-		t.Fatal("a write past 3x admitted")
+	// A read waiting when a place frees gets it.
+	got := make(chan int, 1)
+	go func() { got <- do(h, "GET", "/api/v1/stores", "192.0.2.1:1").Code }()
+	for deadline := time.Now().Add(5 * time.Second); sh.gate.queued() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the read did not wait (answered %d)", <-got)
+		}
 	}
-	cpu.Store(0.1) // still hot for the cool-off after a refusal
-	if admit(web.ClassApp, false, &app) {
-		t.Fatal("a read admitted within the cool-off")
+	cpu.Store(100) // the limit lifts with the overload: every waiter goes
+	sh.dropped.Store(0)
+	close(release)
+	if c := <-got; c != 200 {
+		t.Fatalf("a waiting read when places freed: %d", c)
 	}
-	sh.dropped.Store(now.Add(-2 * coolOff).UnixNano())
-	if !admit(web.ClassApp, false, &app) {
-		t.Fatal("refused after the cool-off with the CPU cool")
+	eventuallyZero(t, e)
+	if st := e.Stats()["classes"].(map[string]ClassStats)["app"]; st.Shed != 2 {
+		t.Fatalf("app shed %d, want 2", st.Shed)
+	}
+}
+
+// TestEarlyRefusals: the chance of refusing a customer's request as it
+// arrives rises while the process is busy and its goroutines wait for a
+// core, and falls back to 0 when they stop waiting or the CPU is not busy;
+// reads are refused with it, writes with half of it, POS terminals and
+// callbacks never.
+func TestEarlyRefusals(t *testing.T) {
+	e := New(Config{Shed: ShedBBR}, nil, nil)
+	sh := e.shed
+	var busy, wait atomic.Int64 // per mille; µs
+	sh.usage = func(time.Time) float64 { return 0 }
+	sh.busyNow = func(int64) float64 { return float64(busy.Load()) / 1000 }
+	sh.waited = func() time.Duration { return time.Duration(wait.Load()) * time.Microsecond }
+	step := func() float64 { sh.pNext.Store(0); return sh.dropP() }
+	busy.Store(950)
+	wait.Store(1000)
+	if p := step(); p != 0 {
+		t.Fatalf("p %.2f with short waits", p)
+	}
+	wait.Store(5000)
+	p1 := step()
+	p2 := step()
+	if p1 <= 0 || p2 <= p1 {
+		t.Fatalf("p %.2f then %.2f with waits of 5 ms: want rising", p1, p2)
+	}
+	wait.Store(40_000)
+	if p := step(); p < 0.5 {
+		t.Fatalf("p %.2f with waits of 40 ms: want at least 0.5 at once", p)
+	}
+	for range 10 {
+		step()
+	}
+	if p := step(); p != 0.99 {
+		t.Fatalf("p %.2f after a second of long waits, want 0.99", p)
+	}
+	// Frozen at 0.99: a read is refused 99 times in 100, a write about half
+	// as often, a POS request or a callback never.
+	sh.pNext.Store(math.MaxInt64)
+	h := chain(e, nil, ok)
+	count := func(method, path string) (refused int) {
+		for range 1000 {
+			if w := do(h, method, path, "192.0.2.1:1"); w.Code == 503 {
+				refused++
+			} else if w.Code != 200 {
+				t.Fatalf("%s %s: %d", method, path, w.Code)
+			}
+		}
+		return refused
+	}
+	if n := count("GET", "/api/v1/stores"); n < 950 {
+		t.Fatalf("%d reads of 1000 refused, want ~990", n)
+	}
+	if n := count("POST", "/api/v1/orders"); n < 400 || n > 600 {
+		t.Fatalf("%d writes of 1000 refused, want ~495", n)
+	}
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim"} {
+		if n := count("GET", path); n != 0 {
+			t.Fatalf("%s: %d refused", path, n)
+		}
+	}
+	// The CPU no longer busy: it falls to 0 within half a second.
+	busy.Store(300)
+	for range 5 {
+		step()
+	}
+	if p := step(); p != 0 {
+		t.Fatalf("p %.2f after half a second with the CPU at 30%%", p)
+	}
+	busy.Store(950) // busy again, waits short: it stays at 0
+	wait.Store(100)
+	if p := step(); p != 0 {
+		t.Fatalf("p %.2f with short waits", p)
+	}
+}
+
+// TestGate: places up to the limit; then waiters, parked, served newest
+// first, writes before reads; a waiter past its wait, or whose client
+// went away, or pushed out of a full stack, is refused; without a limit
+// everyone enters.
+func TestGate(t *testing.T) {
+	var g gate
+	ctx := context.Background()
+	for range 2 {
+		if !g.acquire(ctx, false, 2, time.Millisecond) {
+			t.Fatal("refused under the limit")
+		}
+	}
+	if g.acquire(ctx, false, 2, 10*time.Millisecond) {
+		t.Fatal("a read past the limit entered")
+	}
+	if !g.acquire(ctx, true, 2, time.Millisecond) { // writes: half again, 3
+		t.Fatal("a write refused under half again the limit")
+	}
+	order := make(chan string, 3)
+	start := func(name string, write bool) {
+		go func() {
+			if g.acquire(ctx, write, 2, 5*time.Second) {
+				order <- name
+			} else {
+				order <- "refused " + name
+			}
+		}()
+		for n := g.queued(); g.queued() == n; time.Sleep(time.Millisecond) {
+		}
+	}
+	start("old read", false)
+	start("new read", false)
+	start("write", true)
+	g.release(2) // 2 in use: the write may go to 3, a read not
+	if got := <-order; got != "write" {
+		t.Fatalf("first served: %s, want the write", got)
+	}
+	g.release(2)
+	g.release(2) // 1 in use: one read
+	if got := <-order; got != "new read" {
+		t.Fatalf("then %s, want the newest read", got)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan bool)
+	go func() { done <- g.acquire(cctx, false, 2, 5*time.Second) }()
+	for g.queued() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if <-done {
+		t.Fatal("a waiter whose client went away entered")
+	}
+	if !g.acquire(ctx, false, 0, 0) {
+		t.Fatal("refused without a limit")
+	}
+	g.release(0) // no limit: the old read goes too
+	if got := <-order; got != "old read" {
+		t.Fatalf("without a limit: %s", got)
+	}
+	// A full stack pushes its oldest out.
+	var g2 gate
+	g2.used.Store(1)
+	refused := make(chan int, maxQueue+1)
+	for i := range maxQueue + 1 {
+		go func() {
+			if !g2.acquire(ctx, false, 1, 5*time.Second) {
+				refused <- i
+			}
+		}()
+		for g2.queued() < min(i+1, maxQueue) {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	if got := <-refused; got != 0 {
+		t.Fatalf("pushed out: waiter %d, want the oldest (0)", got)
+	}
+	g2.release(0)
+	if len(refused) != 0 {
+		t.Fatalf("%d more refused", len(refused))
 	}
 }
 

@@ -185,7 +185,7 @@ func (b *batcher) loop() {
 			batch = append(batch[:0], it)
 		}
 		switch {
-		case cpu.contended():
+		case contended():
 			// The CPU is the bottleneck: a commit saved is worth more
 			// than the wait.
 			time.Sleep(busyLinger)
