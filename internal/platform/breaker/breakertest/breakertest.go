@@ -5,6 +5,7 @@
 package breakertest
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,15 @@ import (
 
 // A Call is one call through the breaker, bounded by a deadline of its own.
 type Call func() error
+
+// Within makes a Call of do, with a deadline wait from when it starts.
+func Within(wait time.Duration, do func(context.Context) error) Call {
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		return do(ctx)
+	}
+}
 
 // mustUnavailable fails tb unless err is of kind Unavailable.
 func mustUnavailable(tb testing.TB, what string, err error) {
@@ -88,19 +98,24 @@ func Closes(tb testing.TB, b *breaker.Breaker, call Call) time.Duration {
 	}
 }
 
-// Race runs call from g goroutines at once for d, with the server
-// stalled: every error must be of kind Unavailable, and some calls must
-// have been refused (the breaker opened under them). It returns the
-// number of calls and of refusals.
-func Race(tb testing.TB, g int, d time.Duration, call Call) (calls, refused int64) {
+// Race opens b with calls[0] (Trip), then runs calls in turn from 32
+// goroutines for breaker.Delay and a second, the server still stalled,
+// while b goes half-open and opens again: no call may succeed, every
+// error must be of kind Unavailable, and nearly every call must be
+// refused at once (only the half-open probes, and calls that meet them,
+// may wait on the server). It returns the number of calls and of
+// refusals.
+func Race(tb testing.TB, b *breaker.Breaker, calls ...Call) (n, refused int64) {
 	tb.Helper()
-	var nCalls, nRefused atomic.Int64
-	stop := time.Now().Add(d)
+	const g = 32
+	Trip(tb, b, calls[0])
+	var nCalls, nRefused, turn atomic.Int64
+	stop := time.Now().Add(breaker.Delay + time.Second)
 	var wg sync.WaitGroup
 	for range g {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
-				err := call()
+				err := calls[turn.Add(1)%int64(len(calls))]()
 				nCalls.Add(1)
 				if err == nil {
 					tb.Errorf("a call to a stalled server succeeded")
@@ -114,8 +129,8 @@ func Race(tb testing.TB, g int, d time.Duration, call Call) (calls, refused int6
 		})
 	}
 	wg.Wait()
-	if nRefused.Load() == 0 {
-		tb.Errorf("%d racing calls to a stalled server, none refused: the breaker never opened", nCalls.Load())
+	if waited := nCalls.Load() - nRefused.Load(); waited > g {
+		tb.Errorf("%d of %d racing calls waited on the stalled server while the breaker was open", waited, nCalls.Load())
 	}
 	return nCalls.Load(), nRefused.Load()
 }
