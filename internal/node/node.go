@@ -207,6 +207,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("database", cfg.DB, "--db", "PostgreSQL", start, err)
 	}
 	n.closer = append(n.closer, n.DB.Close)
+	for _, d := range n.DB.Shards() {
+		if br := d.Breaker(); br != nil {
+			br.OnChange(logBreaker(log.With("dependency", "db", "shard", d.Name)))
+		}
+	}
 	if cfg.Migrate {
 		if err := n.DB.Migrate(ctx); err != nil {
 			return nil, err
@@ -232,6 +237,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	n.closer = append(n.closer, n.Bus.Close)
+	n.Bus.Breaker().OnChange(logBreaker(log.With("dependency", "bus")))
 	if err := checkNATS(cfg.Bus, n.Bus.Conn().ConnectedServerVersion()); err != nil {
 		return nil, err
 	}
@@ -513,10 +519,28 @@ func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
 		return nil, err
 	}
 	out := map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(), "leases": ls}
-	if n.kvBreaker != nil {
-		out["breakers"] = map[string]string{"kv": n.kvBreaker.State()}
-	}
+	out["breakers"] = n.breakers()
 	return out, nil
+}
+
+// breakers is the state of every circuit breaker of the node: "kv" (none
+// with kv in memory), "db:<database>" for each PostgreSQL database, "bus".
+func (n *Node) breakers() map[string]string {
+	out := map[string]string{"bus": n.Bus.Breaker().State()}
+	if n.kvBreaker != nil {
+		out["kv"] = n.kvBreaker.State()
+	}
+	for _, d := range n.DB.Shards() {
+		if br := d.Breaker(); br != nil {
+			out["db:"+d.Name] = br.State()
+		}
+	}
+	return out
+}
+
+// logBreaker logs a breaker's state changes to log.
+func logBreaker(log *slog.Logger) func(from, to string) {
+	return func(from, to string) { log.Warn("circuit breaker", "from", from, "to", to) }
 }
 
 func (n *Node) stats(ctx context.Context) (map[string]int64, error) {

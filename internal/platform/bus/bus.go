@@ -58,9 +58,12 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-platform/surge/internal/platform/breaker"
 )
 
-// ErrClosed is returned after Close.
+// ErrClosed is returned after Close. Its kind is errkind.Unavailable (a
+// node shutting down answers 503).
 var ErrClosed = errors.New("bus: closed")
 
 // ErrNotFound is returned (wrapped) when a named stream does not exist.
@@ -152,7 +155,8 @@ const (
 type Bus struct {
 	nc *nats.Conn
 	js jetstream.JetStream
-	ns string // "" = no namespace
+	ns string           // "" = no namespace
+	br *breaker.Breaker // see breaker.go
 
 	srv    *server.Server // embedded mode only
 	tmpDir string         // removed by Close; embedded: only
@@ -253,7 +257,7 @@ func Open(ctx context.Context, rawURL string) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bus{ns: o.ns, maxDeliver: o.maxDeliver, connClosed: make(chan struct{})}
+	b := &Bus{ns: o.ns, maxDeliver: o.maxDeliver, connClosed: make(chan struct{}), br: breaker.New("bus", nil)}
 	connOpts := []nats.Option{
 		nats.Name("surge"),
 		nats.MaxReconnects(-1),
@@ -559,7 +563,7 @@ func (b *Bus) StreamInfo(ctx context.Context, name string) (msgs uint64, lastSeq
 	if b.closed.Load() {
 		return 0, 0, ErrClosed
 	}
-	s, err := b.js.Stream(ctx, b.Name(name))
+	s, err := guarded(b, func() (jetstream.Stream, error) { return b.js.Stream(ctx, b.Name(name)) })
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return 0, 0, fmt.Errorf("bus: stream info %s: %w", name, ErrNotFound)
 	}
@@ -576,7 +580,7 @@ func (b *Bus) PublishCore(subject string, data []byte) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
-	if err := b.nc.Publish(b.Subject(subject), data); err != nil {
+	if err := b.publishCore(b.Subject(subject), data); err != nil {
 		return fmt.Errorf("bus: publish core %s: %w", subject, b.connErr(err))
 	}
 	return nil

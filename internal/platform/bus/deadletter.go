@@ -133,7 +133,7 @@ func (b *Bus) stream(ctx context.Context, name string) (jetstream.Stream, error)
 	if s, ok := b.streams.Load(name); ok {
 		return s.(jetstream.Stream), nil
 	}
-	s, err := b.js.Stream(ctx, b.Name(name))
+	s, err := guarded(b, func() (jetstream.Stream, error) { return b.js.Stream(ctx, b.Name(name)) })
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("bus: stream %s: %w", name, ErrNotFound)
 	}
@@ -206,7 +206,7 @@ func decodeDeadLetter(m Msg) (DeadLetter, error) {
 // waiting returns the waiting dead letter id, or an error wrapping
 // ErrNotFound.
 func (b *Bus) waiting(ctx context.Context, s jetstream.Stream, id uint64) (DeadLetter, error) {
-	raw, err := s.GetMsg(ctx, id)
+	raw, err := guarded(b, func() (*jetstream.RawStreamMsg, error) { return s.GetMsg(ctx, id) })
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return DeadLetter{}, fmt.Errorf("bus: dead letter %d: %w", id, ErrNotFound)
 	}
@@ -285,11 +285,19 @@ func (b *Bus) resolveLetter(ctx context.Context, s jetstream.Stream, dl DeadLett
 	if _, err := b.publishAck(ctx, record); err != nil {
 		return DeadLetter{}, fmt.Errorf("bus: %s dead letter %d: %w", how, dl.ID, err)
 	}
-	if err := s.DeleteMsg(ctx, dl.ID); err != nil {
-		// Gone already (a concurrent resolve) is done; anything else is not.
-		if _, gerr := s.GetMsg(ctx, dl.ID); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
-			return DeadLetter{}, fmt.Errorf("bus: %s dead letter %d: %w", how, dl.ID, b.connErr(err))
+	_, err = guarded(b, func() (struct{}, error) {
+		err := s.DeleteMsg(ctx, dl.ID)
+		if err == nil {
+			return struct{}{}, nil
 		}
+		// Gone already (a concurrent resolve) is done; anything else is not.
+		if _, gerr := s.GetMsg(ctx, dl.ID); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return struct{}{}, nil
+		}
+		return struct{}{}, err
+	})
+	if err != nil {
+		return DeadLetter{}, fmt.Errorf("bus: %s dead letter %d: %w", how, dl.ID, b.connErr(err))
 	}
 	return dl, nil
 }
@@ -308,7 +316,7 @@ func (b *Bus) ReplayDeadLetters(ctx context.Context, consumer string) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	info, err := s.Info(ctx)
+	info, err := guarded(b, func() (*jetstream.StreamInfo, error) { return s.Info(ctx) })
 	if err != nil {
 		return 0, fmt.Errorf("bus: replay dead letters: %w", b.connErr(err))
 	}
@@ -348,7 +356,9 @@ func (b *Bus) DeadLetterCounts(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(b.Subject(dlWaiting+">")))
+	info, err := guarded(b, func() (*jetstream.StreamInfo, error) {
+		return s.Info(ctx, jetstream.WithSubjectFilter(b.Subject(dlWaiting+">")))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: dead letter counts: %w", b.connErr(err))
 	}

@@ -106,7 +106,7 @@ func (b *Bus) Replay(ctx context.Context, stream, subject string, after uint64, 
 	if b.closed.Load() {
 		return nil, false, 0, ErrClosed
 	}
-	s, err := b.js.Stream(ctx, b.Name(stream)) // fresh state
+	s, err := guarded(b, func() (jetstream.Stream, error) { return b.js.Stream(ctx, b.Name(stream)) }) // fresh state
 	if err != nil {
 		return nil, false, 0, fmt.Errorf("bus: replay %s: %w", stream, b.connErr(err))
 	}
@@ -138,18 +138,25 @@ func (b *Bus) After(ctx context.Context, stream, subject string, after, upto uin
 	return b.after(ctx, s, subject, after, upto, limit)
 }
 
+// after reads with one call to the breaker.
 func (b *Bus) after(ctx context.Context, s jetstream.Stream, subject string, after, upto uint64, limit int) ([]Msg, error) {
-	var msgs []Msg
-	for seq := after + 1; len(msgs) < limit && (upto == 0 || seq <= upto); {
-		raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(b.Subject(subject)))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
+	msgs, err := guarded(b, func() ([]Msg, error) {
+		var msgs []Msg
+		for seq := after + 1; len(msgs) < limit && (upto == 0 || seq <= upto); {
+			raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(b.Subject(subject)))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			msgs = append(msgs, Msg{Subject: b.unprefix(raw.Subject), Data: raw.Data, Seq: raw.Sequence, Header: flatHeader(raw.Header)})
+			seq = raw.Sequence + 1
 		}
-		if err != nil {
-			return nil, fmt.Errorf("bus: read %s: %w", subject, b.connErr(err))
-		}
-		msgs = append(msgs, Msg{Subject: b.unprefix(raw.Subject), Data: raw.Data, Seq: raw.Sequence, Header: flatHeader(raw.Header)})
-		seq = raw.Sequence + 1
+		return msgs, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: read %s: %w", subject, b.connErr(err))
 	}
 	return msgs, nil
 }

@@ -95,7 +95,7 @@ func (b *Bus) publishAck(ctx context.Context, m Msg, opts ...jetstream.PublishOp
 	if err != nil {
 		return Ack{}, err
 	}
-	ack, err := b.js.PublishMsg(ctx, nm, opts...)
+	ack, err := guarded(b, func() (*jetstream.PubAck, error) { return b.js.PublishMsg(ctx, nm, opts...) })
 	var api *jetstream.APIError
 	if errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
@@ -111,15 +111,22 @@ func (b *Bus) publishAck(ctx context.Context, m Msg, opts ...jetstream.PublishOp
 // waits for every ack, or for ctx. errs[i] is nil once msgs[i] is stored
 // (duplicates included), so an outbox relay may delete exactly the rows
 // whose error is nil; the others may or may not be stored and are safe to
-// publish again with the same ID.
+// publish again with the same ID. The batch is one call to the breaker.
 func (b *Bus) PublishBatch(ctx context.Context, msgs []Msg) []error {
 	errs := make([]error, len(msgs))
-	if b.closed.Load() {
+	fail := func(err error) []error {
 		for i := range errs {
-			errs[i] = ErrClosed
+			errs[i] = err
 		}
 		return errs
 	}
+	if b.closed.Load() {
+		return fail(ErrClosed)
+	}
+	if err := b.br.Allow(); err != nil {
+		return fail(err)
+	}
+	defer func() { b.br.Done(errors.Join(errs...)) }()
 	// When too many acks are outstanding on this connection the client
 	// stalls a publish; wait that out for as long as ctx allows (bounded).
 	stall := 5 * time.Second

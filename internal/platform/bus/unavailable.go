@@ -14,14 +14,15 @@ import (
 // The errors of a NATS server that is down, unreachable or not answering
 // are classified where errkind.Of looks, for the Bus's own calls and for
 // callers of JetStream() and Conn() alike: ErrUnavailable for a
-// connection that is gone or reconnecting, a stream with no responder or a
-// JetStream API that answers 503; ErrTimeout for a request or publish ack
+// connection that is gone or reconnecting, a stream with no responder, a
+// JetStream API that answers 503 or a Bus that is closing (ErrClosed: the
+// node is shutting down); ErrTimeout for a request or publish ack
 // that did not come in time (a ctx deadline is ErrTimeout by errkind's own
 // rule). Everything else keeps no kind.
 func init() { errkind.Classify(kindOf) }
 
 var unavailableErrs = []error{
-	nats.ErrNoResponders, nats.ErrConnectionClosed, nats.ErrConnectionDraining, nats.ErrConnectionReconnecting,
+	ErrClosed, nats.ErrNoResponders, nats.ErrConnectionClosed, nats.ErrConnectionDraining, nats.ErrConnectionReconnecting,
 	nats.ErrDisconnected, nats.ErrNoServers, nats.ErrStaleConnection, nats.ErrMaxConnectionsExceeded,
 	nats.ErrInvalidConnection, nats.ErrSlowConsumer,
 	jetstream.ErrNoStreamResponse, jetstream.ErrNoHeartbeat, jetstream.ErrConnectionClosed,

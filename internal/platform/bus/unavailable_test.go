@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"testing"
 	"time"
 
@@ -13,9 +12,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/bus"
-	"github.com/surge-platform/surge/internal/platform/bus/bustest"
 	"github.com/surge-platform/surge/internal/platform/errkind"
-	"github.com/surge-platform/surge/internal/platform/faultnet"
 )
 
 func TestKindOfNATSErrors(t *testing.T) {
@@ -28,6 +25,7 @@ func TestKindOfNATSErrors(t *testing.T) {
 		{"no responders", nats.ErrNoResponders, "unavailable"},
 		{"reconnecting", fmt.Errorf("bus: publish a: %w", nats.ErrConnectionReconnecting), "unavailable"},
 		{"closed", nats.ErrConnectionClosed, "unavailable"},
+		{"bus closed", fmt.Errorf("bus: publish a: %w", bus.ErrClosed), "unavailable"},
 		{"no stream response", jetstream.ErrNoStreamResponse, "unavailable"},
 		{"no heartbeat", jetstream.ErrNoHeartbeat, "unavailable"},
 		{"jetstream 503", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, "unavailable"},
@@ -57,17 +55,8 @@ func TestKindOfNATSErrors(t *testing.T) {
 // once it is back.
 func TestPublishToAServerDownIsUnavailable(t *testing.T) {
 	t.Parallel()
-	u, err := url.Parse(bustest.ExternalURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := faultnet.Start(t, u.Host)
-	u.Host = proxy.Addr()
-	b := bustest.MustOpen(t, bustest.Namespaced(t, u.String()))
+	b, proxy := openViaProxy(t, bus.StreamConfig{Name: "DOWN", Subjects: []string{"down.>"}})
 	ctx := t.Context()
-	if err := b.EnsureStream(ctx, bus.StreamConfig{Name: "DOWN", Subjects: []string{"down.>"}}); err != nil {
-		t.Fatal(err)
-	}
 	publish := func(wait time.Duration) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()

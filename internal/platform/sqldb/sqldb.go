@@ -31,6 +31,7 @@ import (
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
+	"github.com/surge-platform/surge/internal/platform/breaker"
 	"github.com/surge-platform/surge/internal/platform/id"
 )
 
@@ -55,7 +56,8 @@ type DB struct {
 	W      *sql.DB
 	R      *sql.DB
 
-	batch *batcher // SQLite: group commit of Tx, Exec and Lazy
+	batch   *batcher         // SQLite: group commit of Tx, Exec and Lazy
+	breaker *breaker.Breaker // PostgreSQL: see breaker.go
 }
 
 // Close closes both pools.
@@ -220,14 +222,15 @@ func openPostgres(dsn string, opt Options) (*DB, error) {
 		return nil, fmt.Errorf("sqldb: %s: %w", name, err)
 	}
 	cfg.DialFunc = markDial(cfg.DialFunc) // a broken connection's errors say they came from here (unavailable.go)
-	db := stdlib.OpenDB(*cfg)
+	br := breaker.New("sqldb "+name, serverFailed)
+	db := sql.OpenDB(guardedConnector{Connector: stdlib.GetConnector(*cfg), b: br})
 	n := opt.MaxConns
 	if n <= 0 {
 		n = 8 * runtime.GOMAXPROCS(0)
 	}
 	db.SetMaxOpenConns(n)
 	db.SetMaxIdleConns(n)
-	return &DB{Engine: Postgres, Name: name, W: db, R: db}, nil
+	return &DB{Engine: Postgres, Name: name, W: db, R: db, breaker: br}, nil
 }
 
 // Mask hides the password of a URL, or of each URL in a comma-separated

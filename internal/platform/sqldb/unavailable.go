@@ -69,9 +69,8 @@ func pgKind(code string) *errkind.Error {
 		code == "57P01", code == "57P02", code == "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
 		code == "58030": // io_error
 		return errkind.ErrUnavailable
-	case code == "40001", code == "40P01", code == "55P03":
-		// serialization_failure, deadlock_detected, lock_not_available:
-		// nothing is wrong with the request and running it again is
+	case retryLater(code):
+		// Nothing is wrong with the request and running it again is
 		// expected to succeed, so the client is told to retry (503 with
 		// Retry-After). Callers that can retry within the request (an
 		// UpdateFn repository) should do so before this reaches them.
@@ -81,6 +80,11 @@ func pgKind(code string) *errkind.Error {
 	}
 	return nil
 }
+
+// retryLater reports whether code says a statement met others
+// (serialization_failure, deadlock_detected, lock_not_available): the
+// server is well, it answered.
+func retryLater(code string) bool { return code == "40001" || code == "40P01" || code == "55P03" }
 
 // netErr marks an I/O error on a connection to a PostgreSQL server. pgx
 // returns a broken connection's error (reset, EOF) as the network's own,
