@@ -25,21 +25,25 @@ import (
 //     classes together at most 70% of it and each at most 50%, operators
 //     at most 10%, so a flood of one class leaves room for the others, and
 //     at least 20% is always left for POS terminals and payment callbacks.
-//   - Adaptive shedding, after go-zero's shedder and Kratos's BBR, with a
-//     queue of its own: while the node is overloaded (the process's CPU
-//     above 90% of its cores, goroutines waiting over 4 ms for a
-//     core, or a refusal within the last second), customers' requests run
-//     at most limit at once, limit being what the node has shown it can
-//     carry (the best throughput of the last 5 s times the lowest latency:
-//     Little's law) with half again as headroom; writes may go half again
-//     past it. A request that finds no place waits for one, newest first
-//     (a place freed goes to the newest waiter, writes before reads), at
-//     most a few of the node's fastest latencies, and is then refused.
-//     Waiting here, parked, instead of in the Go scheduler's run queue is
-//     the point: the run queue is where an overloaded node's requests
-//     otherwise queue, before any handler sees them, and no in-flight
-//     count can tell it. POS terminals, payment callbacks, operators and
-//     probes never wait and are never refused by it.
+//   - Early refusals (dropP): on a node short of CPU, requests queue
+//     before any step sees them, in the Go scheduler's run queue (net/http
+//     reads and parses each on a goroutine that waits its turn for a
+//     core), where no in-flight count can tell. While the process uses
+//     80% of its cores or more and its goroutines' wait for a core grows,
+//     customers' requests are refused as they arrive with a chance that
+//     follows that wait (reads with it, writes with half of it).
+//   - A limit on customers' requests at once, after go-zero's shedder and
+//     Kratos's BBR, with a queue of its own: while the process's CPU is
+//     above 90% of its cores (or for a second after a refusal), at most
+//     what the node has shown it can carry run at once (the best
+//     throughput of the last 5 s times the lowest latency: Little's law),
+//     with half again as headroom and at least 4 a core; writes may go
+//     half again past it. A request that finds no place waits, parked, for
+//     one (a place freed goes to the newest waiter, writes before reads),
+//     at most four of the node's fastest latencies, and is then refused.
+//
+// POS terminals, payment callbacks, operators and probes are never
+// refused by either.
 func (e *Edge) Shed() web.Step { return shedStep{e} }
 
 type shedStep struct{ e *Edge }
@@ -226,12 +230,13 @@ func (s *Shedder) gateLimit(now time.Time) int64 {
 }
 
 // carry is the gate's limit for a measured limit l: half again, at least
-// one a core; 0 for 0 (no measure).
+// 4 a core (a window learnt in a quiet spell, a few requests a bucket,
+// must not strangle the first burst); 0 for 0 (no measure).
 func carry(l int64) int64 {
 	if l == 0 {
 		return 0
 	}
-	return max(int64(runtime.GOMAXPROCS(0)), (3*l+1)/2)
+	return max(int64(4*runtime.GOMAXPROCS(0)), (3*l+1)/2)
 }
 
 // maxWait is how long a request may wait for a place: four of the
@@ -383,13 +388,15 @@ func (s *Shedder) limit(now time.Time) int64 {
 	return max(1, (maxPass*int64(minRT)+int64(bucketDur)-1)/int64(bucketDur))
 }
 
-// overloaded: the CPU is hot, goroutines wait for a core, or a request
-// was refused within coolOff.
+// overloaded: the process's CPU is hot, or a request was refused within
+// coolOff. (Not the goroutines' wait for a core alone: that is long too
+// when other processes take the machine's cores, and this node is not
+// what is busy.)
 func (s *Shedder) overloaded(now time.Time) bool {
 	if now.UnixNano()-s.dropped.Load() < int64(coolOff) {
 		return true
 	}
-	return s.usage(now) > cpuHot || s.waited() > waitHot
+	return s.usage(now) > cpuHot
 }
 
 // gate holds the adaptive limit's places. A request that finds none free
