@@ -360,7 +360,7 @@ func TestAdaptiveShedding(t *testing.T) {
 			t.Fatalf("%s refused after %v, want after its wait of ~80 ms", what, took)
 		}
 	}
-	wait.Store(50_000) // goroutines wait for a core, the process's CPU is not hot: other processes take the cores
+	wait.Store(50_000)               // goroutines wait for a core, the process's CPU is not hot: other processes take the cores
 	hold("GET", "/api/v1/stores", 1) // enters: 41 in flight
 	cpu.Store(950)
 	wait.Store(0)
