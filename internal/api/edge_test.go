@@ -81,6 +81,22 @@ func TestEdgeLimits(t *testing.T) {
 		t.Fatalf("after the operator cleared it: %d %s", r.Status, r.Body)
 	}
 
+	// An IPv6 client that trips the limits is banned with its /64: another
+	// address of it is refused too, another /64 is not; the operator
+	// clears the /64.
+	eventually.True(t, 10*time.Second, "an IPv6 /64 blacklisted", func() bool {
+		return anon.Do("GET", "/api/v1/stores", "", "X-Forwarded-For", "2001:db8:7:7::1").Status == 403
+	})
+	if r := anon.Do("GET", "/api/v1/stores", "", "X-Forwarded-For", "2001:db8:7:7:abcd::9"); r.Status != 403 {
+		t.Fatalf("another address of the banned /64: %d", r.Status)
+	}
+	if r := anon.Do("GET", "/api/v1/stores", "", "X-Forwarded-For", "2001:db8:7:8::1"); r.Status != 200 {
+		t.Fatalf("another /64: %d", r.Status)
+	}
+	if r := admin.Do("DELETE", "/admin/v1/blacklist/ip/2001:db8:7:7::/64", ""); r.Status != 204 {
+		t.Fatalf("clear the /64: %d %s", r.Status, r.Body)
+	}
+
 	// A forged token is refused by the chain's one check, with the same
 	// answer as before the chain did it.
 	forged := &nodetest.Client{T: t, Base: n.URL(), Token: buyer.Token + "x"}

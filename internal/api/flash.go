@@ -22,7 +22,7 @@ func (s *Server) flashRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /admin/v1/flash-sales/{sale_id}/recount", s.admin(s.recountSale))
 	if s.Blacklist != nil {
 		mux.HandleFunc("GET /admin/v1/blacklist", s.admin(s.listBlacklist))
-		mux.HandleFunc("DELETE /admin/v1/blacklist/{kind}/{value}", s.admin(s.clearBlacklist))
+		mux.HandleFunc("DELETE /admin/v1/blacklist/{kind}/{value...}", s.admin(s.clearBlacklist))
 	}
 }
 

@@ -132,7 +132,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 	}
 	if ok, strikes := s.ips.Allow(ip, now); !ok && b.IP.IsValid() {
 		c.rate.Add(1)
-		s.strike(guard.KindIP, b.IP.String(), strikes)
+		s.strike(guard.KindIP, guard.IPValue(b.IP), strikes)
 		return Ticket{}, ErrRate
 	}
 	if s.challenge != nil && (s.users.Strikes(user, now) >= s.cfg.Risky || s.ips.Strikes(ip, now) >= s.cfg.Risky) {

@@ -27,7 +27,7 @@ type Kind string
 
 const (
 	KindUser Kind = "user" // Value is a user id in decimal
-	KindIP   Kind = "ip"   // Value is an IPv4 or IPv6 address
+	KindIP   Kind = "ip"   // Value is an IPv4 or IPv6 address, or an IPv6 /64 ("2001:db8:1:2::/64")
 )
 
 // Entry is one blacklisted user or address, live until Until.
@@ -42,7 +42,7 @@ type Entry struct {
 // ErrBadEntry is the error (kind Invalid) of an entry, or a kind and
 // value, that does not validate.
 var ErrBadEntry = errkind.New(errkind.Invalid, "invalid_blacklist_entry",
-	"a blacklist entry needs kind user (a positive decimal id) or ip (an address), an until in the future and a reason of at most 500 bytes")
+	"a blacklist entry needs kind user (a positive decimal id) or ip (an address, or an IPv6 /64), an until in the future and a reason of at most 500 bytes")
 
 // MaxReason is the longest reason an entry may give, in bytes.
 const MaxReason = 500
@@ -72,10 +72,12 @@ type Blacklist struct {
 }
 
 // key identifies an entry in memory: a user id, or an address in
-// canonical form (not mapped, no zone).
+// canonical form (not mapped, no zone), or the first address of an IPv6
+// /64 (net set).
 type key struct {
 	user int64
 	ip   netip.Addr
+	net  bool
 }
 
 // snapshot is what checks read. It is never changed once published.
@@ -110,7 +112,24 @@ func (b *Blacklist) User(userID int64, now time.Time) (Entry, bool) {
 // blacklisted at now, and the entry. It reads memory only and allocates
 // nothing.
 func (b *Blacklist) IP(ip netip.Addr, now time.Time) (Entry, bool) {
-	return b.snap.Load().find(key{ip: canonical(ip)}, now)
+	s, ip := b.snap.Load(), canonical(ip)
+	if e, ok := s.find(key{ip: ip}, now); ok || !ip.Is6() {
+		return e, ok
+	}
+	return s.find(key{ip: net64(ip), net: true}, now)
+}
+
+// net64 is the first address of ip's /64.
+func net64(ip netip.Addr) netip.Addr { return netip.PrefixFrom(ip, 64).Masked().Addr() }
+
+// IPValue is the entry value that bans the client at ip: its address, or
+// for an IPv6 client the /64 it holds (a client that trips the limits can
+// take another address of it at will).
+func IPValue(ip netip.Addr) string {
+	if ip = canonical(ip); ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().String()
+	}
+	return ip.String()
 }
 
 func (s *snapshot) find(k key, now time.Time) (Entry, bool) {
@@ -369,6 +388,14 @@ func parse(kind Kind, value string) (key, string, error) {
 		}
 		return key{user: id}, strconv.FormatInt(id, 10), nil
 	case KindIP:
+		if strings.Contains(value, "/") {
+			p, err := netip.ParsePrefix(value)
+			if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Bits() != 64 {
+				return key{}, "", ErrBadEntry.With("ip %q: a prefix must be an IPv6 /64", value)
+			}
+			p = p.Masked()
+			return key{ip: p.Addr(), net: true}, p.String(), nil
+		}
 		ip, err := netip.ParseAddr(value)
 		if err != nil {
 			return key{}, "", ErrBadEntry.With("ip %q is not an IP address", value)

@@ -219,6 +219,8 @@ func TestBadInput(t *testing.T) {
 		{"empty user", guard.Entry{Kind: guard.KindUser, Until: until}},
 		{"bad ip", guard.Entry{Kind: guard.KindIP, Value: "300.1.1.1", Until: until}},
 		{"ip prefix", guard.Entry{Kind: guard.KindIP, Value: "10.0.0.0/8", Until: until}},
+		{"ipv6 prefix not /64", guard.Entry{Kind: guard.KindIP, Value: "2001:db8::/48", Until: until}},
+		{"mapped prefix", guard.Entry{Kind: guard.KindIP, Value: "::ffff:10.0.0.0/64", Until: until}},
 		{"empty ip", guard.Entry{Kind: guard.KindIP, Until: until}},
 		{"long value", guard.Entry{Kind: guard.KindIP, Value: strings.Repeat("1", 65), Until: until}},
 		{"no until", guard.Entry{Kind: guard.KindUser, Value: "1"}},
@@ -256,6 +258,7 @@ func TestBadInput(t *testing.T) {
 		{guard.KindIP, "::FFFF:10.1.2.3", "10.1.2.3"},
 		{guard.KindIP, "fe80::0001%eth0", "fe80::1"},
 		{guard.KindIP, "2001:DB8:0:0::1", "2001:db8::1"},
+		{guard.KindIP, "2001:DB8:0:9:1::7/64", "2001:db8:0:9::/64"},
 	} {
 		if err := b.Add(ctx, guard.Entry{Kind: v.kind, Value: v.in, Until: until}); err != nil {
 			t.Fatalf("Add %s %q: %v", v.kind, v.in, err)
@@ -270,7 +273,7 @@ func TestBadInput(t *testing.T) {
 		got = append(got, string(e.Kind)+" "+e.Value)
 	}
 	slices.Sort(got)
-	if want := "ip 10.1.2.3, ip 2001:db8::1, ip fe80::1, user 7, user 8"; strings.Join(got, ", ") != want {
+	if want := "ip 10.1.2.3, ip 2001:db8:0:9::/64, ip 2001:db8::1, ip fe80::1, user 7, user 8"; strings.Join(got, ", ") != want {
 		t.Errorf("List: %s, want %s", strings.Join(got, ", "), want)
 	}
 	if _, ok := b.User(7, time.Now()); !ok {
@@ -278,6 +281,20 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, ok := b.IP(netip.MustParseAddr("fe80::1%eth1"), time.Now()); !ok {
 		t.Error("fe80::1 not found with another zone")
+	}
+	for ip, want := range map[string]bool{"2001:db8:0:9::1": true, "2001:db8:0:9:ffff::": true, "2001:db8:0:a::1": false, "2001:db8::2": false} {
+		if e, ok := b.IP(netip.MustParseAddr(ip), time.Now()); ok != want || ok && e.Value != "2001:db8:0:9::/64" {
+			t.Errorf("IP(%s) = %+v %v, want %v (the /64 entry)", ip, e, ok, want)
+		}
+	}
+	if got, want := guard.IPValue(netip.MustParseAddr("2001:db8:0:9:1::7")), "2001:db8:0:9::/64"; got != want {
+		t.Errorf("IPValue of an IPv6 address: %s, want %s", got, want)
+	}
+	if got, want := guard.IPValue(netip.MustParseAddr("::ffff:10.1.2.3")), "10.1.2.3"; got != want {
+		t.Errorf("IPValue of an IPv4 address: %s, want %s", got, want)
+	}
+	if was, err := b.Clear(ctx, guard.KindIP, "2001:db8:0:9::/64"); !was || err != nil {
+		t.Errorf("Clear of the /64 = %v %v, want true", was, err)
 	}
 	if was, err := b.Clear(ctx, guard.KindIP, "::ffff:10.1.2.3"); !was || err != nil {
 		t.Errorf("Clear of the mapped form = %v %v, want true", was, err)
@@ -294,18 +311,19 @@ func TestChecksDoNotAllocate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hit, miss := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("::ffff:192.0.2.1")
+	hit, miss, miss6 := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("::ffff:192.0.2.1"), netip.MustParseAddr("2001:db8:1::5")
 	now := time.Now()
 	allocs := testing.AllocsPerRun(1000, func() {
 		_, u := b.User(5, now)
 		_, i := b.IP(hit, now)
 		_, u2 := b.User(6, now)
 		_, i2 := b.IP(miss, now)
-		if !u || !i || u2 || i2 {
+		_, i3 := b.IP(miss6, now) // the /64 looked up too
+		if !u || !i || u2 || i2 || i3 {
 			t.Fatal("wrong answers")
 		}
 	})
 	if allocs != 0 {
-		t.Errorf("%v allocations per 4 checks", allocs)
+		t.Errorf("%v allocations per 5 checks", allocs)
 	}
 }

@@ -130,7 +130,7 @@ func (a admit) Wrap(next http.Handler) http.Handler {
 		if in.Class.Customer() && in.IP.IsValid() && !in.IP.IsLoopback() {
 			if ok, strikes := e.ip.Allow(ipKey(in.IP), now); !ok {
 				c.limited.Add(1)
-				e.strike(guard.KindIP, in.IP.String(), strikes)
+				e.strike(guard.KindIP, guard.IPValue(in.IP), strikes)
 				refuse(w, r, ErrRate, perToken(e.cfg.IPRPS))
 				return
 			}
@@ -218,8 +218,7 @@ func refuse(w http.ResponseWriter, r *http.Request, err error, retry time.Durati
 }
 
 // ipKey is the per-IP limit's key of a client: an IPv6 client usually
-// holds a whole /64, so it is limited as one (a ban still names the one
-// address that tripped the limit: the blacklist has no prefixes).
+// holds a whole /64, so it is limited (and banned: guard.IPValue) as one.
 func ipKey(a netip.Addr) uint64 {
 	if a.Is6() && !a.Is4In6() {
 		a = netip.PrefixFrom(a, 64).Masked().Addr()
