@@ -44,6 +44,8 @@ type Breaker struct {
 
 	mu     sync.Mutex
 	opened chan struct{} // closed when b opens, then replaced
+
+	lastFailure atomic.Int64 // unix ns of the last failure recorded
 }
 
 // New returns a closed breaker for the dependency called name (it begins
@@ -114,7 +116,7 @@ func (b *Breaker) Opened() <-chan struct{} {
 // Done records the outcome of a call Allow let through.
 func (b *Breaker) Done(err error) {
 	if err != nil && b.failed(err) {
-		b.cb.RecordFailure()
+		b.Failure()
 		return
 	}
 	b.cb.RecordSuccess()
@@ -123,7 +125,15 @@ func (b *Breaker) Done(err error) {
 // Failure records a failure the dependency showed outside a call Allow let
 // through (a pooled connection's health check), so that it counts
 // towards opening b.
-func (b *Breaker) Failure() { b.cb.RecordFailure() }
+func (b *Breaker) Failure() {
+	b.lastFailure.Store(time.Now().UnixNano())
+	b.cb.RecordFailure()
+}
+
+// FailedWithin reports whether a failure was recorded within the last d.
+func (b *Breaker) FailedWithin(d time.Duration) bool {
+	return time.Now().UnixNano()-b.lastFailure.Load() < int64(d)
+}
 
 // State is closed, open or half-open.
 func (b *Breaker) State() string { return b.cb.State().String() }

@@ -47,11 +47,13 @@ func serverFailed(err error) bool {
 // database/sql opens connections for the callers queued for one on a
 // single goroutine, with a ctx that has no deadline, and holds a pool
 // slot for each it has yet to open: one connect hanging on the server
-// holds up every caller of the pool until the connect timeout. So a
-// connect is abandoned as soon as the breaker opens, and one without a
-// deadline is not the breaker's probe when half-open (callers with a
-// deadline of their own are): either way the queued callers get the
-// breaker's error at once.
+// holds up every caller of the pool until the connect timeout, and the
+// callers that wait out their deadline in that queue never reach the
+// breaker, so it may never open. So a connect is abandoned as soon as the
+// breaker opens, and one without a deadline is not tried while the
+// breaker is not closed or a failure was recorded within its Delay
+// (callers with a deadline of their own connect, and count): the queued
+// callers get the breaker's error at once.
 type guardedConnector struct {
 	driver.Connector
 	b *breaker.Breaker
@@ -59,7 +61,7 @@ type guardedConnector struct {
 
 func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	opened := c.b.Opened()
-	if _, bounded := ctx.Deadline(); !bounded && !c.b.Closed() {
+	if _, bounded := ctx.Deadline(); !bounded && (!c.b.Closed() || c.b.FailedWithin(breaker.Delay)) {
 		return nil, c.b.Err()
 	}
 	if err := c.b.Allow(); err != nil {
