@@ -50,6 +50,7 @@ var (
 	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing,flash,overload", "which benchmarks to run")
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
+	shedModes = flag.String("shed", "bbr,failsafe,off", "overload: the shedders to compare")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
 	profile   = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file (and of the load generator to FILE.bench)")
 )

@@ -39,7 +39,7 @@ func overload(ctx context.Context) error {
 		return nil
 	}
 	fmt.Printf("\noverload (one node on one core, GOMAXPROCS=1; open-loop load from this process; GET /api/v1/orders)\n")
-	for _, mode := range []string{"bbr", "failsafe", "off"} {
+	for _, mode := range strings.Split(*shedModes, ",") {
 		if err := overloadMode(ctx, mode); err != nil {
 			return err
 		}
@@ -80,9 +80,9 @@ func overloadMode(ctx context.Context, mode string) error {
 		r.Header.Set("Authorization", "Bearer "+tokens[(w*7+i)%len(tokens)])
 		return r
 	}
-	load.Run(ctx, 4, 2*time.Second, 200, list) // warm up
-	unloaded := load.Run(ctx, 1, 3*time.Second, 200, list)
-	peak := load.Run(ctx, 16, *dur, 200, list)
+	closedLoop(ctx, 4, 2*time.Second, list) // warm up
+	unloaded := closedLoop(ctx, 1, 3*time.Second, list)
+	peak := closedLoop(ctx, 16, *dur, list)
 	rate := 3 * peak.RPS()
 	over := openLoop(ctx, rate, *dur, list)
 	recovery := recoverAfter(ctx, list, 2*unloaded.P99)
@@ -199,6 +199,55 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, next load.Requ
 	secs := d.Seconds()
 	return openResult{ok: float64(ok.Load()) / secs, shed: float64(shed.Load()) / secs, limited: limited.Load(), failed: failed.Load(),
 		p99: time.Duration(hist.ValueAtQuantile(99)) * time.Microsecond}
+}
+
+// closedLoop drives workers raw connections (as openLoop's), each sending
+// its next request when the last is answered, for d: the node's peak
+// (with 16) and its unloaded latency (with 1). net/http's client would
+// be the bottleneck of the peak.
+func closedLoop(ctx context.Context, workers int, d time.Duration, next load.Request) load.Result {
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	hist := hdrhistogram.New(1, 10_000_000, 3)
+	host := next(0, 0).URL.Host
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			c := &rawConn{host: host}
+			defer func() {
+				if c.conn != nil {
+					c.conn.Close()
+				}
+			}()
+			for i := 0; time.Since(start) < d; i++ {
+				if c.conn == nil {
+					conn, err := net.DialTimeout("tcp", host, 5*time.Second)
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					c.conn, c.br = conn, bufio.NewReader(conn)
+				}
+				status, took, err := c.do(next(w, i).WithContext(ctx))
+				if err != nil || status != 200 {
+					failed.Add(1)
+					if err != nil {
+						c.conn.Close()
+						c.conn = nil
+					}
+					continue
+				}
+				ok.Add(1)
+				mu.Lock()
+				hist.RecordValue(took.Microseconds())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return load.Result{OK: ok.Load(), Failed: failed.Load(), Elapsed: time.Since(start),
+		P50: time.Duration(hist.ValueAtQuantile(50)) * time.Microsecond, P99: time.Duration(hist.ValueAtQuantile(99)) * time.Microsecond}
 }
 
 // rawConn is one keep-alive connection of openLoop.

@@ -406,19 +406,19 @@ func TestEarlyRefusals(t *testing.T) {
 	sh.waited = func() time.Duration { return time.Duration(wait.Load()) * time.Microsecond }
 	step := func() float64 { sh.pNext.Store(0); return sh.dropP() }
 	busy.Store(950)
-	wait.Store(1000)
+	wait.Store(700)
 	if p := step(); p != 0 {
 		t.Fatalf("p %.2f with short waits", p)
 	}
-	wait.Store(5000)
+	wait.Store(2000)
 	p1 := step()
 	p2 := step()
 	if p1 <= 0 || p2 <= p1 {
-		t.Fatalf("p %.2f then %.2f with waits of 5 ms: want rising", p1, p2)
+		t.Fatalf("p %.2f then %.2f with waits of 2 ms: want rising", p1, p2)
 	}
-	wait.Store(40_000)
+	wait.Store(10_000)
 	if p := step(); p < 0.5 {
-		t.Fatalf("p %.2f with waits of 40 ms: want at least 0.5 at once", p)
+		t.Fatalf("p %.2f with waits of 10 ms: want at least 0.5 at once", p)
 	}
 	for range 10 {
 		step()

@@ -94,7 +94,7 @@ const (
 	buckets   = 50
 	bucketDur = 100 * time.Millisecond
 	cpuHot    = 0.9
-	waitHot   = 4 * time.Millisecond // goroutines' 90th percentile wait for a core
+	waitHot   = time.Millisecond // goroutines' 90th percentile wait for a core
 	busyHot   = 0.8                  // early refusals only while the CPU is this busy
 	coolOff   = time.Second
 )
