@@ -95,7 +95,7 @@ const (
 	bucketDur = 100 * time.Millisecond
 	cpuHot    = 0.9
 	waitHot   = time.Millisecond // goroutines' 90th percentile wait for a core
-	busyHot   = 0.8                  // early refusals only while the CPU is this busy
+	busyHot   = 0.8              // early refusals only while the CPU is this busy
 	coolOff   = time.Second
 )
 
