@@ -85,3 +85,40 @@ func TestClusterShowsBreakers(t *testing.T) {
 		return breakers()["bus"] == "closed"
 	})
 }
+
+// With the main database hung, its breaker opens and the cluster view
+// still answers: the breakers (the database's open) and the node's own
+// state, with leases_error in place of the leases it cannot read.
+func TestClusterViewWithTheDatabaseDown(t *testing.T) {
+	t.Parallel()
+	db, proxy := sqldbtest.PostgresViaProxy(t)
+	n := nodetest.Start(t, func(c *node.Config) { c.DB = []string{db} })
+	admin := &nodetest.Client{T: t, Base: n.URL(), Token: nodetest.Admin}
+	type view struct {
+		Owner       string
+		Breakers    map[string]string
+		Leases      []json.RawMessage
+		LeasesError string `json:"leases_error"`
+	}
+	get := func() view {
+		r := admin.Do("GET", "/admin/v1/cluster", "")
+		var v view
+		if r.Status != 200 || json.Unmarshal(r.Body, &v) != nil {
+			t.Fatalf("cluster view: %d %s", r.Status, r.Body)
+		}
+		return v
+	}
+	if v := get(); len(v.Leases) == 0 || v.LeasesError != "" {
+		t.Fatalf("cluster view with the database up: %+v", v)
+	}
+	proxy.Stall()
+	main := n.DB.Main()
+	breakertest.Trip(t, main.Breaker(), breakertest.Within(300*time.Millisecond, func(ctx context.Context) error {
+		return main.W.PingContext(ctx)
+	}))
+	v := get()
+	if v.Breakers["db:"+main.Name] != "open" || v.LeasesError == "" || v.Leases != nil || v.Owner == "" {
+		t.Fatalf("cluster view with the database hung: %+v", v)
+	}
+	proxy.Resume()
+}

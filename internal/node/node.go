@@ -512,14 +512,18 @@ func (n *Node) expireDue(ctx context.Context) error {
 	return err
 }
 
-// cluster is this node's identity and jobs, and the leases of the cluster.
+// cluster is this node's identity, jobs and breakers, and the leases of
+// the cluster. The leases are in the main database: when it cannot be
+// read (down, or its breaker open) the rest is still answered, with
+// leases_error saying why: an operator needs the breakers most then.
 func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
-	ls, err := leases.List(ctx, "")
-	if err != nil {
-		return nil, err
+	out := map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(),
+		"breakers": n.breakers()}
+	if ls, err := leases.List(ctx, ""); err != nil {
+		out["leases_error"] = err.Error()
+	} else {
+		out["leases"] = ls
 	}
-	out := map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(), "leases": ls}
-	out["breakers"] = n.breakers()
 	return out, nil
 }
 
