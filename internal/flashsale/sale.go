@@ -387,8 +387,12 @@ func (s *Service) refreshOne(ctx context.Context, l *live) {
 // listens for other nodes' sell-outs and units back, and flushes this
 // node's figures every few seconds, until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
-	unsub := s.listen(ctx)
-	defer unsub()
+	unsub := s.listen()
+	defer func() {
+		if unsub != nil {
+			unsub()
+		}
+	}()
 	tick := time.NewTicker(RefreshEvery)
 	defer tick.Stop()
 	lastFlush := s.now()
@@ -400,6 +404,9 @@ func (s *Service) Run(ctx context.Context) error {
 			cancel()
 			return nil
 		case <-tick.C:
+		}
+		if unsub == nil {
+			unsub = s.listen()
 		}
 		now := s.now()
 		s.mu.RLock()
@@ -431,22 +438,16 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// listen subscribes to other nodes' news, trying again every second while
-// the bus is away (a node outlives a bus outage; until it is back the
-// sales are kept fresh by the refresh alone).
-func (s *Service) listen(ctx context.Context) (unsubscribe func()) {
-	for {
-		unsub, err := s.bus.Subscribe(NewsSubject, s.onNews)
-		if err == nil {
-			return unsub
-		}
+// listen subscribes to other nodes' news; nil while the bus is away (Run
+// tries again every tick: a node outlives a bus outage, and until the
+// bus is back its sales are kept fresh by the refresh alone).
+func (s *Service) listen() (unsubscribe func()) {
+	unsub, err := s.bus.Subscribe(NewsSubject, s.onNews)
+	if err != nil {
 		s.log.Warn("flash sales: listen for news, trying again", "err", err)
-		select {
-		case <-ctx.Done():
-			return func() {}
-		case <-time.After(time.Second):
-		}
+		return nil
 	}
+	return unsub
 }
 
 // NewsSubject carries, over plain NATS, "sold out" and "a unit is back"

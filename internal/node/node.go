@@ -519,7 +519,9 @@ func (n *Node) expireDue(ctx context.Context) error {
 func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
 	out := map[string]any{"owner": n.owner, "node_id": n.IDs.Node(), "roles": n.cfg.Roles, "jobs": n.Jobs.Stats(),
 		"breakers": n.breakers()}
-	if ls, err := leases.List(ctx, ""); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, time.Second) // operators' requests have no deadline of their own
+	defer cancel()
+	if ls, err := leases.List(lctx, ""); err != nil {
 		out["leases_error"] = err.Error()
 	} else {
 		out["leases"] = ls

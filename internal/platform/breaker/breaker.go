@@ -11,6 +11,7 @@
 package breaker
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -45,8 +46,16 @@ type Breaker struct {
 	mu     sync.Mutex
 	opened chan struct{} // closed when b opens, then replaced
 
-	lastFailure atomic.Int64 // unix ns of the last failure recorded
+	fmu      sync.Mutex
+	failedAt [failingCount]int64 // unix ns of the last failures recorded, a ring
+	fnext    int
 }
+
+// Failing is failingCount failures within failingWithin.
+const (
+	failingCount  = 3
+	failingWithin = time.Second
+)
 
 // New returns a closed breaker for the dependency called name (it begins
 // the message of a refused call's error). failed says whether an error a
@@ -114,8 +123,12 @@ func (b *Breaker) Opened() <-chan struct{} {
 }
 
 // Done records the outcome of a call Allow let through.
+//
+// A call its caller cancelled says nothing of the dependency: while b is
+// closed it counts as a success; while it is not, as a failure (a probe
+// whose client went away must not close b over a server still hung).
 func (b *Breaker) Done(err error) {
-	if err != nil && b.failed(err) {
+	if err != nil && (b.failed(err) || errors.Is(err, context.Canceled) && !b.Closed()) {
 		b.Failure()
 		return
 	}
@@ -126,13 +139,20 @@ func (b *Breaker) Done(err error) {
 // through (a pooled connection's health check), so that it counts
 // towards opening b.
 func (b *Breaker) Failure() {
-	b.lastFailure.Store(time.Now().UnixNano())
+	b.fmu.Lock()
+	b.failedAt[b.fnext] = time.Now().UnixNano()
+	b.fnext = (b.fnext + 1) % failingCount
+	b.fmu.Unlock()
 	b.cb.RecordFailure()
 }
 
-// FailedWithin reports whether a failure was recorded within the last d.
-func (b *Breaker) FailedWithin(d time.Duration) bool {
-	return time.Now().UnixNano()-b.lastFailure.Load() < int64(d)
+// Failing reports whether the dependency is failing right now, before
+// the breaker may have opened: 3 failures recorded within the last second.
+func (b *Breaker) Failing() bool {
+	b.fmu.Lock()
+	oldest := b.failedAt[b.fnext] // the ring's oldest of the last 3
+	b.fmu.Unlock()
+	return oldest != 0 && time.Now().UnixNano()-oldest < int64(failingWithin)
 }
 
 // State is closed, open or half-open.

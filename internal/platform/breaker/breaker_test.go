@@ -1,9 +1,11 @@
 package breaker_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/surge-platform/surge/internal/platform/breaker"
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -78,5 +80,59 @@ func BenchmarkAllowDone(b *testing.B) {
 		if br.Allow() == nil {
 			br.Done(nil)
 		}
+	}
+}
+
+// Failing: 3 failures within a second, not 2, and not 3 spread wider;
+// before the breaker opens (10 of 20).
+func TestFailing(t *testing.T) {
+	t.Parallel()
+	b := breaker.New("db x", nil)
+	down := fmt.Errorf("query: %w", errkind.ErrTimeout)
+	for range 2 {
+		b.Allow()
+		b.Done(down)
+	}
+	if b.Failing() {
+		t.Fatal("failing after 2 failures")
+	}
+	b.Allow()
+	b.Done(down)
+	if !b.Failing() || b.State() != "closed" {
+		t.Fatalf("after 3 failures at once: failing %v, state %s; want failing and still closed", b.Failing(), b.State())
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if b.Failing() {
+		t.Fatal("still failing a second later")
+	}
+}
+
+// A call its caller cancelled counts as a success while the breaker is
+// closed, and as a failure while it probes: a probe whose client went
+// away opens it again.
+func TestCancelledCalls(t *testing.T) {
+	t.Parallel()
+	b := breaker.New("db x", nil)
+	for range 30 {
+		b.Allow()
+		b.Done(fmt.Errorf("query: %w", context.Canceled))
+	}
+	if b.State() != "closed" {
+		t.Fatalf("cancelled calls opened it: %s", b.State())
+	}
+	for range 20 {
+		b.Allow()
+		b.Done(errkind.ErrTimeout)
+	}
+	if b.State() != "open" {
+		t.Fatalf("state %s after 20 failures", b.State())
+	}
+	time.Sleep(breaker.Delay + 100*time.Millisecond)
+	if err := b.Allow(); err != nil {
+		t.Fatalf("no probe let through after the delay: %v", err)
+	}
+	b.Done(context.Canceled)
+	if b.State() != "open" {
+		t.Fatalf("a probe whose client went away left it %s, want open again", b.State())
 	}
 }

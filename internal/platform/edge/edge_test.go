@@ -404,7 +404,7 @@ func TestEarlyRefusals(t *testing.T) {
 	sh.usage = func(time.Time) float64 { return 0 }
 	sh.busyNow = func(int64) float64 { return float64(busy.Load()) / 1000 }
 	sh.waited = func() time.Duration { return time.Duration(wait.Load()) * time.Microsecond }
-	step := func() float64 { sh.pNext.Store(0); return sh.dropP() }
+	step := func() float64 { sh.pNext.Store(time.Now().UnixNano()); return sh.dropP() } // one period has passed
 	busy.Store(950)
 	wait.Store(700)
 	if p := step(); p != 0 {
@@ -450,6 +450,17 @@ func TestEarlyRefusals(t *testing.T) {
 		if n := count("GET", path); n != 0 {
 			t.Fatalf("%s: %d refused", path, n)
 		}
+	}
+	// No request for a second after the overload: the next one finds the
+	// chance decayed as if updated all along, not stale.
+	wait.Store(700) // neither rise nor decay of its own
+	sh.pNext.Store(time.Now().Add(-time.Second).UnixNano())
+	if p := sh.dropP(); p > 0.01 {
+		t.Fatalf("p %.3f after a second without requests, want 0.99 halved ten times", p)
+	}
+	wait.Store(10_000)
+	for range 12 {
+		step()
 	}
 	// The CPU no longer busy: it falls to 0 within half a second.
 	busy.Store(300)

@@ -69,16 +69,17 @@ func (s shedStep) Wrap(next http.Handler) http.Handler {
 			refuse(w, r, ErrBusy, time.Second)
 			return
 		}
-		start := e.now()
+		start, learn := e.now(), queued
 		defer func() {
 			if queued {
 				sh.release()
 			}
-			sh.done(in.Class, &c.inflight, e.now().Sub(start))
+			sh.done(in.Class, &c.inflight, learn, e.now().Sub(start))
 		}()
 		if sh.fs != nil && queued {
 			permit, err := sh.fs.AcquirePermitWithMaxWait(r.Context(), sh.maxWait())
 			if err != nil {
+				learn = false
 				c.shed.Add(1)
 				refuse(w, r, ErrBusy, time.Second)
 				return
@@ -286,9 +287,12 @@ func (s *Shedder) early(write bool) bool {
 func (s *Shedder) dropP() float64 {
 	now := time.Now().UnixNano()
 	if now >= s.pNext.Load() && s.pMu.TryLock() {
-		if now >= s.pNext.Load() {
+		if next := s.pNext.Load(); now >= next {
 			s.pNext.Store(now + int64(bucketDur))
 			p := math.Float64frombits(s.p.Load())
+			if idle := (now - next) / int64(bucketDur); idle > 0 { // periods without a request: decay as if updated
+				p *= math.Pow(0.5, float64(idle))
+			}
 			busy := s.busyNow(now)
 			switch d := s.waited(); {
 			case busy < busyHot:
@@ -328,10 +332,11 @@ func (s *Shedder) busy(now int64) float64 {
 	return b
 }
 
-// done records a request's completion after rt.
-func (s *Shedder) done(c web.Class, mine *atomic.Int64, rt time.Duration) {
+// done records a request's completion after rt; the window learns from
+// the requests the limit applies to (customers'), served.
+func (s *Shedder) done(c web.Class, mine *atomic.Int64, learn bool, rt time.Duration) {
 	s.undo(c, mine)
-	if s.mode == ShedOff {
+	if s.mode == ShedOff || !learn {
 		return
 	}
 	now := time.Now().UnixNano()

@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -50,10 +51,16 @@ func serverFailed(err error) bool {
 // holds up every caller of the pool until the connect timeout, and the
 // callers that wait out their deadline in that queue never reach the
 // breaker, so it may never open. So a connect is abandoned as soon as the
-// breaker opens, and one without a deadline is not tried while the
-// breaker is not closed or a failure was recorded within its Delay
-// (callers with a deadline of their own connect, and count): the queued
-// callers get the breaker's error at once.
+// breaker opens; one without a deadline gets openerTimeout, and is not
+// tried at all while the server is failing right now (breaker.Failing: 3
+// failures within a second), so that the queued callers get the
+// breaker's error at once instead of waiting behind it, and the slots it
+// would hold go to callers with deadlines, whose attempts count. One
+// failure alone does not do that: a healthy pool must not refuse its
+// queue for one slow query.
+// openerTimeout bounds a connect that has no deadline of its own.
+const openerTimeout = 2 * time.Second
+
 type guardedConnector struct {
 	driver.Connector
 	b *breaker.Breaker
@@ -61,8 +68,13 @@ type guardedConnector struct {
 
 func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	opened := c.b.Opened()
-	if _, bounded := ctx.Deadline(); !bounded && (!c.b.Closed() || c.b.FailedWithin(breaker.Delay)) {
-		return nil, c.b.Err()
+	if _, bounded := ctx.Deadline(); !bounded {
+		if c.b.Failing() {
+			return nil, c.b.Err()
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, openerTimeout)
+		defer cancel()
 	}
 	if err := c.b.Allow(); err != nil {
 		return nil, err
@@ -97,7 +109,7 @@ func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 // driver.ErrBadConn all the same).
 func done(ctx context.Context, b *breaker.Breaker, err error) {
 	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
-		err = nil
+		err = context.Canceled // b.Done: a success while closed, a failure while probing
 	}
 	b.Done(err)
 }
