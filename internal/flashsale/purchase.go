@@ -124,7 +124,7 @@ func (s *Service) Purchase(ctx context.Context, saleID int64, b Buyer) (Ticket, 
 		c.ended.Add(1)
 		return Ticket{}, ErrEnded.With("the sale ended at %s", l.EndsAt.Format(time.RFC3339))
 	}
-	user, ip := uint64(b.UserID), limit.IPKey(b.IP)
+	user, ip := uint64(b.UserID), limit.ClientKey(b.IP)
 	if ok, strikes := s.users.Allow(user, now); !ok {
 		c.rate.Add(1)
 		s.strike(guard.KindUser, strconv.FormatInt(b.UserID, 10), strikes)

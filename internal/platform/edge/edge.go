@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -116,7 +115,7 @@ func (a admit) Wrap(next http.Handler) http.Handler {
 		}
 		c := &e.stats[in.Class]
 		now := e.now()
-		if e.bl != nil && in.IP.IsValid() {
+		if e.bl != nil && in.IP.IsValid() && in.Class != web.ClassAdmin { // an operator must reach the endpoint that clears a ban
 			if _, bad := e.bl.IP(in.IP, now); bad {
 				c.banned.Add(1)
 				web.Refuse(w, r, ErrBlacklisted)
@@ -128,7 +127,7 @@ func (a admit) Wrap(next http.Handler) http.Handler {
 		// limit comes before the cap: one abuser's refused requests must
 		// not spend the cluster's permits.
 		if in.Class.Customer() && in.IP.IsValid() && !in.IP.IsLoopback() {
-			if ok, strikes := e.ip.Allow(ipKey(in.IP), now); !ok {
+			if ok, strikes := e.ip.Allow(limit.ClientKey(in.IP), now); !ok {
 				c.limited.Add(1)
 				e.strike(guard.KindIP, guard.IPValue(in.IP), strikes)
 				refuse(w, r, ErrRate, perToken(e.cfg.IPRPS))
@@ -215,15 +214,6 @@ func refuse(w http.ResponseWriter, r *http.Request, err error, retry time.Durati
 	secs := max(1, int64((retry+time.Second-1)/time.Second))
 	w.Header()["Retry-After"] = retryValues(secs)
 	web.Refuse(w, r, err)
-}
-
-// ipKey is the per-IP limit's key of a client: an IPv6 client usually
-// holds a whole /64, so it is limited (and banned: guard.IPValue) as one.
-func ipKey(a netip.Addr) uint64 {
-	if a.Is6() && !a.Is4In6() {
-		a = netip.PrefixFrom(a, 64).Masked().Addr()
-	}
-	return limit.IPKey(a)
 }
 
 var retryCache [11][]string

@@ -209,7 +209,9 @@ func (s *Shedder) acquire(r *http.Request, write bool) bool {
 	if s.gate.acquire(r.Context(), write, limit, wait) {
 		return true
 	}
-	s.dropped.Store(time.Now().UnixNano())
+	if r.Context().Err() == nil { // refused, not given up on by its client
+		s.dropped.Store(time.Now().UnixNano())
+	}
 	return false
 }
 

@@ -196,6 +196,16 @@ func (b *bucket) count(sec int64) int {
 
 func slot(sec int64) int { return int((sec%slots + slots) % slots) }
 
+// ClientKey is the key of the client at ip: its address's, or for an
+// IPv6 client the key of the /64 it holds (it can take another address
+// of it at will, so it is limited as one).
+func ClientKey(ip netip.Addr) uint64 {
+	if ip.Is6() && !ip.Is4In6() {
+		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
+	return IPKey(ip)
+}
+
 // IPKey hashes an address into a key. An IPv4 address and its
 // IPv4-in-IPv6 form (::ffff:a.b.c.d) give the same key; a zone is ignored.
 // An IPv6 client usually holds a whole /64: to limit it as one, pass
