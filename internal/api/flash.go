@@ -55,8 +55,12 @@ var (
 	jsonType  = []string{"application/json"}
 )
 
-// clientIP is the peer's address (no proxy header is trusted).
+// clientIP is the client's address: as the edge classified it (through
+// --trusted-proxies), else the peer's.
 func clientIP(r *http.Request) netip.Addr {
+	if in := web.InfoOf(r.Context()); in != nil && in.IP.IsValid() {
+		return in.IP // the client's, behind the trusted proxies (--trusted-proxies), as the edge's limits see it
+	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -533,5 +534,30 @@ func TestFlashSaleRefundKeepsStoreStock(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // menus showing stock are cached for a second
 	if after := stockOf(); after != before {
 		t.Fatalf("the store's stock of the latte went from %d to %d after refunding a sale order", before, after)
+	}
+}
+
+// TestFlashSaleIPv6PerNet: the sale's per-address limit takes an IPv6
+// client's whole /64, as its ban does: buyers behind addresses of one /64
+// share it, another /64 has its own.
+func TestFlashSaleIPv6PerNet(t *testing.T) {
+	n := nodetest.Start(t, func(c *node.Config) {
+		c.Flash = flashsale.Config{UserRate: -1, IPRate: 1}
+		c.Proxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	admin := &nodetest.Client{T: t, Base: n.URL(), Token: nodetest.Admin}
+	sale := createSale(t, admin, 100, 100, -time.Second, "")
+	codes := map[int]int{}
+	for i := range 6 {
+		buyer := nodetest.Login(t, n.URL(), "1390000010"+strconv.Itoa(i))
+		ip := "2001:db8:5:5:" + strconv.Itoa(i+1) + "::1" // one /64, a new address each
+		codes[buyer.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "", "X-Forwarded-For", ip).Status]++
+	}
+	if codes[202] < 1 || codes[202] > 3 || codes[429] < 3 {
+		t.Fatalf("six buyers of one /64 at 1/s: %v; want them limited as one client", codes)
+	}
+	other := nodetest.Login(t, n.URL(), "13900000199")
+	if r := other.Do("POST", "/api/v1/flash-sales/"+sale+"/purchase", "", "X-Forwarded-For", "2001:db8:5:6::1"); r.Status != 202 {
+		t.Fatalf("a buyer of another /64: %d %s", r.Status, r.Body)
 	}
 }
