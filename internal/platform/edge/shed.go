@@ -320,17 +320,22 @@ func (s *Shedder) dropP() float64 {
 
 // busy is the process's CPU use since the last call, 0..1 of GOMAXPROCS
 // cores (called by dropP alone).
-func (s *Shedder) busy(now int64) float64 {
+func (s *Shedder) busy(now int64) float64 { return cpuSince(&s.pAt, &s.pUsed, now) }
+
+// cpuSince is the process's CPU use, 0..1 of GOMAXPROCS cores, between
+// the reading at *at (unix ns; *used CPU ns then) and now, which it then
+// records there; 0 for the first reading.
+func cpuSince(at, used *int64, now int64) float64 {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
 		return 0
 	}
-	used := ru.Utime.Nano() + ru.Stime.Nano()
+	u := ru.Utime.Nano() + ru.Stime.Nano()
 	var b float64
-	if s.pAt != 0 && now > s.pAt {
-		b = float64(used-s.pUsed) / float64(now-s.pAt) / float64(runtime.GOMAXPROCS(0))
+	if *at != 0 && now > *at {
+		b = float64(u-*used) / float64(now-*at) / float64(runtime.GOMAXPROCS(0))
 	}
-	s.pAt, s.pUsed = now, used
+	*at, *used = now, u
 	return b
 }
 
@@ -562,15 +567,10 @@ func (m *cpuMeter) usage(now time.Time) float64 {
 	if m.mu.TryLock() {
 		if t >= m.next {
 			m.next = t + int64(250*time.Millisecond)
-			var ru syscall.Rusage
-			if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-				used := ru.Utime.Nano() + ru.Stime.Nano()
-				if m.at != 0 && t > m.at {
-					cur := float64(used-m.used) / float64(t-m.at) / float64(runtime.GOMAXPROCS(0))
-					old := math.Float64frombits(m.value.Load())
-					m.value.Store(math.Float64bits(old*0.6 + min(cur, 1)*0.4))
-				}
-				m.at, m.used = t, used
+			first := m.at == 0
+			if cur := cpuSince(&m.at, &m.used, t); !first {
+				old := math.Float64frombits(m.value.Load())
+				m.value.Store(math.Float64bits(old*0.6 + min(cur, 1)*0.4))
 			}
 		}
 		m.mu.Unlock()
