@@ -25,6 +25,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
@@ -78,6 +79,10 @@ type Server struct {
 	// Switches are the cluster's degradation switches (admin routes, and
 	// the features they gate); nil: every feature on, routes left out.
 	Switches *switches.Panel
+
+	// Metrics is the node's registry: GET /metrics (admin token) and the
+	// RED metrics of every request; nil: neither.
+	Metrics *obs.Metrics
 }
 
 // Handler returns the whole HTTP surface of a node.
@@ -132,6 +137,11 @@ func (s *Server) Handler() http.Handler {
 			web.JSON(w, http.StatusOK, s.PushStats())
 		}))
 	}
+	var done func(*web.Info, int, time.Duration)
+	if m := s.Metrics; m != nil {
+		mux.Handle("GET /metrics", s.admin(m.Handler().ServeHTTP))
+		done = func(in *web.Info, status int, d time.Duration) { m.Request(in.Pattern, in.Class, status, d) }
+	}
 	for pattern, h := range s.Extra {
 		mux.Handle(pattern, h)
 	}
@@ -141,8 +151,8 @@ func (s *Server) Handler() http.Handler {
 	}
 	// The chain every request passes, in this order; DESIGN section 9 and
 	// docs/operations.md say what each step does.
-	return web.Chain(mux,
-		web.Trace{Log: s.Log},             // trace id, logger, the request's log line
+	return web.Chain(web.Routed(mux),
+		web.Trace{Log: s.Log, Done: done}, // trace id, logger, the request's log line, the RED metrics
 		web.Recover{},                     // a panic is a JSON 500
 		web.HeaderLimit{},                 // 431 over MaxHeaderBytes
 		edge.Classify{Proxies: s.Proxies}, // class, client address, expensive route

@@ -117,6 +117,7 @@ type cache struct {
 	inflight sync.Map         // store id -> struct{}: a background refresh runs
 
 	builds, kvHits, lockWaits, staleServed atomic.Int64
+	reads, misses                          atomic.Int64 // menu lookups, and those this node's copy did not answer
 	staleLogged                            atomic.Int64 // unix nanos of the last stale warning
 }
 
@@ -130,6 +131,8 @@ func newCache(s *Service) *cache {
 
 // CacheStats counts what the menu cache did since the service started.
 type CacheStats struct {
+	Reads     int64 `json:"reads"`      // menu lookups (browsing and pricing)
+	Misses    int64 `json:"misses"`     // lookups this node's copy did not answer (absent, or a remembered error expired)
 	Builds    int64 `json:"builds"`     // menus (or "no such store" answers) built from the database
 	KVHits    int64 `json:"kv_hits"`    // local misses answered by the shared tier
 	KVErrors  int64 `json:"kv_errors"`  // calls to the shared tier that failed (it is then skipped for a while)
@@ -140,8 +143,8 @@ type CacheStats struct {
 // CacheStats returns the menu cache's counters.
 func (s *Service) CacheStats() CacheStats {
 	c := s.cache
-	st := CacheStats{Builds: c.builds.Load(), KVHits: c.kvHits.Load(), LockWaits: c.lockWaits.Load(),
-		Stale: c.staleServed.Load()}
+	st := CacheStats{Reads: c.reads.Load(), Misses: c.misses.Load(), Builds: c.builds.Load(), KVHits: c.kvHits.Load(),
+		LockWaits: c.lockWaits.Load(), Stale: c.staleServed.Load()}
 	if c.shared != nil {
 		st.KVErrors = c.shared.errors.Load()
 	}
@@ -180,6 +183,7 @@ func jitter(d time.Duration) time.Duration { return d + time.Duration(rand.Int64
 // menu is the read path. A local hit costs a map read under a read lock
 // and nothing else: no kv call, no allocation.
 func (c *cache) menu(ctx context.Context, storeID int64) (*Menu, error) {
+	c.reads.Add(1)
 	c.mu.RLock()
 	e := c.menus[storeID]
 	c.mu.RUnlock()
@@ -187,6 +191,7 @@ func (c *cache) menu(ctx context.Context, storeID int64) (*Menu, error) {
 	if e != nil {
 		if now.After(e.expires) {
 			if e.err != nil {
+				c.misses.Add(1)
 				return c.load(ctx, storeID)
 			}
 			if _, busy := c.inflight.LoadOrStore(storeID, struct{}{}); !busy {
@@ -195,6 +200,7 @@ func (c *cache) menu(ctx context.Context, storeID int64) (*Menu, error) {
 		}
 		return e.menu, e.err
 	}
+	c.misses.Add(1)
 	return c.load(ctx, storeID)
 }
 

@@ -29,6 +29,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/surge-platform/surge/internal/guard"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -168,6 +170,8 @@ func (c Config) withDefaults() Config {
 
 // Service runs flash sales.
 type Service struct {
+	attempts  prometheus.Counter     // surge_flash_purchase_attempts_total
+	purchases *prometheus.CounterVec // surge_flash_purchases_total{result}
 	db        *sqldb.Cluster
 	kv        kv.Store
 	bus       *bus.Bus
@@ -215,6 +219,7 @@ func New(db *sqldb.Cluster, store kv.Store, b *bus.Bus, ids *id.Generator, order
 		Message: func(ts []ticketMsg) bus.Msg {
 			return bus.Msg{Subject: ticketSubject(ts[0].UserID), ID: strconv.FormatInt(ts[0].Ticket, 10), Data: mustJSON(ticketBatch{Tickets: ts})}
 		}}
+	s.Instrument(nil)
 	return s
 }
 

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // counters are this node's request-path figures of one sale since the
@@ -55,7 +57,27 @@ func (s *Service) flush(ctx context.Context) {
 				f.Add(v[i])
 			}
 			s.log.Warn("flush flash-sale figures (kept for the next flush)", "sale_id", l.ID, "err", err)
+			continue
 		}
+		s.attempts.Add(float64(v[0]))
+		for i, r := range purchaseResults {
+			s.purchases.WithLabelValues(r).Add(float64(v[i+1]))
+		}
+	}
+}
+
+// purchaseResults are surge_flash_purchases_total's results, in the order
+// of counters' fields after attempts.
+var purchaseResults = []string{"admitted", "sold_out", "over_limit", "rate", "blacklist", "challenge", "not_started", "paused", "ended"}
+
+// Instrument registers the service's metrics in m (before it is used):
+// the purchases this node took, counted when its figures are flushed.
+func (s *Service) Instrument(m *obs.Metrics) {
+	s.attempts = m.Counter("surge_flash_purchase_attempts_total", "Flash-sale purchases asked of this node (counted every FlushEvery).")
+	s.purchases = m.CounterVec("surge_flash_purchases_total",
+		"Flash-sale purchases on this node by result: admitted, or why not (counted every FlushEvery; answers lost to an outage are in attempts only).", "result")
+	for _, r := range purchaseResults {
+		s.purchases.WithLabelValues(r)
 	}
 }
 

@@ -41,6 +41,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/kv"
 	"github.com/surge-platform/surge/internal/platform/lease"
 	"github.com/surge-platform/surge/internal/platform/limit"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/switches"
@@ -175,6 +176,7 @@ type Node struct {
 	Notify    *notify.Service // customer notifications (worker role); nil when off
 	Inbox     *notify.Sink    // the simulator's notification inbox (paysim role)
 	Switches  *switches.Panel // the cluster's degradation switches (every node)
+	Metrics   *obs.Metrics    // the node's registry (GET /metrics)
 
 	ln     net.Listener
 	srv    *http.Server
@@ -304,9 +306,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		limitCap = n.cap
 	}
 	n.Edge = edge.New(cfg.Edge, limitCap, n.Blacklist)
+	n.Metrics = obs.New()
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, RequestTimeout: cfg.RequestTimeout, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Metrics: n.Metrics, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
 		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist
@@ -387,6 +390,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			srv.Refunds = n.Payments
 		}
 	}
+	n.instrument(n.Metrics)
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
 	n.ln = n.Edge.Listen(n.ln, cfg.MaxConns)
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -72,8 +73,30 @@ func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
 					return err
 				}
 			}
-			return s.record(ctx, ev)
+			if err := s.record(ctx, ev); err != nil {
+				return err
+			}
+			s.counted.WithLabelValues(eventLabel(ev)).Inc()
+			return nil
 		})
+}
+
+// countedEvents are surge_orders_total's event labels (and "other").
+var countedEvents = []string{"created", "paid", "cancelled", "expired", "accepted", "ready", "completed", "refunding",
+	"refunded", "withdrawn"}
+
+// eventLabel is ev's label in surge_orders_total: its type without
+// "order.", "expired" for a cancellation by the clock, "other" for a type
+// this build does not know (the label stays bounded).
+func eventLabel(ev Event) string {
+	t := strings.TrimPrefix(ev.Type, "order.")
+	if t == "cancelled" && ev.Reason == ByExpiry {
+		return "expired"
+	}
+	if slices.Contains(countedEvents, t) {
+		return t
+	}
+	return "other"
 }
 
 func (s *Service) record(ctx context.Context, ev Event) error {

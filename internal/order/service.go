@@ -13,9 +13,12 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/promo"
@@ -43,6 +46,7 @@ type Service struct {
 	log     *slog.Logger
 	cfg     Config
 	now     func() time.Time
+	counted *prometheus.CounterVec // surge_orders_total{event}
 }
 
 // New returns an order service. waker may be nil.
@@ -56,7 +60,20 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker W
 	if cfg.KeyTakeover <= 0 {
 		cfg.KeyTakeover = 30 * time.Second
 	}
-	return &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now}
+	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now}
+	s.Instrument(nil)
+	return s
+}
+
+// Instrument registers the service's metrics in m (before it is used):
+// surge_orders_total, the events the ledger applied.
+func (s *Service) Instrument(m *obs.Metrics) {
+	s.counted = m.CounterVec("surge_orders_total",
+		"Order events applied by the order ledger (a worker), by event: created, paid, cancelled, expired, accepted, ready, completed, refunding, refunded, withdrawn.",
+		"event")
+	for _, ev := range countedEvents {
+		s.counted.WithLabelValues(ev)
+	}
 }
 
 // placeTimeout bounds pricing, reserving and writing one order.

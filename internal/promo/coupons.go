@@ -277,6 +277,16 @@ const (
 // ErrClaimNotStarted, ErrClaimEnded, ErrCouponsGone, ErrClaimLimit,
 // ErrReloading and kv's or the bus's unavailable.
 func (s *Service) Claim(ctx context.Context, userID, templateID int64) (Claimed, error) {
+	c, err := s.claim(ctx, userID, templateID)
+	result := "claimed"
+	if err != nil {
+		result = errkind.Of(err).Code
+	}
+	s.claimed.WithLabelValues(result).Inc()
+	return c, err
+}
+
+func (s *Service) claim(ctx context.Context, userID, templateID int64) (Claimed, error) {
 	all, err := s.templatesAll(ctx)
 	if err != nil {
 		return Claimed{}, err

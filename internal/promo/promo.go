@@ -22,10 +22,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/kv"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/pricing"
 )
@@ -151,6 +154,8 @@ type Service struct {
 	tmplAt    time.Time
 	loading   sync.Map // template id -> struct{}: a reload runs here
 
+	claimed *prometheus.CounterVec // surge_coupon_claims_total{result}
+
 	startBatching sync.Once
 	claims        *bus.Batcher[claimMsg] // claims on their way to the bus
 }
@@ -158,7 +163,15 @@ type Service struct {
 // New returns the service. bus carries claims (nil: claims are refused as
 // unavailable, for nodes that only price orders).
 func New(db *sqldb.Cluster, store kv.Store, b *bus.Bus, ids *id.Generator, inv Invalidator, log *slog.Logger) *Service {
-	return &Service{db: db, kv: store, bus: b, ids: ids, inv: inv, log: log, now: time.Now}
+	s := &Service{db: db, kv: store, bus: b, ids: ids, inv: inv, log: log, now: time.Now}
+	s.Instrument(nil)
+	return s
+}
+
+// Instrument registers the service's metrics in m (before it is used):
+// surge_coupon_claims_total, by result ("claimed" or the error's code).
+func (s *Service) Instrument(m *obs.Metrics) {
+	s.claimed = m.CounterVec("surge_coupon_claims_total", "Coupon claims on this node, by result: claimed, or the refusal's error code.", "result")
 }
 
 // Invalidate drops the cached promotions and templates (another node changed them).

@@ -52,7 +52,8 @@ func ClassOf(r *http.Request) (web.Class, string) {
 		return web.ClassPOS, ""
 	case strings.HasPrefix(p, "/pay/v1/notify/"):
 		return web.ClassCallback, ""
-	case strings.HasPrefix(p, "/admin/"), strings.HasPrefix(p, "/debug/"), strings.HasPrefix(p, "/push/v1/"):
+	case strings.HasPrefix(p, "/admin/"), strings.HasPrefix(p, "/debug/"), strings.HasPrefix(p, "/push/v1/"), p == "/metrics",
+		strings.HasPrefix(p, "/dashboard"):
 		return web.ClassAdmin, ""
 	}
 	return web.ClassOps, "" // /healthz, /readyz, the simulators

@@ -241,21 +241,54 @@ type ClassStats struct {
 	Inflight int64 `json:"inflight"` // now
 }
 
-// Stats returns the counters per class, and the shedder's state.
-func (e *Edge) Stats() map[string]any {
-	classes := map[string]ClassStats{}
+// Snapshot is the edge's counters and state at one moment.
+type Snapshot struct {
+	Classes [web.Classes]ClassStats
+	Shed    ShedState
+	Conns   *ConnStats          // nil: connections are not counted (no Listen)
+	Cap     *limit.ClusterStats // nil: no cluster cap
+}
+
+// ConnStats is the connection cap's state.
+type ConnStats struct {
+	Open    int64 `json:"open"`
+	Max     int64 `json:"max"`
+	Refused int64 `json:"refused"`
+}
+
+// Snapshot returns the counters per class, the shedder's, the connection
+// cap's and the cluster cap's state.
+func (e *Edge) Snapshot() Snapshot {
+	var sn Snapshot
 	for i := range e.stats {
 		c := &e.stats[i]
-		classes[web.Class(i).String()] = ClassStats{Passed: c.passed.Load(), Capped: c.capped.Load(),
+		sn.Classes[i] = ClassStats{Passed: c.passed.Load(), Capped: c.capped.Load(),
 			Limited: c.limited.Load(), Banned: c.banned.Load(), Shed: c.shed.Load(), Inflight: c.inflight.Load()}
 	}
-	out := map[string]any{"classes": classes, "shedder": e.shed.State()}
+	sn.Shed = e.shed.State()
 	if e.conns != nil {
 		open, refused := e.conns.Open()
-		out["connections"] = map[string]int64{"open": open, "max": e.conns.max, "refused": refused}
+		sn.Conns = &ConnStats{Open: open, Max: e.conns.max, Refused: refused}
 	}
 	if s, ok := e.cap.(interface{ Stats() limit.ClusterStats }); ok {
 		st := s.Stats()
+		sn.Cap = &st
+	}
+	return sn
+}
+
+// Stats returns Snapshot for operators (GET /admin/v1/edge).
+func (e *Edge) Stats() map[string]any {
+	sn := e.Snapshot()
+	classes := map[string]ClassStats{}
+	for i, c := range sn.Classes {
+		classes[web.Class(i).String()] = c
+	}
+	out := map[string]any{"classes": classes, "shedder": sn.Shed}
+	if sn.Conns != nil {
+		out["connections"] = sn.Conns
+	}
+	if st := sn.Cap; st != nil {
 		c := map[string]any{"mode": st.Mode, "rate": st.Rate, "nodes": st.Nodes, "reserve": st.Reserve,
 			"allowed": st.Allowed, "refused": st.Refused, "fallbacks": st.Fallbacks}
 		if st.Err != nil {

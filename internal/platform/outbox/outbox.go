@@ -238,6 +238,30 @@ func jsonInts(ids []int64) string {
 	return string(append(b, ']'))
 }
 
+// Depth is one shard's unpublished rows.
+type Depth struct {
+	Rows   int64
+	Oldest time.Time // when the oldest was written (zero: none)
+}
+
+// Depths returns each shard's unpublished rows, in shard order.
+func (r *Relay) Depths(ctx context.Context) ([]Depth, error) {
+	out := make([]Depth, 0, len(r.db.Shards()))
+	for _, d := range r.db.Shards() {
+		var n int64
+		var oldest sql.NullInt64
+		if err := d.R.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM outbox`).Scan(&n, &oldest); err != nil {
+			return nil, fmt.Errorf("outbox depth: %w", err)
+		}
+		dp := Depth{Rows: n}
+		if oldest.Valid {
+			dp.Oldest = time.UnixMilli(oldest.Int64)
+		}
+		out = append(out, dp)
+	}
+	return out, nil
+}
+
 // Pending returns the number of unpublished rows in the whole cluster.
 func (r *Relay) Pending(ctx context.Context) (int64, error) {
 	var total int64

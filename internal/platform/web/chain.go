@@ -37,7 +37,7 @@ const (
 	ClassApp      Class = iota // the customer app (the default for /api/)
 	ClassMini                  // a WeChat mini-program
 	ClassH5                    // a mobile web page
-	ClassAdmin                 // operators (/admin/, /debug/)
+	ClassAdmin                 // operators (/admin/, /debug/, /metrics, /dashboard)
 	ClassPOS                   // store terminals (/pos/, /ws/pos)
 	ClassCallback              // payment channels' notifications (/pay/v1/notify/)
 	ClassOps                   // /healthz, /readyz, the simulators
@@ -78,6 +78,9 @@ type Info struct {
 	// AuthErr is why a customer's token was refused (nil: none was
 	// given, or it was good). Routes that need a customer answer with it.
 	AuthErr error
+	// Pattern is the route pattern the router matched ("" before routing,
+	// and for none): set by Routed.
+	Pattern string
 }
 
 // InfoOf returns the request's Info, or nil outside the chain.
@@ -91,8 +94,12 @@ func InfoOf(ctx context.Context) *Info {
 // Trace is the outermost step: it gives the request its trace id (from
 // traceparent when present; X-Trace-Id on every response), its logger in
 // the context, its Info, and one log line when it ends, at debug level
-// (warn for 5xx).
-type Trace struct{ Log *slog.Logger }
+// (warn for 5xx). Done, when set, is told of every answered request (the
+// RED metrics).
+type Trace struct {
+	Log  *slog.Logger
+	Done func(in *Info, status int, d time.Duration)
+}
 
 func (t Trace) Wrap(next http.Handler) http.Handler {
 	base := t.Log
@@ -105,6 +112,13 @@ func (t Trace) Wrap(next http.Handler) http.Handler {
 		w.Header()["X-Trace-Id"] = rec.traceHdr[:]
 		r = r.WithContext(&rec.ctx)
 		defer func() {
+			if t.Done != nil {
+				st := rec.status
+				if st == 0 { // nothing written: net/http answers 200
+					st = http.StatusOK
+				}
+				t.Done(&rec.info, st, time.Since(start))
+			}
 			if debug || rec.status >= 500 && rec.status != StatusClientClosed && !rec.quiet {
 				lvl := slog.LevelDebug
 				if rec.status >= 500 && !rec.quiet {
@@ -116,6 +130,18 @@ func (t Trace) Wrap(next http.Handler) http.Handler {
 			}
 		}()
 		next.ServeHTTP(rec, r)
+	})
+}
+
+// Routed is mux, recording the pattern it matched in the request's Info.
+func Routed(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if in := InfoOf(r.Context()); in != nil {
+				in.Pattern = r.Pattern
+			}
+		}()
+		mux.ServeHTTP(w, r)
 	})
 }
 
@@ -184,4 +210,4 @@ func (d Deadline) Wrap(next http.Handler) http.Handler {
 
 // Basic is the chain's first steps, which every server runs: trace and
 // log, recovery, the header limit.
-func Basic(log *slog.Logger) []Step { return []Step{Trace{log}, Recover{}, HeaderLimit{}} }
+func Basic(log *slog.Logger) []Step { return []Step{Trace{Log: log}, Recover{}, HeaderLimit{}} }

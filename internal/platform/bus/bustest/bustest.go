@@ -51,6 +51,7 @@ func Run(t *testing.T, open func(t *testing.T) *bus.Bus) {
 		{"Replay", testReplay},
 		{"Namespace", testNamespace},
 		{"Close", testClose},
+		{"Lags", testLags},
 		{"Schedule", func(t *testing.T, open func(t *testing.T) *bus.Bus) { runSchedule(t, open(t)) }},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,171 @@
+package api_test
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/surge-platform/surge/internal/eventually"
+	"github.com/surge-platform/surge/internal/nodetest"
+)
+
+// scrape reads a node's /metrics (admin token) into metric families.
+func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	r := (&nodetest.Client{T: t, Base: base, Token: nodetest.Admin}).Do("GET", "/metrics", "")
+	if r.Status != 200 {
+		t.Fatalf("GET /metrics: %d %s", r.Status, r.Body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(r.Body))
+	if err != nil {
+		t.Fatalf("GET /metrics is not the text format: %v", err)
+	}
+	return fams
+}
+
+// series is every sample's name and labels, e.g. `x{a="1"}`, histograms'
+// buckets left out.
+func series(fams map[string]*dto.MetricFamily) map[string]bool {
+	out := map[string]bool{}
+	for name, f := range fams {
+		for _, m := range f.Metric {
+			var ls []string
+			for _, l := range m.Label {
+				ls = append(ls, l.GetName()+"="+l.GetValue())
+			}
+			slices.Sort(ls)
+			out[name+"{"+strings.Join(ls, ",")+"}"] = true
+		}
+	}
+	return out
+}
+
+// value is the sum of the family's samples whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want ...string) float64 {
+	var v float64
+	f := fams[name]
+	if f == nil {
+		return 0
+	}
+next:
+	for _, m := range f.Metric {
+		for i := 0; i+1 < len(want); i += 2 {
+			if !slices.ContainsFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == want[i] && l.GetValue() == want[i+1] }) {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			v += m.Counter.GetValue()
+		case m.Gauge != nil:
+			v += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			v += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return v
+}
+
+// TestMetricsLabelsAreBounded drives orders, payments, POS steps, reads of
+// existing and missing ids and unknown paths through a node, twice with
+// new customers and orders, and checks /metrics: the families an operator
+// needs are there and count what happened, no label names an id, no label
+// value is one of the ids or paths used, and the second round adds no
+// series (a label that took an id or a path would add one per request).
+func TestMetricsLabelsAreBounded(t *testing.T) {
+	t.Parallel()
+	base := startNode(t)
+	pos := nodetest.POS(t, base, "1001")
+	var used []string // every id and odd path this test sent
+	scrape(t, base)   // its own route's series, from here on
+	round := func(r int) {
+		for i := range 4 {
+			phone := fmt.Sprintf("+86139%04d%04d", r, i)
+			c := nodetest.Login(t, base, phone)
+			oid := nodetest.PayOrder(t, c, "1001", "1001010")
+			used = append(used, oid, phone[1:])
+			if g := c.Do("GET", "/api/v1/orders/"+oid, ""); g.Status != 200 {
+				t.Fatalf("read order: %d %s", g.Status, g.Body)
+			}
+			eventually.True(t, 10*time.Second, "the paid order accepted at the POS", func() bool {
+				return pos.Do("POST", "/pos/v1/orders/"+oid+"/accept", "").Status == 200
+			})
+			missing := fmt.Sprintf("%d%d77123456", r, i)
+			unknown := fmt.Sprintf("/api/v1/nothing-%d-%d/98765%d", r, i, i)
+			used = append(used, missing, unknown, "nothing-")
+			c.Do("GET", "/api/v1/orders/"+missing, "")
+			c.Do("GET", unknown, "")
+			c.Do("GET", "/api/v1/stores/1001/menu", "")
+		}
+	}
+	round(1)
+	var first map[string]*dto.MetricFamily
+	eventually.True(t, 15*time.Second, "the ledger counts 4 created, paid and accepted orders", func() bool {
+		first = scrape(t, base)
+		return value(first, "surge_orders_total", "event", "created") == 4 && value(first, "surge_orders_total", "event", "paid") == 4 &&
+			value(first, "surge_orders_total", "event", "accepted") == 4
+	})
+	for _, name := range []string{"surge_http_requests_total", "surge_http_request_duration_seconds", "surge_edge_requests_total",
+		"surge_breaker_state", "surge_menu_cache_total", "surge_outbox_rows", "surge_outbox_oldest_seconds", "surge_consumer_lag",
+		"surge_ws_connections", "surge_job_runs_total", "surge_coupon_claims_total", "surge_flash_purchases_total",
+		"surge_db_connections", "surge_node_info", "go_goroutines", "process_cpu_seconds_total"} {
+		if _, ok := first[name]; !ok && name != "surge_coupon_claims_total" { // a vector with no claim yet has no sample
+			t.Errorf("/metrics has no %s", name)
+		}
+	}
+	if v := value(first, "surge_http_requests_total", "route", "POST /api/v1/orders", "code", "201", "class", "app", "role", "api"); v != 4 {
+		t.Errorf("order creations counted: %v, want 4", v)
+	}
+	if v := value(first, "surge_http_requests_total", "route", "unmatched", "code", "404"); v != 4 {
+		t.Errorf("unknown paths counted: %v, want 4", v)
+	}
+	if v := value(first, "surge_http_requests_total", "route", "POST /pos/v1/orders/{order_id}/accept", "code", "200", "class", "pos", "role", "fulfil"); v != 4 {
+		t.Errorf("POS accepts counted: %v, want 4", v)
+	}
+	if v := value(first, "surge_menu_cache_total", "event", "reads"); v < 4 {
+		t.Errorf("menu reads counted: %v, want at least 4", v)
+	}
+	round(2)
+	second := scrape(t, base)
+
+	idName := regexp.MustCompile(`(^|_)(id|ids|phone|token|trace|path|url|ip)$`)
+	longNumber := regexp.MustCompile(`[0-9]{5,}`)
+	for name, f := range second {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				n, v := l.GetName(), l.GetValue()
+				if idName.MatchString(n) {
+					t.Errorf("%s has a per-id label %q", name, n)
+				}
+				if n != "le" && n != "quantile" && longNumber.MatchString(v) {
+					t.Errorf("%s{%s=%q}: a label value with an id-like number", name, n, v)
+				}
+				for _, u := range used {
+					if strings.Contains(v, u) {
+						t.Errorf("%s{%s=%q} carries %q, which a request sent", name, n, v, u)
+					}
+				}
+			}
+		}
+	}
+	s1, s2 := series(first), series(second)
+	var grown []string
+	for s := range s2 {
+		if !s1[s] {
+			grown = append(grown, s)
+		}
+	}
+	if len(grown) > 0 {
+		slices.Sort(grown)
+		t.Errorf("a second round of the same requests with new ids added %d series:\n%s", len(grown), strings.Join(grown, "\n"))
+	}
+}

@@ -1,0 +1,87 @@
+package obs
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/surge-platform/surge/internal/platform/web"
+)
+
+func TestRoleOf(t *testing.T) {
+	for pattern, want := range map[string]string{
+		"GET /api/v1/stores/{store_id}/menu":    "api",
+		"POST /pay/v1/notify/{channel}":         "api",
+		"POST /pos/v1/orders/{order_id}/accept": "fulfil",
+		"GET /pos/v1/ws":                        "push",
+		"GET /api/v1/ws":                        "push",
+		"GET /push/v1/stats":                    "push",
+		"/paysim/v1/":                           "paysim",
+		"GET /admin/v1/cluster":                 "admin",
+		"GET /debug/pprof/":                     "admin",
+		"GET /readyz":                           "ops",
+		"":                                      "ops",
+	} {
+		if got := RoleOf(pattern); got != want {
+			t.Errorf("RoleOf(%q) = %q, want %q", pattern, got, want)
+		}
+	}
+}
+
+func TestCodeLabelIsBounded(t *testing.T) {
+	for code, want := range map[int]string{200: "200", 499: "499", 599: "599", 0: "other", 99: "other", 600: "other", 1 << 20: "other"} {
+		if got := codeLabel(code); got != want {
+			t.Errorf("codeLabel(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
+
+// A nil registry hands out metrics that work and are never scraped.
+func TestNilMetrics(t *testing.T) {
+	var m *Metrics
+	m.Request("GET /x", web.ClassApp, 200, time.Millisecond)
+	m.CounterVec("a_total", "a", "x").WithLabelValues("y").Inc()
+	m.Counter("b_total", "b").Inc()
+	m.Func("c", "c", prometheus.GaugeValue, nil, func(context.Context, Emit) { t.Error("a nil registry's Func was read") })
+	if m.Registry() != nil {
+		t.Error("a nil registry has a registry")
+	}
+}
+
+// A Func that emits a sample with the wrong label values spoils only its
+// own family: the scrape still answers with the others.
+func TestFuncErrorSpoilsOnlyItself(t *testing.T) {
+	m := New()
+	m.Func("good", "good", prometheus.GaugeValue, []string{"k"}, func(_ context.Context, emit Emit) { emit(7, "v") })
+	m.Func("bad", "bad", prometheus.GaugeValue, []string{"k"}, func(_ context.Context, emit Emit) { emit(1) })
+	m.Request("GET /x/{id}", web.ClassPOS, 201, 3*time.Millisecond)
+	w := httptest.NewRecorder()
+	m.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	body := w.Body.String()
+	for _, want := range []string{`good{k="v"} 7`,
+		`surge_http_requests_total{class="pos",code="201",role="ops",route="GET /x/{id}"} 1`,
+		`surge_http_request_duration_seconds_bucket{class="pos",role="ops",route="GET /x/{id}",le="0.005"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(body, "\nbad") {
+		t.Error("a Func with wrong label values was exposed")
+	}
+}
+
+// BenchmarkRequest is the RED metrics' cost per request once the route's
+// series exist: no allocation.
+func BenchmarkRequest(b *testing.B) {
+	m := New()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.Request("GET /api/v1/stores/{store_id}/menu", web.ClassApp, 200, 300*time.Microsecond)
+		}
+	})
+}
