@@ -31,6 +31,7 @@ import (
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/heapfloor"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -201,6 +202,8 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.IntVar(&o.heapFloor, "heap-floor-mb", 64, "least heap the Go collector lets grow before collecting, MiB (fewer collections under load, up to that much more memory; 0: GOGC alone)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
+	fs.StringVar(&o.OTLP, "otlp", "", "export trace spans over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318 (default: none; trace ids are passed on and logged all the same)")
+	fs.Float64Var(&o.TraceRatio, "trace-ratio", d.TraceRatio, "with --otlp: the share of traces started on this node that are recorded (0..1; a caller's sampled traceparent is always followed)")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")
 	fs.IntVar(&o.simCustomers, "sim-customers", 16, "demo: simulated customers")
 	return fs
@@ -268,7 +271,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+	return slog.New(obs.LogHandler{Handler: slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})}), nil
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer, isDemo bool) error {

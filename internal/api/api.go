@@ -7,8 +7,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
-	"github.com/surge-platform/surge/internal/flashsale"
-	"github.com/surge-platform/surge/internal/guard"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
@@ -17,8 +15,12 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/surge-platform/surge/internal/catalog"
+	"github.com/surge-platform/surge/internal/flashsale"
 	"github.com/surge-platform/surge/internal/fulfil"
+	"github.com/surge-platform/surge/internal/guard"
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
@@ -83,6 +85,9 @@ type Server struct {
 	// Metrics is the node's registry: GET /metrics (admin token) and the
 	// RED metrics of every request; nil: neither.
 	Metrics *obs.Metrics
+	// Tracer gives each request its span (nil: none; the trace id is made
+	// or taken from traceparent all the same).
+	Tracer trace.Tracer
 }
 
 // Handler returns the whole HTTP surface of a node.
@@ -152,7 +157,7 @@ func (s *Server) Handler() http.Handler {
 	// The chain every request passes, in this order; DESIGN section 9 and
 	// docs/operations.md say what each step does.
 	return web.Chain(web.Routed(mux),
-		web.Trace{Log: s.Log, Done: done}, // trace id, logger, the request's log line, the RED metrics
+		web.Trace{Log: s.Log, Tracer: s.Tracer, Done: done}, // trace, logger, the request's log line, the RED metrics
 		web.Recover{},                     // a panic is a JSON 500
 		web.HeaderLimit{},                 // 431 over MaxHeaderBytes
 		edge.Classify{Proxies: s.Proxies}, // class, client address, expensive route

@@ -47,9 +47,10 @@ const (
 )
 
 // Announcer is told of each order queued for a store (the push centre): seq
-// is its place in the store's queue. It must not block.
+// is its place in the store's queue, ctx the trace that queued it. It must
+// not block.
 type Announcer interface {
-	Announce(storeID, seq, orderID int64)
+	Announce(ctx context.Context, storeID, seq, orderID int64)
 }
 
 // Service runs fulfilment on a kv store and the databases: a store's
@@ -152,7 +153,7 @@ func (s *Service) queue(ctx context.Context, storeID, orderID int64) error {
 		return fmt.Errorf("queue order %d: %w", orderID, err)
 	}
 	if s.news != nil {
-		s.news.Announce(storeID, seq, orderID)
+		s.news.Announce(ctx, storeID, seq, orderID)
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ type news struct {
 	seqs map[int64]int64 // order -> last seq announced
 }
 
-func (n *news) Announce(_, seq, orderID int64) {
+func (n *news) Announce(_ context.Context, _, seq, orderID int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.seqs[orderID] = seq

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/surge-platform/surge/internal/api"
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/fulfil"
@@ -80,12 +82,16 @@ type Config struct {
 	MaxConns       int              // open connections; 0 = no cap
 	RequestTimeout time.Duration    // every request but a socket's gives up after this; 0 = never
 	Proxies        []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
+	OTLP           string           // export spans over OTLP/HTTP to this URL; "" = none
+	TraceRatio     float64          // with OTLP: share of new traces recorded (0..1)
+	// Spans, when set, receives every span (tests; OTLP is then ignored).
+	Spans sdktrace.SpanExporter
 }
 
 // Defaults returns a config that works on a laptop.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8080", Data: "./data", Roles: []string{"all"}, OrderTTL: 15 * time.Minute,
-		NodeID: -1, Migrate: true, MaxConns: 20000, RequestTimeout: 10 * time.Second,
+		NodeID: -1, Migrate: true, MaxConns: 20000, RequestTimeout: 10 * time.Second, TraceRatio: 0.01,
 		Edge: edge.Config{IPRPS: 1000, UserRPS: 100, RouteRPS: map[string]float64{edge.RouteOrder: 20, edge.RoutePay: 20, edge.RouteClaim: 20},
 			MaxInflight: 2048, Shed: edge.ShedBBR, Ban: 500, BanFor: 10 * time.Minute}}
 }
@@ -134,6 +140,9 @@ func (c *Config) Resolve() error {
 	if c.GlobalRPS < 0 || c.GlobalRPS > kv.MaxGCRARate || c.GlobalNodes < 0 || c.MaxConns < 0 {
 		return fmt.Errorf("--global-rps wants 0..%d, --global-nodes and --max-conns at least 0", kv.MaxGCRARate)
 	}
+	if c.TraceRatio < 0 || c.TraceRatio > 1 {
+		return fmt.Errorf("--trace-ratio %v: want 0..1", c.TraceRatio)
+	}
 	if c.WSPing != 0 && c.WSPing < 100*time.Millisecond {
 		return fmt.Errorf("--ws-ping %v: want at least 100ms", c.WSPing)
 	}
@@ -177,6 +186,7 @@ type Node struct {
 	Inbox     *notify.Sink    // the simulator's notification inbox (paysim role)
 	Switches  *switches.Panel // the cluster's degradation switches (every node)
 	Metrics   *obs.Metrics    // the node's registry (GET /metrics)
+	Tracing   *obs.Tracing    // the node's tracer provider
 
 	ln     net.Listener
 	srv    *http.Server
@@ -199,6 +209,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	if n.ln, err = listen(cfg.Addr); err != nil {
 		return nil, err
 	}
+	exp, ratio := cfg.Spans, 1.0
+	if exp == nil && cfg.OTLP != "" {
+		if exp, err = obs.OTLP(cfg.OTLP); err != nil {
+			return nil, err
+		}
+		ratio = cfg.TraceRatio
+	}
+	tracing := obs.NewTracing(strings.Join(cfg.Roles, ","), exp, ratio)
+	n.Tracing = tracing
+	n.closer = append(n.closer, func() error { // the spans ended so far go out
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return tracing.Close(ctx) // not n's: a failed New returns a nil n before closing
+	})
 	if err := checkDirs(&cfg); err != nil {
 		return nil, err
 	}
@@ -239,6 +263,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	n.closer = append(n.closer, n.Bus.Close)
+	n.Bus.Trace(n.Tracing)
 	n.Bus.Breaker().OnChange(logBreaker(log.With("dependency", "bus")))
 	if err := checkNATS(cfg.Bus, n.Bus.Conn().ConnectedServerVersion()); err != nil {
 		return nil, err
@@ -267,6 +292,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.closer = append(n.closer, func() error { stopKeep(); <-kept; return nil }) // Keep releases the id
 	n.Jobs = lease.NewJobs(leases, n.owner, 0, log)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
+	n.relay.Trace(n.Tracing)
 	n.Stock = inventory.New(n.DB)
 	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus, catalog.WithKV(n.KV), catalog.WithLog(log.With("context", "catalog")))
 	n.watch.Register("catalog-menus", n.Catalog.ForgetShared)
@@ -309,7 +335,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.Metrics = obs.New()
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, RequestTimeout: cfg.RequestTimeout, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Metrics: n.Metrics, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Metrics: n.Metrics, Tracer: n.Tracing.Tracer(), Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
 		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist

@@ -11,6 +11,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // Headers of a webhook request.
@@ -53,7 +55,7 @@ func NewWebhook(url string, secret []byte, timeout time.Duration) *Webhook {
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
-	return &Webhook{url: url, secret: secret, client: &http.Client{Timeout: timeout}}
+	return &Webhook{url: url, secret: secret, client: &http.Client{Timeout: timeout, Transport: obs.Transport{}}}
 }
 
 // Send implements Sender.

@@ -38,7 +38,14 @@ type conn struct {
 	cursor, want int64
 	catching     bool
 	greeted      bool // POS: hello is out (what comes outside the queue waits for it)
+	// POS: the trace of each order announced and not sent yet (order id ->
+	// traceparent), sent with the order; at most maxTraces.
+	traces map[int64]string
 }
+
+// maxTraces bounds a POS socket's traces of orders not sent yet: past it
+// they are forgotten (the orders go out without one).
+const maxTraces = 256
 
 // send queues b for the client; a client that lets MaxQueue messages pile
 // up is cut off.
@@ -164,6 +171,12 @@ func (c *conn) offer(n news) {
 		}
 		return
 	}
+	if c.store != 0 && n.Trace != "" && n.OrderID != 0 {
+		if c.traces == nil || len(c.traces) >= maxTraces {
+			c.traces = make(map[int64]string)
+		}
+		c.traces[n.OrderID] = n.Trace
+	}
 	if n.Prev > 0 && len(n.Msg) > 0 && c.store == 0 && !c.closed && !c.catching && c.cursor == n.Prev && c.want <= c.cursor {
 		c.cursor, c.want = n.Seq, n.Seq
 		c.h.direct.Add(1)
@@ -216,7 +229,9 @@ func (c *conn) catchUp() {
 			n, send = len(list), func() {
 				for _, e := range list {
 					c.cursor = max(c.cursor, e.Seq)
-					c.sendLocked(mustJSON(posOrder{Type: "order.new", NewOrder: e}))
+					tp := c.traces[e.Order.ID]
+					delete(c.traces, e.Order.ID)
+					c.sendLocked(mustJSON(posOrder{Type: "order.new", NewOrder: e, Trace: tp}))
 				}
 			}
 		} else {
@@ -257,6 +272,10 @@ func (c *conn) catchUp() {
 type posOrder struct {
 	Type string `json:"type"`
 	fulfil.NewOrder
+	// Trace is the trace that queued the order (W3C traceparent), when
+	// this node was told it: a POS that sends it back as the traceparent
+	// header of its accept puts the store's steps in the same trace.
+	Trace string `json:"traceparent,omitempty"`
 }
 
 // inbound is a message from a client.

@@ -4,15 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/surge-platform/surge/internal/flashsale"
 	"maps"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/surge-platform/surge/internal/flashsale"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/promo"
 )
 
@@ -52,6 +53,9 @@ type Event struct {
 	Result string    `json:"result,omitempty"`
 	Reason string    `json:"reason,omitempty"`
 	At     time.Time `json:"at"`
+	// Trace is the trace of the request that caused the event (W3C
+	// traceparent), for a client that reports what it saw.
+	Trace string `json:"traceparent,omitempty"`
 }
 
 // customerStatus is the order status each pushed event type announces
@@ -122,7 +126,8 @@ func Route(ctx context.Context, b *bus.Bus) error {
 				st = oe.Status
 			}
 			ev := Event{Type: oe.Type, EventID: oe.EventID, OrderID: oe.OrderID, StoreID: oe.StoreID, Status: st,
-				PickupCode: oe.PickupCode, RefundID: oe.RefundID, Amount: oe.Amount, Refunded: oe.Refunded, SKUs: oe.SKUs, At: oe.At}
+				PickupCode: oe.PickupCode, RefundID: oe.RefundID, Amount: oe.Amount, Refunded: oe.Refunded, SKUs: oe.SKUs, At: oe.At,
+				Trace: obs.Traceparent(ctx)}
 			data, _ := json.Marshal(ev)
 			if storeTypes[oe.Type] && oe.StoreID != 0 {
 				// At most once, as the store's queue news: a POS that misses
@@ -147,7 +152,7 @@ func RouteTickets(ctx context.Context, b *bus.Bus) error {
 			return nil
 		}
 		ev := Event{Type: flashsale.ResultType, OrderID: r.OrderID, Ticket: r.Ticket, SaleID: r.SaleID, Result: r.State,
-			Reason: r.Reason, At: r.At}
+			Reason: r.Reason, At: r.At, Trace: obs.Traceparent(ctx)}
 		return w.tell(ctx, b, r.UserID, m.ID, ev, mustJSON(ev))
 	})
 }
@@ -227,6 +232,7 @@ type news struct {
 	OrderID int64           `json:"order_id"`
 	Prev    int64           `json:"prev,omitempty"`
 	Msg     json.RawMessage `json:"msg,omitempty"`
+	Trace   string          `json:"traceparent,omitempty"` // the trace that queued a store's order
 }
 
 // announce sends news at most once: a socket that misses it catches up at
@@ -243,6 +249,6 @@ func announce(b *bus.Bus, subject string, n news) {
 type StoreAnnouncer struct{ Bus *bus.Bus }
 
 // Announce implements fulfil.Announcer.
-func (n StoreAnnouncer) Announce(storeID, seq, orderID int64) {
-	announce(n.Bus, storeSubject(storeID), news{Seq: seq, OrderID: orderID})
+func (n StoreAnnouncer) Announce(ctx context.Context, storeID, seq, orderID int64) {
+	announce(n.Bus, storeSubject(storeID), news{Seq: seq, OrderID: orderID, Trace: obs.Traceparent(ctx)})
 }

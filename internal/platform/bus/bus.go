@@ -58,8 +58,10 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/surge-platform/surge/internal/platform/breaker"
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // ErrClosed is returned after Close. Its kind is errkind.Unavailable (a
@@ -178,8 +180,10 @@ type Bus struct {
 
 	connClosed chan struct{} // closed by the connection's ClosedHandler
 	closed     atomic.Bool
-	closeOnce  sync.Once
-	closeErr   error
+
+	tracer    trace.Tracer // consumers' spans; nil: none (the trace context is passed on all the same)
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // options is a parsed Open URL.
@@ -453,6 +457,10 @@ func (b *Bus) JetStream() jetstream.JetStream { return b.js }
 // Conn returns the underlying NATS connection. It does not apply the
 // namespace: use Subject and Name.
 func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// Trace makes each message a consumer handles a span of t (before any
+// Consume), in the trace that published it.
+func (b *Bus) Trace(t *obs.Tracing) { b.tracer = t.Tracer() }
 
 // Subject returns subject with the namespace prefix applied ("NAME.subject").
 func (b *Bus) Subject(subject string) string {

@@ -11,6 +11,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 const (
@@ -190,7 +194,18 @@ func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, jm jets
 		b.giveUp(ctx, cfg, jm, m, reason)
 		return
 	}
+	ctx = obs.Extract(ctx, m.Header) // the handler's work joins the trace that published m
+	var span trace.Span
+	if b.tracer != nil {
+		ctx, span = b.tracer.Start(ctx, "consume "+cfg.Durable, trace.WithSpanKind(trace.SpanKindConsumer))
+	}
 	err := safeCall(ctx, h, m)
+	if span != nil {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
 	switch {
 	case err == nil:
 		_ = jm.Ack()

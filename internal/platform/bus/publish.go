@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // Headers of JetStream message schedules (server 2.12+). A message published
@@ -91,7 +95,7 @@ func (b *Bus) publishAck(ctx context.Context, m Msg, opts ...jetstream.PublishOp
 	if b.closed.Load() {
 		return Ack{}, ErrClosed
 	}
-	nm, err := b.natsMsg(m)
+	nm, err := b.natsMsg(withTrace(ctx, m))
 	if err != nil {
 		return Ack{}, err
 	}
@@ -105,6 +109,19 @@ func (b *Bus) publishAck(ctx context.Context, m Msg, opts ...jetstream.PublishOp
 		return Ack{}, fmt.Errorf("bus: publish %s: %w", m.Subject, b.connErr(err))
 	}
 	return Ack{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// withTrace is m carrying ctx's trace context (traceparent, lower-case),
+// unless it carries one already (an outbox row's).
+func withTrace(ctx context.Context, m Msg) Msg {
+	if !trace.SpanContextFromContext(ctx).IsValid() || obs.Carrier(m.Header).Get(obs.TraceHeader) != "" {
+		return m
+	}
+	h := make(map[string]string, len(m.Header)+1)
+	maps.Copy(h, m.Header)
+	obs.Inject(ctx, h)
+	m.Header = h
+	return m
 }
 
 // PublishBatch publishes all msgs without waiting between them and then
@@ -139,7 +156,7 @@ func (b *Bus) PublishBatch(ctx context.Context, msgs []Msg) []error {
 			errs[i] = err
 			continue
 		}
-		nm, err := b.natsMsg(m)
+		nm, err := b.natsMsg(withTrace(ctx, m))
 		if err != nil {
 			errs[i] = err
 			continue

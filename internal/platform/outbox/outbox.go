@@ -12,11 +12,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/surge-platform/surge/internal/platform/bus"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -31,6 +36,12 @@ type Event struct {
 
 // Insert writes ev in tx.
 func Insert(ctx context.Context, tx *sql.Tx, ev Event, now time.Time) error {
+	if trace.SpanContextFromContext(ctx).IsValid() && obs.Carrier(ev.Header).Get(obs.TraceHeader) == "" {
+		h := make(map[string]string, len(ev.Header)+1) // the row carries the trace that wrote it
+		maps.Copy(h, ev.Header)
+		obs.Inject(ctx, h)
+		ev.Header = h
+	}
 	hdr := ""
 	if len(ev.Header) > 0 {
 		b, err := json.Marshal(ev.Header)
@@ -54,12 +65,13 @@ type Publisher interface {
 
 // Relay publishes the outbox of every database of a cluster.
 type Relay struct {
-	db    *sqldb.Cluster
-	pub   Publisher
-	log   *slog.Logger
-	poll  time.Duration
-	batch int
-	wake  []chan struct{} // one per physical database, capacity 1
+	db     *sqldb.Cluster
+	pub    Publisher
+	log    *slog.Logger
+	poll   time.Duration
+	batch  int
+	wake   []chan struct{} // one per physical database, capacity 1
+	tracer trace.Tracer    // nil: no spans (rows carry their trace context all the same)
 }
 
 // NewRelay returns a relay; poll is the backstop interval (0 = 1s) for rows
@@ -193,7 +205,25 @@ func (r *Relay) Drain(ctx context.Context, d *sqldb.DB) (int, error) {
 		if len(msgs) == 0 {
 			return total, nil
 		}
+		// Each row's publish is a span of the trace that wrote it, and the
+		// message carries that span on to its consumers.
+		var spans []trace.Span
+		if r.tracer != nil {
+			spans = make([]trace.Span, len(msgs))
+		}
+		for i := range spans {
+			var sctx context.Context
+			sctx, spans[i] = r.tracer.Start(obs.Extract(ctx, msgs[i].Header), "outbox publish "+msgs[i].Header["Surge-Type"],
+				trace.WithSpanKind(trace.SpanKindProducer))
+			obs.Inject(sctx, msgs[i].Header)
+		}
 		errs := r.pub.PublishBatch(ctx, msgs)
+		for i, sp := range spans {
+			if errs[i] != nil {
+				sp.SetStatus(codes.Error, errs[i].Error())
+			}
+			sp.End()
+		}
 		var acked []int64
 		var firstErr error
 		for i, err := range errs {
@@ -261,6 +291,9 @@ func (r *Relay) Depths(ctx context.Context) ([]Depth, error) {
 	}
 	return out, nil
 }
+
+// Trace makes the relay's publishes spans of t (before Run).
+func (r *Relay) Trace(t *obs.Tracing) { r.tracer = t.Tracer() }
 
 // Pending returns the number of unpublished rows in the whole cluster.
 func (r *Relay) Pending(ctx context.Context) (int64, error) {

@@ -2,11 +2,18 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Step is one stage of the HTTP chain. Every server of a node (customer
@@ -91,14 +98,16 @@ func InfoOf(ctx context.Context) *Info {
 	return nil
 }
 
-// Trace is the outermost step: it gives the request its trace id (from
-// traceparent when present; X-Trace-Id on every response), its logger in
-// the context, its Info, and one log line when it ends, at debug level
-// (warn for 5xx). Done, when set, is told of every answered request (the
-// RED metrics).
+// Trace is the outermost step: it gives the request its trace context
+// (continuing the caller's traceparent when present) and its server span,
+// X-Trace-Id on every response, its logger in the context, its Info, and
+// one log line when it ends: at debug level, or at error level with the
+// error for a 5xx (the one place a failed request is logged). Done, when
+// set, is told of every answered request (the RED metrics).
 type Trace struct {
-	Log  *slog.Logger
-	Done func(in *Info, status int, d time.Duration)
+	Log    *slog.Logger
+	Tracer trace.Tracer // nil: no span; the trace id is traceparent's or a random one
+	Done   func(in *Info, status int, d time.Duration)
 }
 
 func (t Trace) Wrap(next http.Handler) http.Handler {
@@ -106,31 +115,79 @@ func (t Trace) Wrap(next http.Handler) http.Handler {
 	debug := base.Enabled(context.Background(), slog.LevelDebug)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		tid := traceFrom(r)
+		ctx := r.Context()
+		var span trace.Span
+		var tid string
+		if t.Tracer != nil {
+			if tp := r.Header["Traceparent"]; len(tp) > 0 { // upper-case hex taken too, as before tracing
+				ctx = propagator.Extract(ctx, propagation.MapCarrier{"traceparent": strings.ToLower(tp[0]),
+					"tracestate": r.Header.Get("Tracestate")})
+			}
+			ctx, span = t.Tracer.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer))
+			if sc := span.SpanContext(); sc.IsValid() {
+				tid = sc.TraceID().String()
+			}
+		}
+		if tid == "" {
+			tid = traceFrom(r)
+		}
 		rec := &recorder{ResponseWriter: w, trace: tid, log: base, traceHdr: [1]string{tid}}
-		rec.ctx = reqCtx{Context: r.Context(), rec: rec}
+		rec.ctx = reqCtx{Context: ctx, rec: rec}
 		w.Header()["X-Trace-Id"] = rec.traceHdr[:]
 		r = r.WithContext(&rec.ctx)
 		defer func() {
+			st := rec.status
+			if st == 0 { // nothing written: net/http answers 200
+				st = http.StatusOK
+			}
 			if t.Done != nil {
-				st := rec.status
-				if st == 0 { // nothing written: net/http answers 200
-					st = http.StatusOK
-				}
 				t.Done(&rec.info, st, time.Since(start))
 			}
-			if debug || rec.status >= 500 && rec.status != StatusClientClosed && !rec.quiet {
-				lvl := slog.LevelDebug
-				if rec.status >= 500 && !rec.quiet {
-					lvl = slog.LevelWarn
+			failed := st >= 500 && st != StatusClientClosed && !rec.quiet
+			if span != nil {
+				endSpan(span, r.Method, &rec.info, st, failed, rec.err)
+			}
+			if debug || failed {
+				lvl, args := slog.LevelDebug, []any{"method", r.Method, "path", r.URL.Path, "status", st,
+					"class", rec.info.Class.String(), "ms", float64(time.Since(start).Microseconds()) / 1000}
+				if failed {
+					lvl = slog.LevelError
+					if rec.err != nil {
+						args = append(args, "err", rec.err.Error())
+					}
+					if err := r.Context().Err(); err != nil {
+						args = append(args, "ctx_err", err.Error())
+					}
 				}
 				ctx := r.Context()
-				Log(ctx).Log(ctx, lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
-					"class", rec.info.Class.String(), "ms", float64(time.Since(start).Microseconds())/1000)
+				Log(ctx).Log(ctx, lvl, "request", args...)
 			}
 		}()
 		next.ServeHTTP(rec, r)
 	})
+}
+
+// propagator reads W3C traceparent (and tracestate).
+var propagator = propagation.TraceContext{}
+
+// endSpan names a request's span after its route and ends it.
+func endSpan(span trace.Span, method string, in *Info, status int, failed bool, err error) {
+	name := in.Pattern
+	if name == "" {
+		name = method + " unmatched"
+	}
+	span.SetName(name)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.String("surge.class", in.Class.String()))
+		if failed {
+			msg := ""
+			if err != nil {
+				msg = err.Error()
+			}
+			span.SetStatus(codes.Error, msg)
+		}
+	}
+	span.End()
 }
 
 // Routed is mux, recording the pattern it matched in the request's Info.
@@ -156,8 +213,13 @@ func (Recover) Wrap(next http.Handler) http.Handler {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				Log(r.Context()).Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
-				if rec, ok := w.(*recorder); !ok || rec.status == 0 {
+				rec, ok := w.(*recorder)
+				if ok && rec.status == 0 { // answered 500 below: Trace logs it as the request ends
+					rec.err = fmt.Errorf("panic: %v\n%s", p, stack())
+				} else {
+					Log(r.Context()).Error("panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", stack())
+				}
+				if !ok || rec.status == 0 {
 					JSON(w, http.StatusInternalServerError, errBody("internal", "internal error (trace id "+TraceID(r.Context())+")"))
 				}
 			}

@@ -103,7 +103,11 @@ func answer(w http.ResponseWriter, r *http.Request, err error, quiet bool) {
 		w.Header()["Retry-After"] = retryAfter
 	}
 	if status >= 500 && !quiet {
-		Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
+		if rec, ok := r.Context().Value(ctxKey{}).(*recorder); ok {
+			rec.err = err // Trace logs it, once, as the request ends
+		} else {
+			Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
+		}
 	}
 	sentinel, _ := err.(*errkind.Error)
 	if sentinel != nil {
@@ -215,6 +219,7 @@ type recorder struct {
 	status   int
 	swallow  bool      // net/http's own plain-text 404/405 was replaced by JSON
 	quiet    bool      // a refusal by design (Refuse): not logged as a failure
+	err      error     // why a 5xx was answered (Error), for its log line
 	traceHdr [1]string // X-Trace-Id's value
 	info     Info      // what the chain's steps learnt about the request
 }

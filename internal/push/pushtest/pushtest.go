@@ -29,6 +29,7 @@ type Msg struct {
 	RefundID    string      `json:"refund_id"` // refund events: the refund, its amount, the order's refunded after it
 	Amount      int64       `json:"amount"`
 	Refunded    int64       `json:"refunded"`
+	Traceparent string      `json:"traceparent"` // the trace of the request that caused it
 	Order       struct {
 		OrderID string `json:"order_id"`
 		StoreID string `json:"store_id"`
