@@ -47,7 +47,7 @@ var (
 	rounds    = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur       = flag.Duration("dur", 4*time.Second, "duration of one measurement")
 	workers   = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing,flash,overload", "which benchmarks to run")
+	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing,flash,overload,observe", "which benchmarks to run")
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	shedModes = flag.String("shed", "bbr,failsafe,off", "overload: the shedders to compare")
@@ -99,6 +99,11 @@ func main() {
 	}
 	if strings.Contains(*only, "overload") {
 		if err := overload(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "observe") {
+		if err := observe(ctx); err != nil {
 			fail(err)
 		}
 	}
@@ -323,19 +328,6 @@ func orders(ctx context.Context) error {
 		return r
 	}
 	load.Run(ctx, *workers, time.Second, 201, place) // warm up
-	// wrk: a unique Idempotency-Key per request, the customers in turn.
-	var lua strings.Builder
-	lua.WriteString("local tokens = {")
-	for _, t := range tokens {
-		lua.WriteString(luaString("Bearer "+t) + ",")
-	}
-	lua.WriteString("}\nlocal n = 0\nlocal body = " + luaString(body) + "\nlocal run = RUN\n")
-	lua.WriteString(`request = function()
-	n = n + 1
-	return wrk.format("POST", "/api/v1/orders", {["Authorization"] = tokens[n % #tokens + 1],
-		["Content-Type"] = "application/json", ["Idempotency-Key"] = run .. "-" .. n}, body)
-end
-`)
 	pgURL, _ := url.Parse(dsns[0])
 	var bs, ss []float64
 	for range *rounds {
@@ -350,8 +342,7 @@ end
 			return fmt.Errorf("pgbench output has no tps:\n%s", out)
 		}
 		tps, _ := strconv.ParseFloat(string(m[1]), 64)
-		script := strings.Replace(lua.String(), "RUN", luaString(fmt.Sprintf("r%d", len(ss))), 1)
-		s, err := runWrk(ctx, base+"/api/v1/orders", *workers, *dur, script)
+		s, err := runWrk(ctx, base+"/api/v1/orders", *workers, *dur, orderScript(tokens, body, fmt.Sprintf("r%d", len(ss))))
 		if err != nil {
 			return err
 		}

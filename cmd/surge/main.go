@@ -202,6 +202,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.seedDemo, "seed-demo", false, "load the demo data set (idempotent)")
 	fs.IntVar(&o.heapFloor, "heap-floor-mb", 64, "least heap the Go collector lets grow before collecting, MiB (fewer collections under load, up to that much more memory; 0: GOGC alone)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
+	fs.BoolVar(&o.Telemetry, "telemetry", d.Telemetry, "count every request in /metrics (rate, errors, duration per route and class) and give it a trace span (false: neither, for measuring their cost)")
 	fs.StringVar(&o.OTLP, "otlp", "", "export trace spans over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318 (default: none; trace ids are passed on and logged all the same)")
 	fs.Float64Var(&o.TraceRatio, "trace-ratio", d.TraceRatio, "with --otlp: the share of traces started on this node that are recorded (0..1; a caller's sampled traceparent is always followed)")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")

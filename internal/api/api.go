@@ -82,9 +82,10 @@ type Server struct {
 	// the features they gate); nil: every feature on, routes left out.
 	Switches *switches.Panel
 
-	// Metrics is the node's registry: GET /metrics (admin token) and the
-	// RED metrics of every request; nil: neither.
+	// Metrics is the node's registry (GET /metrics, admin token), and with
+	// RED the rate, errors and duration of every request in it.
 	Metrics *obs.Metrics
+	RED     bool
 	// Tracer gives each request its span (nil: none; the trace id is made
 	// or taken from traceparent all the same).
 	Tracer trace.Tracer
@@ -145,6 +146,8 @@ func (s *Server) Handler() http.Handler {
 	var done func(*web.Info, int, time.Duration)
 	if m := s.Metrics; m != nil {
 		mux.Handle("GET /metrics", s.admin(m.Handler().ServeHTTP))
+	}
+	if m := s.Metrics; m != nil && s.RED {
 		done = func(in *web.Info, status int, d time.Duration) { m.Request(in.Pattern, in.Class, status, d) }
 	}
 	for pattern, h := range s.Extra {

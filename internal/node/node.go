@@ -82,6 +82,7 @@ type Config struct {
 	MaxConns       int              // open connections; 0 = no cap
 	RequestTimeout time.Duration    // every request but a socket's gives up after this; 0 = never
 	Proxies        []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
+	Telemetry      bool             // RED metrics and a trace per request (false: neither; /metrics serves the rest)
 	OTLP           string           // export spans over OTLP/HTTP to this URL; "" = none
 	TraceRatio     float64          // with OTLP: share of new traces recorded (0..1)
 	// Spans, when set, receives every span (tests; OTLP is then ignored).
@@ -91,7 +92,7 @@ type Config struct {
 // Defaults returns a config that works on a laptop.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8080", Data: "./data", Roles: []string{"all"}, OrderTTL: 15 * time.Minute,
-		NodeID: -1, Migrate: true, MaxConns: 20000, RequestTimeout: 10 * time.Second, TraceRatio: 0.01,
+		NodeID: -1, Migrate: true, MaxConns: 20000, RequestTimeout: 10 * time.Second, Telemetry: true, TraceRatio: 0.01,
 		Edge: edge.Config{IPRPS: 1000, UserRPS: 100, RouteRPS: map[string]float64{edge.RouteOrder: 20, edge.RoutePay: 20, edge.RouteClaim: 20},
 			MaxInflight: 2048, Shed: edge.ShedBBR, Ban: 500, BanFor: 10 * time.Minute}}
 }
@@ -263,7 +264,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	n.closer = append(n.closer, n.Bus.Close)
-	n.Bus.Trace(n.Tracing)
+	if cfg.Telemetry {
+		n.Bus.Trace(n.Tracing)
+	}
 	n.Bus.Breaker().OnChange(logBreaker(log.With("dependency", "bus")))
 	if err := checkNATS(cfg.Bus, n.Bus.Conn().ConnectedServerVersion()); err != nil {
 		return nil, err
@@ -292,7 +295,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.closer = append(n.closer, func() error { stopKeep(); <-kept; return nil }) // Keep releases the id
 	n.Jobs = lease.NewJobs(leases, n.owner, 0, log)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
-	n.relay.Trace(n.Tracing)
+	if cfg.Telemetry {
+		n.relay.Trace(n.Tracing)
+	}
 	n.Stock = inventory.New(n.DB)
 	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus, catalog.WithKV(n.KV), catalog.WithLog(log.With("context", "catalog")))
 	n.watch.Register("catalog-menus", n.Catalog.ForgetShared)
@@ -335,7 +340,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.Metrics = obs.New()
 	srv := &api.Server{Log: log, AdminToken: cfg.AdminToken, Auth: n.Members, Edge: n.Edge, Proxies: cfg.Proxies, RequestTimeout: cfg.RequestTimeout, Checks: []api.Check{
 		{Name: "db", Ping: n.DB.Ping}, {Name: "kv", Ping: n.KV.Ping}, {Name: "bus", Ping: n.Bus.Ping},
-	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Metrics: n.Metrics, Tracer: n.Tracing.Tracer(), Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	}, Stats: n.stats, DeadLetters: n.Bus, Switches: n.Switches, Metrics: n.Metrics, Cluster: func(ctx context.Context) (any, error) { return n.cluster(ctx, leases) }}
+	if cfg.Telemetry {
+		srv.Tracer, srv.RED = n.Tracing.Tracer(), true
+	}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
 		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist

@@ -2,12 +2,15 @@ package obs
 
 import (
 	"context"
+	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -85,3 +88,40 @@ func BenchmarkRequest(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkChain is the chain's Trace step around a handler that does
+// nothing, with telemetry off, with RED metrics and ids-only tracing (the
+// default), and with every span recorded (exported to nowhere).
+func BenchmarkChain(b *testing.B) {
+	noop := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) })
+	mux := http.NewServeMux()
+	mux.Handle("GET /api/v1/stores/{store_id}/menu", noop)
+	m := New()
+	red := func(in *web.Info, st int, d time.Duration) { m.Request(in.Pattern, in.Class, st, d) }
+	log := slog.New(slog.DiscardHandler)
+	for _, c := range []struct {
+		name string
+		step web.Trace
+	}{
+		{"off", web.Trace{Log: log}},
+		{"on", web.Trace{Log: log, Tracer: NewTracing("api", nil, 1).Tracer(), Done: red}},
+		{"recorded", web.Trace{Log: log, Tracer: NewTracing("api", discard{}, 1).Tracer(), Done: red}},
+	} {
+		h := web.Chain(web.Routed(mux), c.step)
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				r := httptest.NewRequest("GET", "/api/v1/stores/1001/menu", nil)
+				w := httptest.NewRecorder()
+				for pb.Next() {
+					h.ServeHTTP(w, r)
+				}
+			})
+		})
+	}
+}
+
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }

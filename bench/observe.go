@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/surge-platform/surge/bench/load"
+)
+
+// observe measures what metrics and tracing cost: menu reads and order
+// placement (embedded surge, both CPU-bound in the surge process, so a
+// cost shows in the rate) on nodes with --telemetry=false (the baseline),
+// with telemetry and no exporter (the default), and with spans exported
+// to a local OTLP sink at the default --trace-ratio and at 1. The nodes
+// run side by side and are measured in turn within each round, so drift
+// of the machine hits them alike. Shedding is off: wrk's 32 connections
+// keep both cores busy, which the shedder rightly answers with 503s.
+func observe(ctx context.Context) error {
+	sink, batches, err := otlpSink()
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	otlp := "http://" + sink.Addr().String()
+	configs := []struct {
+		name string
+		args []string
+	}{
+		{"telemetry off", []string{"--telemetry=false"}},
+		{"telemetry on", nil},
+		{"on, OTLP 1%", []string{"--otlp", otlp}},
+		{"on, OTLP 100%", []string{"--otlp", otlp, "--trace-ratio", "1"}},
+	}
+	type node struct {
+		base   string
+		pid    int
+		tokens []string
+		done   func()
+	}
+	nodes := make([]node, len(configs))
+	for i, c := range configs {
+		data, _ := os.MkdirTemp("", "surge-bench-")
+		addr := freeAddr()
+		cmd, err := start("http://"+addr+"/readyz", *surgeBin, append([]string{"serve", "--addr", addr, "--data", data, "--seed-demo",
+			"--log-level", "warn", "--ip-rps", "0", "--shed", "off"}, c.args...)...)
+		if err != nil {
+			return err
+		}
+		nodes[i] = node{base: "http://" + addr, pid: cmd.Process.Pid, done: func() { stop(cmd); os.RemoveAll(data) }}
+		defer nodes[i].done()
+		if nodes[i].tokens, err = logins("http://"+addr, *workers, 0); err != nil {
+			return err
+		}
+	}
+	body := `{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`
+	for _, n := range nodes { // warm up
+		load.Run(ctx, *workers, time.Second, 200, func(int, int) *http.Request {
+			r, _ := http.NewRequest("GET", n.base+"/api/v1/stores/1001/menu", nil)
+			return r
+		})
+	}
+	menus := make([][]float64, len(nodes))
+	orders := make([][]float64, len(nodes))
+	menuCPU := make([][]float64, len(nodes)) // surge's CPU per request, µs
+	orderCPU := make([][]float64, len(nodes))
+	for round := range *rounds {
+		// Each node's turn comes at another place in each round, and each
+		// measurement waits until every node is idle (the last one's orders
+		// are still being relayed and consumed for a while).
+		for k := range nodes {
+			i := (round + k) % len(nodes)
+			n := nodes[i]
+			for _, o := range nodes {
+				quiesce(o.pid)
+			}
+			t0 := cpuTicks(n.pid)
+			m, err := runWrk(ctx, n.base+"/api/v1/stores/1001/menu", *workers, *dur, "")
+			if err != nil {
+				return err
+			}
+			menuCPU[i] = append(menuCPU[i], perRequest(cpuTicks(n.pid)-t0, m))
+			for _, o := range nodes {
+				quiesce(o.pid)
+			}
+			t0 = cpuTicks(n.pid)
+			o, err := runWrk(ctx, n.base+"/api/v1/orders", *workers, *dur, orderScript(n.tokens, body, fmt.Sprintf("r%d", round)))
+			if err != nil {
+				return err
+			}
+			orderCPU[i] = append(orderCPU[i], perRequest(cpuTicks(n.pid)-t0, o))
+			if m.Bad > 0 || o.Bad > 0 {
+				return fmt.Errorf("observe %s: %d failed menu reads, %d failed orders", configs[i].name, m.Bad, o.Bad)
+			}
+			menus[i], orders[i] = append(menus[i], m.RPS), append(orders[i], o.RPS)
+		}
+		fmt.Printf("  observe round %d (OTLP batches so far %d): CPU per menu read / order, µs:", round+1, batches.Load())
+		for i := range configs {
+			fmt.Printf("  %s %.1f / %.1f", configs[i].name, menuCPU[i][round], orderCPU[i][round])
+		}
+		fmt.Println()
+	}
+	for i := 1; i < len(configs); i++ {
+		report(fmt.Sprintf("menu reads, %s against telemetry off (wrk, %d connections, %v per round, embedded)", configs[i].name, *workers, *dur),
+			"telemetry off", configs[i].name, menus[0], menus[i], 0)
+		report(fmt.Sprintf("order placement, %s against telemetry off (wrk, %d connections, a unique Idempotency-Key each, embedded)", configs[i].name, *workers),
+			"telemetry off", configs[i].name, orders[0], orders[i], 0)
+	}
+	// Throughput on two shared cores moves by 10-20% from round to round;
+	// the CPU the surge process spends per request moves far less, and is
+	// what telemetry costs.
+	fmt.Printf("\n  surge's CPU per request (medians of %d rounds; the ratio to telemetry off is the cost):\n", *rounds)
+	fmt.Printf("  %-16s menu read %6.1f µs            order %7.1f µs\n", configs[0].name, median(menuCPU[0]), median(orderCPU[0]))
+	for i := 1; i < len(configs); i++ {
+		fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
+			median(menuCPU[i]), median(menuCPU[i])/median(menuCPU[0]), median(orderCPU[i]), median(orderCPU[i])/median(orderCPU[0]))
+	}
+	fmt.Println("  targets: a cost under 5% with no exporter (CPU x <= 1.05), under 10% with the OTLP sink (x <= 1.10)")
+	return nil
+}
+
+// perRequest is CPU ticks (10 ms) spent over a wrk run, per answer, in µs.
+func perRequest(ticks int64, r wrkResult) float64 {
+	return float64(ticks) * 1e4 / (r.RPS * r.Elapsed.Seconds())
+}
+
+// orderScript is wrk's script for order placement: the customers in turn,
+// a unique Idempotency-Key per request (run makes them unique per run).
+func orderScript(tokens []string, body, run string) string {
+	var lua strings.Builder
+	lua.WriteString("local tokens = {")
+	for _, t := range tokens {
+		lua.WriteString(luaString("Bearer "+t) + ",")
+	}
+	lua.WriteString("}\nlocal n = 0\nlocal body = " + luaString(body) + "\nlocal run = " + luaString(run) + "\n")
+	lua.WriteString(`request = function()
+	n = n + 1
+	return wrk.format("POST", "/api/v1/orders", {["Authorization"] = tokens[n % #tokens + 1],
+		["Content-Type"] = "application/json", ["Idempotency-Key"] = run .. "-" .. n}, body)
+end
+`)
+	return lua.String()
+}
+
+// otlpSink is a local OTLP/HTTP receiver that reads and drops what it is
+// sent, and counts the requests (batches of spans) it took.
+func otlpSink() (net.Listener, *atomic.Int64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	var n atomic.Int64
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		n.Add(1)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}))
+	return ln, &n, nil
+}
