@@ -92,16 +92,21 @@ if [ -z "${SURGE_TEST_REDIS:-}" ]; then
 	fi
 fi
 
-# --- nginx (the e2e test of deploy/nginx starts its own) ----------------------------
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-	# policy-rc.d keeps the package from starting a server of its own on port 80
+# --- nginx (the e2e test of deploy/nginx starts its own), chromium (the
+# dashboard's browser test), promtool (the Prometheus package: deploy/prometheus's rules)
+# policy-rc.d keeps the packages from starting servers of their own (nginx on port 80, prometheus)
+apt_install_quiet() {
 	if [ ! -e /usr/sbin/policy-rc.d ] && as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'; then
-		apt_install nginx || say "nginx could not be installed: its test will fail in CI"
+		apt_install "$@" || say "$* could not be installed: their tests will fail in CI"
 		as_root rm -f /usr/sbin/policy-rc.d
 	else
-		apt_install nginx || say "nginx could not be installed: its test will fail in CI"
+		apt_install "$@" || say "$* could not be installed: their tests will fail in CI"
 	fi
-fi
+}
+# one at a time: a package missing from this distribution must not keep the others out
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then apt_install_quiet nginx; fi
+command -v chromium >/dev/null || apt_install_quiet chromium
+command -v promtool >/dev/null || apt_install_quiet prometheus
 
 # --- NATS (the version pinned in go.mod) -----------------------------------------
 if [ -z "${SURGE_TEST_NATS:-}" ]; then

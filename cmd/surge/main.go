@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/demo"
+	"github.com/surge-platform/surge/internal/monitor"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/edge"
@@ -132,7 +133,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Addr, "addr", d.Addr, "HTTP listen address")
 	fs.StringVar(&o.Data, "data", d.Data, "directory of the embedded backends")
 	roles := listFlag{}
-	fs.Func("roles", "roles to run: all, or a comma list of api,worker,fulfil,paysim,push", func(v string) error {
+	fs.Func("roles", "roles to run: all, or a comma list of api,worker,fulfil,paysim,push,monitor", func(v string) error {
 		roles = append(roles, v)
 		o.Roles = roles
 		return nil
@@ -203,6 +204,16 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.heapFloor, "heap-floor-mb", 64, "least heap the Go collector lets grow before collecting, MiB (fewer collections under load, up to that much more memory; 0: GOGC alone)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug (one line per request), info, warn or error")
 	fs.BoolVar(&o.Telemetry, "telemetry", d.Telemetry, "count every request in /metrics (rate, errors, duration per route and class) and give it a trace span (false: neither, for measuring their cost)")
+	fs.Func("alert", "monitor role: send alerts to a chat bot's webhook, kind=URL with kind feishu, wecom or slack (repeat for several)", func(v string) error {
+		t, err := monitor.ParseTarget(v)
+		o.Alerts = append(o.Alerts, t)
+		return err
+	})
+	fs.Func("alert-rules", "monitor role: alert thresholds to change, e.g. errors=1%,p99=1s,lag=10000,outbox=30s,dead=1,resend=1h,node-red=true (these are the defaults; 0 turns a rule off)", func(v string) error {
+		r, err := monitor.ParseRules(v)
+		o.AlertRules = &r
+		return err
+	})
 	fs.StringVar(&o.OTLP, "otlp", "", "export trace spans over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318 (default: none; trace ids are passed on and logged all the same)")
 	fs.Float64Var(&o.TraceRatio, "trace-ratio", d.TraceRatio, "with --otlp: the share of traces started on this node that are recorded (0..1; a caller's sampled traceparent is always followed)")
 	fs.DurationVar(&o.simDuration, "sim-duration", 8*time.Second, "demo: how long the simulation runs (0: none)")

@@ -39,7 +39,7 @@ func TestBadInvocations(t *testing.T) {
 	for _, args := range [][]string{
 		{"nope"},
 		{"serve", "--roles", "cashier"},
-		{"serve", "--roles", "monitor"},
+		{"serve", "--roles", "monitor,cashier"}, // monitor is a role now; cashier is not
 		{"serve", "--ws-ping", "1ms"},
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},

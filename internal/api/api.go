@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -22,6 +23,7 @@ import (
 	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/guard"
 	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/monitor"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/bus"
@@ -86,6 +88,9 @@ type Server struct {
 	// RED the rate, errors and duration of every request in it.
 	Metrics *obs.Metrics
 	RED     bool
+	// Monitor serves the dashboard (GET /dashboard, admin token, also as
+	// ?access_token= for a browser); nil: not served.
+	Monitor *monitor.Monitor
 	// Tracer gives each request its span (nil: none; the trace id is made
 	// or taken from traceparent all the same).
 	Tracer trace.Tracer
@@ -143,12 +148,19 @@ func (s *Server) Handler() http.Handler {
 			web.JSON(w, http.StatusOK, s.PushStats())
 		}))
 	}
-	var done func(*web.Info, int, time.Duration)
+	if m := s.Monitor; m != nil {
+		mux.HandleFunc("GET /dashboard", s.admin(m.Page))
+		mux.HandleFunc("GET /dashboard/state", s.admin(m.State))
+		mux.HandleFunc("GET /dashboard/events", s.admin(m.Events))
+	}
+	var done func(*http.Request, *web.Info, int, bool, time.Duration)
 	if m := s.Metrics; m != nil {
 		mux.Handle("GET /metrics", s.admin(m.Handler().ServeHTTP))
 	}
 	if m := s.Metrics; m != nil && s.RED {
-		done = func(in *web.Info, status int, d time.Duration) { m.Request(in.Pattern, in.Class, status, d) }
+		done = func(r *http.Request, in *web.Info, status int, quiet bool, d time.Duration) {
+			m.Request(in.Pattern, r.URL.Path, in.Class, status, quiet, d)
+		}
 	}
 	for pattern, h := range s.Extra {
 		mux.Handle(pattern, h)
@@ -252,6 +264,9 @@ func (a auth) Wrap(next http.Handler) http.Handler {
 				}
 			case in.Class == web.ClassAdmin:
 				tok, ok := web.Bearer(r)
+				if !ok && strings.HasPrefix(r.URL.Path, "/dashboard") { // a browser's page and its EventSource
+					tok, ok = web.Token(r)
+				}
 				in.Admin = ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) == 1
 			}
 		}

@@ -1,8 +1,12 @@
 package api_test
 
 import (
+	"bufio"
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -86,7 +90,12 @@ func TestMetricsLabelsAreBounded(t *testing.T) {
 	base := startNode(t)
 	pos := nodetest.POS(t, base, "1001")
 	var used []string // every id and odd path this test sent
-	scrape(t, base)   // its own route's series, from here on
+	// The series of the scrape's own route and of the monitor's probes of
+	// /readyz (every second) exist from here on.
+	eventually.True(t, 10*time.Second, "the monitor's probe and a scrape counted", func() bool {
+		f := scrape(t, base)
+		return value(f, "surge_http_requests_total", "route", "GET /readyz") > 0 && value(f, "surge_http_requests_total", "route", "GET /metrics") > 0
+	})
 	round := func(r int) {
 		for i := range 4 {
 			phone := fmt.Sprintf("+86139%04d%04d", r, i)
@@ -167,5 +176,80 @@ func TestMetricsLabelsAreBounded(t *testing.T) {
 	if len(grown) > 0 {
 		slices.Sort(grown)
 		t.Errorf("a second round of the same requests with new ids added %d series:\n%s", len(grown), strings.Join(grown, "\n"))
+	}
+}
+
+// TestStoreFigures: a store's paid orders by where they are now, from its
+// fulfilment records; other stores' orders and older ones not counted.
+func TestStoreFigures(t *testing.T) {
+	t.Parallel()
+	base := startNode(t)
+	c := nodetest.Login(t, base, "+8613955550042")
+	a := nodetest.PayOrder(t, c, "1004", "1004010")
+	nodetest.PayOrder(t, c, "1004", "1004010")
+	nodetest.PayOrder(t, c, "1005", "1005010")
+	pos := nodetest.POS(t, base, "1004")
+	eventually.True(t, 10*time.Second, "the first order accepted", func() bool {
+		return pos.Do("POST", "/pos/v1/orders/"+a+"/accept", "").Status == 200
+	})
+	admin := &nodetest.Client{T: t, Base: base, Token: nodetest.Admin}
+	var f struct {
+		StoreID                                          string `json:"store_id"`
+		Paid, New, Accepted, Ready, Completed, Withdrawn int64
+	}
+	eventually.Saw(t, 10*time.Second, "store 1004: 2 paid, 1 new, 1 accepted", func() (bool, string) {
+		r := admin.Do("GET", "/admin/v1/stores/1004/figures", "")
+		json.Unmarshal(r.Body, &f)
+		return r.Status == 200 && f.StoreID == "1004" && f.Paid == 2 && f.New == 1 && f.Accepted == 1, string(r.Body)
+	})
+	r := admin.Do("GET", "/admin/v1/stores/1004/figures?since="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "")
+	if json.Unmarshal(r.Body, &f); r.Status != 200 || f.Paid != 0 {
+		t.Errorf("since an hour ahead: %d %s", r.Status, r.Body)
+	}
+	if r := admin.Do("GET", "/admin/v1/stores/1004/figures?since=yesterday", ""); r.Status != 400 || r.Code() != "invalid_since" {
+		t.Errorf("bad since: %d %s", r.Status, r.Body)
+	}
+	if r := (&nodetest.Client{T: t, Base: base}).Do("GET", "/admin/v1/stores/1004/figures", ""); r.Status != 401 {
+		t.Errorf("without the admin token: %d", r.Status)
+	}
+}
+
+// The dashboard's stream goes through the whole chain: each second's
+// snapshot arrives as it is made (flushed, not buffered), past the
+// server's read timeout.
+func TestDashboardStream(t *testing.T) {
+	t.Parallel()
+	base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/dashboard/events?access_token="+nodetest.Admin, nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var snaps []string
+	start := time.Now()
+	for len(snaps) < 3 && sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, "data: ") {
+			snaps = append(snaps, line)
+		}
+	}
+	if len(snaps) < 3 || time.Since(start) > 5*time.Second {
+		t.Fatalf("%d snapshots in %v: %v", len(snaps), time.Since(start), sc.Err())
+	}
+	var s struct {
+		Nodes []struct{ Health string }
+	}
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(snaps[2], "data: ")), &s); err != nil || len(s.Nodes) != 1 || s.Nodes[0].Health != "green" {
+		t.Errorf("snapshot: %v %s", err, snaps[2])
+	}
+	if r := (&nodetest.Client{T: t, Base: base}).Do("GET", "/dashboard", ""); r.Status != 401 {
+		t.Errorf("the dashboard without the token: %d", r.Status)
 	}
 }

@@ -1,17 +1,21 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/web"
 	"github.com/surge-platform/surge/internal/promo"
 )
 
 func (s *Server) posRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /admin/v1/stores/{store_id}/figures", s.admin(s.storeFigures))
 	mux.HandleFunc("GET /pos/v1/orders/new", s.pos(s.posPull))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/accept", s.pos(s.posStep(fulfil.Accepted)))
 	mux.HandleFunc("POST /pos/v1/orders/{order_id}/ready", s.pos(s.posStep(fulfil.Ready)))
@@ -128,4 +132,32 @@ func (s *Server) posStep(to string) func(http.ResponseWriter, *http.Request, int
 		}
 		web.JSON(w, http.StatusOK, map[string]string{"order_id": itoa(oid), "status": to, "pickup_code": code})
 	}
+}
+
+// ErrBadSince is a since that is not an RFC 3339 time.
+var ErrBadSince = errkind.New(errkind.Invalid, "invalid_since", "since must be an RFC 3339 time, e.g. 2026-12-06T00:00:00Z")
+
+// storeFigures answers a store's orders paid since ?since= (default: the
+// start of today, UTC) by where they are now.
+func (s *Server) storeFigures(w http.ResponseWriter, r *http.Request) {
+	sid, err := pathID(r, "store_id")
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	since := time.Now().UTC().Truncate(24 * time.Hour)
+	if v := r.URL.Query().Get("since"); v != "" {
+		if since, err = time.Parse(time.RFC3339, v); err != nil {
+			web.Error(w, r, ErrBadSince)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second) // operators' requests have no deadline of their own
+	defer cancel()
+	f, err := s.Fulfil.Figures(ctx, sid, since)
+	if err != nil {
+		web.Error(w, r, err)
+		return
+	}
+	web.JSON(w, http.StatusOK, f)
 }

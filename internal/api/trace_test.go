@@ -2,6 +2,8 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
+	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/push/pushtest"
 )
 
@@ -107,4 +110,83 @@ func TestOneTraceAcrossTheOrderFlow(t *testing.T) {
 	accepted := find("outbox publish order.accepted", id(accept))
 	find("consume push", id(accepted))
 	find("consume order-ledger", id(paid))
+}
+
+// TestActiveQueryJoinsThePayTrace: with the channel's callback lost, the
+// payment centre's active query (a job, seconds later) finds the payment
+// and pays the order in the trace of the customer's pay request: the
+// order.paid on the customer's socket carries the pay request's trace id.
+func TestActiveQueryJoinsThePayTrace(t *testing.T) {
+	t.Parallel()
+	n := nodetest.Start(t, func(c *node.Config) { c.PayQuery = 300 * time.Millisecond })
+	base := n.URL()
+	if err := n.Sim.SetFaults("wxsim", paysim.Faults{DropCallbacks: true}); err != nil {
+		t.Fatal(err)
+	}
+	cust, cws, created, _ := orderOnSocket(t, base, "+8613912340002")
+	p := cust.Do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wxsim"}`)
+	var st struct {
+		PayURL string `json:"pay_url"`
+	}
+	json.Unmarshal(p.Body, &st)
+	payTrace := p.Header.Get("X-Trace-Id")
+	if p.Status != 201 || len(payTrace) != 32 {
+		t.Fatalf("pay: %d %s (trace %q)", p.Status, p.Body, payTrace)
+	}
+	res, err := http.Post(st.PayURL, "", nil) // the customer pays; the callback is dropped
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("payer pays: %v %v", res, err)
+	}
+	res.Body.Close()
+	paid, _, err := cws.Until(15*time.Second, func(m pushtest.Msg) bool { return m.Type == "order.paid" && m.OrderID == created.OrderID })
+	if err != nil {
+		t.Fatalf("order.paid by the active query: %v", err)
+	}
+	if !strings.Contains(paid.Traceparent, payTrace) {
+		t.Errorf("order.paid came with traceparent %q, want the pay request's trace %s", paid.Traceparent, payTrace)
+	}
+}
+
+// TestExpiryJoinsTheOrderTrace: an unpaid order's expiry, fired later by
+// its JetStream timer, is in the trace of the request that placed it.
+func TestExpiryJoinsTheOrderTrace(t *testing.T) {
+	t.Parallel()
+	n := nodetest.Start(t, func(c *node.Config) { c.OrderTTL = time.Second })
+	base := n.URL()
+	_, cws, created, placed := orderOnSocket(t, base, "+8613912340003")
+	m, _, err := cws.Until(15*time.Second, func(m pushtest.Msg) bool { return m.Type == "order.cancelled" && m.OrderID == created.OrderID })
+	if err != nil {
+		t.Fatalf("order.cancelled by expiry: %v", err)
+	}
+	if !strings.Contains(m.Traceparent, placed) {
+		t.Errorf("the expiry's order.cancelled came with traceparent %q, want the placing request's trace %s", m.Traceparent, placed)
+	}
+}
+
+// orderOnSocket logs a customer in, opens their events socket (closed when
+// the test ends) and places an order; it returns the order and the trace
+// id of the request that placed it.
+func orderOnSocket(t *testing.T, base, phone string) (*nodetest.Client, *pushtest.Conn, placed, string) {
+	t.Helper()
+	cust := nodetest.Login(t, base, phone)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cws, err := pushtest.Dial(ctx, base, "/api/v1/ws", cust.Token, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cws.Close() })
+	r := cust.Do("POST", "/api/v1/orders", `{"store_id":"1003","items":[{"sku_id":"1003010","qty":1}]}`)
+	var created placed
+	json.Unmarshal(r.Body, &created)
+	trace := r.Header.Get("X-Trace-Id")
+	if r.Status != 201 || len(trace) != 32 {
+		t.Fatalf("order: %d %s", r.Status, r.Body)
+	}
+	return cust, cws, created, trace
+}
+
+// placed is an order as its creation answers it.
+type placed struct {
+	OrderID string `json:"order_id"`
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/surge-platform/surge/internal/monitor"
 	"github.com/surge-platform/surge/internal/platform/limit"
 	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
@@ -20,9 +21,6 @@ const (
 	gauge   = prometheus.GaugeValue
 )
 
-// Version is the build's version (set with -ldflags -X).
-var Version = "dev"
-
 // instrument registers what the node's parts count and what is asked of
 // its dependencies when scraped. docs/observability.md lists every metric
 // and what to do when it turns bad.
@@ -32,7 +30,7 @@ func (n *Node) instrument(m *obs.Metrics) {
 	n.Flash.Instrument(m)
 	roles := strings.Join(n.cfg.Roles, ",")
 	m.Func("surge_node_info", "This node: its roles and version (always 1).", gauge, []string{"roles", "version"},
-		func(_ context.Context, emit obs.Emit) { emit(1, roles, Version) })
+		func(_ context.Context, emit obs.Emit) { emit(1, roles, monitor.Version) })
 
 	// The edge: every refusal per class, the shedder, the caps.
 	outcomes := []string{"passed", "capped", "limited", "banned", "shed"}
@@ -103,37 +101,33 @@ func (n *Node) instrument(m *obs.Metrics) {
 	// Dependencies: breakers and database pools.
 	m.Func("surge_breaker_state", "Circuit breakers by dependency (kv, bus, db with its shard, notify): 0 closed, 1 half-open, 2 open.",
 		gauge, []string{"dependency", "shard"}, func(_ context.Context, emit obs.Emit) {
-			for name, st := range n.breakers() {
-				dep, shard, _ := strings.Cut(name, ":")
-				emit(breakerValue(st), dep, shard)
+			emit(breakerValue(n.Bus.Breaker().State()), "bus", "")
+			if n.kvBreaker != nil {
+				emit(breakerValue(n.kvBreaker.State()), "kv", "")
+			}
+			for i, d := range n.DB.Shards() {
+				if br := d.Breaker(); br != nil {
+					emit(breakerValue(br.State()), "db", strconv.Itoa(i))
+				}
 			}
 			if n.Notify != nil {
 				emit(breakerValue(n.Notify.Stats().Breaker), "notify", "")
 			}
 		})
-	m.Func("surge_db_connections", "Database connections by shard, pool (w: writes, r: reads) and state (in_use, idle).",
+	m.Func("surge_db_connections", "Database connections by shard, pool (w: writes, r: reads; PostgreSQL has one pool, w) and state (in_use, idle).",
 		gauge, []string{"shard", "pool", "state"}, func(_ context.Context, emit obs.Emit) {
-			for i, d := range n.DB.Shards() {
-				for pool, st := range map[string]func() (int, int){"w": inUse(d.W.Stats), "r": inUse(d.R.Stats)} {
-					used, idle := st()
-					emit(float64(used), strconv.Itoa(i), pool, "in_use")
-					emit(float64(idle), strconv.Itoa(i), pool, "idle")
-				}
-			}
+			n.pools(func(shard, pool string, st sql.DBStats) {
+				emit(float64(st.InUse), shard, pool, "in_use")
+				emit(float64(st.Idle), shard, pool, "idle")
+			})
 		})
 	m.Func("surge_db_pool_waits_total", "Times a caller waited for a free database connection, by shard and pool.",
 		counter, []string{"shard", "pool"}, func(_ context.Context, emit obs.Emit) {
-			for i, d := range n.DB.Shards() {
-				emit(float64(d.W.Stats().WaitCount), strconv.Itoa(i), "w")
-				emit(float64(d.R.Stats().WaitCount), strconv.Itoa(i), "r")
-			}
+			n.pools(func(shard, pool string, st sql.DBStats) { emit(float64(st.WaitCount), shard, pool) })
 		})
 	m.Func("surge_db_pool_wait_seconds_total", "Time callers waited for a free database connection, by shard and pool.",
 		counter, []string{"shard", "pool"}, func(_ context.Context, emit obs.Emit) {
-			for i, d := range n.DB.Shards() {
-				emit(d.W.Stats().WaitDuration.Seconds(), strconv.Itoa(i), "w")
-				emit(d.R.Stats().WaitDuration.Seconds(), strconv.Itoa(i), "r")
-			}
+			n.pools(func(shard, pool string, st sql.DBStats) { emit(st.WaitDuration.Seconds(), shard, pool) })
 		})
 
 	// The menu cache.
@@ -150,14 +144,14 @@ func (n *Node) instrument(m *obs.Metrics) {
 		})
 
 	// Jobs that run once per cluster.
-	m.Func("surge_job_runs_total", "Runs of each cluster-wide job started on this node, by result (ok, failed).", counter, []string{"job", "result"},
+	m.Func("surge_job_runs_total", "Runs of each cluster-wide job started on this node, by task (the job's name) and result (ok, failed).", counter, []string{"task", "result"},
 		func(_ context.Context, emit obs.Emit) {
 			for _, j := range n.Jobs.Stats() {
 				emit(float64(j.Runs-j.Failures), j.Name, "ok")
 				emit(float64(j.Failures), j.Name, "failed")
 			}
 		})
-	m.Func("surge_job_leader", "1 for each cluster-wide job this node holds the lease of.", gauge, []string{"job"},
+	m.Func("surge_job_leader", "1 for each cluster-wide job (task) this node holds the lease of.", gauge, []string{"task"},
 		func(_ context.Context, emit obs.Emit) {
 			for _, j := range n.Jobs.Stats() {
 				v := 0.0
@@ -246,6 +240,13 @@ func (n *Node) instrument(m *obs.Metrics) {
 				n.log.Debug("metrics: dead letters", "err", err)
 				return
 			}
+			if lags, err := n.Bus.Lags(ctx); err == nil { // every consumer, with none waiting too
+				for _, l := range lags {
+					if _, ok := per[l.Consumer]; !ok {
+						per[l.Consumer] = 0
+					}
+				}
+			}
 			for c, v := range per {
 				emit(float64(v), c)
 			}
@@ -263,10 +264,70 @@ func breakerValue(state string) float64 {
 	return 0
 }
 
-// inUse reads a pool's connections in use and idle.
-func inUse(stats func() sql.DBStats) func() (int, int) {
-	return func() (int, int) {
-		st := stats()
-		return st.InUse, st.Idle
+// pools calls f with each database pool's stats: SQLite's writer (w) and
+// readers (r), PostgreSQL's one pool (w).
+func (n *Node) pools(f func(shard, pool string, st sql.DBStats)) {
+	for i, d := range n.DB.Shards() {
+		f(strconv.Itoa(i), "w", d.W.Stats())
+		if d.R != d.W {
+			f(strconv.Itoa(i), "r", d.R.Stats())
+		}
 	}
+}
+
+// deps is the state of the breaker of each dependency the node's roles
+// use, for its heartbeat: "db<shard>", "kv", "bus" (closed where there is
+// no breaker: an embedded backend).
+func (n *Node) deps() map[string]string {
+	out := map[string]string{"bus": n.Bus.Breaker().State()}
+	if n.cfg.Has("api") || n.cfg.Has("fulfil") || n.cfg.Has("worker") {
+		for i, d := range n.DB.Shards() {
+			st := "closed"
+			if br := d.Breaker(); br != nil {
+				st = br.State()
+			}
+			out["db"+strconv.Itoa(i)] = st
+		}
+	}
+	if n.cfg.Has("api") || n.cfg.Has("fulfil") {
+		out["kv"] = "closed"
+		if n.kvBreaker != nil {
+			out["kv"] = n.kvBreaker.State()
+		}
+	}
+	return out
+}
+
+// load fills the heartbeat's CPU, in-flight requests and orders per
+// second (the ledger's, on workers).
+func (n *Node) load(l *monitor.Load) {
+	sn := n.Edge.Snapshot()
+	l.CPU = sn.Shed.CPU
+	for _, c := range sn.Classes {
+		l.Inflight += c.Inflight
+	}
+	now, created := time.Now(), n.Orders.Created()
+	if !n.lastBeat.IsZero() {
+		l.Orders = (created - n.lastCreated) / now.Sub(n.lastBeat).Seconds()
+	}
+	n.lastBeat, n.lastCreated = now, created
+}
+
+// queues are the cluster's outbox and consumers, for the monitor.
+func (n *Node) queues(ctx context.Context, f *monitor.Figures) error {
+	ds, err := n.relay.Depths(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		f.OutboxRows += d.Rows
+		if !d.Oldest.IsZero() {
+			f.OutboxOldest = max(f.OutboxOldest, time.Since(d.Oldest).Seconds())
+		}
+	}
+	if f.Lags, err = n.Bus.Lags(ctx); err != nil {
+		return err
+	}
+	f.DeadLetters, err = n.Bus.DeadLetterCounts(ctx)
+	return err
 }

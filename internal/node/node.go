@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -31,6 +32,7 @@ import (
 	"github.com/surge-platform/surge/internal/fulfil"
 	"github.com/surge-platform/surge/internal/inventory"
 	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/monitor"
 	"github.com/surge-platform/surge/internal/notify"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
@@ -53,7 +55,7 @@ import (
 )
 
 // Roles a node can take. "all" means every implemented role.
-var Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
+var Roles = []string{"api", "worker", "paysim", "fulfil", "push", "monitor"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
@@ -87,6 +89,10 @@ type Config struct {
 	TraceRatio     float64          // with OTLP: share of new traces recorded (0..1)
 	// Spans, when set, receives every span (tests; OTLP is then ignored).
 	Spans sdktrace.SpanExporter
+	// Alerts are the chat webhooks the monitor role sends alerts to, and
+	// AlertRules their thresholds (nil: monitor.DefaultRules).
+	Alerts     []monitor.Target
+	AlertRules *monitor.Rules
 }
 
 // Defaults returns a config that works on a laptop.
@@ -122,8 +128,6 @@ func (c *Config) Resolve() error {
 				roles = append(roles, Roles...)
 			case slices.Contains(Roles, r):
 				roles = append(roles, r)
-			case r == "monitor":
-				return fmt.Errorf("role %q is not implemented yet (available: %s)", r, strings.Join(Roles, ", "))
 			case r != "":
 				return fmt.Errorf("unknown role %q (available: all, %s)", r, strings.Join(Roles, ", "))
 			}
@@ -183,11 +187,17 @@ type Node struct {
 	Sim       *paysim.Server
 	Fulfil    *fulfil.Service
 	Push      *push.Hub
-	Notify    *notify.Service // customer notifications (worker role); nil when off
-	Inbox     *notify.Sink    // the simulator's notification inbox (paysim role)
-	Switches  *switches.Panel // the cluster's degradation switches (every node)
-	Metrics   *obs.Metrics    // the node's registry (GET /metrics)
-	Tracing   *obs.Tracing    // the node's tracer provider
+	Notify    *notify.Service  // customer notifications (worker role); nil when off
+	Inbox     *notify.Sink     // the simulator's notification inbox (paysim role)
+	Switches  *switches.Panel  // the cluster's degradation switches (every node)
+	Metrics   *obs.Metrics     // the node's registry (GET /metrics)
+	Tracing   *obs.Tracing     // the node's tracer provider
+	Monitor   *monitor.Monitor // the cluster's health (monitor role)
+	beater    *monitor.Beater
+	notifier  *monitor.Notifier
+	// the heartbeat's last reading of the ledger's order.created count
+	lastBeat    time.Time
+	lastCreated float64
 
 	ln     net.Listener
 	srv    *http.Server
@@ -425,11 +435,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		}
 	}
 	n.instrument(n.Metrics)
+	n.beater = monitor.NewBeater(n.Bus, monitor.Self{Owner: n.owner, NodeID: n.IDs.Node(), Roles: cfg.Roles, URL: advertise(n.ln.Addr()),
+		Started: time.Now(), Metrics: n.Metrics, Deps: n.deps, Load: n.load}, log.With("context", "heartbeat"))
+	if cfg.Has("monitor") {
+		n.Monitor = monitor.New(monitor.Config{Bus: n.Bus, Queues: n.queues, Rules: cfg.AlertRules}, log.With("role", "monitor"))
+		srv.Monitor = n.Monitor
+		n.notifier = &monitor.Notifier{Targets: cfg.Alerts, Resend: n.Monitor.Rules().Resend, Client: &http.Client{Timeout: 5 * time.Second},
+			Log: log.With("role", "monitor"), Prefix: "[surge]"}
+	}
 	n.watch.Check(ctx) // a new kv (mem: always) counts as lost: rebuild before serving; failures are retried in Run
 	n.ln = n.Edge.Listen(n.ln, cfg.MaxConns)
 	n.srv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: web.ServerMaxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if n.Monitor != nil {
+		n.srv.RegisterOnShutdown(n.Monitor.Close) // open dashboards' streams would hold the shutdown
+	}
 	return n, nil
 }
 
@@ -458,6 +479,18 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	spawn("kv loss watch", n.watch.Run)
+	spawn("heartbeat", n.beater.Run)
+	if n.Monitor != nil {
+		spawn("monitor", n.Monitor.Run)
+		if len(n.notifier.Targets) > 0 { // one monitor sends: the job's leader
+			spawn("alerts", func(ctx context.Context) error {
+				return n.Jobs.Every(ctx, "alerts", time.Second, func(ctx context.Context) error {
+					n.notifier.Notify(ctx, time.Now(), n.Monitor.Snapshot().Alerts)
+					return nil
+				})
+			})
+		}
+	}
 	spawn("switches", n.Switches.Watch)
 	if n.cap != nil {
 		spawn("cluster request cap", n.cap.Run)
@@ -622,4 +655,21 @@ func (n *Node) Close() error {
 		err = errors.Join(err, n.closer[i]())
 	}
 	return err
+}
+
+// advertise is the URL other nodes reach this one at, for the monitor's
+// probes: the listen address, or this host's name with its port when it
+// listens on every address (--addr :8080). Not --public-url: behind a
+// proxy that names the proxy.
+func advertise(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return "http://" + a.String()
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
@@ -63,6 +64,13 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker W
 	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now}
 	s.Instrument(nil)
 	return s
+}
+
+// Created is how many order.created events this node's ledger applied.
+func (s *Service) Created() float64 {
+	var m dto.Metric
+	s.counted.WithLabelValues("created").Write(&m)
+	return m.GetCounter().GetValue()
 }
 
 // Instrument registers the service's metrics in m (before it is used):

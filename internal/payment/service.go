@@ -16,6 +16,7 @@ import (
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -162,6 +163,7 @@ type Payment struct {
 	CreatedAt  time.Time `json:"created_at"`
 	PaidAt     time.Time `json:"paid_at,omitzero"`
 	queries    int
+	trace      string // the traceparent of the request that started it
 }
 
 // Started is the answer to Pay.
@@ -222,9 +224,9 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	p := Payment{ID: pid, OrderID: o.ID, UserID: o.UserID, Channel: ch.Name(), Amount: o.Payable,
 		State: stCreated, CreatedAt: now}
 	d := s.db.ForID(p.ID)
-	if _, err := d.W.ExecContext(ctx, `INSERT INTO payments (id, order_id, user_id, channel, amount, state, created_at, updated_at, query_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)`, p.ID, p.OrderID, p.UserID, p.Channel, p.Amount, p.State, now.UnixMilli(),
-		now.Add(s.cfg.QueryAfter).UnixMilli()); err != nil {
+	if _, err := d.W.ExecContext(ctx, `INSERT INTO payments (id, order_id, user_id, channel, amount, state, created_at, updated_at, query_at, trace)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)`, p.ID, p.OrderID, p.UserID, p.Channel, p.Amount, p.State, now.UnixMilli(),
+		now.Add(s.cfg.QueryAfter).UnixMilli(), obs.Traceparent(ctx)); err != nil {
 		return Started{}, fmt.Errorf("insert payment: %w", err)
 	}
 	var c Created
@@ -448,13 +450,13 @@ func (s *Service) setState(ctx context.Context, paymentID int64, from, to string
 	return nil
 }
 
-const paymentCols = `id, order_id, user_id, channel, amount, state, channel_txn, pay_url, created_at, paid_at, queries, refunded`
+const paymentCols = `id, order_id, user_id, channel, amount, state, channel_txn, pay_url, created_at, paid_at, queries, refunded, trace`
 
 func scanPayment(sc interface{ Scan(...any) error }) (*Payment, error) {
 	var p Payment
 	var created, paid int64
 	if err := sc.Scan(&p.ID, &p.OrderID, &p.UserID, &p.Channel, &p.Amount, &p.State, &p.ChannelTxn, &p.PayURL, &created, &paid,
-		&p.queries, &p.Refunded); err != nil {
+		&p.queries, &p.Refunded, &p.trace); err != nil {
 		return nil, err
 	}
 	if captured(p.State) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -63,6 +64,7 @@ func (s *Service) QueryPending(ctx context.Context, limit int) error {
 
 // query asks p's channel once and applies the answer.
 func (s *Service) query(ctx context.Context, p *Payment) error {
+	ctx = obs.WithTraceparent(ctx, p.trace) // the query and what it applies join the pay request's trace
 	ch := s.channels[p.Channel]
 	if ch == nil {
 		return fmt.Errorf("channel %q not configured", p.Channel)

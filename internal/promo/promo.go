@@ -172,6 +172,7 @@ func New(db *sqldb.Cluster, store kv.Store, b *bus.Bus, ids *id.Generator, inv I
 // surge_coupon_claims_total, by result ("claimed" or the error's code).
 func (s *Service) Instrument(m *obs.Metrics) {
 	s.claimed = m.CounterVec("surge_coupon_claims_total", "Coupon claims on this node, by result: claimed, or the refusal's error code.", "result")
+	s.claimed.WithLabelValues("claimed")
 }
 
 // Invalidate drops the cached promotions and templates (another node changed them).

@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/surge-platform/surge/internal/platform/web"
 )
@@ -28,6 +30,9 @@ type Metrics struct {
 	reqs *prometheus.CounterVec
 	dur  *prometheus.HistogramVec
 	red  sync.Map // redKey -> *red: the request path does not hash label values
+	// refused counts the 5xx answered by design to client classes (shed,
+	// a cap): counted in the RED metrics, not as failures by Totals.
+	refused atomic.Uint64
 }
 
 // LatencyBuckets are the request latency histogram's bounds, in seconds.
@@ -84,7 +89,7 @@ type Emit func(v float64, labelValues ...string)
 // Func registers a metric read when scraped: read calls emit once per
 // sample. It suits what a part already counts (atomics behind a Stats
 // method) and what is asked of a dependency (an outbox's depth), which
-// read does under ctx (10 s at most, the scrape's timeout).
+// read does under ctx (3 s at most: scrapeTimeout).
 func (m *Metrics) Func(name, help string, typ prometheus.ValueType, labels []string, read func(ctx context.Context, emit Emit)) {
 	if m == nil {
 		return
@@ -127,16 +132,26 @@ type red struct {
 }
 
 // Request records one answered request: route is the pattern the router
-// matched ("" for none).
-func (m *Metrics) Request(route string, class web.Class, code int, d time.Duration) {
+// matched ("" for none: then path names the role); refused is a refusal
+// by design (shed, capped), not a failure.
+func (m *Metrics) Request(route, path string, class web.Class, code int, refused bool, d time.Duration) {
 	if m == nil {
 		return
 	}
+	if refused && code >= 500 && class != web.ClassAdmin && class != web.ClassOps {
+		m.refused.Add(1)
+	}
 	k := redKey{route, class, code}
+	if route == "" {
+		k.route = unrouted + RoleOf(path) // a handful of keys: the role, not the path
+	}
 	v, ok := m.red.Load(k)
 	if !ok {
-		r := routeLabel(route)
-		role, cl := RoleOf(route), class.String()
+		r, role := routeLabel(route), RoleOf(route)
+		if route == "" {
+			role = k.route[len(unrouted):]
+		}
+		cl := class.String()
 		v, _ = m.red.LoadOrStore(k, &red{n: m.reqs.WithLabelValues(r, role, cl, codeLabel(code)),
 			dur: m.dur.WithLabelValues(r, role, cl)})
 	}
@@ -144,6 +159,9 @@ func (m *Metrics) Request(route string, class web.Class, code int, d time.Durati
 	x.n.Inc()
 	x.dur.Observe(d.Seconds())
 }
+
+// unrouted prefixes the keys of requests no route matched.
+const unrouted = "\x00"
 
 // routeLabel is a route's label: its pattern, or "unmatched" (a 404, or a
 // request refused before routing).
@@ -189,3 +207,89 @@ func RoleOf(pattern string) string {
 }
 
 func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// Totals is what a node answered clients since it started (operators'
+// and probes' requests, classes admin and ops, left out).
+type Totals struct {
+	Requests, Errors uint64   // Errors: 5xx but 499 (the client left) and refusals by design (shed, capped)
+	Timed            uint64   // requests in the latency histogram (read with Buckets, apart from Requests)
+	Buckets          []uint64 // of those, the ones that took at most LatencyBuckets[i] seconds
+}
+
+// Totals reads the RED metrics' totals (a few dozen series: cheap enough
+// for once a second).
+func (m *Metrics) Totals() Totals {
+	t := Totals{Buckets: make([]uint64, len(LatencyBuckets))}
+	if m == nil {
+		return t
+	}
+	client := func(ls []*dto.LabelPair, code *string) bool {
+		ok := true
+		for _, l := range ls {
+			switch l.GetName() {
+			case "class":
+				ok = l.GetValue() != "admin" && l.GetValue() != "ops"
+			case "code":
+				*code = l.GetValue()
+			}
+		}
+		return ok
+	}
+	for _, c := range []prometheus.Collector{m.reqs, m.dur} {
+		ch := make(chan prometheus.Metric, 64)
+		go func() { c.Collect(ch); close(ch) }()
+		for pm := range ch {
+			var d dto.Metric
+			if pm.Write(&d) != nil {
+				continue
+			}
+			var code string
+			if !client(d.Label, &code) {
+				continue
+			}
+			if d.Counter != nil {
+				n := uint64(d.Counter.GetValue())
+				t.Requests += n
+				if code >= "500" && code <= "599" && code != "499" {
+					t.Errors += n
+				}
+			}
+			if h := d.Histogram; h != nil {
+				t.Timed += h.GetSampleCount()
+				for i, b := range h.Bucket {
+					if i < len(t.Buckets) {
+						t.Buckets[i] += b.GetCumulativeCount()
+					}
+				}
+			}
+		}
+	}
+	t.Errors -= min(t.Errors, m.refused.Load())
+	return t
+}
+
+// Since is what was answered between old and t: requests, the share of
+// 5xx, and the 99th percentile's bucket bound in seconds (0: none).
+func (t Totals) Since(old Totals) (requests uint64, errShare, p99 float64) {
+	requests = t.Requests - old.Requests
+	if requests == 0 {
+		return 0, 0, 0
+	}
+	errShare = float64(t.Errors-min(t.Errors, old.Errors)) / float64(requests)
+	// The percentile from the histogram alone (its count and buckets are
+	// read together; the counter a moment apart).
+	timed := t.Timed - min(t.Timed, old.Timed)
+	if timed == 0 {
+		return requests, errShare, 0
+	}
+	var seen uint64
+	for i := range t.Buckets {
+		if i < len(old.Buckets) {
+			seen = t.Buckets[i] - min(t.Buckets[i], old.Buckets[i])
+		}
+		if float64(seen) >= 0.99*float64(timed) {
+			return requests, errShare, LatencyBuckets[i]
+		}
+	}
+	return requests, errShare, 2 * LatencyBuckets[len(LatencyBuckets)-1] // beyond the last bound
+}

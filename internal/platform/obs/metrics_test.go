@@ -46,7 +46,7 @@ func TestCodeLabelIsBounded(t *testing.T) {
 // A nil registry hands out metrics that work and are never scraped.
 func TestNilMetrics(t *testing.T) {
 	var m *Metrics
-	m.Request("GET /x", web.ClassApp, 200, time.Millisecond)
+	m.Request("GET /x", "/x", web.ClassApp, 200, false, time.Millisecond)
 	m.CounterVec("a_total", "a", "x").WithLabelValues("y").Inc()
 	m.Counter("b_total", "b").Inc()
 	m.Func("c", "c", prometheus.GaugeValue, nil, func(context.Context, Emit) { t.Error("a nil registry's Func was read") })
@@ -61,7 +61,7 @@ func TestFuncErrorSpoilsOnlyItself(t *testing.T) {
 	m := New()
 	m.Func("good", "good", prometheus.GaugeValue, []string{"k"}, func(_ context.Context, emit Emit) { emit(7, "v") })
 	m.Func("bad", "bad", prometheus.GaugeValue, []string{"k"}, func(_ context.Context, emit Emit) { emit(1) })
-	m.Request("GET /x/{id}", web.ClassPOS, 201, 3*time.Millisecond)
+	m.Request("GET /x/{id}", "/x/1", web.ClassPOS, 201, false, 3*time.Millisecond)
 	w := httptest.NewRecorder()
 	m.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
 	body := w.Body.String()
@@ -84,7 +84,7 @@ func BenchmarkRequest(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Request("GET /api/v1/stores/{store_id}/menu", web.ClassApp, 200, 300*time.Microsecond)
+			m.Request("GET /api/v1/stores/{store_id}/menu", "/api/v1/stores/1001/menu", web.ClassApp, 200, false, 300*time.Microsecond)
 		}
 	})
 }
@@ -97,7 +97,9 @@ func BenchmarkChain(b *testing.B) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/stores/{store_id}/menu", noop)
 	m := New()
-	red := func(in *web.Info, st int, d time.Duration) { m.Request(in.Pattern, in.Class, st, d) }
+	red := func(r *http.Request, in *web.Info, st int, quiet bool, d time.Duration) {
+		m.Request(in.Pattern, r.URL.Path, in.Class, st, quiet, d)
+	}
 	log := slog.New(slog.DiscardHandler)
 	for _, c := range []struct {
 		name string
@@ -125,3 +127,26 @@ type discard struct{}
 
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
+
+// Totals: refusals by design are not failures, unrouted requests take
+// their path's role, and the p99 comes from the histogram alone.
+func TestTotals(t *testing.T) {
+	m := New()
+	before := m.Totals()
+	for range 97 {
+		m.Request("GET /api/v1/x", "/api/v1/x", web.ClassApp, 200, false, time.Millisecond)
+	}
+	m.Request("GET /api/v1/x", "/api/v1/x", web.ClassApp, 500, false, 2*time.Second)
+	m.Request("", "/api/v1/nothing", web.ClassApp, 503, true, time.Millisecond) // shed
+	m.Request("", "/api/v1/nothing", web.ClassApp, 503, true, time.Millisecond)
+	m.Request("GET /metrics", "/metrics", web.ClassAdmin, 500, false, time.Second) // operators' are left out
+	n, errShare, p99 := m.Totals().Since(before)
+	if n != 100 || errShare != 0.01 || p99 != 0.001 {
+		t.Errorf("100 requests, 1 failed, 2 shed: got %d, %v, p99 %v", n, errShare, p99)
+	}
+	w := httptest.NewRecorder()
+	m.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(w.Body.String(), `surge_http_requests_total{class="app",code="503",role="api",route="unmatched"} 2`) {
+		t.Errorf("refused requests without a route are not the api's:\n%s", w.Body.String())
+	}
+}

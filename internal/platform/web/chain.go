@@ -107,7 +107,9 @@ func InfoOf(ctx context.Context) *Info {
 type Trace struct {
 	Log    *slog.Logger
 	Tracer trace.Tracer // nil: no span; the trace id is traceparent's or a random one
-	Done   func(in *Info, status int, d time.Duration)
+	// Done is told of every answered request: quiet is a refusal by design
+	// (Refuse), not a failure.
+	Done func(r *http.Request, in *Info, status int, quiet bool, d time.Duration)
 }
 
 func (t Trace) Wrap(next http.Handler) http.Handler {
@@ -141,7 +143,7 @@ func (t Trace) Wrap(next http.Handler) http.Handler {
 				st = http.StatusOK
 			}
 			if t.Done != nil {
-				t.Done(&rec.info, st, time.Since(start))
+				t.Done(r, &rec.info, st, rec.quiet, time.Since(start))
 			}
 			failed := st >= 500 && st != StatusClientClosed && !rec.quiet
 			if span != nil {

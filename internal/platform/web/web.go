@@ -103,9 +103,9 @@ func answer(w http.ResponseWriter, r *http.Request, err error, quiet bool) {
 		w.Header()["Retry-After"] = retryAfter
 	}
 	if status >= 500 && !quiet {
-		if rec, ok := r.Context().Value(ctxKey{}).(*recorder); ok {
+		if rec, ok := r.Context().Value(ctxKey{}).(*recorder); ok && rec.status == 0 {
 			rec.err = err // Trace logs it, once, as the request ends
-		} else {
+		} else { // outside the chain, or after a status went out (Trace would not see a failure)
 			Log(r.Context()).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err, "ctx_err", r.Context().Err())
 		}
 	}
