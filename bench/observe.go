@@ -121,6 +121,49 @@ func observe(ctx context.Context) error {
 		fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
 			median(menuCPU[i]), median(menuCPU[i])/median(menuCPU[0]), median(orderCPU[i]), median(orderCPU[i])/median(orderCPU[0]))
 	}
+	// At a fixed rate well below capacity, from an open loop (requests at
+	// fixed times, as a crowd sends them), each node does the same work in
+	// the same time: its CPU per request is the steadiest figure of what
+	// telemetry costs.
+	fixedMenu, fixedOrders := make([][]float64, len(nodes)), make([][]float64, len(nodes))
+	const menuRate, orderRate = 6000, 800
+	for round := range *rounds {
+		for k := range nodes {
+			i := (round + k) % len(nodes)
+			n := nodes[i]
+			for _, o := range nodes {
+				quiesce(o.pid)
+			}
+			t0 := cpuTicks(n.pid)
+			m := openLoop(ctx, menuRate, *dur, func(int, int) *http.Request {
+				r, _ := http.NewRequest("GET", n.base+"/api/v1/stores/1001/menu", nil)
+				return r
+			})
+			fixedMenu[i] = append(fixedMenu[i], float64(cpuTicks(n.pid)-t0)*1e4/(m.ok*dur.Seconds()))
+			for _, o := range nodes {
+				quiesce(o.pid)
+			}
+			t0 = cpuTicks(n.pid)
+			o := openLoop(ctx, orderRate, *dur, func(w, j int) *http.Request {
+				r, _ := http.NewRequest("POST", n.base+"/api/v1/orders", strings.NewReader(body))
+				r.Header.Set("Authorization", "Bearer "+n.tokens[j%len(n.tokens)])
+				r.Header.Set("Content-Type", "application/json")
+				r.Header.Set("Idempotency-Key", fmt.Sprintf("f%d-%d-%d", round, w, j))
+				return r
+			}, 201)
+			fixedOrders[i] = append(fixedOrders[i], float64(cpuTicks(n.pid)-t0)*1e4/(o.ok*dur.Seconds()))
+			if m.failed > 0 || o.failed > 0 {
+				return fmt.Errorf("observe %s at a fixed rate: %d menu reads, %d orders failed", configs[i].name, m.failed, o.failed)
+			}
+		}
+	}
+	fmt.Printf("\n  surge's CPU per request at a fixed rate (%d menu reads/s, %d orders/s, open loop; medians of %d rounds):\n",
+		menuRate, orderRate, *rounds)
+	fmt.Printf("  %-16s menu read %6.1f µs            order %7.1f µs\n", configs[0].name, median(fixedMenu[0]), median(fixedOrders[0]))
+	for i := 1; i < len(configs); i++ {
+		fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
+			median(fixedMenu[i]), median(fixedMenu[i])/median(fixedMenu[0]), median(fixedOrders[i]), median(fixedOrders[i])/median(fixedOrders[0]))
+	}
 	fmt.Println("  targets: a cost under 5% with no exporter (CPU x <= 1.05), under 10% with the OTLP sink (x <= 1.10)")
 	return nil
 }

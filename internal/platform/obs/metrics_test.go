@@ -107,6 +107,7 @@ func BenchmarkChain(b *testing.B) {
 	}{
 		{"off", web.Trace{Log: log}},
 		{"on", web.Trace{Log: log, Tracer: NewTracing("api", nil, 1).Tracer(), Done: red}},
+		{"exporter, 1% recorded", web.Trace{Log: log, Tracer: NewTracing("api", discard{}, 0.01).Tracer(), Done: red}},
 		{"recorded", web.Trace{Log: log, Tracer: NewTracing("api", discard{}, 1).Tracer(), Done: red}},
 	} {
 		h := web.Chain(web.Routed(mux), c.step)
