@@ -18,9 +18,10 @@ import (
 // placement (embedded surge, both CPU-bound in the surge process, so a
 // cost shows in the rate) on nodes with --telemetry=false (the baseline),
 // with telemetry and no exporter (the default), and with spans exported
-// to a local OTLP sink at the default --trace-ratio and at 1. The nodes
-// run side by side and are measured in turn within each round, so drift
-// of the machine hits them alike. Shedding is off: wrk's 32 connections
+// to a local OTLP sink at the default --trace-ratio and at 1: the rates
+// under wrk, and the surge process's CPU per request under wrk and at a
+// fixed open-loop rate. The nodes run side by side and are measured in
+// turn within each round, so drift of the machine hits them alike. Shedding is off: wrk's 32 connections
 // keep both cores busy, which the shedder rightly answers with 503s.
 func observe(ctx context.Context) error {
 	sink, batches, err := otlpSink()
@@ -66,39 +67,76 @@ func observe(ctx context.Context) error {
 			return r
 		})
 	}
+	// cpuPer waits until every node is idle (the last one's orders are
+	// relayed and consumed for a while after), runs one measurement on n
+	// and returns the µs of CPU n's process spent per answer.
+	cpuPer := func(n node, run func() (answers float64, err error)) (float64, error) {
+		for _, o := range nodes {
+			quiesce(o.pid)
+		}
+		t0 := cpuTicks(n.pid)
+		answers, err := run()
+		return float64(cpuTicks(n.pid)-t0) * 1e4 / answers, err
+	}
 	menus := make([][]float64, len(nodes))
 	orders := make([][]float64, len(nodes))
 	menuCPU := make([][]float64, len(nodes)) // surge's CPU per request, µs
 	orderCPU := make([][]float64, len(nodes))
+	fixedMenu, fixedOrders := make([][]float64, len(nodes)), make([][]float64, len(nodes))
+	const menuRate, orderRate = 6000, 800 // the fixed rates: well below every node's capacity
 	for round := range *rounds {
-		// Each node's turn comes at another place in each round, and each
-		// measurement waits until every node is idle (the last one's orders
-		// are still being relayed and consumed for a while).
+		// Each node's turn comes at another place in each round.
 		for k := range nodes {
 			i := (round + k) % len(nodes)
 			n := nodes[i]
-			for _, o := range nodes {
-				quiesce(o.pid)
-			}
-			t0 := cpuTicks(n.pid)
-			m, err := runWrk(ctx, n.base+"/api/v1/stores/1001/menu", *workers, *dur, "")
+			var m, o wrkResult
+			c, err := cpuPer(n, func() (float64, error) {
+				var err error
+				m, err = runWrk(ctx, n.base+"/api/v1/stores/1001/menu", *workers, *dur, "")
+				return m.RPS * m.Elapsed.Seconds(), err
+			})
 			if err != nil {
 				return err
 			}
-			menuCPU[i] = append(menuCPU[i], perRequest(cpuTicks(n.pid)-t0, m))
-			for _, o := range nodes {
-				quiesce(o.pid)
-			}
-			t0 = cpuTicks(n.pid)
-			o, err := runWrk(ctx, n.base+"/api/v1/orders", *workers, *dur, orderScript(n.tokens, body, fmt.Sprintf("r%d", round)))
-			if err != nil {
+			menuCPU[i] = append(menuCPU[i], c)
+			if c, err = cpuPer(n, func() (float64, error) {
+				var err error
+				o, err = runWrk(ctx, n.base+"/api/v1/orders", *workers, *dur, orderScript(n.tokens, body, fmt.Sprintf("r%d", round)))
+				return o.RPS * o.Elapsed.Seconds(), err
+			}); err != nil {
 				return err
 			}
-			orderCPU[i] = append(orderCPU[i], perRequest(cpuTicks(n.pid)-t0, o))
+			orderCPU[i] = append(orderCPU[i], c)
 			if m.Bad > 0 || o.Bad > 0 {
 				return fmt.Errorf("observe %s: %d failed menu reads, %d failed orders", configs[i].name, m.Bad, o.Bad)
 			}
 			menus[i], orders[i] = append(menus[i], m.RPS), append(orders[i], o.RPS)
+
+			// The same at a fixed rate, from an open loop (requests at fixed
+			// times, as a crowd sends them).
+			var fm, fo openResult
+			c, _ = cpuPer(n, func() (float64, error) {
+				fm = openLoop(ctx, menuRate, *dur, func(int, int) *http.Request {
+					r, _ := http.NewRequest("GET", n.base+"/api/v1/stores/1001/menu", nil)
+					return r
+				})
+				return fm.ok * dur.Seconds(), nil
+			})
+			fixedMenu[i] = append(fixedMenu[i], c)
+			c, _ = cpuPer(n, func() (float64, error) {
+				fo = openLoop(ctx, orderRate, *dur, func(w, j int) *http.Request {
+					r, _ := http.NewRequest("POST", n.base+"/api/v1/orders", strings.NewReader(body))
+					r.Header.Set("Authorization", "Bearer "+n.tokens[j%len(n.tokens)])
+					r.Header.Set("Content-Type", "application/json")
+					r.Header.Set("Idempotency-Key", fmt.Sprintf("f%d-%d-%d", round, w, j))
+					return r
+				}, 201)
+				return fo.ok * dur.Seconds(), nil
+			})
+			fixedOrders[i] = append(fixedOrders[i], c)
+			if fm.failed > 0 || fo.failed > 0 {
+				return fmt.Errorf("observe %s at a fixed rate: %d menu reads, %d orders failed", configs[i].name, fm.failed, fo.failed)
+			}
 		}
 		fmt.Printf("  observe round %d (OTLP batches so far %d): CPU per menu read / order, µs:", round+1, batches.Load())
 		for i := range configs {
@@ -112,65 +150,21 @@ func observe(ctx context.Context) error {
 		report(fmt.Sprintf("order placement, %s against telemetry off (wrk, %d connections, a unique Idempotency-Key each, embedded)", configs[i].name, *workers),
 			"telemetry off", configs[i].name, orders[0], orders[i], 0)
 	}
-	// Throughput on two shared cores moves by 10-20% from round to round;
-	// the CPU the surge process spends per request moves far less, and is
-	// what telemetry costs.
-	fmt.Printf("\n  surge's CPU per request (medians of %d rounds; the ratio to telemetry off is the cost):\n", *rounds)
-	fmt.Printf("  %-16s menu read %6.1f µs            order %7.1f µs\n", configs[0].name, median(menuCPU[0]), median(orderCPU[0]))
-	for i := 1; i < len(configs); i++ {
-		fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
-			median(menuCPU[i]), median(menuCPU[i])/median(menuCPU[0]), median(orderCPU[i]), median(orderCPU[i])/median(orderCPU[0]))
-	}
-	// At a fixed rate well below capacity, from an open loop (requests at
-	// fixed times, as a crowd sends them), each node does the same work in
-	// the same time: its CPU per request is the steadiest figure of what
-	// telemetry costs.
-	fixedMenu, fixedOrders := make([][]float64, len(nodes)), make([][]float64, len(nodes))
-	const menuRate, orderRate = 6000, 800
-	for round := range *rounds {
-		for k := range nodes {
-			i := (round + k) % len(nodes)
-			n := nodes[i]
-			for _, o := range nodes {
-				quiesce(o.pid)
-			}
-			t0 := cpuTicks(n.pid)
-			m := openLoop(ctx, menuRate, *dur, func(int, int) *http.Request {
-				r, _ := http.NewRequest("GET", n.base+"/api/v1/stores/1001/menu", nil)
-				return r
-			})
-			fixedMenu[i] = append(fixedMenu[i], float64(cpuTicks(n.pid)-t0)*1e4/(m.ok*dur.Seconds()))
-			for _, o := range nodes {
-				quiesce(o.pid)
-			}
-			t0 = cpuTicks(n.pid)
-			o := openLoop(ctx, orderRate, *dur, func(w, j int) *http.Request {
-				r, _ := http.NewRequest("POST", n.base+"/api/v1/orders", strings.NewReader(body))
-				r.Header.Set("Authorization", "Bearer "+n.tokens[j%len(n.tokens)])
-				r.Header.Set("Content-Type", "application/json")
-				r.Header.Set("Idempotency-Key", fmt.Sprintf("f%d-%d-%d", round, w, j))
-				return r
-			}, 201)
-			fixedOrders[i] = append(fixedOrders[i], float64(cpuTicks(n.pid)-t0)*1e4/(o.ok*dur.Seconds()))
-			if m.failed > 0 || o.failed > 0 {
-				return fmt.Errorf("observe %s at a fixed rate: %d menu reads, %d orders failed", configs[i].name, m.failed, o.failed)
-			}
+	// On our 2-core machine every one of these figures moved by 5-15% from
+	// run to run: more than what telemetry costs without an exporter (the
+	// chain's Go benchmark and a CPU profile resolve that better).
+	cpuTable := func(title string, menu, order [][]float64) {
+		fmt.Printf("\n  surge's CPU per request, %s (medians of %d rounds; the ratio to telemetry off is the cost):\n", title, *rounds)
+		fmt.Printf("  %-16s menu read %6.1f µs            order %7.1f µs\n", configs[0].name, median(menu[0]), median(order[0]))
+		for i := 1; i < len(configs); i++ {
+			fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
+				median(menu[i]), median(menu[i])/median(menu[0]), median(order[i]), median(order[i])/median(order[0]))
 		}
 	}
-	fmt.Printf("\n  surge's CPU per request at a fixed rate (%d menu reads/s, %d orders/s, open loop; medians of %d rounds):\n",
-		menuRate, orderRate, *rounds)
-	fmt.Printf("  %-16s menu read %6.1f µs            order %7.1f µs\n", configs[0].name, median(fixedMenu[0]), median(fixedOrders[0]))
-	for i := 1; i < len(configs); i++ {
-		fmt.Printf("  %-16s menu read %6.1f µs (x %.3f)  order %7.1f µs (x %.3f)\n", configs[i].name,
-			median(fixedMenu[i]), median(fixedMenu[i])/median(fixedMenu[0]), median(fixedOrders[i]), median(fixedOrders[i])/median(fixedOrders[0]))
-	}
+	cpuTable("under wrk", menuCPU, orderCPU)
+	cpuTable(fmt.Sprintf("at a fixed rate (%d menu reads/s, %d orders/s, open loop)", menuRate, orderRate), fixedMenu, fixedOrders)
 	fmt.Println("  targets: a cost under 5% with no exporter (CPU x <= 1.05), under 10% with the OTLP sink (x <= 1.10)")
 	return nil
-}
-
-// perRequest is CPU ticks (10 ms) spent over a wrk run, per answer, in µs.
-func perRequest(ticks int64, r wrkResult) float64 {
-	return float64(ticks) * 1e4 / (r.RPS * r.Elapsed.Seconds())
 }
 
 // orderScript is wrk's script for order placement: the customers in turn,

@@ -89,8 +89,10 @@ func (h *Beater) Run(ctx context.Context) error {
 	var kv jetstream.KeyValue
 	last, lastAt := h.self.Metrics.Totals(), time.Now()
 	failing := false
+	first := time.After(0) // the first beat at once: a monitor sees a new node within a second
 	for {
 		select {
+		case <-first:
 		case <-ctx.Done():
 			if kv != nil { // gone: say so at once rather than after BeatTTL
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)

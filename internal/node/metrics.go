@@ -13,6 +13,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/limit"
 	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -101,15 +102,13 @@ func (n *Node) instrument(m *obs.Metrics) {
 	// Dependencies: breakers and database pools.
 	m.Func("surge_breaker_state", "Circuit breakers by dependency (kv, bus, db with its shard, notify): 0 closed, 1 half-open, 2 open.",
 		gauge, []string{"dependency", "shard"}, func(_ context.Context, emit obs.Emit) {
-			emit(breakerValue(n.Bus.Breaker().State()), "bus", "")
-			if n.kvBreaker != nil {
-				emit(breakerValue(n.kvBreaker.State()), "kv", "")
-			}
-			for i, d := range n.DB.Shards() {
-				if br := d.Breaker(); br != nil {
-					emit(breakerValue(br.State()), "db", strconv.Itoa(i))
+			n.eachBreaker(func(dep string, shard int, _ *sqldb.DB, state string) {
+				s := ""
+				if shard >= 0 {
+					s = strconv.Itoa(shard)
 				}
-			}
+				emit(breakerValue(state), dep, s)
+			})
 			if n.Notify != nil {
 				emit(breakerValue(n.Notify.Stats().Breaker), "notify", "")
 			}

@@ -603,16 +603,28 @@ func (n *Node) cluster(ctx context.Context, leases *lease.Table) (any, error) {
 // breakers is the state of every circuit breaker of the node: "kv" (none
 // with kv in memory), "db:<database>" for each PostgreSQL database, "bus".
 func (n *Node) breakers() map[string]string {
-	out := map[string]string{"bus": n.Bus.Breaker().State()}
+	out := map[string]string{}
+	n.eachBreaker(func(dep string, shard int, d *sqldb.DB, state string) {
+		if d != nil {
+			dep += ":" + d.Name
+		}
+		out[dep] = state
+	})
+	return out
+}
+
+// eachBreaker calls f with each circuit breaker's dependency ("bus", "kv",
+// "db"), for a database its shard and itself (else -1 and nil), and state.
+func (n *Node) eachBreaker(f func(dep string, shard int, d *sqldb.DB, state string)) {
+	f("bus", -1, nil, n.Bus.Breaker().State())
 	if n.kvBreaker != nil {
-		out["kv"] = n.kvBreaker.State()
+		f("kv", -1, nil, n.kvBreaker.State())
 	}
-	for _, d := range n.DB.Shards() {
+	for i, d := range n.DB.Shards() {
 		if br := d.Breaker(); br != nil {
-			out["db:"+d.Name] = br.State()
+			f("db", i, d, br.State())
 		}
 	}
-	return out
 }
 
 // logBreaker logs a breaker's state changes to log.

@@ -31,6 +31,10 @@ func Start(t *testing.T, edit ...func(*node.Config)) *node.Node {
 	// requests from one customer on two busy cores, which production
 	// defaults rightly refuse. Tests of the edge turn them on.
 	cfg.Edge, cfg.MaxConns = edge.Config{}, 0
+	// Every role but the monitor: dozens of test nodes probing themselves
+	// every second load the machine other packages' timing tests run on.
+	// Tests of the monitor add it.
+	cfg.Roles = []string{"api", "worker", "paysim", "fulfil", "push"}
 	for _, e := range edit {
 		e(&cfg)
 	}

@@ -186,15 +186,6 @@ func Extract(ctx context.Context, h map[string]string) context.Context {
 	return propagator.Extract(ctx, Carrier(h))
 }
 
-// ExtractHTTP returns ctx with the trace context of an HTTP request's
-// headers, if any.
-func ExtractHTTP(ctx context.Context, h http.Header) context.Context {
-	if len(h["Traceparent"]) == 0 {
-		return ctx
-	}
-	return propagator.Extract(ctx, propagation.HeaderCarrier(h))
-}
-
 // Traceparent returns ctx's trace context as a traceparent value ("" when
 // it has none): what socket messages carry, for a client to send back.
 func Traceparent(ctx context.Context) string {
