@@ -53,11 +53,17 @@ func serverFailed(err error) bool {
 // breaker, so it may never open. So a connect is abandoned as soon as the
 // breaker opens; one without a deadline gets openerTimeout, and is not
 // tried at all while the server is failing right now (breaker.Failing: 3
-// failures within a second), so that the queued callers get the
-// breaker's error at once instead of waiting behind it, and the slots it
-// would hold go to callers with deadlines, whose attempts count. One
-// failure alone does not do that: a healthy pool must not refuse its
-// queue for one slow query.
+// failures within a second) or the breaker is not closed, so that the
+// queued callers get the breaker's error at once instead of waiting
+// behind it, and the slots it would hold go to callers with deadlines,
+// whose attempts count. One failure alone does not do that: a healthy
+// pool must not refuse its queue for one slow query. Above all the opener
+// never takes a half-open breaker's probe: the probe would hang on the
+// server for openerTimeout, with every slot queued behind it on the one
+// opener goroutine held, and every caller waiting for a connection would
+// wait out its deadline instead of being refused. Half-open probes come
+// from callers with deadlines (database/sql connects for a caller itself
+// while the pool has a free slot).
 // openerTimeout bounds a connect that has no deadline of its own.
 const openerTimeout = 2 * time.Second
 
@@ -69,7 +75,7 @@ type guardedConnector struct {
 func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	opened := c.b.Opened()
 	if _, bounded := ctx.Deadline(); !bounded {
-		if c.b.Failing() {
+		if c.b.Failing() || !c.b.Closed() {
 			return nil, c.b.Err()
 		}
 		var cancel context.CancelFunc

@@ -110,6 +110,8 @@ func Race(tb testing.TB, b *breaker.Breaker, calls ...Call) (n, refused int64) {
 	const g = 32
 	Trip(tb, b, calls[0])
 	var nCalls, nRefused, turn atomic.Int64
+	var mu sync.Mutex
+	waitedBy := map[string]int{} // the errors of the calls not refused, by text
 	stop := time.Now().Add(breaker.Delay + time.Second)
 	var wg sync.WaitGroup
 	for range g {
@@ -123,6 +125,10 @@ func Race(tb testing.TB, b *breaker.Breaker, calls ...Call) (n, refused int64) {
 				}
 				if errors.Is(err, breaker.ErrOpen) {
 					nRefused.Add(1)
+				} else {
+					mu.Lock()
+					waitedBy[err.Error()]++
+					mu.Unlock()
 				}
 				mustUnavailable(tb, "a racing call", err)
 			}
@@ -130,7 +136,7 @@ func Race(tb testing.TB, b *breaker.Breaker, calls ...Call) (n, refused int64) {
 	}
 	wg.Wait()
 	if waited := nCalls.Load() - nRefused.Load(); waited > g {
-		tb.Errorf("%d of %d racing calls waited on the stalled server while the breaker was open", waited, nCalls.Load())
+		tb.Errorf("%d of %d racing calls waited on the stalled server while the breaker was open: %v", waited, nCalls.Load(), waitedBy)
 	}
 	return nCalls.Load(), nRefused.Load()
 }
