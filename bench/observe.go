@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/surge-platform/surge/bench/load"
@@ -162,9 +168,105 @@ func observe(ctx context.Context) error {
 		}
 	}
 	cpuTable("under wrk", menuCPU, orderCPU)
+	// The share of each node's CPU profile spent in telemetry's own code:
+	// a measurement within one run of one process, which the drift between
+	// runs that blurs the ratios above cannot reach.
+	fmt.Printf("\n  telemetry's share of the node's CPU under wrk (perf's cpu-clock samples with a telemetry function on the stack; the cost as a ratio is 1/(1-share)):\n")
+	for i := 1; i < len(configs); i++ {
+		n := nodes[i]
+		quiesce(n.pid)
+		m, err := telemetryShare(n.pid, func() error {
+			_, err := runWrk(ctx, n.base+"/api/v1/stores/1001/menu", *workers, *dur, "")
+			return err
+		})
+		if err != nil {
+			fmt.Printf("  %-16s not measured: %v\n", configs[i].name, err)
+			break
+		}
+		quiesce(n.pid)
+		o, err := telemetryShare(n.pid, func() error {
+			_, err := runWrk(ctx, n.base+"/api/v1/orders", *workers, *dur, orderScript(n.tokens, body, "profile"))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %-16s menu read %4.1f%% of %d samples (x %.3f)  order %4.1f%% of %d samples (x %.3f)\n", configs[i].name,
+			100*m.share(), m.samples, 1/(1-m.share()), 100*o.share(), o.samples, 1/(1-o.share()))
+	}
 	cpuTable(fmt.Sprintf("at a fixed rate (%d menu reads/s, %d orders/s, open loop)", menuRate, orderRate), fixedMenu, fixedOrders)
 	fmt.Println("  targets: a cost under 5% with no exporter (CPU x <= 1.05), under 10% with the OTLP sink (x <= 1.10)")
 	return nil
+}
+
+// cpuProfile is what telemetryShare counted.
+type cpuProfile struct{ samples, telemetry int }
+
+func (p cpuProfile) share() float64 { return float64(p.telemetry) / float64(max(p.samples, 1)) }
+
+// telemetryFrame names telemetry's own code: the OpenTelemetry and
+// Prometheus libraries, package obs, and the chain's span naming.
+var telemetryFrame = regexp.MustCompile(`go\.opentelemetry\.io/|github\.com/prometheus/|/internal/platform/obs\.|/internal/platform/web\.endSpan`)
+
+// telemetryShare samples process pid's CPU with perf (cpu-clock, 499 Hz,
+// with call stacks) while run runs, and counts the samples that have a
+// telemetry frame on their stack (what telemetry code and the allocations
+// it makes cost). It fails when perf is missing or may not sample.
+func telemetryShare(pid int, run func() error) (cpuProfile, error) {
+	out := filepath.Join(os.TempDir(), fmt.Sprintf("surge-bench-%d.perf", pid))
+	defer os.Remove(out)
+	rec := exec.Command("perf", "record", "-q", "-F", "499", "-e", "cpu-clock", "-g", "-p", strconv.Itoa(pid), "-o", out)
+	var stderr strings.Builder
+	rec.Stderr = &stderr
+	if err := rec.Start(); err != nil {
+		return cpuProfile{}, fmt.Errorf("perf (linux-perf): %w", err)
+	}
+	time.Sleep(300 * time.Millisecond) // attached
+	err := run()
+	rec.Process.Signal(os.Interrupt)
+	werr := rec.Wait() // perf writes its data on SIGINT, then dies of it
+	if st, ok := rec.ProcessState.Sys().(syscall.WaitStatus); werr != nil && !(ok && st.Signaled() && st.Signal() == syscall.SIGINT) {
+		return cpuProfile{}, fmt.Errorf("perf record: %v: %s", werr, strings.TrimSpace(stderr.String()))
+	}
+	if err != nil {
+		return cpuProfile{}, err
+	}
+	script := exec.Command("perf", "script", "-i", out)
+	stdout, err := script.StdoutPipe()
+	if err != nil {
+		return cpuProfile{}, err
+	}
+	if err := script.Start(); err != nil {
+		return cpuProfile{}, err
+	}
+	var p cpuProfile
+	in, hit := false, false
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.TrimSpace(line) == "": // a sample's end
+			if in {
+				p.samples++
+				if hit {
+					p.telemetry++
+				}
+			}
+			in, hit = false, false
+		case line[0] != ' ' && line[0] != '\t': // a sample's header
+			in = true
+		default:
+			hit = hit || telemetryFrame.MatchString(line)
+		}
+	}
+	if err := script.Wait(); err != nil {
+		return cpuProfile{}, fmt.Errorf("perf script: %w", err)
+	}
+	if p.samples < 100 {
+		return cpuProfile{}, fmt.Errorf("perf took %d samples: too few to count", p.samples)
+	}
+	return p, nil
 }
 
 // orderScript is wrk's script for order placement: the customers in turn,

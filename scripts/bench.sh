@@ -8,6 +8,7 @@ trap deps_stop EXIT
 command -v pgbench >/dev/null || apt_install postgresql-client
 command -v wrk >/dev/null || apt_install wrk
 command -v redis-benchmark >/dev/null || apt_install redis-tools
+command -v perf >/dev/null || apt_install linux-perf # bench observe: telemetry's share of a CPU profile
 mkdir -p .cache
 go build -o .cache/surge ./cmd/surge
 go build -o .cache/hello ./bench/hello

@@ -307,6 +307,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	n.relay = outbox.NewRelay(n.DB, n.Bus, log, cfg.RelayPoll)
 	if cfg.Telemetry {
 		n.relay.Trace(n.Tracing)
+		n.Jobs.Trace(n.Tracing.Tracer())
 	}
 	n.Stock = inventory.New(n.DB)
 	n.Catalog = catalog.New(n.DB, n.IDs, n.Stock, n.Bus, catalog.WithKV(n.KV), catalog.WithLog(log.With("context", "catalog")))

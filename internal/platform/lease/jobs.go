@@ -7,6 +7,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // JobTTL is how long a job's leader holds its lease without renewing it:
@@ -23,6 +26,7 @@ type Jobs struct {
 	owner string
 	ttl   time.Duration
 	log   *slog.Logger
+	trace trace.Tracer // nil: runs have no span
 
 	mu    sync.Mutex
 	stats map[string]*JobStats // guarded by mu
@@ -46,6 +50,12 @@ func NewJobs(t *Table, owner string, ttl time.Duration, log *slog.Logger) *Jobs 
 	}
 	return &Jobs{t: t, owner: owner, ttl: ttl, log: log, stats: map[string]*JobStats{}}
 }
+
+// Trace gives each run of a job a span of its own trace ("job <name>"),
+// so that what a run logs with its ctx carries a trace_id, and the work
+// it causes (a payment query, a refund) joins that trace. Call it before
+// Every.
+func (j *Jobs) Trace(t trace.Tracer) { j.trace = t }
 
 // Stats returns this node's view of its jobs, by name.
 func (j *Jobs) Stats() []JobStats {
@@ -143,13 +153,24 @@ func (j *Jobs) Every(ctx context.Context, name string, period time.Duration, f f
 		cancelRun = cancel
 		mu.Unlock()
 		j.update(name, func(s *JobStats) { s.Runs++; s.LastRun = time.Now().UTC() })
+		var span trace.Span
+		if j.trace != nil {
+			root := trace.ContextWithSpanContext(rctx, trace.SpanContext{}) // a trace of its own, whatever ctx carries
+			rctx, span = j.trace.Start(root, "job "+name)
+		}
 		err := f(rctx)
+		if span != nil {
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+		}
 		mu.Lock()
 		cancelRun = nil
 		mu.Unlock()
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			j.log.Warn("job failed", "job", name, "err", err)
+			j.log.WarnContext(rctx, "job failed", "job", name, "err", err)
 			j.update(name, func(s *JobStats) { s.Failures++; s.LastErr = err.Error() })
 		}
 	}

@@ -1,9 +1,11 @@
 package lease_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -11,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/lease"
+	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
 )
@@ -278,6 +283,63 @@ func TestJobRunsOnOneNode(t *testing.T) {
 			t.Fatalf("%d runs overlapped another node's", overlap.Load())
 		}
 	})
+}
+
+// With a tracer, each run of a job is a trace of its own: the run's ctx
+// carries it, and the line logged when a run fails names it.
+func TestJobRunsAreTraced(t *testing.T) {
+	t.Parallel()
+	tab := lease.New(sqldbtest.Engines()[0].Open(t).Main())
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(obs.LogHandler{Handler: slog.NewJSONHandler(lockedWriter{&mu, &logged}, nil)})
+	jobs := lease.NewJobs(tab, "node0", 600*time.Millisecond, log)
+	jobs.Trace(obs.NewTracing("test", nil, 0).Tracer())
+	ctx, cancel := context.WithCancel(context.Background())
+	seen := make(chan string, 8)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		jobs.Every(ctx, "sweep", 20*time.Millisecond, func(ctx context.Context) error {
+			select {
+			case seen <- trace.SpanContextFromContext(ctx).TraceID().String():
+			default:
+			}
+			return errors.New("boom")
+		})
+	}()
+	var ids []string
+	for len(ids) < 3 {
+		select {
+		case id := <-seen:
+			ids = append(ids, id)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the job did not run")
+		}
+	}
+	cancel()
+	<-done
+	if ids[0] == (trace.TraceID{}).String() || ids[0] == ids[1] || ids[1] == ids[2] {
+		t.Fatalf("trace ids of three runs: %v; want three distinct, valid ones", ids)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids[:2] { // the third's line may be cut off by the stop
+		if !strings.Contains(logged.String(), `"msg":"job failed","job":"sweep","err":"boom","trace_id":"`+id+`"`) {
+			t.Fatalf("no failure line with trace id %s in:\n%s", id, logged.String())
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // A process paused past its node id lease finds the id taken when it wakes:
