@@ -19,6 +19,19 @@ var (
 	ErrBadSignature = errkind.New(errkind.Unauthorized, "bad_signature", "callback signature missing or invalid")
 	ErrBadCallback  = errkind.New(errkind.Invalid, "bad_callback", "callback body malformed")
 	ErrUnknownTxn   = errkind.New(errkind.NotFound, "unknown_transaction", "the channel has no such transaction")
+	// ErrRejected: the provider refused the request (4xx): a transaction id
+	// reused with another amount, a refund of an unpaid transaction or over
+	// the paid amount, a refund id reused.
+	ErrRejected = errkind.New(errkind.Conflict, "channel_rejected", "the payment channel refused the request")
+	// ErrMerchantAuth: the provider refused our signature (wrong keys).
+	ErrMerchantAuth = errkind.New(errkind.Internal, "channel_auth", "the payment channel refused our credentials")
+	// ErrBadStatement: the statement file could not be parsed.
+	ErrBadStatement = errkind.New(errkind.Internal, "bad_statement", "the payment channel's statement is malformed")
+	// ErrPaidAtChannel: a payment to close is paid at the channel.
+	ErrPaidAtChannel = errkind.New(errkind.Conflict, "channel_paid", "the payment is paid at the channel: it cannot be closed")
+	// ErrBadAnswer: the provider's answer is not what its protocol says
+	// (a bad signature, a malformed body).
+	ErrBadAnswer = errkind.New(errkind.Unavailable, "channel_bad_answer", "the payment channel's answer could not be trusted")
 )
 
 // State of a payment as a channel reports it.
@@ -37,13 +50,17 @@ type Txn struct {
 	OrderID   int64
 	Amount    int64
 	Subject   string
-	NotifyURL string // where the channel posts its callbacks
+	NotifyURL string    // where the channel posts its callbacks
+	PayerIP   string    // the payer's address, as the client saw it (WeChat Pay's H5 pay needs it)
+	OpenID    string    // the payer's WeChat openid, when paying in a mini-program (JSAPI); "" = H5
+	Expires   time.Time // when the payment may no longer be made (the order expires); zero = the channel's default
 }
 
 // Created is the channel's answer to Txn.
 type Created struct {
-	ChannelTxnID string
-	PayURL       string // what the payer opens (on the simulator: one POST pays)
+	ChannelTxnID string            // "" when the channel names it only once paid (WeChat Pay)
+	PayURL       string            // what the payer opens (on the simulator: one POST pays)
+	Params       map[string]string // what a mini-program passes to wx.requestPayment (WeChat Pay JSAPI)
 }
 
 // Status is a channel's view of one payment.
@@ -61,6 +78,20 @@ type Notice struct {
 	Status
 	NoticeID  string    // unique per notice sent (a retry of the same notice repeats it)
 	Timestamp time.Time // when the channel signed it (replay window)
+	// Refund is set when the notice is about one refund of the payment
+	// (WeChat Pay notifies each refund on its own): then State is Refunded
+	// and Refunded is 0, as such a notice does not say how much of the
+	// payment is refunded in all.
+	Refund *RefundNote
+}
+
+// RefundNote is a channel's word on one refund of a payment.
+type RefundNote struct {
+	OutRefundNo     string    // the refund's id as its maker gave it (surge's refund id in decimal, for surge's refunds)
+	ChannelRefundID string    // the channel's id of the refund
+	Amount          int64     // fen of this refund
+	Succeeded       bool      // the money went back; false: the refund was closed or failed
+	At              time.Time // when it succeeded (zero unless Succeeded)
 }
 
 // Refund asks a channel to refund a payment; RefundID makes it idempotent.
@@ -68,7 +99,9 @@ type Refund struct {
 	RefundID  int64
 	PaymentID int64
 	Amount    int64
+	Total     int64 // the payment's amount (WeChat Pay checks it)
 	Reason    string
+	NotifyURL string // where the channel posts the refund's notice ("": the payment's)
 }
 
 // Line is one row of a channel's daily statement.

@@ -22,14 +22,9 @@ import (
 
 // Errors of Client besides payment.ErrChannelDown and payment.ErrUnknownTxn.
 var (
-	// ErrRejected: the provider refused the request (4xx): a transaction id
-	// reused with another amount, a refund of an unpaid transaction or over
-	// the paid amount, a refund id reused.
-	ErrRejected = errkind.New(errkind.Conflict, "channel_rejected", "the payment channel refused the request")
-	// ErrMerchantAuth: the provider refused our signature (wrong Secret).
-	ErrMerchantAuth = errkind.New(errkind.Internal, "channel_auth", "the payment channel refused our credentials")
-	// ErrBadStatement: the statement file could not be parsed.
-	ErrBadStatement = errkind.New(errkind.Internal, "bad_statement", "the payment channel's statement is malformed")
+	ErrRejected     = payment.ErrRejected
+	ErrMerchantAuth = payment.ErrMerchantAuth
+	ErrBadStatement = payment.ErrBadStatement
 )
 
 // ClientConfig configures a Client.

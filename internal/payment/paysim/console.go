@@ -84,10 +84,11 @@ func (s *Server) ConsoleRefund(channel string, paymentID, amount int64, reason s
 	if nothingLeft != nil {
 		return ConsoleRefund{}, nothingLeft
 	}
-	v, err := s.refundTxn(ch, req)
+	rf, err := s.refundTxn(ch, req)
 	if err != nil {
 		return ConsoleRefund{}, err
 	}
+	v := ch.refundView(rf)
 	return ConsoleRefund{Channel: ch.name, RefundID: v.RefundID, PaymentID: v.MerchantTxnID, TxnID: v.TxnID, Amount: v.Amount,
 		Refunded: v.Refunded, State: v.State, RefundedAt: v.RefundedAt}, nil
 }

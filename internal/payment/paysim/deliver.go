@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 type delivery struct {
 	ch         *channel
 	txn        *txn
+	refund     *refund // the refund it notifies, nil for a payment's notice
 	merchantID int64
 	txnID      string
 	notifyURL  string
@@ -234,9 +236,18 @@ func (s *Server) try(ctx context.Context, d *delivery) bool {
 	d.ch.mu.Lock()
 	st := payment.Status{PaymentID: d.merchantID, ChannelTxnID: d.txnID, State: d.txn.state, Amount: d.txn.amount,
 		Refunded: d.txn.refunded, PaidAt: d.txn.paidAt}
+	var info *wxTxn
+	if d.txn.wx != nil {
+		c := *d.txn.wx
+		info = &c
+	}
 	d.ch.mu.Unlock()
 	n := payment.Notice{Status: st, NoticeID: d.noticeID, Timestamp: s.now()}
-	h, body, err := EncodeCallback(d.ch.cfg, n)
+	if rf := d.refund; rf != nil {
+		n.Refund = &payment.RefundNote{OutRefundNo: strconv.FormatInt(rf.id, 10), ChannelRefundID: rf.channelID,
+			Amount: rf.amount, Succeeded: true, At: rf.at}
+	}
+	h, body, err := encodeCallback(d.ch.cfg, n, info)
 	if err != nil {
 		s.cfg.Log.Error("paysim: encode callback", "channel", d.ch.name, "err", err)
 		return false

@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/hex"
+	"strings"
 	"sync"
 )
 
@@ -51,4 +53,36 @@ func (k Keys) Channels() map[string]ChannelConfig {
 		"wxsim":  {Scheme: HMAC, Secret: k.WXSecret},
 		"alisim": {Scheme: RSA, Secret: k.AliSecret, PrivateKey: k.AliPrivateKey},
 	}
+}
+
+// WeChatMerchant is the merchant's side of a WeChatPay channel: what the
+// wechatpay adapter is configured with.
+type WeChatMerchant struct {
+	MchID, AppID, CertSerial string
+	PrivateKey               *rsa.PrivateKey // signs the merchant's requests
+	PlatformKeyID            string
+	PlatformKey              *rsa.PublicKey // verifies the platform's answers and notices
+	APIv3Key                 []byte
+}
+
+// NewWeChat makes the keys of a WeChatPay channel for merchant mchID
+// bound to appID: the platform's side (for paysim) and the merchant's (for
+// the adapter), with two new 2048-bit RSA keys and a random APIv3 key.
+func NewWeChat(mchID, appID string) (*WeChatKeys, WeChatMerchant, error) {
+	merchant, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, WeChatMerchant{}, err
+	}
+	platform, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, WeChatMerchant{}, err
+	}
+	var serial [20]byte
+	rand.Read(serial[:])
+	apiV3 := []byte(rand.Text() + "ABCDEF")[:32]
+	k := &WeChatKeys{MchID: mchID, AppID: appID, MerchantSerial: strings.ToUpper(hex.EncodeToString(serial[:])),
+		MerchantKey: &merchant.PublicKey, PlatformKeyID: "PUB_KEY_ID_01" + mchID + rand.Text()[:8], PlatformKey: platform,
+		APIv3Key: apiV3}
+	return k, WeChatMerchant{MchID: mchID, AppID: appID, CertSerial: k.MerchantSerial, PrivateKey: merchant,
+		PlatformKeyID: k.PlatformKeyID, PlatformKey: &platform.PublicKey, APIv3Key: apiV3}, nil
 }

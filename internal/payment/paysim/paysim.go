@@ -81,6 +81,11 @@ const (
 	// over SHA-256 ("RSA2") under the provider's PrivateKey; the merchant
 	// verifies with the public half and answers "success".
 	RSA Scheme = "rsa2"
+	// WeChatPay is WeChat Pay's API v3 (wechat.go): the merchant's
+	// requests signed WECHATPAY2-SHA256-RSA2048, answers and notices signed
+	// by the platform key, notices' resources sealed with the APIv3 key.
+	// Its keys are ChannelConfig.WeChat; Secret is not used.
+	WeChatPay Scheme = "wechatpay-v3"
 )
 
 // ChannelConfig is one channel's scheme and keys, as the provider holds them.
@@ -92,6 +97,8 @@ type ChannelConfig struct {
 	// PrivateKey signs callbacks under RSA (2048 bits or more); the
 	// merchant holds only &PrivateKey.PublicKey. Unused under HMAC.
 	PrivateKey *rsa.PrivateKey
+	// WeChat holds a WeChatPay channel's merchant and keys.
+	WeChat *WeChatKeys
 }
 
 // Config of a Server. The zero value serves DevKeys("") channels with the
@@ -159,6 +166,8 @@ var (
 	ErrInjected       = errkind.New(errkind.Internal, "injected_error", "simulated provider error")
 	ErrTxnConflict    = errkind.New(errkind.Conflict, "txn_conflict", "merchant_txn_id already used with another amount or notify_url")
 	ErrNotPaid        = errkind.New(errkind.Conflict, "not_paid", "only a paid transaction can be refunded")
+	ErrClosed         = errkind.New(errkind.Conflict, "txn_closed", "the transaction is closed: it can no longer be paid")
+	ErrAlreadyPaid    = errkind.New(errkind.Conflict, "txn_paid", "the transaction is paid: refund it instead of closing it")
 	ErrRefundExceeds  = errkind.New(errkind.Conflict, "refund_exceeds_amount", "refunds would exceed the paid amount")
 	ErrRefundConflict = errkind.New(errkind.Conflict, "refund_conflict", "refund_id already used for another transaction or amount")
 	ErrTooManyRefunds = errkind.New(errkind.Conflict, "too_many_refunds", "a transaction takes at most 50 refunds")
@@ -168,11 +177,13 @@ var (
 // Server is the simulated provider. It is safe for concurrent use; callbacks
 // are queued by the HTTP handlers and sent by Run.
 type Server struct {
-	cfg      Config
-	chans    map[string]*channel // read-only after New
-	order    []*channel          // chans in name order
-	instance string              // random, part of txn ids: ids never repeat across restarts
-	now      func() time.Time
+	cfg         Config
+	chans       map[string]*channel // read-only after New
+	order       []*channel          // chans in name order
+	instance    string              // random, part of txn ids: ids never repeat across restarts
+	instanceNum int64               // the same as a number
+	wxByMch     map[string]*channel // WeChatPay channels by mchid; read-only after New
+	now         func() time.Time
 
 	qmu   sync.Mutex
 	queue deliveryHeap // guarded by qmu
@@ -182,9 +193,10 @@ type Server struct {
 }
 
 type channel struct {
-	name   string
-	cfg    ChannelConfig
-	faults atomic.Pointer[Faults]
+	instanceNum int64 // the server's
+	name        string
+	cfg         ChannelConfig
+	faults      atomic.Pointer[Faults]
 
 	mu         sync.Mutex
 	seq        uint64
@@ -210,17 +222,21 @@ type txn struct {
 	id         string
 	amount     int64
 	notifyURL  string
+	prepay     string // WeChatPay: the prepay id (set before the txn is shared)
 	state      payment.State
 	paidAt     time.Time
 	refunded   int64
 	nRefunds   uint8
+	wx         *wxTxn // WeChatPay: what the prepay request said (set before the txn is shared)
 }
 
 type refund struct {
-	id     int64
-	txn    *txn
-	amount int64
-	at     time.Time
+	id        int64
+	txn       *txn
+	amount    int64
+	at        time.Time
+	channelID string // the provider's id of the refund
+	notifyURL string // where its notice goes ("": the transaction's)
 }
 
 // line of a statement; immutable once appended.
@@ -239,10 +255,14 @@ func (c Config) Validate() error {
 		if !channelName.MatchString(name) || name == "console" {
 			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}, not \"console\"", name)
 		}
-		if len(cc.Secret) < 16 {
+		if len(cc.Secret) < 16 && cc.Scheme != WeChatPay {
 			return fmt.Errorf("paysim: channel %s: Secret must be at least 16 bytes", name)
 		}
 		switch cc.Scheme {
+		case WeChatPay:
+			if err := cc.WeChat.validate(); err != nil {
+				return fmt.Errorf("paysim: channel %s: %w", name, err)
+			}
 		case HMAC:
 		case RSA:
 			if cc.PrivateKey == nil || cc.PrivateKey.N.BitLen() < 2048 {
@@ -304,12 +324,16 @@ func New(cfg Config) *Server {
 	var tag [3]byte
 	rand.Read(tag[:])
 	s := &Server{cfg: cfg, chans: map[string]*channel{}, instance: hex.EncodeToString(tag[:]), now: cfg.Now,
+		instanceNum: int64(tag[0])<<16 | int64(tag[1])<<8 | int64(tag[2]), wxByMch: map[string]*channel{},
 		wake: make(chan struct{}, 1)}
 	for name, cc := range cfg.Channels {
-		ch := &channel{name: name, cfg: cc, byMerchant: map[int64]*txn{}, byID: map[string]*txn{},
+		ch := &channel{instanceNum: s.instanceNum, name: name, cfg: cc, byMerchant: map[int64]*txn{}, byID: map[string]*txn{},
 			refunds: map[int64]*refund{}, days: map[string][]line{}, urls: map[string]string{}}
 		ch.faults.Store(&Faults{})
 		s.chans[name] = ch
+		if cc.Scheme == WeChatPay {
+			s.wxByMch[cc.WeChat.MchID] = ch
+		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.chans)) {
 		s.order = append(s.order, s.chans[name])
@@ -328,6 +352,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /paysim/v1/{channel}/faults", s.control(s.getFaults))
 	mux.HandleFunc("PUT /paysim/v1/{channel}/faults", s.control(s.putFaults))
 	mux.HandleFunc("POST /paysim/v1/console/refunds", s.consoleRefundHTTP)
+	s.wxRoutes(mux)
 	return mux
 }
 
@@ -472,21 +497,40 @@ func (s *Server) merchant(h merchantFunc) http.HandlerFunc {
 			fail(w, ErrBadAuth)
 			return
 		}
-		if f.APILatencyMS > 0 {
-			t := time.NewTimer(time.Duration(f.APILatencyMS) * time.Millisecond)
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
-			}
-		}
-		if f.APIErrorRate > 0 && mrand.Float64() < f.APIErrorRate {
+		switch apiFaults(f, r) {
+		case gone:
+			return
+		case injected:
 			fail(w, ErrInjected)
 			return
 		}
 		h(w, r, ch, body)
 	}
+}
+
+// A merchant call's fate under the faults.
+const (
+	served   = iota
+	gone     // the caller went away while the latency fault held it
+	injected // the error rate fault fails it
+)
+
+// apiFaults holds a merchant API call for f's latency, then decides by
+// f's error rate whether it fails.
+func apiFaults(f *Faults, r *http.Request) int {
+	if f.APILatencyMS > 0 {
+		t := time.NewTimer(time.Duration(f.APILatencyMS) * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return gone
+		}
+	}
+	if f.APIErrorRate > 0 && mrand.Float64() < f.APIErrorRate {
+		return injected
+	}
+	return served
 }
 
 // controlAuth checks the control token of a faults or console request.
@@ -590,30 +634,53 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, ch *channel, bod
 		fail(w, errkind.ErrInvalid.With("notify_url must be an absolute http(s) URL of at most %d bytes", MaxURL))
 		return
 	}
-	ch.mu.Lock()
-	t := ch.byMerchant[req.MerchantTxnID]
-	if t == nil {
-		ch.seq++
-		u, ok := ch.urls[req.NotifyURL]
-		if !ok {
-			u = req.NotifyURL
-			if len(ch.urls) < 256 {
-				ch.urls[u] = u
-			}
-		}
-		t = &txn{merchantID: req.MerchantTxnID, amount: req.Amount, notifyURL: u, state: payment.Pending,
-			id: fmt.Sprintf("%s%s%s%08d", ch.name, s.now().UTC().Format("20060102"), s.instance, ch.seq)}
-		ch.byMerchant[t.merchantID], ch.byID[t.id] = t, t
-		ch.txns.Add(1)
-	} else if t.amount != req.Amount || t.notifyURL != req.NotifyURL {
-		ch.mu.Unlock()
-		fail(w, ErrTxnConflict.With("merchant_txn_id %d was created with amount %d", t.merchantID, t.amount))
+	t, err := s.open(ch, req.MerchantTxnID, req.Amount, req.NotifyURL, nil)
+	if err != nil {
+		fail(w, err)
 		return
 	}
+	ch.mu.Lock()
 	v := t.viewLocked()
 	ch.mu.Unlock()
 	v.PayURL = s.payURL(r, ch.name, v.TxnID)
 	web.JSON(w, http.StatusOK, v)
+}
+
+// open returns the transaction of merchantID, created pending with amount
+// and notifyURL (and then set up by init, under channel.mu) when it is new.
+// One that exists with another amount or notify URL is ErrTxnConflict.
+func (s *Server) open(ch *channel, merchantID, amount int64, notifyURL string, init func(*txn)) (*txn, error) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if t := ch.byMerchant[merchantID]; t != nil {
+		if t.amount != amount || t.notifyURL != notifyURL {
+			return nil, ErrTxnConflict.With("merchant_txn_id %d was created with amount %d", t.merchantID, t.amount)
+		}
+		return t, nil
+	}
+	ch.seq++
+	u, ok := ch.urls[notifyURL]
+	if !ok {
+		u = notifyURL
+		if len(ch.urls) < 256 {
+			ch.urls[u] = u
+		}
+	}
+	now := s.now().UTC()
+	t := &txn{merchantID: merchantID, amount: amount, notifyURL: u, state: payment.Pending}
+	if ch.cfg.Scheme == WeChatPay { // a transaction_id of 28 digits, and the prepay id the payer pays by
+		t.id = fmt.Sprintf("4200%06d%s%010d", s.instanceNum%1e6, now.Format("20060102"), ch.seq)
+		t.prepay = fmt.Sprintf("wx%s%s%010d", now.In(CST).Format("20060102150405"), s.instance, ch.seq)
+		ch.byID[t.prepay] = t
+	} else {
+		t.id = fmt.Sprintf("%s%s%s%08d", ch.name, now.Format("20060102"), s.instance, ch.seq)
+	}
+	if init != nil {
+		init(t)
+	}
+	ch.byMerchant[t.merchantID], ch.byID[t.id] = t, t
+	ch.txns.Add(1)
+	return t, nil
 }
 
 func (s *Server) payURL(r *http.Request, channel, txnID string) string {
@@ -674,6 +741,7 @@ type refundReq struct {
 	MerchantTxnID int64  `json:"merchant_txn_id,string"`
 	Amount        int64  `json:"amount"`
 	Reason        string `json:"reason"`
+	NotifyURL     string `json:"-"` // WeChatPay: where the refund's notice goes ("": the transaction's notify URL)
 }
 
 type refundView struct {
@@ -703,49 +771,58 @@ func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, bod
 		fail(w, errkind.ErrInvalid.With("reason is over %d bytes", MaxSubject))
 		return
 	}
-	v, err := s.refundTxn(ch, req)
+	rf, err := s.refundTxn(ch, req)
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	web.JSON(w, http.StatusOK, v)
+	web.JSON(w, http.StatusOK, ch.refundView(rf))
 }
 
 // refundTxn makes refund req (idempotent by refund id) and queues the
 // notice of a new one to the transaction's notify URL, as the providers
 // notify refunds: it says the transaction is refunded and how much of it.
-func (s *Server) refundTxn(ch *channel, req refundReq) (refundView, error) {
-	v, d, err := ch.refund(req, s.now().UTC().Truncate(time.Second))
+func (s *Server) refundTxn(ch *channel, req refundReq) (*refund, error) {
+	rf, d, err := ch.refund(req, s.now().UTC().Truncate(time.Second))
 	if d != nil {
 		d.due = time.Now().Add(time.Duration(ch.faults.Load().CallbackDelayMS) * time.Millisecond)
 		s.enqueue(d)
 	}
-	return v, err
+	return rf, err
+}
+
+// refundView is rf's JSON.
+func (ch *channel) refundView(rf *refund) refundView {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return rf.viewLocked()
 }
 
 // refund makes req at now and returns a notice to send when the refund is
 // new (nil for a repeated one).
-func (ch *channel) refund(req refundReq, now time.Time) (refundView, *delivery, error) {
+func (ch *channel) refund(req refundReq, now time.Time) (*refund, *delivery, error) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if rf := ch.refunds[req.RefundID]; rf != nil {
 		if rf.txn.merchantID != req.MerchantTxnID || rf.amount != req.Amount {
-			return refundView{}, nil, ErrRefundConflict.With("refund_id %d was for merchant_txn_id %d, amount %d", rf.id, rf.txn.merchantID, rf.amount)
+			return nil, nil, ErrRefundConflict.With("refund_id %d was for merchant_txn_id %d, amount %d", rf.id, rf.txn.merchantID, rf.amount)
 		}
-		return rf.viewLocked(), nil, nil
+		return rf, nil, nil
 	}
 	t := ch.byMerchant[req.MerchantTxnID]
 	switch {
 	case t == nil:
-		return refundView{}, nil, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", req.MerchantTxnID)
+		return nil, nil, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", req.MerchantTxnID)
 	case t.state != payment.Paid && t.state != payment.Refunded:
-		return refundView{}, nil, ErrNotPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
+		return nil, nil, ErrNotPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
 	case req.Amount > t.amount-t.refunded:
-		return refundView{}, nil, ErrRefundExceeds.With("merchant_txn_id %d: %d of %d fen refunded already", t.merchantID, t.refunded, t.amount)
+		return nil, nil, ErrRefundExceeds.With("merchant_txn_id %d: %d of %d fen refunded already", t.merchantID, t.refunded, t.amount)
 	case t.nRefunds >= MaxRefunds:
-		return refundView{}, nil, ErrTooManyRefunds
+		return nil, nil, ErrTooManyRefunds
 	}
-	rf := &refund{id: req.RefundID, txn: t, amount: req.Amount, at: now}
+	ch.seq++
+	rf := &refund{id: req.RefundID, txn: t, amount: req.Amount, at: now, notifyURL: req.NotifyURL,
+		channelID: fmt.Sprintf("5030%06d%s%010d", ch.instanceNum%1e6, now.Format("20060102"), ch.seq)}
 	t.refunded += req.Amount
 	t.state = payment.Refunded
 	t.nRefunds++
@@ -753,8 +830,11 @@ func (ch *channel) refund(req refundReq, now time.Time) (refundView, *delivery, 
 	day := now.Format(time.DateOnly)
 	ch.days[day] = append(ch.days[day], line{refund: rf, txn: t, amount: rf.amount, at: now})
 	ch.refundN.Add(1)
-	d := &delivery{ch: ch, txn: t, merchantID: t.merchantID, txnID: t.id, notifyURL: t.notifyURL, noticeID: newID()}
-	return rf.viewLocked(), d, nil
+	d := &delivery{ch: ch, txn: t, refund: rf, merchantID: t.merchantID, txnID: t.id, notifyURL: t.notifyURL, noticeID: newID()}
+	if rf.notifyURL != "" {
+		d.notifyURL = rf.notifyURL
+	}
+	return rf, d, nil
 }
 
 // viewLocked needs channel.mu.
@@ -819,10 +899,20 @@ func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
 		ch.mu.Unlock()
 		return txnView{}, payment.ErrUnknownTxn.With("no transaction %.64q", txnID)
 	}
+	if t.state == payment.Pending && t.wx != nil && !t.wx.expires.IsZero() && s.now().After(t.wx.expires) {
+		t.state = payment.Closed // time_expire passed: WeChat Pay closes it
+	}
+	if t.state == payment.Closed {
+		ch.mu.Unlock()
+		return txnView{}, ErrClosed.With("transaction %.64q is closed", txnID)
+	}
 	var ds []*delivery
 	if t.state == payment.Pending {
 		now := s.now().UTC().Truncate(time.Second)
 		t.state, t.paidAt = payment.Paid, now
+		if t.wx != nil && t.wx.openID == "" { // an H5 payer: WeChat Pay names who paid
+			t.wx.openID = "oSim" + newID()[:24]
+		}
 		day := now.Format(time.DateOnly)
 		ch.days[day] = append(ch.days[day], line{txn: t, amount: t.amount, at: now})
 		ch.paid.Add(1)
@@ -840,6 +930,20 @@ func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
 	ch.mu.Unlock()
 	s.enqueue(ds...)
 	return v, nil
+}
+
+// close closes transaction t unpaid: it can no longer be paid. Closing a
+// closed one again is a no-op; a paid (or refunded) one is ErrAlreadyPaid.
+func (s *Server) close(ch *channel, t *txn) error {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	switch t.state {
+	case payment.Pending:
+		t.state = payment.Closed
+	case payment.Paid, payment.Refunded:
+		return ErrAlreadyPaid.With("merchant_txn_id %d is %s", t.merchantID, t.state)
+	}
+	return nil
 }
 
 // newID returns 26 random base32 characters (notice ids and nonces).

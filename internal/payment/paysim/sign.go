@@ -119,12 +119,7 @@ func AliContent(v url.Values) string {
 }
 
 // FormatYuan writes fen as yuan with two decimals ("12.34").
-func FormatYuan(fen int64) string {
-	if fen < 0 {
-		return "-" + FormatYuan(-fen)
-	}
-	return fmt.Sprintf("%d.%02d", fen/100, fen%100)
-}
+var FormatYuan = payment.FormatYuan
 
 // EncodeCallback signs notice n as channel cc sends it and returns the
 // request's headers and body. Tests use it to make real callbacks.
@@ -143,9 +138,17 @@ func FormatYuan(fen int64) string {
 // in CST, UTC+8), notify_id, notify_type=trade_status_sync, sign_type=RSA2
 // and sign = base64(RSA PKCS#1 v1.5 SHA-256 over AliContent), as Alipay
 // notifies refunds. The merchant answers 200 with the body "success".
+//
+// WeChatPay scheme: see encodeWeChat.
 func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, error) {
+	return encodeCallback(cc, n, nil)
+}
+
+func encodeCallback(cc ChannelConfig, n payment.Notice, info *wxTxn) (http.Header, []byte, error) {
 	h := http.Header{}
 	switch cc.Scheme {
+	case WeChatPay:
+		return encodeWeChat(cc.WeChat, n, info)
 	case HMAC:
 		var paidAt string
 		if !n.PaidAt.IsZero() {
@@ -206,6 +209,9 @@ func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, er
 
 // acked reports whether a callback answer means success under scheme.
 func acked(scheme Scheme, status int, body []byte) bool {
+	if scheme == WeChatPay {
+		return status == http.StatusOK || status == http.StatusNoContent
+	}
 	if status != http.StatusOK {
 		return false
 	}

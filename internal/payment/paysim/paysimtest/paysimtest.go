@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +34,18 @@ type Harness struct {
 	// New returns the adapter talking to paysim at baseURL with hc (nil =
 	// the adapter's default), holding the merchant's side of keys.
 	New func(baseURL string, hc *http.Client, keys paysim.ChannelConfig) payment.Channel
+	// PerRefundNotices: the protocol notifies each refund on its own
+	// (Notice.Refund), a transaction's notice says it paid whatever
+	// happened since, and its queries do not say how much is refunded
+	// (WeChat Pay). Otherwise a notice and a query say the transaction's
+	// state when made, with the fen refunded so far.
+	PerRefundNotices bool
+	// TxnIDOnPay: the provider names the transaction only once it is paid
+	// (WeChat Pay's transaction_id): Created.ChannelTxnID is "".
+	TxnIDOnPay bool
+	// AckByStatus: any 2xx answer acknowledges a notice (WeChat Pay);
+	// otherwise only the adapter's Ack body does.
+	AckByStatus bool
 }
 
 // ControlToken is the faults API token of the suite's paysim.
@@ -155,6 +168,16 @@ func (e *env) pay(c payment.Created) {
 	}
 }
 
+// txnID is the provider's id of paid payment id, as its query says.
+func (e *env) txnID(id int64) string {
+	e.t.Helper()
+	st, err := e.api.Query(e.ctx, id)
+	if err != nil {
+		e.t.Fatalf("query %d: %v", id, err)
+	}
+	return st.ChannelTxnID
+}
+
 func (e *env) faults(f paysim.Faults) {
 	e.t.Helper()
 	if err := e.srv.SetFaults(e.h.Name, f); err != nil {
@@ -254,7 +277,7 @@ func (e *env) waitVerified(n int) []Arrival {
 func testPayAndCallback(t *testing.T, h Harness) {
 	e := start(t, h, options{})
 	c := e.create(42, 1234)
-	if c.ChannelTxnID == "" || !strings.HasPrefix(c.PayURL, e.url+"/paysim/v1/"+h.Name+"/pay/") {
+	if (c.ChannelTxnID == "") != h.TxnIDOnPay || !strings.HasPrefix(c.PayURL, e.url+"/paysim/v1/"+h.Name+"/pay/") {
 		t.Fatalf("created %+v", c)
 	}
 	before := time.Now().Add(-2 * time.Second)
@@ -265,7 +288,7 @@ func testPayAndCallback(t *testing.T, h Harness) {
 		t.Fatalf("arrivals %+v", got)
 	}
 	n := got[0].Notice
-	if n.PaymentID != 42 || n.Amount != 1234 || n.ChannelTxnID != c.ChannelTxnID || n.State != payment.Paid ||
+	if n.PaymentID != 42 || n.Amount != 1234 || n.ChannelTxnID != e.txnID(42) || n.ChannelTxnID == "" || n.State != payment.Paid ||
 		n.NoticeID == "" || n.PaidAt.IsZero() || n.Timestamp.Before(before) || n.Timestamp.After(time.Now().Add(2*time.Second)) {
 		t.Fatalf("notice %+v", n)
 	}
@@ -281,7 +304,7 @@ func testPayAndCallback(t *testing.T, h Harness) {
 func testCreateIdempotent(t *testing.T, h Harness) {
 	e := start(t, h, options{})
 	a, b := e.create(7, 500), e.create(7, 500)
-	if a != b {
+	if a.ChannelTxnID != b.ChannelTxnID || a.PayURL != b.PayURL {
 		t.Fatalf("created twice: %+v then %+v", a, b)
 	}
 	_, err := e.api.Create(e.ctx, payment.Txn{PaymentID: 7, Amount: 501, NotifyURL: e.rcv.url})
@@ -315,7 +338,7 @@ func testQuery(t *testing.T, h Harness) {
 	e.pay(c)
 	n := e.waitVerified(1)[0].Notice
 	st, err = e.api.Query(e.ctx, 5)
-	if err != nil || st.State != payment.Paid || st.Amount != 250 || st.ChannelTxnID != c.ChannelTxnID || !st.PaidAt.Equal(n.PaidAt) {
+	if err != nil || st.State != payment.Paid || st.Amount != 250 || st.ChannelTxnID != n.ChannelTxnID || !st.PaidAt.Equal(n.PaidAt) {
 		t.Fatalf("paid: %+v %v (callback said paid at %v)", st, err, n.PaidAt)
 	}
 }
@@ -323,16 +346,16 @@ func testQuery(t *testing.T, h Harness) {
 func testRefund(t *testing.T, h Harness) {
 	e := start(t, h, options{})
 	c := e.create(10, 1000)
-	err := e.api.Refund(e.ctx, payment.Refund{RefundID: 100, PaymentID: 10, Amount: 100})
+	err := e.api.Refund(e.ctx, payment.Refund{RefundID: 100, PaymentID: 10, Amount: 100, Total: 1000})
 	if !errors.Is(err, paysim.ErrRejected) || errors.Is(err, payment.ErrChannelDown) {
 		t.Fatalf("refund of an unpaid payment: %v", err)
 	}
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 101, PaymentID: 11, Amount: 100}); !errors.Is(err, payment.ErrUnknownTxn) {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 101, PaymentID: 11, Amount: 100, Total: 100}); !errors.Is(err, payment.ErrUnknownTxn) {
 		t.Fatalf("refund of an unknown payment: %v", err)
 	}
 	e.pay(c)
 	for range 3 { // idempotent by refund id
-		if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 102, PaymentID: 10, Amount: 600, Reason: "duplicate payment"}); err != nil {
+		if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 102, PaymentID: 10, Amount: 600, Total: 1000, Reason: "duplicate payment"}); err != nil {
 			t.Fatalf("refund: %v", err)
 		}
 	}
@@ -341,14 +364,14 @@ func testRefund(t *testing.T, h Harness) {
 		t.Fatalf("after refund: %+v %v", st, err)
 	}
 	for _, r := range []payment.Refund{
-		{RefundID: 102, PaymentID: 10, Amount: 601}, // same refund id, other amount
-		{RefundID: 103, PaymentID: 10, Amount: 401}, // over what is left
+		{RefundID: 102, PaymentID: 10, Amount: 601, Total: 1000}, // same refund id, other amount
+		{RefundID: 103, PaymentID: 10, Amount: 401, Total: 1000}, // over what is left
 	} {
 		if err := e.api.Refund(e.ctx, r); !errors.Is(err, paysim.ErrRejected) {
 			t.Errorf("refund %+v: %v, want ErrRejected", r, err)
 		}
 	}
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 104, PaymentID: 10, Amount: 400}); err != nil {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 104, PaymentID: 10, Amount: 400, Total: 1000}); err != nil {
 		t.Fatalf("refund of the rest: %v", err)
 	}
 	if st := e.stats(); st.Refunds != 2 {
@@ -358,27 +381,45 @@ func testRefund(t *testing.T, h Harness) {
 
 // Every refund, the merchant's and the console's, is notified with the
 // transaction's state after it: refunded, with the fen refunded so far, the
-// amount and paid time of the payment; a query says the same.
+// amount and paid time of the payment; a query says the same. Under
+// PerRefundNotices each refund is notified on its own, with its id and
+// amount, and a query says refunded, not how much.
 func testRefundNotified(t *testing.T, h Harness) {
 	e := start(t, h, options{})
 	c := e.create(20, 1000)
 	e.pay(c)
 	paid := e.waitVerified(1)[0].Notice
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 200, PaymentID: 20, Amount: 300}); err != nil {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 200, PaymentID: 20, Amount: 300, Total: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	n := e.waitVerified(2)[1].Notice
-	want := payment.Status{PaymentID: 20, ChannelTxnID: c.ChannelTxnID, State: payment.Refunded, Amount: 1000, Refunded: 300, PaidAt: paid.PaidAt}
+	want := payment.Status{PaymentID: 20, ChannelTxnID: paid.ChannelTxnID, State: payment.Refunded, Amount: 1000, Refunded: 300, PaidAt: paid.PaidAt}
+	if h.PerRefundNotices {
+		want.Refunded, want.PaidAt = 0, time.Time{}
+	}
 	if n.Status != want || n.NoticeID == paid.NoticeID {
 		t.Fatalf("refund notice %+v, want %+v with a notice id of its own", n, want)
+	}
+	if h.PerRefundNotices {
+		if r := n.Refund; r == nil || r.OutRefundNo != "200" || r.ChannelRefundID == "" || r.Amount != 300 || !r.Succeeded || r.At.IsZero() {
+			t.Fatalf("refund notice's refund %+v, want refund 200 of 300 fen, done", r)
+		}
 	}
 	cr, err := e.srv.ConsoleRefund("", 20, 0, "")
 	if err != nil || cr.Channel != h.Name || cr.Amount != 700 || cr.Refunded != 1000 || cr.RefundID < paysim.ConsoleRefundID {
 		t.Fatalf("console refund of the rest: %+v %v", cr, err)
 	}
-	want.Refunded = 1000
-	if n := e.waitVerified(3)[2].Notice; n.Status != want {
-		t.Fatalf("notice of the console refund %+v, want %+v", n.Status, want)
+	n = e.waitVerified(3)[2].Notice
+	if h.PerRefundNotices {
+		if r := n.Refund; n.Status != want || r == nil || r.OutRefundNo != strconv.FormatInt(cr.RefundID, 10) || r.Amount != 700 || !r.Succeeded {
+			t.Fatalf("notice of the console refund %+v, refund %+v", n.Status, r)
+		}
+		want.PaidAt = paid.PaidAt
+	} else {
+		want.Refunded = 1000
+		if n.Status != want {
+			t.Fatalf("notice of the console refund %+v, want %+v", n.Status, want)
+		}
 	}
 	if st, err := e.api.Query(e.ctx, 20); err != nil || st != want {
 		t.Fatalf("query %+v %v, want %+v", st, err, want)
@@ -387,7 +428,9 @@ func testRefundNotified(t *testing.T, h Harness) {
 }
 
 // A callback says what the transaction is when it is sent: a payment
-// refunded before its callback went out is notified as refunded.
+// refunded before its callback went out is notified as refunded. Under
+// PerRefundNotices the payment's notice says it paid, and the refund's
+// comes on its own.
 func testStateWhenSent(t *testing.T, h Harness) {
 	e := start(t, h, options{noRun: true})
 	c := e.create(30, 500)
@@ -401,10 +444,28 @@ func testStateWhenSent(t *testing.T, h Harness) {
 	if len(got) != 2 {
 		t.Fatalf("%d callbacks, want 2 (the payment's and the refund's)", len(got))
 	}
+	var payments, refunds int
 	for _, a := range got {
-		if n := a.Notice; n.State != payment.Refunded || n.Refunded != 200 || n.Amount != 500 || n.PaidAt.IsZero() {
-			t.Errorf("callback %+v, want refunded 200 of 500", n)
+		n := a.Notice
+		switch {
+		case !h.PerRefundNotices:
+			if n.State != payment.Refunded || n.Refunded != 200 || n.Amount != 500 || n.PaidAt.IsZero() {
+				t.Errorf("callback %+v, want refunded 200 of 500", n)
+			}
+		case n.Refund == nil:
+			payments++
+			if n.State != payment.Paid || n.Amount != 500 || n.PaidAt.IsZero() {
+				t.Errorf("payment's notice %+v, want paid 500", n)
+			}
+		default:
+			refunds++
+			if n.State != payment.Refunded || n.Refund.Amount != 200 || n.Amount != 500 {
+				t.Errorf("refund's notice %+v (%+v), want 200 of 500 refunded", n, n.Refund)
+			}
 		}
+	}
+	if h.PerRefundNotices && (payments != 1 || refunds != 1) {
+		t.Errorf("%d payment notices and %d refund notices, want one each", payments, refunds)
 	}
 }
 
@@ -434,14 +495,15 @@ func testStatement(t *testing.T, h Harness) {
 	e.pay(a)
 	e.pay(b)
 	clk.set(d1.Add(2 * time.Hour))
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 11, PaymentID: 1, Amount: 400}); err != nil {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 11, PaymentID: 1, Amount: 400, Total: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	clk.set(d2)
 	e.pay(c)
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 12, PaymentID: 2, Amount: 2000}); err != nil {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 12, PaymentID: 2, Amount: 2000, Total: 2000}); err != nil {
 		t.Fatal(err)
 	}
+	a.ChannelTxnID, b.ChannelTxnID, c.ChannelTxnID = e.txnID(1), e.txnID(2), e.txnID(3)
 	cases := []struct {
 		name string
 		day  time.Time
@@ -485,6 +547,9 @@ func testRetried(t *testing.T, h Harness) {
 		case 0:
 			return http.StatusInternalServerError, "boom", false
 		case 1:
+			if h.AckByStatus {
+				return http.StatusBadRequest, `{"code":"FAIL","message":"失败"}`, false
+			}
 			return http.StatusOK, "FAIL", false // any other answer is no success either
 		}
 		return 0, "", true
@@ -661,7 +726,7 @@ func mustDown(t *testing.T, ch payment.Channel, ctx context.Context, notify stri
 	t.Helper()
 	_, err1 := ch.Create(ctx, payment.Txn{PaymentID: 1000, Amount: 100, NotifyURL: notify})
 	_, err2 := ch.Query(ctx, 1)
-	err3 := ch.Refund(ctx, payment.Refund{RefundID: 2000, PaymentID: 1, Amount: 1})
+	err3 := ch.Refund(ctx, payment.Refund{RefundID: 2000, PaymentID: 1, Amount: 1, Total: 100})
 	_, err4 := ch.Statement(ctx, time.Now())
 	for i, err := range []error{err1, err2, err3, err4} {
 		if !errors.Is(err, payment.ErrChannelDown) {
