@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
+	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // Errors channels return (wrapped with detail).
@@ -131,4 +132,13 @@ type Channel interface {
 	Ack() (contentType string, body []byte)
 	// Statement returns the provider's statement of day (UTC date).
 	Statement(ctx context.Context, day time.Time) ([]Line, error)
+}
+
+// NewHTTPClient returns a client for calls to a provider: timeout for all
+// of one call, a connection pool sized for many concurrent calls to one
+// host, and each call passes its context's trace on (traceparent).
+func NewHTTPClient(timeout time.Duration) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	return &http.Client{Timeout: timeout, Transport: obs.Transport{Base: tr}}
 }

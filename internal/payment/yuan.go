@@ -1,9 +1,11 @@
 package payment
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
 )
@@ -47,4 +49,36 @@ func FormatYuan(fen int64) string {
 		return "-" + FormatYuan(-fen)
 	}
 	return fmt.Sprintf("%d.%02d", fen/100, fen%100)
+}
+
+// ParseID parses a positive decimal id in canonical form (no sign, no
+// leading zeros), as ids come back from a channel (out_trade_no).
+func ParseID(s string) (int64, bool) {
+	v, err := strconv.ParseInt(s, 10, 64)
+	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
+}
+
+// CST is China's time zone, of the providers' times and bill days.
+var CST = time.FixedZone("CST", 8*3600)
+
+// ChinaDayLines returns the lines of UTC day (a date; day's own zone does
+// not matter) from the bills of the two China days it overlaps, as bill
+// reads the bill of one ("2006-01-02").
+func ChinaDayLines(ctx context.Context, day time.Time, bill func(ctx context.Context, chinaDay string) ([]Line, error)) ([]Line, error) {
+	day = day.UTC()
+	from := time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)
+	to := from.Add(24 * time.Hour)
+	var out []Line
+	for _, d := range []time.Time{from.In(CST), to.In(CST)} {
+		lines, err := bill(ctx, d.Format(time.DateOnly))
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lines {
+			if !l.At.Before(from) && l.At.Before(to) {
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
-	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
@@ -48,14 +47,8 @@ type Client struct {
 	hc            *http.Client
 }
 
-// NewHTTPClient returns a client with timeout for all of one call and a
-// connection pool sized for many concurrent calls to one host; each call
-// passes its context's trace on (traceparent).
-func NewHTTPClient(timeout time.Duration) *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	return &http.Client{Timeout: timeout, Transport: obs.Transport{Base: tr}}
-}
+// NewHTTPClient is payment.NewHTTPClient.
+var NewHTTPClient = payment.NewHTTPClient
 
 // NewClient returns a client for cfg.
 func NewClient(cfg ClientConfig) *Client {

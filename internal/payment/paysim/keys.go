@@ -86,3 +86,27 @@ func NewWeChat(mchID, appID string) (*WeChatKeys, WeChatMerchant, error) {
 	return k, WeChatMerchant{MchID: mchID, AppID: appID, CertSerial: k.MerchantSerial, PrivateKey: merchant,
 		PlatformKeyID: k.PlatformKeyID, PlatformKey: &platform.PublicKey, APIv3Key: apiV3}, nil
 }
+
+// AlipayMerchant is the app's side of an Alipay channel: what the alipay
+// adapter is configured with.
+type AlipayMerchant struct {
+	AppID      string
+	PrivateKey *rsa.PrivateKey // signs the app's requests
+	AlipayKey  *rsa.PublicKey  // verifies Alipay's answers and notices
+}
+
+// NewAlipay makes the keys of an Alipay channel for app appID: Alipay's
+// side (for paysim) and the app's (for the adapter), with two new
+// 2048-bit RSA keys.
+func NewAlipay(appID string) (*AlipayKeys, AlipayMerchant, error) {
+	app, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, AlipayMerchant{}, err
+	}
+	ali, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, AlipayMerchant{}, err
+	}
+	return &AlipayKeys{AppID: appID, AppKey: &app.PublicKey, AlipayKey: ali},
+		AlipayMerchant{AppID: appID, PrivateKey: app, AlipayKey: &ali.PublicKey}, nil
+}

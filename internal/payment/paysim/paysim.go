@@ -86,6 +86,10 @@ const (
 	// by the platform key, notices' resources sealed with the APIv3 key.
 	// Its keys are ChannelConfig.WeChat; Secret is not used.
 	WeChatPay Scheme = "wechatpay-v3"
+	// Alipay is Alipay's open API (alipay.go): one gateway, requests
+	// signed RSA2 by the app's key, answers and notices by Alipay's. Its
+	// keys are ChannelConfig.Alipay; Secret is not used.
+	Alipay Scheme = "alipay"
 )
 
 // ChannelConfig is one channel's scheme and keys, as the provider holds them.
@@ -99,6 +103,8 @@ type ChannelConfig struct {
 	PrivateKey *rsa.PrivateKey
 	// WeChat holds a WeChatPay channel's merchant and keys.
 	WeChat *WeChatKeys
+	// Alipay holds an Alipay channel's app and keys.
+	Alipay *AlipayKeys
 }
 
 // Config of a Server. The zero value serves DevKeys("") channels with the
@@ -227,7 +233,8 @@ type txn struct {
 	paidAt     time.Time
 	refunded   int64
 	nRefunds   uint8
-	wx         *wxTxn // WeChatPay: what the prepay request said (set before the txn is shared)
+	wx         *wxTxn    // WeChatPay: what the prepay request said (set before the txn is shared)
+	ali        *aliTrade // Alipay: what the precreate said (set before the txn is shared)
 }
 
 type refund struct {
@@ -255,12 +262,16 @@ func (c Config) Validate() error {
 		if !channelName.MatchString(name) || name == "console" {
 			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}, not \"console\"", name)
 		}
-		if len(cc.Secret) < 16 && cc.Scheme != WeChatPay {
+		if len(cc.Secret) < 16 && cc.Scheme != WeChatPay && cc.Scheme != Alipay {
 			return fmt.Errorf("paysim: channel %s: Secret must be at least 16 bytes", name)
 		}
 		switch cc.Scheme {
 		case WeChatPay:
 			if err := cc.WeChat.validate(); err != nil {
+				return fmt.Errorf("paysim: channel %s: %w", name, err)
+			}
+		case Alipay:
+			if err := cc.Alipay.validate(); err != nil {
 				return fmt.Errorf("paysim: channel %s: %w", name, err)
 			}
 		case HMAC:
@@ -353,6 +364,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /paysim/v1/{channel}/faults", s.control(s.putFaults))
 	mux.HandleFunc("POST /paysim/v1/console/refunds", s.consoleRefundHTTP)
 	s.wxRoutes(mux)
+	s.aliRoutes(mux)
 	return mux
 }
 
@@ -899,8 +911,9 @@ func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
 		ch.mu.Unlock()
 		return txnView{}, payment.ErrUnknownTxn.With("no transaction %.64q", txnID)
 	}
-	if t.state == payment.Pending && t.wx != nil && !t.wx.expires.IsZero() && s.now().After(t.wx.expires) {
-		t.state = payment.Closed // time_expire passed: WeChat Pay closes it
+	if t.state == payment.Pending && (t.wx != nil && !t.wx.expires.IsZero() && s.now().After(t.wx.expires) ||
+		t.ali != nil && !t.ali.expires.IsZero() && s.now().After(t.ali.expires)) {
+		t.state = payment.Closed // time_expire passed: the provider closes it
 	}
 	if t.state == payment.Closed {
 		ch.mu.Unlock()
@@ -912,6 +925,9 @@ func (s *Server) pay(ch *channel, txnID string) (txnView, error) {
 		t.state, t.paidAt = payment.Paid, now
 		if t.wx != nil && t.wx.openID == "" { // an H5 payer: WeChat Pay names who paid
 			t.wx.openID = "oSim" + newID()[:24]
+		}
+		if t.ali != nil {
+			t.ali.buyer = fmt.Sprintf("2088%012d", mrand.Int64N(1e12))
 		}
 		day := now.Format(time.DateOnly)
 		ch.days[day] = append(ch.days[day], line{txn: t, amount: t.amount, at: now})

@@ -149,6 +149,8 @@ func encodeCallback(cc ChannelConfig, n payment.Notice, info *wxTxn) (http.Heade
 	switch cc.Scheme {
 	case WeChatPay:
 		return encodeWeChat(cc.WeChat, n, info)
+	case Alipay:
+		return encodeAlipay(cc.Alipay, n)
 	case HMAC:
 		var paidAt string
 		if !n.PaidAt.IsZero() {
@@ -215,7 +217,7 @@ func acked(scheme Scheme, status int, body []byte) bool {
 	if status != http.StatusOK {
 		return false
 	}
-	if scheme == RSA {
+	if scheme == RSA || scheme == Alipay {
 		return string(body) == "success"
 	}
 	var a struct {

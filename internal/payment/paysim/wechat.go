@@ -603,19 +603,8 @@ var WXBillSummaryHeader = []string{"总交易单数", "应结订单总金额", "
 // and refund made that day (in CST), at most n rows (the rows the
 // download URL was given for; -1: all).
 func (ch *channel) wxBill(day string, n int) []byte {
-	d, _ := time.ParseInLocation(time.DateOnly, day, CST)
+	lines := ch.dayLines(day, n)
 	ch.mu.Lock()
-	var lines []line
-	for _, utc := range []string{d.UTC().Format(time.DateOnly), d.Add(24 * time.Hour).UTC().Format(time.DateOnly)} {
-		for _, l := range ch.days[utc] {
-			if l.at.In(CST).Format(time.DateOnly) == day {
-				lines = append(lines, l)
-			}
-		}
-	}
-	if n >= 0 && n < len(lines) {
-		lines = lines[:n]
-	}
 	k := ch.cfg.WeChat
 	var b bytes.Buffer
 	b.WriteString(strings.Join(WXBillHeader, ",") + "\r\n")

@@ -52,7 +52,6 @@ import (
 	"github.com/wechatpay-apiv3/wechatpay-go/services/refunddomestic"
 
 	"github.com/surge-platform/surge/internal/payment"
-	"github.com/surge-platform/surge/internal/platform/obs"
 )
 
 // Name of the channel.
@@ -60,9 +59,6 @@ const Name = "wechatpay"
 
 // Host is WeChat Pay's API.
 const Host = "https://api.mch.weixin.qq.com"
-
-// cst is the zone of WeChat Pay's times and bill days.
-var cst = time.FixedZone("CST", 8*3600)
 
 // Config is the merchant's account and keys. They come from files or the
 // environment (see docs/payments.md), never from the database, and are
@@ -136,9 +132,7 @@ func New(cfg Config) (*Channel, error) {
 	}
 	hc := cfg.HTTP
 	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.MaxIdleConnsPerHost = 64
-		hc = &http.Client{Timeout: 3 * time.Second, Transport: obs.Transport{Base: tr}}
+		hc = payment.NewHTTPClient(3 * time.Second)
 	}
 	if cfg.BaseURL != "" {
 		u, _ := url.Parse(cfg.BaseURL)
@@ -215,7 +209,7 @@ func (c *Channel) Create(ctx context.Context, t payment.Txn) (payment.Created, e
 	amount := &h5.Amount{Total: core.Int64(t.Amount), Currency: core.String("CNY")}
 	var expire *time.Time
 	if !t.Expires.IsZero() {
-		e := t.Expires.In(cst).Truncate(time.Second)
+		e := t.Expires.In(payment.CST).Truncate(time.Second)
 		expire = &e
 	}
 	if t.OpenID != "" {
@@ -279,7 +273,7 @@ func (c *Channel) status(t *payments.Transaction) (payment.Status, error) {
 		return st, fmt.Errorf("mchid %.20q is not ours", deref(t.Mchid))
 	}
 	var ok bool
-	if st.PaymentID, ok = parseID(deref(t.OutTradeNo)); !ok {
+	if st.PaymentID, ok = payment.ParseID(deref(t.OutTradeNo)); !ok {
 		return st, fmt.Errorf("out_trade_no %.40q is not a payment id", deref(t.OutTradeNo))
 	}
 	if t.Amount == nil || t.Amount.Total == nil || *t.Amount.Total <= 0 {
@@ -460,7 +454,7 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 		case r.TransactionID == "" || len(r.TransactionID) > 64:
 			return payment.Notice{}, bad("transaction_id must be 1..64 characters")
 		}
-		if out.PaymentID, ok = parseID(r.OutTradeNo); !ok {
+		if out.PaymentID, ok = payment.ParseID(r.OutTradeNo); !ok {
 			return payment.Notice{}, bad("out_trade_no %.40q is not a payment id", r.OutTradeNo)
 		}
 		out.ChannelTxnID, out.Amount, out.State = r.TransactionID, r.Amount.Total, payment.Paid
@@ -483,34 +477,13 @@ func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("wechatpay notice: "+format, args...)
 }
 
-// parseID parses a positive decimal id in canonical form.
-func parseID(s string) (int64, bool) {
-	v, err := strconv.ParseInt(s, 10, 64)
-	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
-}
-
 // ---- the trade bill
 
 // Statement returns the payments and refunds made in UTC day (a date):
 // the lines of the trade bills of the two China days it overlaps. A bill
 // WeChat Pay does not have yet (a day not over) has no lines.
 func (c *Channel) Statement(ctx context.Context, day time.Time) ([]payment.Line, error) {
-	day = day.UTC()
-	from := time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)
-	to := from.Add(24 * time.Hour)
-	var out []payment.Line
-	for _, d := range []time.Time{from.In(cst), to.In(cst)} {
-		lines, err := c.bill(ctx, d.Format(time.DateOnly))
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range lines {
-			if !l.At.Before(from) && l.At.Before(to) {
-				out = append(out, l)
-			}
-		}
-	}
-	return out, nil
+	return payment.ChinaDayLines(ctx, day, c.bill)
 }
 
 // bill reads the trade bill of China day (YYYY-MM-DD).
@@ -585,13 +558,13 @@ func ParseBill(b []byte) ([]payment.Line, error) {
 			return nil, payment.ErrBadStatement.With("wechatpay bill row %d: %d fields, want %d", i+2, len(f), len(col))
 		}
 		get := func(name string) string { return strings.TrimPrefix(f[col[name]], "`") }
-		at, err := time.ParseInLocation(time.DateTime, get("交易时间"), cst)
+		at, err := time.ParseInLocation(time.DateTime, get("交易时间"), payment.CST)
 		if err != nil {
 			return nil, payment.ErrBadStatement.With("wechatpay bill row %d: 交易时间 %.30q", i+2, get("交易时间"))
 		}
 		l := payment.Line{ChannelTxnID: get("微信订单号"), At: at.UTC()}
 		var ok bool
-		if l.PaymentID, ok = parseID(get("商户订单号")); !ok {
+		if l.PaymentID, ok = payment.ParseID(get("商户订单号")); !ok {
 			return nil, payment.ErrBadStatement.With("wechatpay bill row %d: 商户订单号 %.40q", i+2, get("商户订单号"))
 		}
 		amount := get("订单金额")
@@ -600,7 +573,7 @@ func ParseBill(b []byte) ([]payment.Line, error) {
 			l.Kind = "payment"
 		case "REFUND":
 			l.Kind = "refund"
-			l.RefundID, _ = parseID(get("商户退款单号"))
+			l.RefundID, _ = payment.ParseID(get("商户退款单号"))
 			amount = get("退款金额")
 			if j, ok := col["申请退款金额"]; ok && j < len(f) && strings.TrimPrefix(f[j], "`") != "" {
 				amount = strings.TrimPrefix(f[j], "`")

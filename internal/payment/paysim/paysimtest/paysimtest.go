@@ -46,6 +46,9 @@ type Harness struct {
 	// AckByStatus: any 2xx answer acknowledges a notice (WeChat Pay);
 	// otherwise only the adapter's Ack body does.
 	AckByStatus bool
+	// QueryHidesPartialRefunds: a query says a trade refunded in part is
+	// paid (Alipay's; the notices and the bill say the refund).
+	QueryHidesPartialRefunds bool
 }
 
 // ControlToken is the faults API token of the suite's paysim.
@@ -332,6 +335,9 @@ func testQuery(t *testing.T, h Harness) {
 	}
 	c := e.create(5, 250)
 	st, err := e.api.Query(e.ctx, 5)
+	if h.TxnIDOnPay {
+		st.ChannelTxnID = "" // some name it before it is paid, some do not
+	}
 	if err != nil || st != (payment.Status{PaymentID: 5, ChannelTxnID: c.ChannelTxnID, State: payment.Pending, Amount: 250}) {
 		t.Fatalf("pending: %+v %v", st, err)
 	}
@@ -360,6 +366,9 @@ func testRefund(t *testing.T, h Harness) {
 		}
 	}
 	st, err := e.api.Query(e.ctx, 10)
+	if h.QueryHidesPartialRefunds && st.State == payment.Paid {
+		st.State = payment.Refunded
+	}
 	if err != nil || st.State != payment.Refunded || st.PaidAt.IsZero() || st.Amount != 1000 {
 		t.Fatalf("after refund: %+v %v", st, err)
 	}
