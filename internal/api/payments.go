@@ -57,7 +57,9 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
-	w.Header().Set("Content-Type", ct)
+	if ct != "" { // WeChat Pay's: 200 and no body
+		w.Header().Set("Content-Type", ct)
+	}
 	w.Write(ack)
 }
 

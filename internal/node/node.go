@@ -14,6 +14,7 @@ import (
 	"github.com/surge-platform/surge/internal/flashsale"
 	"github.com/surge-platform/surge/internal/guard"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -36,8 +37,10 @@ import (
 	"github.com/surge-platform/surge/internal/notify"
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/alipay"
 	"github.com/surge-platform/surge/internal/payment/alisim"
 	"github.com/surge-platform/surge/internal/payment/paysim"
+	"github.com/surge-platform/surge/internal/payment/wechatpay"
 	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/edge"
@@ -286,7 +289,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 		}
 	}
-	if n.Switches, err = switches.New(octx, n.Bus, 0, switches.Defs(wxsim.Name, alisim.Name)); err != nil {
+	if n.Switches, err = switches.New(octx, n.Bus, 0, switches.Defs(wxsim.Name, alisim.Name, wechatpay.Name, alipay.Name)); err != nil {
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	// Node ids and job leaders are leased in the main database: every
@@ -372,6 +375,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		n.Sim = paysim.New(paysim.Config{Channels: keys.Channels(), ControlToken: cfg.AdminToken, PublicURL: public,
 			Log: log.With("role", "paysim")})
 		srv.Extra["/paysim/v1/"] = n.Sim.Handler()
+		srv.Extra["/v3/"] = n.Sim.Handler() // WeChat Pay's API, at its own paths
 	}
 	notifySecret, err := member.Secret(ctx, n.DB, "notify_secret")
 	if err != nil {
@@ -405,9 +409,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if payURL == "" {
 			payURL = public
 		}
-		channels := []payment.Channel{
-			wxsim.New(wxsim.Config{BaseURL: payURL, Secret: keys.WXSecret}),
-			alisim.New(alisim.Config{BaseURL: payURL, Secret: keys.AliSecret, PublicKey: &keys.AliPrivateKey.PublicKey}),
+		channels, err := simChannels(payURL, keys)
+		if err != nil {
+			return nil, err
 		}
 		// Refunds of orders ask the stores' fulfilment records whether the
 		// store accepted an order, and withdraw it when it has not.
@@ -415,7 +419,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if n.Fulfil == nil {
 			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, nil, log.With("role", "refunds"))
 		}
-		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, cfg.PayWeights, log,
+		// wechatpay and alipay take payments only when asked for by name
+		// until they replace wxsim and alisim (issue 14), unless weighted.
+		weights := map[string]int{wechatpay.Name: 0, alipay.Name: 0}
+		maps.Copy(weights, cfg.PayWeights)
+		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, weights, log,
 			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
 		chSwitch := map[string]string{} // channel -> its switch, named once: picks do not allocate
 		for _, ch := range channels {

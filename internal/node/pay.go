@@ -7,9 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"strings"
 
 	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/alipay"
+	"github.com/surge-platform/surge/internal/payment/alisim"
 	"github.com/surge-platform/surge/internal/payment/paysim"
+	"github.com/surge-platform/surge/internal/payment/wechatpay"
+	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -24,31 +30,72 @@ func simKeys(ctx context.Context, db *sqldb.Cluster) (paysim.Keys, error) {
 		return paysim.Keys{}, err
 	}
 	k := paysim.DevKeys(hex.EncodeToString(seed))
-	der, err := x509.MarshalPKCS8PrivateKey(k.AliPrivateKey)
+	var keys [5]*rsa.PrivateKey
+	for i, name := range []string{"paysim_rsa", "paysim_wechatpay_merchant", "paysim_wechatpay_platform", "paysim_alipay_app", "paysim_alipay"} {
+		proposal := k.AliPrivateKey
+		if i > 0 {
+			proposal = paysim.DevRSA(i - 1)
+		}
+		if keys[i], err = storedKey(ctx, db, name, proposal); err != nil {
+			return paysim.Keys{}, err
+		}
+	}
+	k.AliPrivateKey = keys[0]
+	k.WeChat, k.WeChatMerchant = paysim.WeChatFrom(hex.EncodeToString(seed), keys[1], keys[2])
+	k.Alipay, k.AlipayApp = paysim.AlipayFrom(keys[3], keys[4])
+	return k, nil
+}
+
+// storedKey returns the RSA key stored in settings as name (PKCS#8 PEM),
+// storing proposal there first when there is none: the first process to
+// store one decides for the cluster.
+func storedKey(ctx context.Context, db *sqldb.Cluster, name string, proposal *rsa.PrivateKey) (*rsa.PrivateKey, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(proposal)
 	if err != nil {
-		return paysim.Keys{}, err
+		return nil, err
 	}
 	m := db.Main()
-	if _, err := m.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ('paysim_rsa', $1) ON CONFLICT (name) DO NOTHING`,
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
-		return paysim.Keys{}, fmt.Errorf("store simulator key: %w", err)
+	if _, err := m.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`,
+		name, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
+		return nil, fmt.Errorf("store simulator key %s: %w", name, err)
 	}
 	var stored string
-	if err := m.W.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = 'paysim_rsa'`).Scan(&stored); err != nil {
-		return paysim.Keys{}, fmt.Errorf("read simulator key: %w", err)
+	if err := m.W.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&stored); err != nil {
+		return nil, fmt.Errorf("read simulator key %s: %w", name, err)
 	}
 	block, _ := pem.Decode([]byte(stored))
 	if block == nil {
-		return paysim.Keys{}, fmt.Errorf("simulator key in settings is not PEM")
+		return nil, fmt.Errorf("simulator key %s in settings is not PEM", name)
 	}
 	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return paysim.Keys{}, fmt.Errorf("simulator key: %w", err)
+		return nil, fmt.Errorf("simulator key %s: %w", name, err)
 	}
 	rk, ok := key.(*rsa.PrivateKey)
 	if !ok {
-		return paysim.Keys{}, fmt.Errorf("simulator key is not RSA")
+		return nil, fmt.Errorf("simulator key %s is not RSA", name)
 	}
-	k.AliPrivateKey = rk
-	return k, nil
+	return rk, nil
+}
+
+// simChannels are the payment channels at the simulator at payURL, with
+// the demo's keys: wxsim and alisim (protocols of our own), wechatpay and
+// alipay (WeChat Pay's and Alipay's, on their SDKs).
+func simChannels(payURL string, k paysim.Keys) ([]payment.Channel, error) {
+	wx, err := wechatpay.New(wechatpay.Config{BaseURL: strings.TrimRight(payURL, "/"), MchID: k.WeChatMerchant.MchID,
+		AppID: k.WeChatMerchant.AppID, CertSerial: k.WeChatMerchant.CertSerial, PrivateKey: k.WeChatMerchant.PrivateKey,
+		PlatformKeyID: k.WeChatMerchant.PlatformKeyID, PlatformKey: k.WeChatMerchant.PlatformKey, APIv3Key: string(k.WeChatMerchant.APIv3Key)})
+	if err != nil {
+		return nil, err
+	}
+	ali, err := alipay.New(alipay.Config{Gateway: strings.TrimRight(payURL, "/") + "/paysim/v1/" + alipay.Name + "/gateway.do",
+		AppID: k.AlipayApp.AppID, PrivateKey: k.AlipayApp.PrivateKey, AlipayKey: k.AlipayApp.AlipayKey})
+	if err != nil {
+		return nil, err
+	}
+	return []payment.Channel{
+		wxsim.New(wxsim.Config{BaseURL: payURL, Secret: k.WXSecret}),
+		alisim.New(alisim.Config{BaseURL: payURL, Secret: k.AliSecret, PublicKey: &k.AliPrivateKey.PublicKey}),
+		wx, ali,
+	}, nil
 }

@@ -1,6 +1,7 @@
 package payment_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,8 +24,13 @@ import (
 // eachChannel runs f on one node started with o, for each channel in
 // parallel, each with a customer of its own.
 func eachChannel(t *testing.T, o envOpts, f func(t *testing.T, e *env, ch string, c *customer)) {
+	eachOf(t, channels, o, f)
+}
+
+// eachOf is eachChannel over the channels in list.
+func eachOf(t *testing.T, list []string, o envOpts, f func(t *testing.T, e *env, ch string, c *customer)) {
 	e := mustStart(t, o)
-	for _, ch := range channels {
+	for _, ch := range list {
 		t.Run(ch, func(t *testing.T) {
 			t.Parallel()
 			f(t, e, ch, e.mustCustomer())
@@ -247,7 +253,7 @@ func TestRefundedOutsideBeforeApplied(t *testing.T) {
 // to date; the ledger keeps what the channel keeps.
 func TestRefundedOutsideAfterApplied(t *testing.T) {
 	t.Parallel()
-	eachChannel(t, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
+	eachOf(t, allChannels, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
 		oid := c.mustOrder()
 		st := c.mustPay(oid, ch)
 		e.mustPayAtChannel(st)
@@ -539,5 +545,50 @@ func TestRefundedOutsideRaces(t *testing.T) {
 			}
 			t.Logf("%s: %v", ch, outcomes)
 		})
+	})
+}
+
+// On the real protocols, a refund surge makes of one line of an order is
+// told back by the channel (WeChat Pay: a REFUND.SUCCESS naming it;
+// Alipay: refund_fee, all refunded so far): it is taken as surge's own,
+// not a refund outside surge, and the ledger's refunded is the line's
+// amount, not more. A console refund after it is outside surge, on top.
+func TestOwnRefundToldBack(t *testing.T) {
+	t.Parallel()
+	eachOf(t, []string{"wechatpay", "alipay"}, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
+		r := e.do("POST", "/api/v1/orders", c.token, nil,
+			[]byte(`{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`))
+		var created struct {
+			OrderID int64 `json:"order_id,string"`
+		}
+		if json.Unmarshal(r.body, &created); r.status != 201 {
+			t.Fatalf("order: %d %s", r.status, r.body)
+		}
+		oid := created.OrderID
+		st := c.mustPay(oid, ch)
+		e.mustPayAtChannel(st)
+		e.mustSettledOnce(oid, st.PaymentID)
+		o := e.peek(oid)
+		acked := e.n.Sim.Stats(ch).Acked
+		rf, err := e.n.Payments.RefundOrder(e.ctx, payment.OrderRefund{OrderID: oid, SKUs: []int64{1001006}, By: order.ByOperator})
+		if err != nil || rf.State != "done" || rf.Amount <= 0 || rf.Amount >= o.Payable {
+			t.Fatalf("refund of one line: %+v %v", rf, err)
+		}
+		e.waitStats(ch, "the refund's notice acknowledged", func(s paysim.Stats) bool { return s.Acked > acked && s.Pending == 0 })
+		if p := e.payment(oid, st.PaymentID); p.Refunded != rf.Amount || p.State != "settled" {
+			t.Fatalf("payment %+v; want settled, refunded %d (the line's)", *p, rf.Amount)
+		}
+		if an := e.anomaliesOf(oid); len(an) != 0 {
+			t.Fatalf("anomalies %+v: surge's own refund taken for one outside surge", an)
+		}
+		e.mustConserved(oid, o.Payable-rf.Amount)
+
+		e.console(st.PaymentID, 100)
+		eventually.Saw(t, 10*time.Second, "the console's refund recorded", func() (bool, string) {
+			p := e.payment(oid, st.PaymentID)
+			return p.Refunded == rf.Amount+100, fmt.Sprintf("%+v", *p)
+		})
+		e.mustAnomaly(oid, st.PaymentID, "paid_order_refunded_outside", o.Payable, rf.Amount+100)
+		e.mustConserved(oid, o.Payable-rf.Amount-100)
 	})
 }

@@ -276,8 +276,9 @@ func (s *Service) sendRefund(ctx context.Context, refundID int64) error {
 	var orderID int64
 	var channel, state, kind string
 	var attempts int
-	err := d.W.QueryRowContext(ctx, `SELECT id, payment_id, order_id, amount, reason, channel, state, attempts, kind FROM refunds WHERE id = $1`,
-		refundID).Scan(&r.RefundID, &r.PaymentID, &orderID, &r.Amount, &r.Reason, &channel, &state, &attempts, &kind)
+	err := d.W.QueryRowContext(ctx, `SELECT r.id, r.payment_id, r.order_id, r.amount, r.reason, r.channel, r.state, r.attempts, r.kind, p.amount
+		FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE r.id = $1`,
+		refundID).Scan(&r.RefundID, &r.PaymentID, &orderID, &r.Amount, &r.Reason, &channel, &state, &attempts, &kind, &r.Total)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}

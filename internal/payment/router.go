@@ -35,6 +35,7 @@ type bucket struct {
 
 type health struct {
 	weight    int
+	named     bool      // weight 0: used only when a payment asks for it by name
 	outUntil  time.Time // taken out until then
 	probation bool      // back from an outage, not yet proven
 	buckets   [30]bucket
@@ -52,12 +53,13 @@ type Router struct {
 	on    func(name string) bool // the operator's switch of a channel; guarded by mu
 }
 
-// NewRouter routes between the named channels with the given weights (> 0).
+// NewRouter routes between the named channels with the given weights; a
+// channel of weight 0 (or less) is used only when a payment asks for it.
 func NewRouter(weights map[string]int) *Router {
 	r := &Router{now: time.Now, h: map[string]*health{}, on: func(string) bool { return true }}
 	for name, w := range weights {
 		r.names = append(r.names, name)
-		r.h[name] = &health{weight: max(w, 1)}
+		r.h[name] = &health{weight: max(w, 1), named: w <= 0}
 	}
 	slices.Sort(r.names)
 	return r
@@ -203,7 +205,7 @@ func (r *Router) Pick(requested string, except ...string) (string, error) {
 	weights := make([]int, len(r.names))
 	for i, name := range r.names {
 		h := r.h[name]
-		if slices.Contains(except, name) {
+		if slices.Contains(except, name) || h.named {
 			continue
 		}
 		weights[i] = r.effectiveLocked(name, now)

@@ -18,6 +18,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/web"
 )
 
 var (
@@ -124,7 +125,9 @@ func (s *Service) CallbackCounts() CallbackCounts {
 // MaxCallbackBody is the largest callback body Callback reads.
 const MaxCallbackBody = 64 << 10
 
-// New returns the payments centre over channels (routed with weights).
+// New returns the payments centre over channels (routed with weights: 1
+// for a channel weights does not name, and one it names with 0 is used
+// only when a payment asks for it).
 // stores decides between a customer's cancel and the store's accept (nil:
 // no refunds of orders).
 func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
@@ -142,7 +145,10 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, cha
 	w := map[string]int{}
 	for _, c := range channels {
 		s.channels[c.Name()] = c
-		w[c.Name()] = max(weights[c.Name()], 1)
+		w[c.Name()] = 1
+		if v, ok := weights[c.Name()]; ok {
+			w[c.Name()] = v
+		}
 	}
 	s.Router = NewRouter(w)
 	return s
@@ -232,7 +238,8 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	var c Created
 	err = s.call(ctx, ch.Name(), func() (err error) {
 		c, err = ch.Create(ctx, Txn{PaymentID: p.ID, OrderID: o.ID, Amount: p.Amount,
-			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name()})
+			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name(),
+			PayerIP: payerIP(ctx), Expires: o.ExpiresAt})
 		return err
 	})
 	if err != nil {
@@ -245,6 +252,14 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 		return Started{}, fmt.Errorf("update payment %d: %w", p.ID, err)
 	}
 	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
+}
+
+// payerIP is the address of the client of the request in ctx, if any.
+func payerIP(ctx context.Context) string {
+	if in := web.InfoOf(ctx); in != nil && in.IP.IsValid() {
+		return in.IP.String()
+	}
+	return ""
 }
 
 // Callback takes a channel's callback (POST /pay/v1/notify/{channel}): it reads (at most MaxCallbackBody
@@ -295,7 +310,13 @@ func (s *Service) notify(ctx context.Context, channel string, h http.Header, bod
 			s.Forged.Add(1)
 			return "", nil, ErrBadCallback.With("payment %d was made at %s, not %s", p.ID, p.Channel, channel)
 		}
-		if err := s.observe(ctx, p, n.Status); err != nil {
+		st := n.Status
+		if n.Refund != nil {
+			if st, err = s.refundNoted(ctx, p, st, *n.Refund); err != nil {
+				return "", nil, err
+			}
+		}
+		if err := s.observe(ctx, p, st); err != nil {
 			return "", nil, err
 		}
 	}
@@ -317,9 +338,26 @@ func (s *Service) received(ctx context.Context, st Status) error {
 // reconciliation's query): a payment paid and not refunded is applied to
 // its order; one the channel refunded, in full or in part, never pays an
 // order (see refundedAt). Other states change nothing. Idempotent.
+//
+// A channel that says a payment is refunded but not how much (a WeChat Pay
+// query: Refunded 0) is taken as refunded by what surge knows of it
+// (knownRefunded); when surge knows of no refund yet, nothing changes
+// until the refund's notice or the bill says how much.
 func (s *Service) observe(ctx context.Context, p *Payment, st Status) error {
 	if st.State != Paid && st.State != Refunded {
 		return nil
+	}
+	if st.State == Refunded && st.Refunded == 0 {
+		known, err := s.knownRefunded(ctx, p.ID)
+		if err != nil {
+			return err
+		}
+		if known == 0 {
+			s.log.Warn("the channel says the payment is refunded, not how much: waiting for the refund's notice or the bill",
+				"payment_id", p.ID, "channel", p.Channel)
+			return nil
+		}
+		st.Refunded = min(known, p.Amount)
 	}
 	if st.Amount != p.Amount {
 		return s.anomaly(ctx, Anomaly{Kind: anomalyAmt, OrderID: p.OrderID, PaymentID: p.ID,

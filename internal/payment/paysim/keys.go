@@ -24,11 +24,41 @@ type Keys struct {
 	WXSecret      []byte          // wxsim: HMAC-SHA256 secret of callbacks and merchant requests
 	AliSecret     []byte          // alisim: HMAC-SHA256 secret of merchant requests
 	AliPrivateKey *rsa.PrivateKey // alisim: paysim signs callbacks; the adapter gets &AliPrivateKey.PublicKey
+
+	// The channels that speak the real protocols: the provider's side
+	// (paysim's) and the merchant's (the adapter's). Nil unless set with
+	// WeChatFrom and AlipayFrom.
+	WeChat         *WeChatKeys
+	WeChatMerchant WeChatMerchant
+	Alipay         *AlipayKeys
+	AlipayApp      AlipayMerchant
 }
 
 var (
 	devRSAOnce sync.Once
 	devRSA     *rsa.PrivateKey
+)
+
+// DevRSA returns the i-th (0..3) of four 2048-bit RSA keys generated once
+// per process: proposals for the demo's keys of the real protocols'
+// channels (the node keeps the first it stored in the database, so that
+// every process of a cluster shares them).
+func DevRSA(i int) *rsa.PrivateKey {
+	devExtraOnce.Do(func() {
+		for j := range devExtra {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				panic("paysim: generate dev RSA key: " + err.Error())
+			}
+			devExtra[j] = k
+		}
+	})
+	return devExtra[i]
+}
+
+var (
+	devExtraOnce sync.Once
+	devExtra     [4]*rsa.PrivateKey
 )
 
 // DevKeys returns demo keys: secrets derived from seed (the same in every
@@ -47,12 +77,46 @@ func DevKeys(seed string) Keys {
 	return Keys{WXSecret: wx[:], AliSecret: ali[:], AliPrivateKey: devRSA}
 }
 
-// Channels returns the paysim side of k: "wxsim" (HMAC) and "alisim" (RSA).
+// Channels returns the paysim side of k: "wxsim" (HMAC) and "alisim"
+// (RSA), and "wechatpay" and "alipay" when k has their keys.
 func (k Keys) Channels() map[string]ChannelConfig {
-	return map[string]ChannelConfig{
+	m := map[string]ChannelConfig{
 		"wxsim":  {Scheme: HMAC, Secret: k.WXSecret},
 		"alisim": {Scheme: RSA, Secret: k.AliSecret, PrivateKey: k.AliPrivateKey},
 	}
+	if k.WeChat != nil {
+		m["wechatpay"] = ChannelConfig{Scheme: WeChatPay, WeChat: k.WeChat}
+	}
+	if k.Alipay != nil {
+		m["alipay"] = ChannelConfig{Scheme: Alipay, Alipay: k.Alipay}
+	}
+	return m
+}
+
+// Demo accounts of the real protocols' channels.
+const (
+	DemoMchID       = "1900000109"
+	DemoWeChatAppID = "wxd678efh567hg6787"
+	DemoAlipayAppID = "2021000117600001"
+)
+
+// WeChatFrom makes a WeChatPay channel's keys for the demo merchant from
+// seed (its certificate serial, platform key id and APIv3 key) and two
+// RSA keys: the merchant's API key and WeChat Pay's platform key.
+func WeChatFrom(seed string, merchant, platform *rsa.PrivateKey) (*WeChatKeys, WeChatMerchant) {
+	sum := sha256.Sum256([]byte("surge paysim dev wechatpay\x00" + seed))
+	h := hex.EncodeToString(sum[:])
+	k := &WeChatKeys{MchID: DemoMchID, AppID: DemoWeChatAppID, MerchantSerial: strings.ToUpper(h[:40]), MerchantKey: &merchant.PublicKey,
+		PlatformKeyID: "PUB_KEY_ID_01" + DemoMchID + strings.ToUpper(h[40:48]), PlatformKey: platform, APIv3Key: []byte(h[32:64])}
+	return k, WeChatMerchant{MchID: k.MchID, AppID: k.AppID, CertSerial: k.MerchantSerial, PrivateKey: merchant,
+		PlatformKeyID: k.PlatformKeyID, PlatformKey: &platform.PublicKey, APIv3Key: k.APIv3Key}
+}
+
+// AlipayFrom makes an Alipay channel's keys for the demo app from two RSA
+// keys: the app's and Alipay's.
+func AlipayFrom(app, ali *rsa.PrivateKey) (*AlipayKeys, AlipayMerchant) {
+	return &AlipayKeys{AppID: DemoAlipayAppID, AppKey: &app.PublicKey, AlipayKey: ali},
+		AlipayMerchant{AppID: DemoAlipayAppID, PrivateKey: app, AlipayKey: &ali.PublicKey}
 }
 
 // WeChatMerchant is the merchant's side of a WeChatPay channel: what the

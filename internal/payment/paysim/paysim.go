@@ -452,6 +452,33 @@ func (s *Server) Stats(channel string) Stats {
 		Acked: ch.acked.Load(), Failed: ch.failed.Load(), Dropped: ch.dropped.Load(), GaveUp: ch.gaveUp.Load()}
 }
 
+// View is the provider's own record of the transaction merchantID of
+// channel, whatever its protocol shows: its state, amount, all refunded
+// so far and when it was paid (tests and the operator's console read the
+// truth here). payment.ErrUnknownTxn when it has none.
+func (s *Server) View(channel string, merchantID int64) (payment.Status, error) {
+	ch := s.chans[channel]
+	if ch == nil {
+		return payment.Status{}, ErrUnknownChannel.With("paysim has no channel %q", channel)
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	t := ch.byMerchant[merchantID]
+	if t == nil {
+		return payment.Status{}, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", merchantID)
+	}
+	return payment.Status{PaymentID: merchantID, ChannelTxnID: t.id, State: t.state, Amount: t.amount, Refunded: t.refunded,
+		PaidAt: t.paidAt}, nil
+}
+
+// Config is the provider's side of channel (its scheme and keys).
+func (s *Server) Config(channel string) ChannelConfig {
+	if ch := s.chans[channel]; ch != nil {
+		return ch.cfg
+	}
+	return ChannelConfig{}
+}
+
 // Pay is the payer paying transaction txnID (the channel's id) in process,
 // as POST pay_url does. Paying twice is a no-op. It returns
 // payment.ErrUnknownTxn, ErrUnknownChannel, or ErrOutage during an outage.
