@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
+	"database/sql"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -32,9 +34,9 @@ func simKeys(ctx context.Context, db *sqldb.Cluster) (paysim.Keys, error) {
 	k := paysim.DevKeys(hex.EncodeToString(seed))
 	var keys [5]*rsa.PrivateKey
 	for i, name := range []string{"paysim_rsa", "paysim_wechatpay_merchant", "paysim_wechatpay_platform", "paysim_alipay_app", "paysim_alipay"} {
-		proposal := k.AliPrivateKey
+		proposal := func() *rsa.PrivateKey { return k.AliPrivateKey }
 		if i > 0 {
-			proposal = paysim.DevRSA(i - 1)
+			proposal = func() *rsa.PrivateKey { return paysim.DevRSA(i - 1) }
 		}
 		if keys[i], err = storedKey(ctx, db, name, proposal); err != nil {
 			return paysim.Keys{}, err
@@ -47,20 +49,25 @@ func simKeys(ctx context.Context, db *sqldb.Cluster) (paysim.Keys, error) {
 }
 
 // storedKey returns the RSA key stored in settings as name (PKCS#8 PEM),
-// storing proposal there first when there is none: the first process to
-// store one decides for the cluster.
-func storedKey(ctx context.Context, db *sqldb.Cluster, name string, proposal *rsa.PrivateKey) (*rsa.PrivateKey, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(proposal)
-	if err != nil {
-		return nil, err
-	}
+// storing proposal's there first when there is none (a key is costly to
+// make: only then is proposal called): the first process to store one
+// decides for the cluster.
+func storedKey(ctx context.Context, db *sqldb.Cluster, name string, proposal func() *rsa.PrivateKey) (*rsa.PrivateKey, error) {
 	m := db.Main()
-	if _, err := m.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`,
-		name, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
-		return nil, fmt.Errorf("store simulator key %s: %w", name, err)
-	}
 	var stored string
-	if err := m.W.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&stored); err != nil {
+	err := m.W.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&stored)
+	if errors.Is(err, sql.ErrNoRows) {
+		der, merr := x509.MarshalPKCS8PrivateKey(proposal())
+		if merr != nil {
+			return nil, merr
+		}
+		if _, err := m.W.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`,
+			name, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))); err != nil {
+			return nil, fmt.Errorf("store simulator key %s: %w", name, err)
+		}
+		err = m.W.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&stored)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("read simulator key %s: %w", name, err)
 	}
 	block, _ := pem.Decode([]byte(stored))

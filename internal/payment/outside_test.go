@@ -295,7 +295,7 @@ func TestReconcileNetPerPayment(t *testing.T) {
 	if day.Add(time.Minute).Day() != day.Day() {
 		t.Skip("too close to midnight UTC: the payments would straddle two statements")
 	}
-	eachChannel(t, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) { // no active queries: only reconciliation repairs
+	eachOf(t, allChannels, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) { // no active queries: only reconciliation repairs
 		full, stFull := e.paidDropped(c, ch)
 		e.consoleDropped(ch, stFull.PaymentID, 0)
 		part, stPart := e.paidDropped(c, ch)

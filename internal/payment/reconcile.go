@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 	"time"
 )
@@ -172,8 +173,13 @@ func (s *Service) reconcileOne(ctx context.Context, ch Channel, x int64, m *move
 	for _, l := range m.refunds {
 		if ourRefunds[l.RefundID] {
 			ours = true
-		} else {
-			outside = true
+			continue
+		}
+		outside = true
+		if l.RefundID > 0 { // kept one at a time, under the number its notice gives it (see refundnote.go)
+			if err := s.channelRefund(ctx, p.ID, strconv.FormatInt(l.RefundID, 10), l.Amount, l.At); err != nil {
+				return nil, err
+			}
 		}
 	}
 	o, err := s.orders.Peek(ctx, p.OrderID)
@@ -188,6 +194,16 @@ func (s *Service) reconcileOne(ctx context.Context, ch Channel, x int64, m *move
 		var st Status
 		if err := s.call(ctx, ch.Name(), func() (err error) { st, err = ch.Query(ctx, p.ID); return err }); err != nil {
 			return nil, fmt.Errorf("query %s payment %d: %w", ch.Name(), p.ID, err)
+		}
+		// A query may not say how much is refunded (WeChat Pay), or not a
+		// refund in part (Alipay): what surge knows one refund at a time,
+		// the statement's included, counts as much.
+		known, err := s.knownRefunded(ctx, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		if known > st.Refunded && (st.State == Paid || st.State == Refunded) {
+			st.State, st.Refunded = Refunded, min(known, p.Amount)
 		}
 		if !missing && st.Refunded <= p.Refunded {
 			return nil, nil // the ledger knows of the refunds made outside surge

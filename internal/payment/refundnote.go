@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // A channel that notifies each refund on its own (WeChat Pay's REFUND.*
@@ -46,9 +47,8 @@ func (s *Service) refundNoted(ctx context.Context, p *Payment, st Status, note R
 		}
 	}
 	if !ours {
-		if _, err := s.db.ForID(p.ID).W.ExecContext(ctx, `INSERT INTO channel_refunds (payment_id, refund_no, amount, at)
-			VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, refund_no) DO NOTHING`, p.ID, note.OutRefundNo, note.Amount, note.At.UnixMilli()); err != nil {
-			return st, fmt.Errorf("record refund %q of payment %d: %w", note.OutRefundNo, p.ID, err)
+		if err := s.channelRefund(ctx, p.ID, note.OutRefundNo, note.Amount, note.At); err != nil {
+			return st, err
 		}
 	}
 	known, err := s.knownRefunded(ctx, p.ID)
@@ -57,6 +57,16 @@ func (s *Service) refundNoted(ctx context.Context, p *Payment, st Status, note R
 	}
 	st.State, st.Refunded = Refunded, min(known, p.Amount)
 	return st, nil
+}
+
+// channelRefund records, once, the channel's refund refundNo of amount
+// fen of payment paymentID, one surge did not make.
+func (s *Service) channelRefund(ctx context.Context, paymentID int64, refundNo string, amount int64, at time.Time) error {
+	if _, err := s.db.ForID(paymentID).W.ExecContext(ctx, `INSERT INTO channel_refunds (payment_id, refund_no, amount, at)
+		VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, refund_no) DO NOTHING`, paymentID, refundNo, amount, at.UnixMilli()); err != nil {
+		return fmt.Errorf("record refund %q of payment %d: %w", refundNo, paymentID, err)
+	}
+	return nil
 }
 
 // knownRefunded is what surge knows the channel has refunded of payment

@@ -39,27 +39,25 @@ var (
 	devRSA     *rsa.PrivateKey
 )
 
-// DevRSA returns the i-th (0..3) of four 2048-bit RSA keys generated once
-// per process: proposals for the demo's keys of the real protocols'
-// channels (the node keeps the first it stored in the database, so that
-// every process of a cluster shares them).
+// DevRSA returns the i-th (0..3) of four 2048-bit RSA keys, each made
+// once per process when first asked for: proposals for the demo's keys of
+// the real protocols' channels (the node keeps the first one stored in the
+// database, so that every process of a cluster shares them).
 func DevRSA(i int) *rsa.PrivateKey {
-	devExtraOnce.Do(func() {
-		for j := range devExtra {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
-			if err != nil {
-				panic("paysim: generate dev RSA key: " + err.Error())
-			}
-			devExtra[j] = k
+	devExtra[i].once.Do(func() {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			panic("paysim: generate dev RSA key: " + err.Error())
 		}
+		devExtra[i].key = k
 	})
-	return devExtra[i]
+	return devExtra[i].key
 }
 
-var (
-	devExtraOnce sync.Once
-	devExtra     [4]*rsa.PrivateKey
-)
+var devExtra [4]struct {
+	once sync.Once
+	key  *rsa.PrivateKey
+}
 
 // DevKeys returns demo keys: secrets derived from seed (the same in every
 // process), and a 2048-bit RSA key generated once per process whatever the
