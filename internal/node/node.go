@@ -543,6 +543,7 @@ func (n *Node) Run(ctx context.Context) error {
 		})
 		spawn("expiry sweeper", func(ctx context.Context) error { return n.Jobs.Every(ctx, "expiry-sweep", 5*time.Second, n.expireDue) })
 		spawn("refunds of withdrawn orders", func(ctx context.Context) error { return n.Payments.ConsumeWithdrawn(ctx, n.Bus) })
+		spawn("payments of cancelled orders closed", func(ctx context.Context) error { return n.Payments.ConsumeCancelled(ctx, n.Bus) })
 		spawn("payment queries and repairs", func(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "payment-queries", time.Second, n.Payments.Work)
 		})

@@ -123,6 +123,10 @@ type Channel interface {
 	Name() string
 	Create(ctx context.Context, t Txn) (Created, error)
 	Query(ctx context.Context, paymentID int64) (Status, error)
+	// Close closes an unpaid payment so that it can no longer be paid; one
+	// the provider never saw is closed already; a paid one is
+	// ErrPaidAtChannel.
+	Close(ctx context.Context, paymentID int64) error
 	Refund(ctx context.Context, r Refund) error
 	// ParseCallback verifies the signature of a callback and parses it. It
 	// returns ErrBadSignature or ErrBadCallback for anything it cannot trust.

@@ -1,6 +1,7 @@
 package payment_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -319,27 +320,28 @@ func TestMissingCallback(t *testing.T) {
 
 // A payment that succeeds on an order the customer cancelled meanwhile is
 // refunded at its channel and recorded as paid_after_cancel; the order
-// stays cancelled and is never paid.
+// stays cancelled and is never paid. The payer paid just before the
+// cancel, and surge had not heard: closing the payment at its channel
+// finds it paid, and the query that follows applies it as a late payment.
 func TestPaymentAfterCancelRefunded(t *testing.T) {
 	t.Parallel()
 	e := mustStart(t, envOpts{})
-	for _, ch := range channels {
+	for _, ch := range allChannels {
 		t.Run(ch, func(t *testing.T) {
 			t.Parallel()
 			c := e.mustCustomer()
-			oid := c.mustOrder()
-			st := c.mustPay(oid, ch)
+			oid, st := e.paidDropped(c, ch) // the payer paid; its callback is lost
 			if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oid), c.token, nil, nil); r.status != 200 {
 				t.Fatalf("cancel: %d %s", r.status, r.body)
 			}
-			e.mustPayAtChannel(st) // the payer had the pay page open
 			eventually.Saw(t, 10*time.Second, "the late payment refunded at its channel", func() (bool, string) {
 				s, err := e.sim[ch].Query(e.ctx, st.PaymentID)
 				an := e.anomaliesOf(oid)
 				return err == nil && s.State == payment.Refunded && len(an) == 1 && an[0].Refund == "done",
 					fmt.Sprintf("channel %s %v, anomalies %+v", s.State, err, an)
 			})
-			e.waitStats(ch, "callback acknowledged", func(s paysim.Stats) bool { return s.Pending == 0 })
+			e.mustFaults(ch, paysim.Faults{})
+			e.waitStats(ch, "callbacks acknowledged", func(s paysim.Stats) bool { return s.Pending == 0 })
 			if o := e.peek(oid); o.Status != order.Cancelled || o.Version != 2 || o.PaymentID != 0 {
 				t.Errorf("order %s version %d paid by %d; want cancelled version 2, unpaid", o.Status, o.Version, o.PaymentID)
 			}
@@ -354,4 +356,28 @@ func TestPaymentAfterCancelRefunded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An order cancelled (or expired) with a payment open at its channel has
+// the payment closed there: the payer can no longer pay it, and the
+// ledger says closed.
+func TestCancelledOrderClosesItsPayment(t *testing.T) {
+	t.Parallel()
+	eachOf(t, allChannels, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
+		oid := c.mustOrder()
+		st := c.mustPay(oid, ch)
+		if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oid), c.token, nil, nil); r.status != 200 {
+			t.Fatalf("cancel: %d %s", r.status, r.body)
+		}
+		e.waitPayment(oid, st.PaymentID, "closed")
+		if err := paysim.Pay(e.ctx, nil, st.PayURL); !errors.Is(err, paysim.ErrRejected) {
+			t.Fatalf("paying a closed payment at %s: %v, want refused", ch, err)
+		}
+		if s, err := e.sim[ch].Query(e.ctx, st.PaymentID); err != nil || s.State != payment.Closed {
+			t.Fatalf("the channel has %+v %v, want closed", s, err)
+		}
+		if an := e.anomaliesOf(oid); len(an) != 0 {
+			t.Fatalf("anomalies %+v", an)
+		}
+	})
 }

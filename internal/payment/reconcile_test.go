@@ -84,16 +84,20 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	// Also clean: anomalies the callbacks already handled, each refunded at
 	// the channel: a second payment of order E, and a payment of order F
 	// made after its customer cancelled it.
+	// F's payer pays just before the cancel, and its callback is late:
+	// closing it at the channel finds it paid.
+	e.mustFaults("wxsim", paysim.Faults{CallbackDelayMS: 1500})
 	oidE := c.mustOrder()
 	stE1, stE2 := c.mustPay(oidE, "wxsim"), c.mustPay(oidE, "wxsim")
 	oidF := c.mustOrder()
 	stF := c.mustPay(oidF, "wxsim")
-	if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oidF), c.token, nil, nil); r.status != 200 {
-		t.Fatalf("cancel: %d %s", r.status, r.body)
-	}
 	for _, st := range []started{stE1, stE2, stF} {
 		e.mustPayAtChannel(st)
 	}
+	if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oidF), c.token, nil, nil); r.status != 200 {
+		t.Fatalf("cancel: %d %s", r.status, r.body)
+	}
+	e.mustFaults("wxsim", paysim.Faults{})
 	eventually.Saw(t, 10*time.Second, "E and F refunded", func() (bool, string) {
 		ae, af := e.anomaliesOf(oidE), e.anomaliesOf(oidF)
 		return len(ae) == 1 && ae[0].Refund == "done" && len(af) == 1 && af[0].Refund == "done", fmt.Sprintf("E %+v F %+v", ae, af)

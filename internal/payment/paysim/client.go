@@ -103,6 +103,21 @@ func (c *Client) Query(ctx context.Context, paymentID int64) (payment.Status, er
 	return st, nil
 }
 
+// Close closes unpaid payment paymentID: one paysim never saw is closed
+// already; a paid one is payment.ErrPaidAtChannel.
+func (c *Client) Close(ctx context.Context, paymentID int64) error {
+	op := fmt.Sprintf("%s close payment %d", c.channel, paymentID)
+	var v txnView
+	err := c.do(ctx, op, http.MethodPost, "/transactions/"+strconv.FormatInt(paymentID, 10)+"/close", struct{}{}, decodeJSON(&v))
+	switch {
+	case errors.Is(err, payment.ErrUnknownTxn):
+		return nil
+	case errors.Is(err, ErrRejected) && strings.Contains(err.Error(), ErrAlreadyPaid.Code):
+		return payment.ErrPaidAtChannel.With("%s: %v", op, err)
+	}
+	return err
+}
+
 // Refund refunds r (idempotent by r.RefundID).
 func (c *Client) Refund(ctx context.Context, r payment.Refund) error {
 	op := fmt.Sprintf("%s refund %d of payment %d", c.channel, r.RefundID, r.PaymentID)

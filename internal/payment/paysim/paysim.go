@@ -357,6 +357,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /paysim/v1/{channel}/transactions", s.merchant(s.create))
 	mux.HandleFunc("GET /paysim/v1/{channel}/transactions/{id}", s.merchant(s.query))
+	mux.HandleFunc("POST /paysim/v1/{channel}/transactions/{id}/close", s.merchant(s.closeHTTP))
 	mux.HandleFunc("POST /paysim/v1/{channel}/refunds", s.merchant(s.refund))
 	mux.HandleFunc("GET /paysim/v1/{channel}/statements/{day}", s.merchant(s.statement))
 	mux.HandleFunc("POST /paysim/v1/{channel}/pay/{txn}", s.payHTTP)
@@ -772,6 +773,29 @@ func (s *Server) query(w http.ResponseWriter, r *http.Request, ch *channel, _ []
 		fail(w, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", id))
 		return
 	}
+	web.JSON(w, http.StatusOK, v)
+}
+
+func (s *Server) closeHTTP(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
+	id, ok := ParseID(r.PathValue("id"))
+	if !ok {
+		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal"))
+		return
+	}
+	ch.mu.Lock()
+	t := ch.byMerchant[id]
+	ch.mu.Unlock()
+	if t == nil {
+		fail(w, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", id))
+		return
+	}
+	if err := s.close(ch, t); err != nil {
+		fail(w, err)
+		return
+	}
+	ch.mu.Lock()
+	v := t.viewLocked()
+	ch.mu.Unlock()
 	web.JSON(w, http.StatusOK, v)
 }
 
