@@ -260,6 +260,11 @@ func telemetryShare(pid int, run func() error) (cpuProfile, error) {
 			hit = hit || telemetryFrame.MatchString(line)
 		}
 	}
+	if err := sc.Err(); err != nil {
+		script.Process.Kill() // it would block on a full pipe
+		script.Wait()
+		return cpuProfile{}, fmt.Errorf("perf script: %w", err)
+	}
 	if err := script.Wait(); err != nil {
 		return cpuProfile{}, fmt.Errorf("perf script: %w", err)
 	}

@@ -22,8 +22,8 @@ type paymentView struct {
 // simulated channel at a random moment around its expiry, so that about
 // half the callbacks race the expiry timer. Afterwards no order is both
 // cancelled and kept paid, every payment that landed on a cancelled order
-// was refunded at the channel, and the stock is exactly what the paid
-// orders took.
+// was refunded at the channel (or closed there before the payer came),
+// and the stock is exactly what the paid orders took.
 func TestPaymentsRaceExpiry(t *testing.T) {
 	t.Parallel()
 	const admin = "e2e-admin"
@@ -93,7 +93,7 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 	// Every payer has paid (or been refused); the callbacks, expiries and
 	// refunds that follow are waited for order by order below.
 	payers.Wait()
-	var paid, cancelled, refunded int
+	var paid, cancelled, refunded, closed int
 	deadline := time.Now().Add(60 * time.Second)
 	for _, pl := range all {
 		for {
@@ -113,13 +113,17 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 			sim := sim(pl.channel, pl.payment)
 			settled := (o.Status == "paid" && pay.State == "settled" && o.PaymentID == pl.payment && sim.State == "paid") ||
 				(o.Status == "cancelled" && sim.State == "refunded" && pay.State == "refund") ||
-				(o.Status == "cancelled" && sim.State == "pending" && (pay.State == "pending" || pay.State == "created"))
+				(o.Status == "cancelled" && sim.State == "pending" && (pay.State == "pending" || pay.State == "created")) ||
+				(o.Status == "cancelled" && sim.State == "closed" && pay.State == "closed") // closed at the channel before the payer came
 			if settled {
 				switch {
 				case o.Status == "paid":
 					paid++
 				case sim.State == "refunded":
 					refunded++
+					cancelled++
+				case sim.State == "closed":
+					closed++
 					cancelled++
 				default:
 					cancelled++
@@ -161,8 +165,13 @@ func TestPaymentsRaceExpiry(t *testing.T) {
 			t.Fatalf("stock %d after %d paid of %d orders, want %d", got, paid, orders, stock0-paid)
 		}
 	}
-	t.Logf("%d orders: %d paid, %d cancelled (%d of them paid too late and refunded)", orders, paid, cancelled, refunded)
-	if refunded < orders/10 || paid < orders/10 {
-		t.Errorf("the race was not exercised: %d paid, %d refunded", paid, refunded)
+	t.Logf("%d orders: %d paid, %d cancelled (%d of them paid too late and refunded, %d closed at the channel before the payer came)",
+		orders, paid, cancelled, refunded, closed)
+	// A payer who comes after the expiry meets a payment closed at its
+	// channel, or, between the expiry and the close, pays and is refunded:
+	// both are the race lost (TestPaymentAfterCancelRefunded proves the
+	// refund on every channel, deterministically).
+	if refunded+closed < orders/10 || paid < orders/10 {
+		t.Errorf("the race was not exercised: %d paid, %d refunded, %d closed", paid, refunded, closed)
 	}
 }

@@ -298,6 +298,7 @@ func (s *Service) sendRefund(ctx context.Context, refundID int64) error {
 	if ch == nil {
 		return fmt.Errorf("refund %d of payment %d: channel %q not configured", refundID, r.PaymentID, channel)
 	}
+	r.NotifyURL = s.cfg.NotifyBase + "/pay/v1/notify/" + channel // WeChat Pay sends a refund's notice where its request says
 	err = s.call(ctx, channel, func() error { return ch.Refund(ctx, r) })
 	now := s.now()
 	if err == nil {

@@ -247,9 +247,16 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 		// query finds out and closes or settles it.
 		return Started{}, fmt.Errorf("create payment at %s: %w", ch.Name(), err)
 	}
-	if _, err := d.W.ExecContext(ctx, `UPDATE payments SET state = $1, channel_txn = $2, pay_url = $3, updated_at = $4
-		WHERE id = $5 AND state = $6`, stPending, c.ChannelTxnID, c.PayURL, s.now().UnixMilli(), p.ID, stCreated); err != nil {
+	n, err := sqldb.Exec(ctx, d, `UPDATE payments SET state = $1, channel_txn = $2, pay_url = $3, updated_at = $4
+		WHERE id = $5 AND state = $6`, stPending, c.ChannelTxnID, c.PayURL, s.now().UnixMilli(), p.ID, stCreated)
+	if err != nil {
 		return Started{}, fmt.Errorf("update payment %d: %w", p.ID, err)
+	}
+	if n == 0 { // moved while the channel made it: the order was cancelled and the payment closed before the channel had it
+		if cerr := s.call(ctx, ch.Name(), func() error { return ch.Close(ctx, p.ID) }); cerr != nil {
+			s.log.Warn("close payment of a cancelled order", "payment_id", p.ID, "err", cerr)
+		}
+		return Started{}, order.ErrNotPayable.With("order %d was cancelled while its payment was being made", o.ID)
 	}
 	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
 }

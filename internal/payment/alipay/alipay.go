@@ -283,6 +283,9 @@ func (c *Channel) ParseCallback(_ http.Header, body []byte) (payment.Notice, err
 	if v.Get("sign_type") != "RSA2" {
 		return payment.Notice{}, payment.ErrBadSignature.With("alipay notice: sign_type is not RSA2")
 	}
+	if v.Has("alipay_cert_sn") { // public-key mode: a serial would make the SDK fetch a certificate, under its lock
+		return payment.Notice{}, payment.ErrBadSignature.With("alipay notice: alipay_cert_sn given; this app verifies with Alipay's public key")
+	}
 	n, err := c.c.DecodeNotification(context.Background(), v)
 	if err != nil {
 		return payment.Notice{}, payment.ErrBadSignature.With("alipay notice: %v", err)

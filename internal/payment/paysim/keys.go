@@ -103,9 +103,11 @@ const (
 // RSA keys: the merchant's API key and WeChat Pay's platform key.
 func WeChatFrom(seed string, merchant, platform *rsa.PrivateKey) (*WeChatKeys, WeChatMerchant) {
 	sum := sha256.Sum256([]byte("surge paysim dev wechatpay\x00" + seed))
+	secret := sha256.Sum256([]byte("surge paysim dev wechatpay apiv3\x00" + seed)) // apart from the public ids
 	h := hex.EncodeToString(sum[:])
 	k := &WeChatKeys{MchID: DemoMchID, AppID: DemoWeChatAppID, MerchantSerial: strings.ToUpper(h[:40]), MerchantKey: &merchant.PublicKey,
-		PlatformKeyID: "PUB_KEY_ID_01" + DemoMchID + strings.ToUpper(h[40:48]), PlatformKey: platform, APIv3Key: []byte(h[32:64])}
+		PlatformKeyID: "PUB_KEY_ID_01" + DemoMchID + strings.ToUpper(h[40:48]), PlatformKey: platform,
+		APIv3Key: []byte(hex.EncodeToString(secret[:16]))}
 	return k, WeChatMerchant{MchID: k.MchID, AppID: k.AppID, CertSerial: k.MerchantSerial, PrivateKey: merchant,
 		PlatformKeyID: k.PlatformKeyID, PlatformKey: &platform.PublicKey, APIv3Key: k.APIv3Key}
 }

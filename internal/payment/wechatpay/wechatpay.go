@@ -316,7 +316,7 @@ func (c *Channel) Close(ctx context.Context, paymentID int64) error {
 	var api *core.APIError
 	if errors.As(err, &api) {
 		switch api.Code {
-		case "ORDER_NOT_EXIST", "ORDERCLOSED":
+		case "ORDER_NOT_EXIST", "ORDER_CLOSED", "ORDERCLOSED": // v3 says ORDER_CLOSED; v2's spelling too
 			return nil
 		case "ORDERPAID":
 			return payment.ErrPaidAtChannel.With("wechatpay close %s: %s", no, api.Message)
@@ -355,7 +355,8 @@ func (c *Channel) Refund(ctx context.Context, r payment.Refund) error {
 // fail classifies an error of the SDK: the caller's cancellation as it
 // is; transport failures, timeouts, 5xx and 429 -> payment.ErrChannelDown;
 // ORDER_NOT_EXIST and RESOURCE_NOT_EXISTS -> payment.ErrUnknownTxn; 401
-// and 403 -> payment.ErrMerchantAuth; other 4xx -> payment.ErrRejected; an
+// -> payment.ErrMerchantAuth; other 4xx (403 included: WeChat Pay's
+// business refusals) -> payment.ErrRejected; an
 // answer whose signature does not verify -> payment.ErrBadAnswer.
 func (c *Channel) fail(ctx context.Context, op string, err error) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
@@ -369,7 +370,7 @@ func (c *Channel) fail(ctx context.Context, op string, err error) error {
 			return payment.ErrChannelDown.With("%s", detail)
 		case api.Code == "ORDER_NOT_EXIST" || api.Code == "RESOURCE_NOT_EXISTS":
 			return payment.ErrUnknownTxn.With("%s", detail)
-		case api.StatusCode == http.StatusUnauthorized || api.StatusCode == http.StatusForbidden:
+		case api.StatusCode == http.StatusUnauthorized: // 403 is a business refusal (NOT_ENOUGH, TRADE_ERROR, ...)
 			return payment.ErrMerchantAuth.With("%s", detail)
 		}
 		return payment.ErrRejected.With("%s", detail)

@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -63,19 +64,22 @@ func serverFailed(err error) bool {
 // opener goroutine held, and every caller waiting for a connection would
 // wait out its deadline instead of being refused. Half-open probes come
 // from callers with deadlines (database/sql connects for a caller itself
-// while the pool has a free slot).
+// while the pool has a free slot), and from probeSoon, which each such
+// refusal starts on a goroutine of its own.
 // openerTimeout bounds a connect that has no deadline of its own.
 const openerTimeout = 2 * time.Second
 
 type guardedConnector struct {
 	driver.Connector
-	b *breaker.Breaker
+	b       *breaker.Breaker
+	probing *atomic.Bool // a probe of probeSoon is on its way
 }
 
 func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	opened := c.b.Opened()
 	if _, bounded := ctx.Deadline(); !bounded {
 		if c.b.Failing() || !c.b.Closed() {
+			c.probeSoon()
 			return nil, c.b.Err()
 		}
 		var cancel context.CancelFunc
@@ -108,6 +112,32 @@ func (c guardedConnector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, fmt.Errorf("sqldb: pgx made a %T, not a *stdlib.Conn", conn)
 	}
 	return &guardedConn{Conn: pc, b: c.b}, nil
+}
+
+// probeSoon connects once, on a goroutine of its own and within
+// openerTimeout, when the breaker lets it (half-open: the probe; closed:
+// a connect that counts), and closes the connection at once. A connect
+// without a deadline is refused while the breaker is not closed (see
+// above); a node whose only callers have no deadline (a worker's jobs)
+// would otherwise never probe the server again, and its breaker would
+// stay open. At most one such probe runs at a time.
+func (c guardedConnector) probeSoon() {
+	if c.probing == nil || !c.probing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer c.probing.Store(false)
+		if c.b.Allow() != nil {
+			return // open still: the next refusal tries again
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), openerTimeout)
+		defer cancel()
+		conn, err := c.Connector.Connect(ctx)
+		done(ctx, c.b, err)
+		if conn != nil {
+			conn.Close()
+		}
+	}()
 }
 
 // done records the outcome of a call b let through. A call whose ctx the

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/platform/breaker"
 )
 
@@ -27,9 +28,10 @@ func (h *hungConnector) Driver() driver.Driver { return nil }
 // for every caller queued for a connection. A half-open breaker's probe
 // taken there would hang for openerTimeout and hold up the whole queue
 // (the callers waited out their deadlines instead of being refused, as
-// TestBreakerRacingCalls saw under load); the opener is refused at once
-// and leaves the probe to a caller with a deadline.
-func TestOpenerLeavesTheProbeToBoundedCallers(t *testing.T) {
+// TestBreakerRacingCalls saw under load): the opener is refused at once,
+// and the probe runs on a goroutine of its own (probeSoon), so that a node
+// whose only callers have no deadline still probes the server.
+func TestOpenerLeavesTheProbeToItsOwnGoroutine(t *testing.T) {
 	t.Parallel()
 	b := breaker.New("test", nil)
 	for range 20 {
@@ -40,24 +42,60 @@ func TestOpenerLeavesTheProbeToBoundedCallers(t *testing.T) {
 	}
 	time.Sleep(breaker.Delay + 100*time.Millisecond) // due to go half-open; Failing no longer (the failures are old)
 	h := &hungConnector{}
-	c := guardedConnector{Connector: h, b: b}
+	c := guardedConnector{Connector: h, b: b, probing: new(atomic.Bool)}
 
 	t0 := time.Now()
 	_, err := c.Connect(context.Background())
-	if !errors.Is(err, breaker.ErrOpen) || h.tried.Load() != 0 {
-		t.Fatalf("the opener's connect while half-open: %v, %d tries of the server; want ErrOpen and none", err, h.tried.Load())
+	if !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("the opener's connect while half-open: %v; want ErrOpen", err)
 	}
 	if took := time.Since(t0); took > 100*time.Millisecond {
-		t.Fatalf("the opener's refusal took %v", took)
+		t.Fatalf("the opener's refusal took %v: it waited on the server", took)
 	}
+	eventually.True(t, time.Second, "the probe tries the server", func() bool { return h.tried.Load() == 1 })
+	c.Connect(context.Background()) // refused again: one probe at a time
+	time.Sleep(50 * time.Millisecond)
+	if n := h.tried.Load(); n != 1 {
+		t.Fatalf("%d tries of the server, want the one probe", n)
+	}
+	// The probe hangs until openerTimeout, then fails: open again.
+	eventually.True(t, 2*openerTimeout, "the failed probe opens the breaker", func() bool { return b.State() == "open" })
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = c.Connect(ctx)
-	if h.tried.Load() != 1 || err == nil {
-		t.Fatalf("a caller's bounded connect while half-open: %v, %d tries of the server; want it to probe, and fail", err, h.tried.Load())
+// A server that answers again closes the breaker through probeSoon alone,
+// with no caller that has a deadline.
+func TestProbesAloneCloseTheBreaker(t *testing.T) {
+	t.Parallel()
+	b := breaker.New("test", nil)
+	for range 20 {
+		b.Failure()
 	}
-	if b.State() != "open" {
-		t.Fatalf("breaker %s after its probe failed; want open", b.State())
+	time.Sleep(breaker.Delay + 100*time.Millisecond)
+	up := &upConnector{}
+	c := guardedConnector{Connector: up, b: b, probing: new(atomic.Bool)}
+	eventually.True(t, 5*time.Second, "closed by probes", func() bool {
+		if _, err := c.Connect(context.Background()); err == nil {
+			return true
+		}
+		return b.Closed()
+	})
+	if up.tried.Load() < 2 {
+		t.Fatalf("%d probes; the breaker needs 2 successes to close", up.tried.Load())
 	}
 }
+
+// upConnector is a server that answers: a connection that does nothing.
+type upConnector struct{ tried atomic.Int32 }
+
+func (u *upConnector) Connect(context.Context) (driver.Conn, error) {
+	u.tried.Add(1)
+	return nopConn{}, nil
+}
+
+func (u *upConnector) Driver() driver.Driver { return nil }
+
+type nopConn struct{}
+
+func (nopConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("nop") }
+func (nopConn) Close() error                        { return nil }
+func (nopConn) Begin() (driver.Tx, error)           { return nil, errors.New("nop") }

@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -223,7 +224,7 @@ func openPostgres(dsn string, opt Options) (*DB, error) {
 	}
 	cfg.DialFunc = markDial(cfg.DialFunc) // a broken connection's errors say they came from here (unavailable.go)
 	br := breaker.New("sqldb "+name, serverFailed)
-	db := sql.OpenDB(guardedConnector{Connector: stdlib.GetConnector(*cfg), b: br})
+	db := sql.OpenDB(guardedConnector{Connector: stdlib.GetConnector(*cfg), b: br, probing: new(atomic.Bool)})
 	n := opt.MaxConns
 	if n <= 0 {
 		n = 8 * runtime.GOMAXPROCS(0)
