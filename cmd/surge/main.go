@@ -30,6 +30,8 @@ import (
 	"github.com/surge-platform/surge/internal/monitor"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/alipay"
+	"github.com/surge-platform/surge/internal/payment/wechatpay"
 	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/heapfloor"
 	"github.com/surge-platform/surge/internal/platform/obs"
@@ -160,6 +162,16 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 			o.PayWeights[name] = n
 		}
 		return nil
+	})
+	fs.Func("wechatpay", "the merchant's WeChat Pay API v3 credentials: mchid=…,appid=…,serial=…,key-file=PATH,platform-key-id=PUB_KEY_ID_…,platform-key-file=PATH,apiv3-key-env=NAME[,url=…] (each key-file may be key-env=NAME instead; docs/payments.md); default the simulator's", func(v string) error {
+		c, err := wechatpay.FromSpec(v, os.Getenv)
+		o.WeChatPay = &c
+		return err
+	})
+	fs.Func("alipay", "the app's Alipay credentials: appid=…,key-file=PATH,alipay-key-file=PATH[,gateway=URL] (each …-file may be …-env=NAME instead; docs/payments.md); default the simulator's", func(v string) error {
+		c, err := alipay.FromSpec(v, os.Getenv)
+		o.Alipay = &c
+		return err
 	})
 	fs.DurationVar(&o.PayQuery, "pay-query-after", 10*time.Second, "actively query a payment whose callback has not come after this long")
 	fs.StringVar(&o.NotifyURL, "notify-url", "", "webhook for customer notifications (signed, retried, behind a breaker); default the simulator's inbox at <pay-url>/paysim/v1/messages; off: none")

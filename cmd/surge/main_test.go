@@ -46,6 +46,8 @@ func TestBadInvocations(t *testing.T) {
 		{"migrate", "--db", "mysql://x"},
 		{"serve", "--pay-weights", "wxsim=0"},
 		{"serve", "--pay-weights", "wxsim"},
+		{"serve", "--wechatpay", "mchid=1900000109,appid=wx1"},
+		{"serve", "--alipay", "appid=2021000117600001,key-env=SURGE_TEST_NO_SUCH_KEY,alipay-key-env=SURGE_TEST_NO_SUCH_KEY"},
 	} {
 		var out, errb bytes.Buffer
 		if err := run(t.Context(), args, &out, &errb); err == nil {
@@ -63,5 +65,19 @@ func TestHelpNamesTheCommands(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}
+	}
+}
+
+// A channel's credentials that are missing or malformed stop the start
+// with an error that names the flag and what is wrong.
+func TestBadCredentialsNamed(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"serve", "--wechatpay", "mchid=1900000109,appid=wx1,serial=AB"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error()+errb.String(), "--wechatpay: missing platform-key-id") {
+		t.Fatalf("%v %s", err, errb.String())
+	}
+	err = run(t.Context(), []string{"serve", "--alipay", "appid=2021,key-env=SURGE_TEST_NO_SUCH_KEY,alipay-key-env=X"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error()+errb.String(), "SURGE_TEST_NO_SUCH_KEY is not set") {
+		t.Fatalf("%v %s", err, errb.String())
 	}
 }

@@ -62,34 +62,36 @@ var Roles = []string{"api", "worker", "paysim", "fulfil", "push", "monitor"}
 
 // Config is everything a node needs; cmd/surge fills it from flags and env.
 type Config struct {
-	Addr           string           // listen address; ":0" picks a free port
-	Data           string           // directory for the embedded backends
-	Roles          []string         // subset of Roles, or ["all"]
-	DB             []string         // database URLs; empty = sqlite:<Data>/db
-	KV             string           // kv URL; empty = mem:
-	Bus            string           // bus URL; empty = embedded:<Data>/nats
-	AdminToken     string           // empty = random, printed at start
-	OrderTTL       time.Duration    // time to pay an order
-	NodeID         int              // id generator node; -1 = lease the lowest free one
-	DBMaxConns     int              // per PostgreSQL database; 0 = default
-	Migrate        bool             // apply migrations at start
-	RelayPoll      time.Duration    // outbox backstop poll; 0 = 1s
-	PublicURL      string           // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
-	PayURL         string           // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
-	PayQuery       time.Duration    // first active query of an unpaid payment; 0 = 10s
-	PayWeights     map[string]int   // routing weight per channel; missing = 1
-	WSPing         time.Duration    // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
-	NotifyURL      string           // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
-	Flash          flashsale.Config // flash-sale purchase limits; zero = defaults
-	Edge           edge.Config      // the HTTP chain's limits and shedder; zero = none
-	GlobalRPS      int64            // the cluster-wide request cap (customer requests); 0 = none
-	GlobalNodes    int              // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
-	MaxConns       int              // open connections; 0 = no cap
-	RequestTimeout time.Duration    // every request but a socket's gives up after this; 0 = never
-	Proxies        []netip.Prefix   // trusted reverse proxies (their X-Forwarded-For names the client)
-	Telemetry      bool             // RED metrics and a trace per request (false: neither; /metrics serves the rest)
-	OTLP           string           // export spans over OTLP/HTTP to this URL; "" = none
-	TraceRatio     float64          // with OTLP: share of new traces recorded (0..1)
+	Addr           string            // listen address; ":0" picks a free port
+	Data           string            // directory for the embedded backends
+	Roles          []string          // subset of Roles, or ["all"]
+	DB             []string          // database URLs; empty = sqlite:<Data>/db
+	KV             string            // kv URL; empty = mem:
+	Bus            string            // bus URL; empty = embedded:<Data>/nats
+	AdminToken     string            // empty = random, printed at start
+	OrderTTL       time.Duration     // time to pay an order
+	NodeID         int               // id generator node; -1 = lease the lowest free one
+	DBMaxConns     int               // per PostgreSQL database; 0 = default
+	Migrate        bool              // apply migrations at start
+	RelayPoll      time.Duration     // outbox backstop poll; 0 = 1s
+	PublicURL      string            // base URL others reach this node's API at (payment callbacks); "" = http://<listen address>
+	PayURL         string            // base URL of the payment provider (simulator); "" = this node's when it runs paysim, else PublicURL
+	WeChatPay      *wechatpay.Config // the merchant's credentials at WeChat Pay (--wechatpay); nil: the simulator's keys at PayURL
+	Alipay         *alipay.Config    // the app's at Alipay (--alipay); nil: the simulator's keys at PayURL
+	PayQuery       time.Duration     // first active query of an unpaid payment; 0 = 10s
+	PayWeights     map[string]int    // routing weight per channel; missing = 1
+	WSPing         time.Duration     // push: ping sockets idle this long, drop them after 3 × it; 0 = 25s
+	NotifyURL      string            // webhook for customer notifications; "" = the simulator's (PayURL's) inbox; "off" = none
+	Flash          flashsale.Config  // flash-sale purchase limits; zero = defaults
+	Edge           edge.Config       // the HTTP chain's limits and shedder; zero = none
+	GlobalRPS      int64             // the cluster-wide request cap (customer requests); 0 = none
+	GlobalNodes    int               // api nodes assumed until kv has counted them (a node cut off from kv at start takes GlobalRPS / this); 0 = 1
+	MaxConns       int               // open connections; 0 = no cap
+	RequestTimeout time.Duration     // every request but a socket's gives up after this; 0 = never
+	Proxies        []netip.Prefix    // trusted reverse proxies (their X-Forwarded-For names the client)
+	Telemetry      bool              // RED metrics and a trace per request (false: neither; /metrics serves the rest)
+	OTLP           string            // export spans over OTLP/HTTP to this URL; "" = none
+	TraceRatio     float64           // with OTLP: share of new traces recorded (0..1)
 	// Spans, when set, receives every span (tests; OTLP is then ignored).
 	Spans sdktrace.SpanExporter
 	// Alerts are the chat webhooks the monitor role sends alerts to, and
@@ -409,7 +411,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if payURL == "" {
 			payURL = public
 		}
-		channels, err := simChannels(payURL, keys)
+		channels, err := simChannels(payURL, keys, cfg.WeChatPay, cfg.Alipay)
 		if err != nil {
 			return nil, err
 		}
@@ -419,9 +421,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if n.Fulfil == nil {
 			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, nil, log.With("role", "refunds"))
 		}
-		// wechatpay and alipay take payments only when asked for by name
-		// until they replace wxsim and alisim (issue 14), unless weighted.
-		weights := map[string]int{wechatpay.Name: 0, alipay.Name: 0}
+		// wechatpay and alipay at the simulator take payments only when
+		// asked for by name until they replace wxsim and alisim (issue 14),
+		// unless weighted; with the provider's credentials, as any channel.
+		weights := map[string]int{}
+		if cfg.WeChatPay == nil {
+			weights[wechatpay.Name] = 0
+		}
+		if cfg.Alipay == nil {
+			weights[alipay.Name] = 0
+		}
 		maps.Copy(weights, cfg.PayWeights)
 		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, weights, log,
 			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})

@@ -85,18 +85,25 @@ func storedKey(ctx context.Context, db *sqldb.Cluster, name string, proposal fun
 	return rk, nil
 }
 
-// simChannels are the payment channels at the simulator at payURL, with
-// the demo's keys: wxsim and alisim (protocols of our own), wechatpay and
-// alipay (WeChat Pay's and Alipay's, on their SDKs).
-func simChannels(payURL string, k paysim.Keys) ([]payment.Channel, error) {
-	wx, err := wechatpay.New(wechatpay.Config{BaseURL: strings.TrimRight(payURL, "/"), MchID: k.WeChatMerchant.MchID,
-		AppID: k.WeChatMerchant.AppID, CertSerial: k.WeChatMerchant.CertSerial, PrivateKey: k.WeChatMerchant.PrivateKey,
-		PlatformKeyID: k.WeChatMerchant.PlatformKeyID, PlatformKey: k.WeChatMerchant.PlatformKey, APIv3Key: string(k.WeChatMerchant.APIv3Key)})
+// simChannels are the payment channels: wxsim and alisim (protocols of
+// our own) at the simulator at payURL, and wechatpay and alipay (WeChat
+// Pay's and Alipay's, on their SDKs) with the merchant's credentials when
+// given (wx, ali), else at the simulator with the demo's keys.
+func simChannels(payURL string, k paysim.Keys, wxCfg *wechatpay.Config, aliCfg *alipay.Config) ([]payment.Channel, error) {
+	if wxCfg == nil {
+		wxCfg = &wechatpay.Config{BaseURL: strings.TrimRight(payURL, "/"), MchID: k.WeChatMerchant.MchID,
+			AppID: k.WeChatMerchant.AppID, CertSerial: k.WeChatMerchant.CertSerial, PrivateKey: k.WeChatMerchant.PrivateKey,
+			PlatformKeyID: k.WeChatMerchant.PlatformKeyID, PlatformKey: k.WeChatMerchant.PlatformKey, APIv3Key: string(k.WeChatMerchant.APIv3Key)}
+	}
+	wx, err := wechatpay.New(*wxCfg)
 	if err != nil {
 		return nil, err
 	}
-	ali, err := alipay.New(alipay.Config{Gateway: strings.TrimRight(payURL, "/") + "/paysim/v1/" + alipay.Name + "/gateway.do",
-		AppID: k.AlipayApp.AppID, PrivateKey: k.AlipayApp.PrivateKey, AlipayKey: k.AlipayApp.AlipayKey})
+	if aliCfg == nil {
+		aliCfg = &alipay.Config{Gateway: strings.TrimRight(payURL, "/") + "/paysim/v1/" + alipay.Name + "/gateway.do",
+			AppID: k.AlipayApp.AppID, PrivateKey: k.AlipayApp.PrivateKey, AlipayKey: k.AlipayApp.AlipayKey}
+	}
+	ali, err := alipay.New(*aliCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -139,8 +139,9 @@ func (r *Router) Out(name string) bool {
 // ChannelState is one channel as the router sees it.
 type ChannelState struct {
 	Name      string  `json:"name"`
-	Weight    int     `json:"weight"`
-	Effective int     `json:"effective_weight"`
+	Weight    int     `json:"weight"`           // 0: used only when a payment asks for it (named_only)
+	Effective int     `json:"effective_weight"` // in picks now: 0 when named only, off, or out
+	NamedOnly bool    `json:"named_only"`
 	ForcedOff bool    `json:"forced_off"` // its switch pay.channel.<name> is off (cluster-wide)
 	Out       bool    `json:"out"`
 	Probation bool    `json:"probation"`
@@ -159,7 +160,11 @@ func (r *Router) States() []ChannelState {
 		h := r.h[name]
 		calls, fails, mean := h.statsLocked(now)
 		st := ChannelState{Name: name, Weight: h.weight, Effective: r.effectiveLocked(name, now), ForcedOff: !r.on(name),
-			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000}
+			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000,
+			NamedOnly: h.named}
+		if h.named {
+			st.Weight, st.Effective = 0, 0
+		}
 		if calls > 0 {
 			st.ErrorRate = float64(fails) / float64(calls)
 		}

@@ -5,10 +5,15 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -117,5 +122,49 @@ func TestNoticeAsDocumented(t *testing.T) {
 	v.Set("out_biz_no", "7350468214562889999")
 	if n, err := ch.ParseCallback(nil, sign(k.Alipay.AlipayKey, v)); err != nil || n.State != payment.Refunded || n.Refunded != 30 {
 		t.Fatalf("a refund's notice: %+v %v", n, err)
+	}
+}
+
+// The app's keys come from files or the environment named by --alipay's
+// spec (PEM, or the bare base64 Alipay's console shows); with them the
+// adapter talks to a gateway holding the other halves. A missing or
+// malformed one is a clear error.
+func TestFromSpec(t *testing.T) {
+	t.Parallel()
+	k := keys(t, "2021000117600001")
+	v, _ := apps.Load(k.Alipay)
+	m := v.(paysim.AlipayMerchant)
+	dir := t.TempDir()
+	der, _ := x509.MarshalPKCS8PrivateKey(m.PrivateKey)
+	keyFile := filepath.Join(dir, "app_private_key.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	pub, _ := x509.MarshalPKIXPublicKey(m.AlipayKey)
+	env := map[string]string{"ALIPAY_PUBLIC_KEY": base64.StdEncoding.EncodeToString(pub)} // as the console shows it
+	getenv := func(k string) string { return env[k] }
+	srv := paysim.New(paysim.Config{Channels: map[string]paysim.ChannelConfig{"alipay": k}})
+	ps := httptest.NewServer(srv.Handler())
+	defer ps.Close()
+	good := "appid=" + m.AppID + ",key-file=" + keyFile + ",alipay-key-env=ALIPAY_PUBLIC_KEY,gateway=" + ps.URL + "/paysim/v1/alipay/gateway.do"
+	cfg, err := alipay.FromSpec(good, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := alipay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Query(t.Context(), 123456); !errors.Is(err, payment.ErrUnknownTxn) {
+		t.Fatalf("a query with the keys of the spec: %v, want Alipay's signed unknown trade", err)
+	}
+	for _, tc := range []struct{ spec, want string }{
+		{strings.Replace(good, "appid="+m.AppID+",", "", 1), "missing appid"},
+		{strings.Replace(good, "alipay-key-env=ALIPAY_PUBLIC_KEY", "alipay-key-env=NOPE", 1), "NOPE is not set"},
+		{strings.Replace(good, "key-file="+keyFile+",", "", 1), "missing key-file or key-env"},
+		{strings.Replace(good, "alipay-key-env=ALIPAY_PUBLIC_KEY", "alipay-key-file="+keyFile, 1), "not a PEM block of PUBLIC KEY"},
+		{good + ",gateway=x", "gateway given twice"},
+	} {
+		if _, err := alipay.FromSpec(tc.spec, getenv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("spec %q: %v, want an error saying %q", tc.spec, err, tc.want)
+		}
 	}
 }

@@ -6,9 +6,14 @@ import (
 	"crypto/cipher"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,5 +115,65 @@ func TestNoticeAsDocumented(t *testing.T) {
 		gcm.Seal(nil, []byte(nonce), []byte(plain), []byte("refund"))), 1)), []byte(strings.Replace(body, ct,
 		base64.StdEncoding.EncodeToString(gcm.Seal(nil, []byte(nonce), []byte(plain), []byte("refund"))), 1))); !errors.Is(err, payment.ErrBadCallback) {
 		t.Fatalf("sealed with other associated data: %v", err)
+	}
+}
+
+// The merchant's credentials come from files and the environment named by
+// --wechatpay's spec; with them the adapter talks to a platform holding
+// the other halves. Every missing or malformed credential is a clear
+// error that names it, and no error carries a secret.
+func TestFromSpec(t *testing.T) {
+	t.Parallel()
+	k := keys(t, "1900000109")
+	v, _ := merchants.Load(k.WeChat)
+	m := v.(paysim.WeChatMerchant)
+	dir := t.TempDir()
+	der, _ := x509.MarshalPKCS8PrivateKey(m.PrivateKey)
+	keyFile := filepath.Join(dir, "apiclient_key.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	pub, _ := x509.MarshalPKIXPublicKey(m.PlatformKey)
+	pubFile := filepath.Join(dir, "pub_key.pem")
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+	env := map[string]string{"APIV3": string(m.APIv3Key)}
+	getenv := func(k string) string { return env[k] }
+	srv := paysim.New(paysim.Config{Channels: map[string]paysim.ChannelConfig{"wechatpay": k}})
+	ps := httptest.NewServer(srv.Handler())
+	defer ps.Close()
+	good := "mchid=" + m.MchID + ",appid=" + m.AppID + ",serial=" + m.CertSerial + ",key-file=" + keyFile +
+		",platform-key-id=" + m.PlatformKeyID + ",platform-key-file=" + pubFile + ",apiv3-key-env=APIV3,url=" + ps.URL
+	cfg, err := wechatpay.FromSpec(good, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := wechatpay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.Query(t.Context(), 123456); !errors.Is(err, payment.ErrUnknownTxn) {
+		t.Fatalf("a query with the credentials of the spec: %v, want the platform's signed unknown transaction", err)
+	}
+	bad := filepath.Join(dir, "bad.pem")
+	os.WriteFile(bad, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600)
+	for _, tc := range []struct{ spec, want string }{
+		{strings.Replace(good, "mchid="+m.MchID+",", "", 1), "missing mchid"},
+		{good + ",color=red", `unknown key "color"`},
+		{good + ",appid=x", "appid given twice"},
+		{strings.Replace(good, "apiv3-key-env=APIV3", "apiv3-key-env=NOPE", 1), "NOPE is not set"},
+		{strings.Replace(good, "apiv3-key-env=APIV3", "apiv3-key-env=APIV3,apiv3-key-file="+keyFile, 1), "not both"},
+		{strings.Replace(good, "key-file="+keyFile, "key-file="+pubFile, 1), "not a PEM block of PRIVATE KEY"},
+		{strings.Replace(good, "key-file="+keyFile, "key-file="+bad, 1), "not an RSA private key"},
+		{strings.Replace(good, "key-file="+keyFile, "key-file="+filepath.Join(dir, "none.pem"), 1), "no such file"},
+		{strings.Replace(good, "platform-key-file="+pubFile, "platform-key-file="+keyFile, 1), "not a PEM block of PUBLIC KEY"},
+		{strings.Replace(good, "apiv3-key-env=APIV3", "apiv3-key-file="+pubFile, 1), "APIv3 key is"},
+		{strings.Replace(good, "url="+ps.URL, "url="+ps.URL+"/v3", 1), "no path"},
+		{"mchid", "is not key=value"},
+	} {
+		_, err := wechatpay.FromSpec(tc.spec, getenv)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("spec %q: %v, want an error saying %q", tc.spec, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), string(m.APIv3Key)) {
+			t.Errorf("an error carries the APIv3 key: %v", err)
+		}
 	}
 }
