@@ -592,3 +592,40 @@ func TestOwnRefundToldBack(t *testing.T) {
 		e.mustConserved(oid, o.Payable-rf.Amount-100)
 	})
 }
+
+// WeChat Pay's query says a payment is refunded, not how much. A payment
+// paid and refunded at the console while every notice was lost is, to the
+// active query, refunded by an unknown amount: it pays nothing, and the
+// anomaly refunded_amount_unknown tells the operator. The day's bill then
+// says how much: reconciliation records it as refunded outside surge,
+// surge refunds the rest, and the unknown is gone.
+func TestRefundedByAnUnknownAmount(t *testing.T) {
+	t.Parallel()
+	day := time.Now().UTC()
+	if day.Add(time.Minute).Day() != day.Day() {
+		t.Skip("too close to midnight UTC: the payment would straddle two statements")
+	}
+	eachOf(t, []string{"wechatpay"}, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
+		oid, st := e.paidDropped(c, ch)
+		amount := e.peek(oid).Payable
+		e.consoleDropped(ch, st.PaymentID, 100)
+		e.mustFaults(ch, paysim.Faults{})
+		e.queryNow(st.PaymentID)
+		eventually.Saw(t, 10*time.Second, "refunded_amount_unknown", func() (bool, string) {
+			an := e.anomaliesOf(oid)
+			return len(an) == 1 && an[0].Kind == "refunded_amount_unknown" && an[0].Captured == amount, fmt.Sprintf("%+v", an)
+		})
+		if p := e.payment(oid, st.PaymentID); p.State != "pending" || p.Refunded != 0 {
+			t.Fatalf("payment %+v; want pending, nothing known refunded", *p)
+		}
+		e.mustUnpaid(oid)
+
+		if _, err := e.n.Payments.Reconcile(e.ctx, ch, day); err != nil {
+			t.Fatal(err)
+		}
+		e.waitPayment(oid, st.PaymentID, "reversed")
+		e.mustAnomaly(oid, st.PaymentID, "refunded_outside", amount, 100) // and the unknown dropped: exactly one
+		e.mustUnpaid(oid)
+		e.mustConserved(oid, 0)
+	})
+}

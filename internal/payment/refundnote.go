@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
 // A channel that notifies each refund on its own (WeChat Pay's REFUND.*
@@ -62,9 +64,13 @@ func (s *Service) refundNoted(ctx context.Context, p *Payment, st Status, note R
 // channelRefund records, once, the channel's refund refundNo of amount
 // fen of payment paymentID, one surge did not make.
 func (s *Service) channelRefund(ctx context.Context, paymentID int64, refundNo string, amount int64, at time.Time) error {
-	if _, err := s.db.ForID(paymentID).W.ExecContext(ctx, `INSERT INTO channel_refunds (payment_id, refund_no, amount, at)
-		VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, refund_no) DO NOTHING`, paymentID, refundNo, amount, at.UnixMilli()); err != nil {
+	n, err := sqldb.Exec(ctx, s.db.ForID(paymentID), `INSERT INTO channel_refunds (payment_id, refund_no, amount, at)
+		VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id, refund_no) DO NOTHING`, paymentID, refundNo, amount, at.UnixMilli())
+	if err != nil {
 		return fmt.Errorf("record refund %q of payment %d: %w", refundNo, paymentID, err)
+	}
+	if n > 0 { // the amount is known now: what follows records it as it is
+		return s.dropAnomaly(ctx, anomalyUnknown, paymentID)
 	}
 	return nil
 }

@@ -46,6 +46,7 @@ const (
 	anomalyOutside     = "refunded_outside"            // refunded at the channel outside surge before surge applied it
 	anomalyPaidOutside = "paid_order_refunded_outside" // the payment that paid its order, refunded at the channel outside surge
 	anomalyRefused     = "refund_refused"              // the channel refused one of our refunds RefundAttempts times
+	anomalyUnknown     = "refunded_amount_unknown"     // the channel says refunded, not how much, and surge knows of no refund
 )
 
 // captured reports whether a payment in ledger state st took the payer's
@@ -359,10 +360,10 @@ func (s *Service) observe(ctx context.Context, p *Payment, st Status) error {
 		if err != nil {
 			return err
 		}
-		if known == 0 {
-			s.log.Warn("the channel says the payment is refunded, not how much: waiting for the refund's notice or the bill",
-				"payment_id", p.ID, "channel", p.Channel)
-			return nil
+		if known == 0 { // pays nothing, and the operator knows, until a notice or the bill says how much
+			return s.anomaly(ctx, Anomaly{Kind: anomalyUnknown, OrderID: p.OrderID, PaymentID: p.ID, Captured: p.Amount,
+				Detail: fmt.Sprintf("the channel says payment %d (%d fen, order %d) is refunded, not how much, and surge knows of no refund of it: it pays nothing until the refund's notice or the bill says how much; check it in the merchant platform",
+					p.ID, p.Amount, p.OrderID)})
 		}
 		st.Refunded = min(known, p.Amount)
 	}
