@@ -22,18 +22,26 @@ const closeDeliveries = 20
 // ConsumeCancelled closes, until ctx is done, the unpaid payments of the
 // orders cancelled or expired (order.cancelled) at their channels.
 func (s *Service) ConsumeCancelled(ctx context.Context, b *bus.Bus) error {
+	return s.consumeOrders(ctx, b, "payment-close", order.EvCancelled, closeDeliveries,
+		func(ctx context.Context, ev order.Event) error { return s.CloseUnpaid(ctx, ev.OrderID) })
+}
+
+// consumeOrders runs f on every order event of type typ, until ctx is
+// done, as durable consumer name (at most deliveries tries each). An
+// event that does not decode is logged and dropped.
+func (s *Service) consumeOrders(ctx context.Context, b *bus.Bus, name, typ string, deliveries int, f func(context.Context, order.Event) error) error {
 	if err := b.EnsureStream(ctx, order.Stream); err != nil {
 		return err
 	}
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "payment-close", MaxAckPending: 256, Workers: 4,
-		MaxDeliver: closeDeliveries, FilterSubjects: order.Types(order.EvCancelled)},
+	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: name, MaxAckPending: 256, Workers: 4,
+		MaxDeliver: deliveries, FilterSubjects: order.Types(typ)},
 		func(ctx context.Context, m bus.Msg) error {
 			var ev order.Event
-			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.OrderID == 0 || ev.Type != order.EvCancelled {
-				s.log.Error("order.cancelled: undecodable, dropped", "subject", m.Subject, "seq", m.Seq, "err", err)
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.OrderID == 0 || ev.Type != typ {
+				s.log.Error(typ+": undecodable, dropped", "subject", m.Subject, "seq", m.Seq, "err", err)
 				return nil
 			}
-			return s.CloseUnpaid(ctx, ev.OrderID)
+			return f(ctx, ev)
 		})
 }
 

@@ -3,7 +3,6 @@ package payment
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -317,27 +316,17 @@ const withdrawnDeliveries = 20
 // crash between the two, this does it. A refusal (already refunded, no
 // longer paid) is the answer, not a failure: the event is done with.
 func (s *Service) ConsumeWithdrawn(ctx context.Context, b *bus.Bus) error {
-	if err := b.EnsureStream(ctx, order.Stream); err != nil {
+	return s.consumeOrders(ctx, b, "refunds", order.EvWithdrawn, withdrawnDeliveries, func(ctx context.Context, ev order.Event) error {
+		by := ev.By
+		if by != order.ByCustomer && by != order.ByStore {
+			by = order.ByOperator
+		}
+		_, err := s.RefundOrder(ctx, OrderRefund{OrderID: ev.OrderID, By: by, Reason: "withdrawn before the store accepted it"})
+		if e := errkind.Of(err); e != nil && (e.Kind == errkind.Conflict || e.Kind == errkind.NotFound || e.Kind == errkind.Invalid) &&
+			!errors.Is(err, order.ErrChanged) {
+			s.log.Info("order.withdrawn: nothing to refund", "order_id", ev.OrderID, "err", err)
+			return nil
+		}
 		return err
-	}
-	return b.Consume(ctx, bus.ConsumerConfig{Stream: order.Stream.Name, Durable: "refunds", MaxAckPending: 256, Workers: 4,
-		MaxDeliver: withdrawnDeliveries, FilterSubjects: order.Types(order.EvWithdrawn)},
-		func(ctx context.Context, m bus.Msg) error {
-			var ev order.Event
-			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.OrderID == 0 || ev.Type != order.EvWithdrawn {
-				s.log.Error("order.withdrawn: undecodable, dropped", "subject", m.Subject, "seq", m.Seq, "err", err)
-				return nil
-			}
-			by := ev.By
-			if by != order.ByCustomer && by != order.ByStore {
-				by = order.ByOperator
-			}
-			_, err := s.RefundOrder(ctx, OrderRefund{OrderID: ev.OrderID, By: by, Reason: "withdrawn before the store accepted it"})
-			if e := errkind.Of(err); e != nil && (e.Kind == errkind.Conflict || e.Kind == errkind.NotFound || e.Kind == errkind.Invalid) &&
-				!errors.Is(err, order.ErrChanged) {
-				s.log.Info("order.withdrawn: nothing to refund", "order_id", ev.OrderID, "err", err)
-				return nil
-			}
-			return err
-		})
+	})
 }

@@ -100,14 +100,7 @@ func orderRefundsChannelDownReordered(t *testing.T, ch string) {
 	special := int64(demo.ExampleStore * 1000)
 	body := fmt.Sprintf(`{"store_id":"%d","items":[{"sku_id":"%d","qty":1},{"sku_id":"%d","qty":1},{"sku_id":"%d","qty":1}],"coupon_ids":["%s"]}`,
 		demo.ExampleStore, special, demo.ExampleSKU, demo.ExampleSKU+2, cid)
-	r := e.do("POST", "/api/v1/orders", c.token, nil, []byte(body))
-	var created struct {
-		OrderID int64 `json:"order_id,string"`
-	}
-	if json.Unmarshal(r.body, &created); r.status != 201 {
-		t.Fatalf("order: %d %s", r.status, r.body)
-	}
-	oid := created.OrderID
+	oid := c.mustPlace(body)
 	st := c.mustPay(oid, ch)
 	e.mustPayAtChannel(st)
 	e.mustSettledOnce(oid, st.PaymentID)

@@ -1,7 +1,6 @@
 package payment_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -556,15 +555,7 @@ func TestRefundedOutsideRaces(t *testing.T) {
 func TestOwnRefundToldBack(t *testing.T) {
 	t.Parallel()
 	eachOf(t, []string{"wechatpay", "alipay"}, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
-		r := e.do("POST", "/api/v1/orders", c.token, nil,
-			[]byte(`{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`))
-		var created struct {
-			OrderID int64 `json:"order_id,string"`
-		}
-		if json.Unmarshal(r.body, &created); r.status != 201 {
-			t.Fatalf("order: %d %s", r.status, r.body)
-		}
-		oid := created.OrderID
+		oid := c.mustPlace(`{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`)
 		st := c.mustPay(oid, ch)
 		e.mustPayAtChannel(st)
 		e.mustSettledOnce(oid, st.PaymentID)

@@ -208,7 +208,13 @@ func (e *env) mustCustomer() *customer {
 // mustOrder places an order of one unlimited item and returns its id.
 func (c *customer) mustOrder() int64 {
 	c.e.tb.Helper()
-	r := c.e.do("POST", "/api/v1/orders", c.token, nil, []byte(`{"store_id":"1001","items":[{"sku_id":"1001006","qty":1}]}`))
+	return c.mustPlace(`{"store_id":"1001","items":[{"sku_id":"1001006","qty":1}]}`)
+}
+
+// mustPlace places the order body describes and returns its id.
+func (c *customer) mustPlace(body string) int64 {
+	c.e.tb.Helper()
+	r := c.e.do("POST", "/api/v1/orders", c.token, nil, []byte(body))
 	var out struct {
 		OrderID string `json:"order_id"`
 	}

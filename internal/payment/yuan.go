@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/surge-platform/surge/internal/platform/errkind"
 )
@@ -81,4 +82,14 @@ func ChinaDayLines(ctx context.Context, day time.Time, bill func(ctx context.Con
 		}
 	}
 	return out, nil
+}
+
+// Cut is s cut to at most max bytes at a character's boundary (the
+// providers bound a subject or a reason in bytes of UTF-8).
+func Cut(s string, max int) string {
+	for len(s) > max {
+		_, n := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-n]
+	}
+	return s
 }

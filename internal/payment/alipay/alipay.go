@@ -22,6 +22,7 @@ package alipay
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rsa"
@@ -36,7 +37,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	sdk "github.com/smartwalle/alipay/v3"
 	"github.com/smartwalle/nsign"
@@ -154,22 +154,11 @@ func business(op string, e sdk.Error) error {
 	return payment.ErrRejected.With("%s", detail)
 }
 
-func subject(s string, id int64) string {
-	if s == "" {
-		return "order " + strconv.FormatInt(id, 10)
-	}
-	for len(s) > 256 {
-		_, n := utf8.DecodeLastRuneInString(s)
-		s = s[:len(s)-n]
-	}
-	return s
-}
-
 // Create precreates the trade of t: Created.PayURL is its qr_code.
 // Alipay names the trade once it is paid: Created.ChannelTxnID is "".
 func (c *Channel) Create(ctx context.Context, t payment.Txn) (payment.Created, error) {
 	no := strconv.FormatInt(t.PaymentID, 10)
-	p := sdk.TradePreCreate{Trade: sdk.Trade{NotifyURL: t.NotifyURL, Subject: subject(t.Subject, t.PaymentID), OutTradeNo: no,
+	p := sdk.TradePreCreate{Trade: sdk.Trade{NotifyURL: t.NotifyURL, Subject: payment.Cut(cmp.Or(t.Subject, "order "+no), 256), OutTradeNo: no,
 		TotalAmount: payment.FormatYuan(t.Amount), ProductCode: "FACE_TO_FACE_PAYMENT"}}
 	if !t.Expires.IsZero() {
 		p.TimeExpire = t.Expires.In(payment.CST).Format(timeLayout)
@@ -253,7 +242,7 @@ func (c *Channel) Close(ctx context.Context, paymentID int64) error {
 func (c *Channel) Refund(ctx context.Context, r payment.Refund) error {
 	no, rno := strconv.FormatInt(r.PaymentID, 10), strconv.FormatInt(r.RefundID, 10)
 	res, err := c.c.TradeRefund(ctx, sdk.TradeRefund{OutTradeNo: no, RefundAmount: payment.FormatYuan(r.Amount),
-		OutRequestNo: rno, RefundReason: subject(r.Reason, r.PaymentID)})
+		OutRequestNo: rno, RefundReason: payment.Cut(r.Reason, 256)})
 	if err != nil {
 		return fail(ctx, "refund "+rno+" of "+no, err)
 	}

@@ -57,7 +57,7 @@ func newChannel(base string, hc *http.Client, k paysim.ChannelConfig) payment.Ch
 func TestSuite(t *testing.T) {
 	t.Parallel()
 	paysimtest.Run(t, paysimtest.Harness{Name: alipay.Name, Keys: keys(t, "2021000117600001"), OtherKeys: keys(t, "2021000117600001"),
-		New: newChannel, TxnIDOnPay: true, QueryHidesPartialRefunds: true})
+		New: newChannel, TxnIDOnPay: true, QueryHidesPartialRefunds: true, Expires: true})
 }
 
 // A notice built by hand as Alipay's documentation describes it (its

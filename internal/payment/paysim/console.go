@@ -66,7 +66,7 @@ func (s *Server) ConsoleRefund(channel string, paymentID, amount int64, reason s
 	if reason == "" {
 		reason = "merchant console"
 	}
-	req := refundReq{MerchantTxnID: paymentID, Amount: amount, Reason: reason}
+	req := refundReq{MerchantTxnID: paymentID, Amount: amount, Reason: reason, console: true}
 	ch.mu.Lock()
 	for req.RefundID == 0 || ch.refunds[req.RefundID] != nil {
 		req.RefundID = ConsoleRefundID | mrand.Int64N(ConsoleRefundID)

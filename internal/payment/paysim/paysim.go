@@ -804,7 +804,8 @@ type refundReq struct {
 	MerchantTxnID int64  `json:"merchant_txn_id,string"`
 	Amount        int64  `json:"amount"`
 	Reason        string `json:"reason"`
-	NotifyURL     string `json:"-"` // WeChatPay: where the refund's notice goes ("": the transaction's notify URL)
+	NotifyURL     string `json:"-"` // WeChatPay: where the refund's notice goes (see refund)
+	console       bool   // made in the merchant console
 }
 
 type refundView struct {
@@ -894,8 +895,13 @@ func (ch *channel) refund(req refundReq, now time.Time) (*refund, *delivery, err
 	ch.days[day] = append(ch.days[day], line{refund: rf, txn: t, amount: rf.amount, at: now})
 	ch.refundN.Add(1)
 	d := &delivery{ch: ch, txn: t, refund: rf, merchantID: t.merchantID, txnID: t.id, notifyURL: t.notifyURL, noticeID: newID()}
-	if rf.notifyURL != "" {
-		d.notifyURL = rf.notifyURL
+	if ch.cfg.Scheme == WeChatPay { // a refund's notice goes where its request says, as WeChat Pay's
+		switch {
+		case rf.notifyURL != "":
+			d.notifyURL = rf.notifyURL
+		case !req.console: // a console refund: to the refund notify URL configured in the platform, here the transaction's
+			return rf, nil, nil
+		}
 	}
 	return rf, d, nil
 }

@@ -50,8 +50,9 @@ import (
 // ORDERCLOSED, INVALID_REQUEST, RESOURCE_NOT_EXISTS, SYSTEM_ERROR).
 //
 // Notices: TRANSACTION.SUCCESS when a transaction is paid (to its
-// notify_url), REFUND.SUCCESS for each refund (to the refund's notify_url,
-// else the transaction's), each a JSON body whose resource is the
+// notify_url), REFUND.SUCCESS for each refund (to the refund request's
+// notify_url, none without one; a console refund's to the transaction's,
+// standing for the refund notify URL set in the merchant platform), each a JSON body whose resource is the
 // transaction or refund sealed with AEAD_AES_256_GCM under the APIv3 key,
 // signed as answers are (Wechatpay-Signature-Type WECHATPAY2-SHA256-RSA2048).
 // The merchant acknowledges with 200 or 204.

@@ -140,7 +140,7 @@ func TestWeChatPaySDKAcceptsPaysim(t *testing.T) {
 
 	// Refund 30 fen: the answer, the refund's query, and a REFUND.SUCCESS notice.
 	rf, _, err := refunds.Create(ctx, refunddomestic.CreateRequest{OutTradeNo: core.String("121775250120140703"),
-		OutRefundNo: core.String("121775250120140799"), Reason: core.String("商品已售完"),
+		OutRefundNo: core.String("121775250120140799"), Reason: core.String("商品已售完"), NotifyUrl: core.String(notifyURL),
 		Amount: &refunddomestic.AmountReq{Refund: core.Int64(30), Total: core.Int64(100), Currency: core.String("CNY")}})
 	if err != nil || *rf.Status != refunddomestic.STATUS_SUCCESS || *rf.Amount.Refund != 30 || rf.SuccessTime == nil {
 		t.Fatalf("refund: %+v %v", rf, err)

@@ -25,6 +25,7 @@ package wechatpay
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rsa"
 	"crypto/sha1"
@@ -39,7 +40,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/wechatpay-apiv3/wechatpay-go/core"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth/validators"
@@ -186,26 +186,13 @@ func (c *Channel) Name() string { return Name }
 // Ack is the answer to a notice taken: 200 with no body.
 func (c *Channel) Ack() (string, []byte) { return "", nil }
 
-// description is the order's subject as WeChat Pay takes it: 1 to 127
-// bytes, cut at a character's boundary.
-func description(subject string, paymentID int64) string {
-	if subject == "" {
-		return "order " + strconv.FormatInt(paymentID, 10)
-	}
-	for len(subject) > 127 {
-		_, n := utf8.DecodeLastRuneInString(subject)
-		subject = subject[:len(subject)-n]
-	}
-	return subject
-}
-
 // Create prepays t: JSAPI when t.OpenID is set (Created.Params holds what
 // wx.requestPayment needs), else H5 (Created.PayURL is the h5_url the
 // payer opens). WeChat Pay gives the transaction id only once paid:
 // Created.ChannelTxnID is "". Repeating it for the same payment is safe.
 func (c *Channel) Create(ctx context.Context, t payment.Txn) (payment.Created, error) {
 	no := strconv.FormatInt(t.PaymentID, 10)
-	desc := description(t.Subject, t.PaymentID)
+	desc := payment.Cut(cmp.Or(t.Subject, "order "+no), 127) // WeChat Pay's bound, in bytes
 	amount := &h5.Amount{Total: core.Int64(t.Amount), Currency: core.String("CNY")}
 	var expire *time.Time
 	if !t.Expires.IsZero() {
@@ -332,11 +319,7 @@ func (c *Channel) Refund(ctx context.Context, r payment.Refund) error {
 	req := refunddomestic.CreateRequest{OutTradeNo: &no, OutRefundNo: &rno,
 		Amount: &refunddomestic.AmountReq{Refund: core.Int64(r.Amount), Total: core.Int64(r.Total), Currency: core.String("CNY")}}
 	if r.Reason != "" {
-		reason := r.Reason
-		for len(reason) > 80 {
-			_, n := utf8.DecodeLastRuneInString(reason)
-			reason = reason[:len(reason)-n]
-		}
+		reason := payment.Cut(r.Reason, 80)
 		req.Reason = &reason
 	}
 	if r.NotifyURL != "" {

@@ -57,7 +57,7 @@ func newChannel(base string, hc *http.Client, k paysim.ChannelConfig) payment.Ch
 func TestSuite(t *testing.T) {
 	t.Parallel()
 	paysimtest.Run(t, paysimtest.Harness{Name: wechatpay.Name, Keys: keys(t, "1900000109"), OtherKeys: keys(t, "1900000109"),
-		New: newChannel, PerRefundNotices: true, TxnIDOnPay: true, AckByStatus: true})
+		New: newChannel, PerRefundNotices: true, TxnIDOnPay: true, AckByStatus: true, Expires: true})
 }
 
 // A notice built by hand as WeChat Pay's documentation describes it (its

@@ -49,6 +49,9 @@ type Harness struct {
 	// QueryHidesPartialRefunds: a query says a trade refunded in part is
 	// paid (Alipay's; the notices and the bill say the refund).
 	QueryHidesPartialRefunds bool
+	// Expires: the adapter hands Txn.Expires to the provider, which closes
+	// the transaction then (WeChat Pay's and Alipay's time_expire).
+	Expires bool
 }
 
 // ControlToken is the faults API token of the suite's paysim.
@@ -87,6 +90,7 @@ func Run(t *testing.T, h Harness) {
 		{"WrongMerchantSecret", testMerchantAuth},
 		{"Unreachable", testUnreachable},
 		{"Cancelled", testCancelled},
+		{"ExpiresAtTheProvider", testExpires},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -398,7 +402,7 @@ func testRefundNotified(t *testing.T, h Harness) {
 	c := e.create(20, 1000)
 	e.pay(c)
 	paid := e.waitVerified(1)[0].Notice
-	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 200, PaymentID: 20, Amount: 300, Total: 1000}); err != nil {
+	if err := e.api.Refund(e.ctx, payment.Refund{RefundID: 200, PaymentID: 20, Amount: 300, Total: 1000, NotifyURL: e.rcv.url}); err != nil {
 		t.Fatal(err)
 	}
 	n := e.waitVerified(2)[1].Notice
@@ -857,4 +861,26 @@ func OtherRSA(tb testing.TB, cc paysim.ChannelConfig) paysim.ChannelConfig {
 	}
 	cc.PrivateKey = k
 	return cc
+}
+
+// A transaction created with an expiry the payer lets pass can no longer
+// be paid: the provider closed it.
+func testExpires(t *testing.T, h Harness) {
+	if !h.Expires {
+		t.Skip("this adapter does not hand the expiry to its provider")
+	}
+	e := start(t, h, options{})
+	late, err := e.api.Create(e.ctx, payment.Txn{PaymentID: 1, Amount: 100, Subject: "test order", NotifyURL: e.rcv.url,
+		Expires: time.Now().Add(-time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := paysim.Pay(e.ctx, nil, late.PayURL); !errors.Is(err, paysim.ErrRejected) {
+		t.Fatalf("paying past the expiry: %v, want refused", err)
+	}
+	if st, err := e.api.Query(e.ctx, 1); err != nil || st.State != payment.Closed {
+		t.Fatalf("query: %+v %v, want closed", st, err)
+	}
+	inTime := e.create(2, 100)
+	e.pay(inTime)
 }
