@@ -47,7 +47,7 @@ import (
 func (s *Service) refundedAt(ctx context.Context, p *Payment, st Status) error {
 	refunded := st.Refunded
 	if refunded <= 0 || refunded > p.Amount {
-		refunded = p.Amount // a channel that does not say how much: all of it
+		refunded = p.Amount // not a figure (observe resolves an unknown amount first): at most all of it
 	}
 	paidAt := st.PaidAt
 	if paidAt.IsZero() {
