@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -207,11 +209,35 @@ func (ch *channel) aliWrite(w http.ResponseWriter, name string, a aliAnswer) {
 	w.Write(b.Bytes())
 }
 
+// AliTimeLayout is the layout of Alipay's times (gmt_payment,
+// notify_time, send_pay_date...), in CST.
+const AliTimeLayout = time.DateTime
+
+// AliContent returns the string an Alipay sign covers: every parameter of
+// v except sign, sorted by key, as k=v joined with &, values not escaped.
+// A request's sign covers sign_type too; a notice's does not (delete it
+// from v first).
+func AliContent(v url.Values) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(v)) {
+		if k == "sign" {
+			continue
+		}
+		for _, x := range v[k] {
+			if b.Len() > 0 {
+				b.WriteByte('&')
+			}
+			b.WriteString(k + "=" + x)
+		}
+	}
+	return b.String()
+}
+
 // aliTime is Alipay's time format, in CST.
 func aliTime(t time.Time) string { return t.In(CST).Format(AliTimeLayout) }
 
 func (s *Server) aliPrecreate(r *http.Request, ch *channel, notifyURL string, str func(string) string) aliAnswer {
-	no, ok := ParseID(str("out_trade_no"))
+	no, ok := payment.ParseID(str("out_trade_no"))
 	if !ok || len(str("out_trade_no")) > 64 {
 		return aliFail("ACQ.INVALID_PARAMETER", "paysim takes out_trade_no as a decimal id of at most 64 digits")
 	}
@@ -260,7 +286,7 @@ func aliStatusLocked(t *txn) string {
 }
 
 func (ch *channel) aliTxn(outTradeNo string) (*txn, aliAnswer) {
-	no, ok := ParseID(outTradeNo)
+	no, ok := payment.ParseID(outTradeNo)
 	if !ok {
 		return nil, aliFail("ACQ.TRADE_NOT_EXIST", "交易不存在")
 	}
@@ -309,7 +335,7 @@ func (s *Server) aliRefund(ch *channel, str func(string) string) aliAnswer {
 	if fail != nil {
 		return fail
 	}
-	rid, ok := ParseID(str("out_request_no"))
+	rid, ok := payment.ParseID(str("out_request_no"))
 	if !ok || len(str("out_request_no")) > 64 {
 		return aliFail("ACQ.INVALID_PARAMETER", "paysim takes out_request_no as a decimal id of at most 64 digits")
 	}
@@ -351,7 +377,7 @@ func (s *Server) aliRefundQuery(ch *channel, outTradeNo, outRequestNo string) al
 	if fail != nil {
 		return fail
 	}
-	rid, _ := ParseID(outRequestNo)
+	rid, _ := payment.ParseID(outRequestNo)
 	ch.mu.Lock()
 	rf := ch.refunds[rid]
 	ch.mu.Unlock()
@@ -382,7 +408,7 @@ func (s *Server) aliBillURL(r *http.Request, ch *channel, billType, day string) 
 	return aliOK(aliAnswer{"bill_download_url": s.publicBase(r) + "/paysim/v1/" + ch.name + "/bills/" + day + "." + strconv.Itoa(rows)})
 }
 
-// dayLines returns the statement lines of China day (YYYY-MM-DD), at most
+// dayLines returns the bill lines of China day (YYYY-MM-DD), at most
 // n of them (-1: all).
 func (ch *channel) dayLines(day string, n int) []line {
 	d, _ := time.ParseInLocation(time.DateOnly, day, CST)

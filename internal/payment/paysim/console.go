@@ -5,6 +5,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
+	"time"
 
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/platform/errkind"
@@ -14,7 +15,7 @@ import (
 // ConsoleRefund is a refund made in the provider's merchant console: by an
 // operator at the provider's site, not through the merchant API, so the
 // merchant's systems (surge) did not ask for it and learn of it only from
-// the provider (its refund callback, a query, the statement).
+// the provider (its refund callback, a query, the bill).
 type ConsoleRefund struct {
 	Channel    string        `json:"channel"`
 	RefundID   int64         `json:"refund_id,string"` // the provider's; always >= 2^62 (see ConsoleRefundID)
@@ -43,7 +44,7 @@ type consoleReq struct {
 // does in a provider's merchant console; amount 0 refunds all that is
 // left. channel "" is the one channel that has the payment. The refund
 // appears in queries, callbacks (a refund notice is sent) and the
-// statement like any other, under a refund id of the console's. Errors:
+// bill like any other, under a refund id of the console's. Errors:
 // ErrUnknownChannel, payment.ErrUnknownTxn, ErrAmbiguous (channel "" and
 // more than one has the payment), ErrNotPaid, ErrRefundExceeds,
 // ErrTooManyRefunds, ErrOutage, errkind.ErrInvalid.
@@ -88,9 +89,10 @@ func (s *Server) ConsoleRefund(channel string, paymentID, amount int64, reason s
 	if err != nil {
 		return ConsoleRefund{}, err
 	}
-	v := ch.refundView(rf)
-	return ConsoleRefund{Channel: ch.name, RefundID: v.RefundID, PaymentID: v.MerchantTxnID, TxnID: v.TxnID, Amount: v.Amount,
-		Refunded: v.Refunded, State: v.State, RefundedAt: v.RefundedAt}, nil
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ConsoleRefund{Channel: ch.name, RefundID: rf.id, PaymentID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
+		Refunded: rf.txn.refunded, State: rf.txn.state, RefundedAt: rf.at.Format(time.RFC3339)}, nil
 }
 
 // channelOf is channel, or the one channel that has paymentID when channel is "".

@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -295,4 +296,41 @@ func (s *Server) retry(d *delivery) {
 	s.queue.push(d)
 	s.qmu.Unlock()
 	s.poke()
+}
+
+// EncodeCallback signs notice n as channel cc sends it and returns the
+// request's headers and body. Tests use it to make real callbacks.
+//
+// WeChatPay: a JSON notice (WXEvent) whose resource is sealed under the
+// APIv3 key, signed by the platform key (Wechatpay-Timestamp, -Nonce,
+// -Serial, -Signature); see encodeWeChat. The merchant acknowledges with
+// 200 or 204.
+//
+// Alipay: a form-encoded trade_status_sync notice signed RSA2 by Alipay's
+// key; see encodeAlipay. The merchant answers 200 with the body "success".
+func EncodeCallback(cc ChannelConfig, n payment.Notice) (http.Header, []byte, error) {
+	return encodeCallback(cc, n, nil)
+}
+
+// encodeCallback is EncodeCallback with what a WeChat Pay prepay said
+// (nil: not known).
+func encodeCallback(cc ChannelConfig, n payment.Notice, info *wxTxn) (http.Header, []byte, error) {
+	switch cc.Scheme {
+	case WeChatPay:
+		return encodeWeChat(cc.WeChat, n, info)
+	case Alipay:
+		return encodeAlipay(cc.Alipay, n)
+	}
+	return nil, nil, fmt.Errorf("paysim: unknown scheme %q", cc.Scheme)
+}
+
+// acked reports whether a callback answer means success under scheme.
+func acked(scheme Scheme, status int, body []byte) bool {
+	switch scheme {
+	case WeChatPay:
+		return status == http.StatusOK || status == http.StatusNoContent
+	case Alipay:
+		return status == http.StatusOK && string(body) == "success"
+	}
+	return false
 }

@@ -9,86 +9,59 @@ import (
 	"sync"
 )
 
-// Keys are the demo keys of the two shipped channels.
+// Keys are both halves of the keys of the two channels, "wechatpay" and
+// "alipay": the provider's (WeChat, Alipay), which paysim holds, and the
+// merchant's (WeChatMerchant, AlipayApp), which the adapters are
+// configured with.
 //
-// Production must not use DevKeys. It configures, per channel, a random
-// Secret of 32 bytes or more (the same bytes in paysim's ChannelConfig and
-// in the adapter's Config) and, for alisim, an RSA key pair of 2048 bits or
-// more: the private key (PKCS#8 PEM, x509.ParsePKCS8PrivateKey) only in
-// paysim, the public key (PKIX PEM, x509.ParsePKIXPublicKey) in the alisim
-// adapter. This is also required whenever paysim and the payment service
-// run in different processes: DevKeys' RSA key is generated once per
-// process, so another process has another key. Against the real providers,
-// the keys are the ones their merchant consoles issue.
+// Production does not use them: the merchant's halves come from the
+// merchant consoles of WeChat Pay and Alipay (see docs/payments.md), and
+// the provider's halves stay with the providers. Against paysim, both
+// come from DevKeys, or from WeChatFrom and AlipayFrom with stored RSA
+// keys, which every process that talks to the same paysim must share:
+// DevKeys' RSA keys are made once per process.
 type Keys struct {
-	WXSecret      []byte          // wxsim: HMAC-SHA256 secret of callbacks and merchant requests
-	AliSecret     []byte          // alisim: HMAC-SHA256 secret of merchant requests
-	AliPrivateKey *rsa.PrivateKey // alisim: paysim signs callbacks; the adapter gets &AliPrivateKey.PublicKey
-
-	// The channels that speak the real protocols: the provider's side
-	// (paysim's) and the merchant's (the adapter's). Nil unless set with
-	// WeChatFrom and AlipayFrom.
 	WeChat         *WeChatKeys
 	WeChatMerchant WeChatMerchant
 	Alipay         *AlipayKeys
 	AlipayApp      AlipayMerchant
 }
 
-var (
-	devRSAOnce sync.Once
-	devRSA     *rsa.PrivateKey
-)
-
 // DevRSA returns the i-th (0..3) of four 2048-bit RSA keys, each made
-// once per process when first asked for: proposals for the demo's keys of
-// the real protocols' channels (the node keeps the first one stored in the
-// database, so that every process of a cluster shares them).
+// once per process when first asked for: the RSA keys of DevKeys.
 func DevRSA(i int) *rsa.PrivateKey {
-	devExtra[i].once.Do(func() {
+	devRSA[i].once.Do(func() {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			panic("paysim: generate dev RSA key: " + err.Error())
 		}
-		devExtra[i].key = k
+		devRSA[i].key = k
 	})
-	return devExtra[i].key
+	return devRSA[i].key
 }
 
-var devExtra [4]struct {
+var devRSA [4]struct {
 	once sync.Once
 	key  *rsa.PrivateKey
 }
 
-// DevKeys returns demo keys: secrets derived from seed (the same in every
-// process), and a 2048-bit RSA key generated once per process whatever the
-// seed (Go cannot derive one from a seed).
+// DevKeys returns demo keys: WeChatFrom(seed, DevRSA(0), DevRSA(1)) and
+// AlipayFrom(DevRSA(2), DevRSA(3)). They are the same for one seed in one
+// process; another process has other RSA keys (Go cannot derive one from
+// a seed).
 func DevKeys(seed string) Keys {
-	devRSAOnce.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			panic("paysim: generate dev RSA key: " + err.Error())
-		}
-		devRSA = k
-	})
-	wx := sha256.Sum256([]byte("surge paysim dev wxsim secret\x00" + seed))
-	ali := sha256.Sum256([]byte("surge paysim dev alisim secret\x00" + seed))
-	return Keys{WXSecret: wx[:], AliSecret: ali[:], AliPrivateKey: devRSA}
+	wx, merchant := WeChatFrom(seed, DevRSA(0), DevRSA(1))
+	ali, app := AlipayFrom(DevRSA(2), DevRSA(3))
+	return Keys{WeChat: wx, WeChatMerchant: merchant, Alipay: ali, AlipayApp: app}
 }
 
-// Channels returns the paysim side of k: "wxsim" (HMAC) and "alisim"
-// (RSA), and "wechatpay" and "alipay" when k has their keys.
+// Channels returns paysim's side of k: the channels "wechatpay" and
+// "alipay".
 func (k Keys) Channels() map[string]ChannelConfig {
-	m := map[string]ChannelConfig{
-		"wxsim":  {Scheme: HMAC, Secret: k.WXSecret},
-		"alisim": {Scheme: RSA, Secret: k.AliSecret, PrivateKey: k.AliPrivateKey},
+	return map[string]ChannelConfig{
+		"wechatpay": {Scheme: WeChatPay, WeChat: k.WeChat},
+		"alipay":    {Scheme: Alipay, Alipay: k.Alipay},
 	}
-	if k.WeChat != nil {
-		m["wechatpay"] = ChannelConfig{Scheme: WeChatPay, WeChat: k.WeChat}
-	}
-	if k.Alipay != nil {
-		m["alipay"] = ChannelConfig{Scheme: Alipay, Alipay: k.Alipay}
-	}
-	return m
 }
 
 // Demo accounts of the real protocols' channels.

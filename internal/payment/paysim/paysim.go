@@ -1,57 +1,44 @@
-// Package paysim is a simulated third-party payment provider that behaves
-// like WeChat Pay or Alipay would, in memory: merchants create, query and
-// refund transactions over a signed HTTP API, payers pay with one request,
-// the provider posts signed callbacks to the merchant and retries them with
-// back-off until they are acknowledged, and it serves a CSV statement per
-// day. Faults (delayed, dropped, duplicated and reordered callbacks, a slow
-// or failing API, a full outage) are switched per channel at run time.
+// Package paysim is an in-memory payment provider simulator that speaks
+// the protocols of the real ones, so that surge's adapters built on the
+// providers' own SDKs (internal/payment/wechatpay, internal/payment/alipay)
+// pay against it unchanged. Each channel speaks one protocol (its Scheme):
 //
-// One Server serves several channels, each with its own keys and signing
-// scheme: "wxsim" (HMAC-SHA256, JSON callbacks) and "alisim" (RSA2, form
-// callbacks). State lives in the process: run one paysim per deployment.
+//   - WeChatPay: WeChat Pay's API v3 at the paths of api.mch.weixin.qq.com
+//     (/v3/...), requests and answers signed as WeChat Pay's, notices'
+//     resources sealed with the APIv3 key; see wechat.go.
+//   - Alipay: Alipay's open API at one gateway,
+//     POST /paysim/v1/{channel}/gateway.do, requests and answers signed
+//     RSA2, and trade_status_sync notices; see alipay.go.
 //
-// # Protocol
+// The provider sends a notice (callback) when a transaction is paid and
+// after each refund, signed as the protocol says, and retries it with
+// back-off until the merchant acknowledges it; it serves each day's bill.
+// Faults (delayed, dropped, duplicated and reordered callbacks, a slow or
+// failing merchant API, a full outage) are switched per channel at run
+// time. State lives in the process: run one paysim per deployment.
 //
-// Every route is under /paysim/v1/{channel}/. Money is in fen, ids of the
-// merchant are decimal strings in JSON, times are RFC 3339 in UTC (seconds).
+// Besides the protocols' routes, paysim serves:
 //
-//	POST /transactions            {merchant_txn_id, amount, subject, notify_url} -> txn
-//	GET  /transactions/{merchant_txn_id}                                         -> txn | 404 unknown_transaction
-//	POST /refunds                 {refund_id, merchant_txn_id, amount, reason}   -> refund
-//	GET  /statements/{YYYY-MM-DD} -> text/csv: kind,merchant_txn_id,txn_id,refund_id,amount,time
-//	POST /pay/{txn_id}            the payer pays (no authentication)             -> txn
-//	GET|PUT /faults               Authorization: Bearer <ControlToken>           -> Faults
+//	POST /paysim/v1/{channel}/pay/{id}  the payer pays, without authentication, at the
+//	                                    pay URL a create answered (h5_url, qr_code) -> txn
+//	GET|PUT /paysim/v1/{channel}/faults Authorization: Bearer <ControlToken>    -> Faults
+//	POST /paysim/v1/console/refunds     Authorization: Bearer <ControlToken>
+//	     {payment_id, amount, channel?, reason?}                                -> ConsoleRefund
 //
-// and, outside any channel, the merchant console (see ConsoleRefund):
-//
-//	POST /paysim/v1/console/refunds  Authorization: Bearer <ControlToken>
-//	     {payment_id, amount, channel?, reason?}                                 -> ConsoleRefund
-//
-// where txn is {merchant_txn_id, txn_id, state, amount, refunded, paid_at, pay_url}
-// and refund is {refund_id, merchant_txn_id, txn_id, amount, refunded_at, state}.
-// Errors are {"error":{"code","message"}} with a fitting status.
-//
-// Merchant requests (transactions, refunds, statements) carry the headers
-// Paysim-Timestamp (unix seconds), Paysim-Nonce (1..64 printable characters)
-// and Paysim-Signature = hex(HMAC-SHA256(channel Secret,
-// "paysim-merchant-v1\n" + method + "\n" + request URI + "\n" + timestamp + "\n" + nonce + "\n" + body)),
-// for both schemes (alisim's Secret is a merchant key separate from its RSA
-// callback key). A missing or wrong signature is answered 401. The timestamp
-// is not judged: every merchant call is idempotent. See Client.
-//
+// where txn is {merchant_txn_id, txn_id, state, amount, refunded, paid_at}.
+// These answer JSON; errors are {"error":{"code","message"}} with a
+// fitting status. Pay is the payer's client, Control the operator's (the
+// faults API and the merchant console, see ConsoleRefund); in process,
+// Server.Pay, Server.SetFaults and Server.ConsoleRefund do the same.
 // Callbacks are described at EncodeCallback.
 package paysim
 
 import (
-	"bytes"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/subtle"
-	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
@@ -59,7 +46,6 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,37 +56,24 @@ import (
 	"github.com/surge-platform/surge/internal/platform/web"
 )
 
-// Scheme is how a channel signs its callbacks, and so their format.
+// Scheme is the protocol a channel speaks.
 type Scheme string
 
 const (
-	// HMAC is WeChat-Pay-like: JSON callbacks signed with HMAC-SHA256 under
-	// the channel's shared Secret; the merchant answers {"code":"SUCCESS"}.
-	HMAC Scheme = "hmac-sha256"
-	// RSA is Alipay-like: form-encoded callbacks signed with RSA PKCS#1 v1.5
-	// over SHA-256 ("RSA2") under the provider's PrivateKey; the merchant
-	// verifies with the public half and answers "success".
-	RSA Scheme = "rsa2"
 	// WeChatPay is WeChat Pay's API v3 (wechat.go): the merchant's
 	// requests signed WECHATPAY2-SHA256-RSA2048, answers and notices signed
 	// by the platform key, notices' resources sealed with the APIv3 key.
-	// Its keys are ChannelConfig.WeChat; Secret is not used.
+	// Its keys are ChannelConfig.WeChat.
 	WeChatPay Scheme = "wechatpay-v3"
 	// Alipay is Alipay's open API (alipay.go): one gateway, requests
 	// signed RSA2 by the app's key, answers and notices by Alipay's. Its
-	// keys are ChannelConfig.Alipay; Secret is not used.
+	// keys are ChannelConfig.Alipay.
 	Alipay Scheme = "alipay"
 )
 
 // ChannelConfig is one channel's scheme and keys, as the provider holds them.
 type ChannelConfig struct {
 	Scheme Scheme
-	// Secret authenticates merchant API requests (both schemes); under HMAC
-	// it also signs callbacks. At least 16 bytes; the merchant holds a copy.
-	Secret []byte
-	// PrivateKey signs callbacks under RSA (2048 bits or more); the
-	// merchant holds only &PrivateKey.PublicKey. Unused under HMAC.
-	PrivateKey *rsa.PrivateKey
 	// WeChat holds a WeChatPay channel's merchant and keys.
 	WeChat *WeChatKeys
 	// Alipay holds an Alipay channel's app and keys.
@@ -110,7 +83,7 @@ type ChannelConfig struct {
 // Config of a Server. The zero value serves DevKeys("") channels with the
 // default back-off and no control token.
 type Config struct {
-	// Channels by name ([a-z0-9]{1,32}, e.g. "wxsim", "alisim").
+	// Channels by name ([a-z0-9]{1,32}, e.g. "wechatpay", "alipay").
 	// Empty = DevKeys("").Channels().
 	Channels map[string]ChannelConfig
 	// ControlToken is the bearer token of the HTTP faults API; "" disables
@@ -162,14 +135,19 @@ const (
 	maxFaultMS = 3_600_000
 )
 
+// CST is China Standard Time (UTC+8), the zone of both providers' times
+// and bill days.
+var CST = time.FixedZone("CST", 8*3600)
+
+// FormatYuan writes fen as yuan with two decimals ("12.34").
+var FormatYuan = payment.FormatYuan
+
 // Errors the provider answers with (besides payment.ErrUnknownTxn).
 var (
 	ErrUnknownChannel = errkind.New(errkind.NotFound, "unknown_channel", "paysim has no such channel")
-	ErrBadAuth        = errkind.New(errkind.Unauthorized, "bad_merchant_signature", "merchant request signature missing or invalid")
 	ErrControlAuth    = errkind.New(errkind.Unauthorized, "bad_control_token", "missing or wrong control token")
 	ErrControlOff     = errkind.New(errkind.Forbidden, "control_disabled", "the faults API is disabled (no control token configured)")
 	ErrOutage         = errkind.New(errkind.Unavailable, "outage", "the provider is down (simulated outage)")
-	ErrInjected       = errkind.New(errkind.Internal, "injected_error", "simulated provider error")
 	ErrTxnConflict    = errkind.New(errkind.Conflict, "txn_conflict", "merchant_txn_id already used with another amount or notify_url")
 	ErrNotPaid        = errkind.New(errkind.Conflict, "not_paid", "only a paid transaction can be refunded")
 	ErrClosed         = errkind.New(errkind.Conflict, "txn_closed", "the transaction is closed: it can no longer be paid")
@@ -209,7 +187,7 @@ type channel struct {
 	byMerchant map[int64]*txn    // guarded by mu
 	byID       map[string]*txn   // guarded by mu
 	refunds    map[int64]*refund // guarded by mu
-	days       map[string][]line // statement lines by UTC date; guarded by mu; append-only
+	days       map[string][]line // bill lines by UTC date; guarded by mu; append-only
 	urls       map[string]string // interned notify URLs; guarded by mu
 
 	parked    []*delivery // held back by an outage; guarded by Server.qmu
@@ -246,7 +224,7 @@ type refund struct {
 	notifyURL string // where its notice goes ("": the transaction's)
 }
 
-// line of a statement; immutable once appended.
+// line of a bill: a payment or a refund; immutable once appended.
 type line struct {
 	refund *refund // nil for a payment
 	txn    *txn
@@ -262,9 +240,6 @@ func (c Config) Validate() error {
 		if !channelName.MatchString(name) || name == "console" {
 			return fmt.Errorf("paysim: channel name %q: want [a-z0-9]{1,32}, not \"console\"", name)
 		}
-		if len(cc.Secret) < 16 && cc.Scheme != WeChatPay && cc.Scheme != Alipay {
-			return fmt.Errorf("paysim: channel %s: Secret must be at least 16 bytes", name)
-		}
 		switch cc.Scheme {
 		case WeChatPay:
 			if err := cc.WeChat.validate(); err != nil {
@@ -273,11 +248,6 @@ func (c Config) Validate() error {
 		case Alipay:
 			if err := cc.Alipay.validate(); err != nil {
 				return fmt.Errorf("paysim: channel %s: %w", name, err)
-			}
-		case HMAC:
-		case RSA:
-			if cc.PrivateKey == nil || cc.PrivateKey.N.BitLen() < 2048 {
-				return fmt.Errorf("paysim: channel %s: RSA needs a PrivateKey of 2048 bits or more", name)
 			}
 		default:
 			return fmt.Errorf("paysim: channel %s: unknown scheme %q", name, cc.Scheme)
@@ -352,14 +322,10 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Handler serves the provider's routes under /paysim/v1/.
+// Handler serves the provider's routes: WeChat Pay's under /v3/, the
+// rest under /paysim/v1/ (see the package doc).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /paysim/v1/{channel}/transactions", s.merchant(s.create))
-	mux.HandleFunc("GET /paysim/v1/{channel}/transactions/{id}", s.merchant(s.query))
-	mux.HandleFunc("POST /paysim/v1/{channel}/transactions/{id}/close", s.merchant(s.closeHTTP))
-	mux.HandleFunc("POST /paysim/v1/{channel}/refunds", s.merchant(s.refund))
-	mux.HandleFunc("GET /paysim/v1/{channel}/statements/{day}", s.merchant(s.statement))
 	mux.HandleFunc("POST /paysim/v1/{channel}/pay/{txn}", s.payHTTP)
 	mux.HandleFunc("GET /paysim/v1/{channel}/faults", s.control(s.getFaults))
 	mux.HandleFunc("PUT /paysim/v1/{channel}/faults", s.control(s.putFaults))
@@ -506,48 +472,6 @@ func fail(w http.ResponseWriter, err error) {
 	web.JSON(w, web.Status(e), b)
 }
 
-type merchantFunc func(w http.ResponseWriter, r *http.Request, ch *channel, body []byte)
-
-// merchant wraps a merchant API handler: outage, authentication, injected
-// latency and errors, in that order.
-func (s *Server) merchant(h merchantFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ch := s.chans[r.PathValue("channel")]
-		if ch == nil {
-			fail(w, ErrUnknownChannel)
-			return
-		}
-		f := ch.faults.Load()
-		if f.Outage {
-			fail(w, ErrOutage)
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, web.MaxBody))
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				fail(w, errkind.ErrTooLarge.With("request body over %d bytes", web.MaxBody))
-			}
-			return // the client went away
-		}
-		uri := r.RequestURI
-		if uri == "" {
-			uri = r.URL.RequestURI()
-		}
-		if !verifyRequest(ch.cfg.Secret, r.Method, uri, r.Header, body) {
-			fail(w, ErrBadAuth)
-			return
-		}
-		switch apiFaults(f, r) {
-		case gone:
-			return
-		case injected:
-			fail(w, ErrInjected)
-			return
-		}
-		h(w, r, ch, body)
-	}
-}
-
 // A merchant call's fate under the faults.
 const (
 	served   = iota
@@ -617,16 +541,9 @@ func (s *Server) putFaults(w http.ResponseWriter, r *http.Request, ch *channel) 
 	web.JSON(w, http.StatusOK, f)
 }
 
-// ---- merchant API
+// ---- transactions and refunds, whatever the protocol
 
-type createReq struct {
-	MerchantTxnID int64  `json:"merchant_txn_id,string"`
-	Amount        int64  `json:"amount"`
-	Subject       string `json:"subject"`
-	NotifyURL     string `json:"notify_url"`
-}
-
-// txnView is the JSON of a transaction.
+// txnView is the JSON of a transaction (the pay endpoint's answer).
 type txnView struct {
 	MerchantTxnID int64         `json:"merchant_txn_id,string"`
 	TxnID         string        `json:"txn_id"`
@@ -634,7 +551,6 @@ type txnView struct {
 	Amount        int64         `json:"amount"`
 	Refunded      int64         `json:"refunded"`
 	PaidAt        string        `json:"paid_at,omitempty"` // RFC 3339, UTC
-	PayURL        string        `json:"pay_url,omitempty"`
 }
 
 // viewLocked needs channel.mu.
@@ -652,38 +568,6 @@ func validNotifyURL(s string) bool {
 	}
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil
-}
-
-func (s *Server) create(w http.ResponseWriter, r *http.Request, ch *channel, body []byte) {
-	var req createReq
-	if err := web.DecodeReader(bytes.NewReader(body), &req); err != nil {
-		fail(w, err)
-		return
-	}
-	switch {
-	case req.MerchantTxnID <= 0:
-		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal string"))
-		return
-	case req.Amount <= 0 || req.Amount > MaxAmount:
-		fail(w, errkind.ErrInvalid.With("amount must be 1..%d fen", MaxAmount))
-		return
-	case len(req.Subject) > MaxSubject:
-		fail(w, errkind.ErrInvalid.With("subject is over %d bytes", MaxSubject))
-		return
-	case !validNotifyURL(req.NotifyURL):
-		fail(w, errkind.ErrInvalid.With("notify_url must be an absolute http(s) URL of at most %d bytes", MaxURL))
-		return
-	}
-	t, err := s.open(ch, req.MerchantTxnID, req.Amount, req.NotifyURL, nil)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	ch.mu.Lock()
-	v := t.viewLocked()
-	ch.mu.Unlock()
-	v.PayURL = s.payURL(r, ch.name, v.TxnID)
-	web.JSON(w, http.StatusOK, v)
 }
 
 // open returns the transaction of merchantID, created pending with amount
@@ -735,112 +619,14 @@ func (s *Server) payURL(r *http.Request, channel, txnID string) string {
 	return base + "/paysim/v1/" + channel + "/pay/" + txnID
 }
 
-// ParseID parses a positive decimal id in canonical form (no sign, no
-// leading zeros), as ids appear in callbacks and statements.
-func ParseID(s string) (int64, bool) {
-	v, err := strconv.ParseInt(s, 10, 64)
-	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
-}
-
-// Token reports whether s is a plausible opaque token (a transaction or
-// notice id): 1 to 64 printable ASCII characters without spaces.
-func Token(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *Server) query(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
-	id, ok := ParseID(r.PathValue("id"))
-	if !ok {
-		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal"))
-		return
-	}
-	ch.mu.Lock()
-	t := ch.byMerchant[id]
-	var v txnView
-	if t != nil {
-		v = t.viewLocked()
-	}
-	ch.mu.Unlock()
-	if t == nil {
-		fail(w, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", id))
-		return
-	}
-	web.JSON(w, http.StatusOK, v)
-}
-
-func (s *Server) closeHTTP(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
-	id, ok := ParseID(r.PathValue("id"))
-	if !ok {
-		fail(w, errkind.ErrInvalid.With("merchant_txn_id must be a positive decimal"))
-		return
-	}
-	ch.mu.Lock()
-	t := ch.byMerchant[id]
-	ch.mu.Unlock()
-	if t == nil {
-		fail(w, payment.ErrUnknownTxn.With("no transaction with merchant_txn_id %d", id))
-		return
-	}
-	if err := s.close(ch, t); err != nil {
-		fail(w, err)
-		return
-	}
-	ch.mu.Lock()
-	v := t.viewLocked()
-	ch.mu.Unlock()
-	web.JSON(w, http.StatusOK, v)
-}
-
+// refundReq is a refund asked for through a protocol or the console.
 type refundReq struct {
-	RefundID      int64  `json:"refund_id,string"`
-	MerchantTxnID int64  `json:"merchant_txn_id,string"`
-	Amount        int64  `json:"amount"`
-	Reason        string `json:"reason"`
-	NotifyURL     string `json:"-"` // WeChatPay: where the refund's notice goes (see refund)
+	RefundID      int64
+	MerchantTxnID int64
+	Amount        int64
+	Reason        string
+	NotifyURL     string // WeChatPay: where the refund's notice goes (see refund)
 	console       bool   // made in the merchant console
-}
-
-type refundView struct {
-	RefundID      int64         `json:"refund_id,string"`
-	MerchantTxnID int64         `json:"merchant_txn_id,string"`
-	TxnID         string        `json:"txn_id"`
-	Amount        int64         `json:"amount"`
-	RefundedAt    string        `json:"refunded_at"`
-	State         payment.State `json:"state"`    // of the transaction after the refund
-	Refunded      int64         `json:"refunded"` // of the transaction, all refunds so far
-}
-
-func (s *Server) refund(w http.ResponseWriter, r *http.Request, ch *channel, body []byte) {
-	var req refundReq
-	if err := web.DecodeReader(bytes.NewReader(body), &req); err != nil {
-		fail(w, err)
-		return
-	}
-	switch {
-	case req.RefundID <= 0 || req.MerchantTxnID <= 0:
-		fail(w, errkind.ErrInvalid.With("refund_id and merchant_txn_id must be positive decimal strings"))
-		return
-	case req.Amount <= 0:
-		fail(w, errkind.ErrInvalid.With("amount must be positive"))
-		return
-	case len(req.Reason) > MaxSubject:
-		fail(w, errkind.ErrInvalid.With("reason is over %d bytes", MaxSubject))
-		return
-	}
-	rf, err := s.refundTxn(ch, req)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	web.JSON(w, http.StatusOK, ch.refundView(rf))
 }
 
 // refundTxn makes refund req (idempotent by refund id) and queues the
@@ -853,13 +639,6 @@ func (s *Server) refundTxn(ch *channel, req refundReq) (*refund, error) {
 		s.enqueue(d)
 	}
 	return rf, err
-}
-
-// refundView is rf's JSON.
-func (ch *channel) refundView(rf *refund) refundView {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	return rf.viewLocked()
 }
 
 // refund makes req at now and returns a notice to send when the refund is
@@ -904,38 +683,6 @@ func (ch *channel) refund(req refundReq, now time.Time) (*refund, *delivery, err
 		}
 	}
 	return rf, d, nil
-}
-
-// viewLocked needs channel.mu.
-func (rf *refund) viewLocked() refundView {
-	return refundView{RefundID: rf.id, MerchantTxnID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
-		RefundedAt: rf.at.Format(time.RFC3339), State: rf.txn.state, Refunded: rf.txn.refunded}
-}
-
-// StatementHeader is the first row of a statement.
-var StatementHeader = []string{"kind", "merchant_txn_id", "txn_id", "refund_id", "amount", "time"}
-
-func (s *Server) statement(w http.ResponseWriter, r *http.Request, ch *channel, _ []byte) {
-	day, err := time.Parse(time.DateOnly, r.PathValue("day"))
-	if err != nil {
-		fail(w, errkind.ErrInvalid.With("the day must be YYYY-MM-DD"))
-		return
-	}
-	ch.mu.Lock()
-	lines := ch.days[day.Format(time.DateOnly)] // append-only: this prefix never changes
-	ch.mu.Unlock()
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	cw := csv.NewWriter(w)
-	cw.Write(StatementHeader)
-	for _, l := range lines {
-		kind, refundID := "payment", ""
-		if l.refund != nil {
-			kind, refundID = "refund", strconv.FormatInt(l.refund.id, 10)
-		}
-		cw.Write([]string{kind, strconv.FormatInt(l.txn.merchantID, 10), l.txn.id, refundID,
-			strconv.FormatInt(l.amount, 10), l.at.Format(time.RFC3339)})
-	}
-	cw.Flush()
 }
 
 // ---- the payer

@@ -288,7 +288,7 @@ type wxPrepayReq struct {
 // 32 (trade) or 64 (refund) characters of [0-9A-Za-z_-|*]; paysim takes
 // decimal ids only, and shorter ones too (surge's are long).
 func wxOutNo(field, s string, maxLen int) (int64, *wxError) {
-	id, ok := ParseID(s)
+	id, ok := payment.ParseID(s)
 	if !ok || len(s) > maxLen {
 		return 0, wxErr(http.StatusBadRequest, "PARAM_ERROR", "%s %.70q: paysim takes a decimal id of at most %d digits", field, s, maxLen)
 	}
@@ -536,7 +536,7 @@ func (s *Server) wxRefund(r *http.Request, ch *channel, body []byte) (int, any, 
 	ch.mu.Lock()
 	switch {
 	case req.OutTradeNo != "":
-		if no, ok := ParseID(req.OutTradeNo); ok {
+		if no, ok := payment.ParseID(req.OutTradeNo); ok {
 			t = ch.byMerchant[no]
 		}
 	case req.TransactionID != "":

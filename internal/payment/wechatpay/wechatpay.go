@@ -397,6 +397,9 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 	if err := c.verify.Validate(ctx, req); err != nil {
 		return payment.Notice{}, payment.ErrBadSignature.With("wechatpay notice: %v", err)
 	}
+	if err := sealed(body); err != nil {
+		return payment.Notice{}, err
+	}
 	var raw json.RawMessage
 	n, err := c.notices.ParseNotifyRequest(ctx, req, &raw)
 	if err != nil {
@@ -459,6 +462,26 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 
 func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("wechatpay notice: "+format, args...)
+}
+
+// sealed checks what the SDK's notice handler takes for granted and would
+// panic on (a nil pointer, AES-GCM's nonce length): that body has a
+// resource whose nonce is 12 bytes. -> payment.ErrBadCallback.
+func sealed(body []byte) error {
+	var n struct {
+		Resource *struct {
+			Nonce string `json:"nonce"`
+		} `json:"resource"`
+	}
+	switch {
+	case json.Unmarshal(body, &n) != nil:
+		return bad("the body is not a JSON object")
+	case n.Resource == nil:
+		return bad("no resource")
+	case len(n.Resource.Nonce) != 12:
+		return bad("resource.nonce is %d bytes, want 12", len(n.Resource.Nonce))
+	}
+	return nil
 }
 
 // ---- the trade bill

@@ -7,8 +7,6 @@ package paysimtest
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"errors"
 	"io"
 	"net/http"
@@ -28,7 +26,7 @@ import (
 
 // Harness describes the adapter under test.
 type Harness struct {
-	Name      string               // channel name at paysim ("wxsim")
+	Name      string               // channel name at paysim ("wechatpay")
 	Keys      paysim.ChannelConfig // the provider's side of the channel
 	OtherKeys paysim.ChannelConfig // same scheme, every key different: its callbacks and requests must be refused
 	// New returns the adapter talking to paysim at baseURL with hc (nil =
@@ -87,7 +85,7 @@ func Run(t *testing.T, h Harness) {
 		{"FaultOutage", testOutage},
 		{"WrongKeyRefused", testWrongKey},
 		{"AlteredBodyRefused", testAltered},
-		{"WrongMerchantSecret", testMerchantAuth},
+		{"WrongMerchantKey", testMerchantAuth},
 		{"Unreachable", testUnreachable},
 		{"Cancelled", testCancelled},
 		{"ExpiresAtTheProvider", testExpires},
@@ -826,7 +824,7 @@ func testMerchantAuth(t *testing.T, h Harness) {
 	other := h.New(e.url, nil, h.OtherKeys)
 	_, err := other.Create(e.ctx, payment.Txn{PaymentID: 1, Amount: 100, NotifyURL: e.rcv.url})
 	if !errors.Is(err, paysim.ErrMerchantAuth) || errors.Is(err, payment.ErrChannelDown) {
-		t.Fatalf("create with another secret: %v, want ErrMerchantAuth", err)
+		t.Fatalf("create with another key: %v, want ErrMerchantAuth", err)
 	}
 	if e.stats().Transactions != 0 {
 		t.Fatal("an unauthenticated request created a transaction")
@@ -850,17 +848,6 @@ func testCancelled(t *testing.T, h Harness) {
 		t.Fatalf("cancelled query: %v, want context.Canceled and not ErrChannelDown", err)
 	}
 	e.faults(paysim.Faults{})
-}
-
-// OtherRSA returns cc with a fresh RSA key.
-func OtherRSA(tb testing.TB, cc paysim.ChannelConfig) paysim.ChannelConfig {
-	tb.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cc.PrivateKey = k
-	return cc
 }
 
 // A transaction created with an expiry the payer lets pass can no longer
