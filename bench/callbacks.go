@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,14 +15,16 @@ import (
 	"time"
 
 	"github.com/surge-platform/surge/bench/load"
-	"github.com/surge-platform/surge/internal/member"
+	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
-// callbacks measures signed wxsim payment callbacks handled per second by
-// an embedded surge — signature check, replay window, ledger read, and on
+// callbacks measures WeChat Pay notices (TRANSACTION.SUCCESS, signed with
+// the platform key, the resource sealed with the APIv3 key) handled per
+// second by an embedded surge — signature check, decryption, replay
+// window, ledger read, and on
 // the first delivery of each payment the paid -> settled -> order paid
 // transitions; later deliveries are the duplicates every channel sends —
 // against the hello-world server.
@@ -62,7 +63,7 @@ func callbacks(ctx context.Context) error {
 				var p struct {
 					PaymentID string `json:"payment_id"`
 				}
-				if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tok, `{"channel":"wxsim"}`, 201, &p); err != nil {
+				if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tok, `{"channel":"wechatpay"}`, 201, &p); err != nil {
 					setupErr.Store(err)
 					return
 				}
@@ -88,7 +89,7 @@ func callbacks(ctx context.Context) error {
 	var next atomic.Int64
 	notify := func(int, int) *http.Request {
 		e := cbs[int(next.Add(1))%len(cbs)]
-		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", bytes.NewReader(e.body))
+		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wechatpay", bytes.NewReader(e.body))
 		r.Header = e.h.Clone()
 		return r
 	}
@@ -104,14 +105,14 @@ func callbacks(ctx context.Context) error {
 		fmt.Printf("  callbacks round: surge p50 %v p99 %v\n", s.P50, s.P99)
 	}
 	report(fmt.Sprintf("payment callbacks (%d connections, %v per round, embedded surge; %d payments, the first delivery of each settles its order, the rest are duplicates)",
-		*workers, *dur, len(cbs)), "hello-world", "surge notify/wxsim", bs, ss, 0)
+		*workers, *dur, len(cbs)), "hello-world", "surge notify/wechatpay", bs, ss, 0)
 	return nil
 }
 
 // paid is a payment the channel calls back about.
 type paid struct{ payment, amount int64 }
 
-// callback is a signed wxsim callback, encoded ahead of the measurement.
+// callback is a WeChat Pay notice, encoded ahead of the measurement.
 type callback struct {
 	h    http.Header
 	body []byte
@@ -128,17 +129,18 @@ func signedCallbacks(ctx context.Context, data, tag string, pays []paid) ([]call
 	if err != nil {
 		return nil, err
 	}
-	seed, err := member.Secret(ctx, c, "paysim_seed")
+	k, err := node.SimKeys(ctx, c)
 	c.Close()
 	if err != nil {
 		return nil, err
 	}
-	cc := paysim.DevKeys(hex.EncodeToString(seed)).Channels()["wxsim"]
+	cc := paysim.ChannelConfig{Scheme: paysim.WeChatPay, WeChat: k.WeChat}
 	now := time.Now()
 	cbs := make([]callback, len(pays))
 	for i, p := range pays {
 		h, b, err := paysim.EncodeCallback(cc, payment.Notice{
-			Status:   payment.Status{PaymentID: p.payment, ChannelTxnID: tag + strconv.Itoa(i), State: payment.Paid, Amount: p.amount, PaidAt: now},
+			Status: payment.Status{PaymentID: p.payment, ChannelTxnID: "4200000000" + tag + strconv.Itoa(i), State: payment.Paid,
+				Amount: p.amount, PaidAt: now},
 			NoticeID: tag + "-n" + strconv.Itoa(i), Timestamp: now})
 		if err != nil {
 			return nil, err

@@ -329,7 +329,7 @@ func classes(ctx context.Context, base string, list load.Request, capacity float
 		return r
 	}
 	callback := func(_, i int) *http.Request {
-		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", strings.NewReader(`{"id":"`+strconv.Itoa(i)+`"}`))
+		r, _ := http.NewRequest("POST", base+"/pay/v1/notify/wechatpay", strings.NewReader(`{"id":"`+strconv.Itoa(i)+`"}`))
 		return r
 	}
 	staff := func() (p, c openResult) {

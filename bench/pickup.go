@@ -63,7 +63,7 @@ func pickup(ctx context.Context) error {
 		var pay struct {
 			PaymentID string `json:"payment_id"`
 		}
-		if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tokens[i%customers], `{"channel":"wxsim"}`, 201, &pay); err != nil {
+		if err := post(base+"/api/v1/orders/"+c.OrderID+"/pay", tokens[i%customers], `{"channel":"wechatpay"}`, 201, &pay); err != nil {
 			return err
 		}
 		x, _ := strconv.ParseInt(pay.PaymentID, 10, 64)
@@ -188,7 +188,7 @@ func pickup(ctx context.Context) error {
 		go func() {
 			defer senders.Done()
 			for i := range jobs {
-				req, _ := http.NewRequest("POST", base+"/pay/v1/notify/wxsim", bytes.NewReader(cbs[i].body))
+				req, _ := http.NewRequest("POST", base+"/pay/v1/notify/wechatpay", bytes.NewReader(cbs[i].body))
 				req.Header = cbs[i].h.Clone()
 				res, err := client.Do(req)
 				if err == nil {

@@ -27,7 +27,7 @@ func ctlServer(t *testing.T) (string, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	p, err := switches.New(ctx, b, 0, switches.Defs("wxsim", "alisim"))
+	p, err := switches.New(ctx, b, 0, switches.Defs("wechatpay", "alipay"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestCtlSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatalf("list: %v\n%s", err, out)
 	}
-	for _, want := range []string{"notify.send", "bob@127.0.0.1", "carol@127.0.0.1", "pay.channel.wxsim", "orders.history_full"} {
+	for _, want := range []string{"notify.send", "bob@127.0.0.1", "carol@127.0.0.1", "pay.channel.wechatpay", "orders.history_full"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list lacks %q:\n%s", want, out)
 		}

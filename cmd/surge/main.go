@@ -66,7 +66,7 @@ Usage:
                   serves until Ctrl-C
   surge serve   [flags]   run the platform (or some roles) as a server
   surge migrate [--db URL ...]   apply the migrations to every database shard
-  surge reconcile --channel wxsim [--date 2026-11-23] [--server URL] [--admin-token T] [--json]
+  surge reconcile --channel wechatpay [--date 2026-11-23] [--server URL] [--admin-token T] [--json]
                   compare a channel's statement with the ledger (via a running
                   node's admin API); fixes what is safe, reports the rest
   surge ctl switch list | set NAME on|off | history NAME
@@ -151,7 +151,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.Migrate, "migrate", d.Migrate, "apply migrations at start")
 	fs.StringVar(&o.PublicURL, "public-url", "", "base URL this node is reached at, for payment callbacks (default http://<addr>)")
 	fs.StringVar(&o.PayURL, "pay-url", "", "base URL of the payment provider simulator (default this node's URL)")
-	fs.Func("pay-weights", "routing weights of the payment channels, e.g. wxsim=3,alisim=1 (default 1 each)", func(v string) error {
+	fs.Func("pay-weights", "routing weights of the payment channels, e.g. wechatpay=3,alipay=1 (default 1 each)", func(v string) error {
 		o.PayWeights = map[string]int{}
 		for _, kv := range strings.Split(v, ",") {
 			name, w, ok := strings.Cut(strings.TrimSpace(kv), "=")
@@ -411,7 +411,7 @@ Try it:
   TOKEN=$(curl -s -X POST %[1]s/api/v1/auth/login -d '{"phone":"+8613800000001"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
   ORDER=$(curl -s -X POST %[1]s/api/v1/orders -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: try-1" \
        -d '{"store_id":"%[3]d","items":[{"sku_id":"%[6]d","qty":2}]}' | sed 's/.*"order_id":"\([0-9]*\)".*/\1/')
-  PAYURL=$(curl -s -X POST %[1]s/api/v1/orders/$ORDER/pay -H "Authorization: Bearer $TOKEN" -d '{"channel":"wxsim"}' \
+  PAYURL=$(curl -s -X POST %[1]s/api/v1/orders/$ORDER/pay -H "Authorization: Bearer $TOKEN" -d '{"channel":"wechatpay"}' \
        | sed 's/.*"pay_url":"\([^"]*\)".*/\1/')
   curl -s -X POST $PAYURL            # the simulated payer pays
   curl -s %[1]s/api/v1/orders/$ORDER -H "Authorization: Bearer $TOKEN"     # "status":"paid"
@@ -469,8 +469,8 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func reconcile(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	channel := fs.String("channel", "", "payment channel (wxsim, alisim)")
-	date := fs.String("date", time.Now().UTC().AddDate(0, 0, -1).Format(time.DateOnly), "statement date (UTC), default yesterday")
+	channel := fs.String("channel", "", "payment channel (wechatpay, alipay)")
+	date := fs.String("date", time.Now().UTC().Add(-payment.BillsOut).AddDate(0, 0, -1).Format(time.DateOnly), "statement date (UTC); default the latest day whose bills are out (from 03:00 UTC, the day before yesterday)")
 	server := fs.String("server", "http://127.0.0.1:8080", "base URL of a running surge node with the api role")
 	token := fs.String("admin-token", "", "admin token of that node")
 	asJSON := fs.Bool("json", false, "print the report as JSON")

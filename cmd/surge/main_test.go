@@ -15,13 +15,13 @@ func TestFlagsAndEnv(t *testing.T) {
 	t.Setenv("SURGE_ROLES", "worker")
 	var o options
 	fs := flags(&o, io.Discard)
-	if err := parse(fs, []string{"--roles", "api", "--kv", "redis://r:6379/0", "--pay-weights", "wxsim=3,alisim=1"}); err != nil {
+	if err := parse(fs, []string{"--roles", "api", "--kv", "redis://r:6379/0", "--pay-weights", "wechatpay=3,alipay=1"}); err != nil {
 		t.Fatal(err)
 	}
 	if o.Addr != "127.0.0.1:9999" || o.OrderTTL != 30*time.Second || o.KV != "redis://r:6379/0" {
 		t.Fatalf("env not applied: %+v", o.Config)
 	}
-	if o.PayWeights["wxsim"] != 3 || o.PayWeights["alisim"] != 1 {
+	if o.PayWeights["wechatpay"] != 3 || o.PayWeights["alipay"] != 1 {
 		t.Fatalf("pay weights %v", o.PayWeights)
 	}
 	if len(o.DB) != 2 || o.DB[1] != "postgres://b/y" {
@@ -44,8 +44,8 @@ func TestBadInvocations(t *testing.T) {
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},
 		{"migrate", "--db", "mysql://x"},
-		{"serve", "--pay-weights", "wxsim=0"},
-		{"serve", "--pay-weights", "wxsim"},
+		{"serve", "--pay-weights", "wechatpay=0"},
+		{"serve", "--pay-weights", "wechatpay"},
 		{"serve", "--wechatpay", "mchid=1900000109,appid=wx1"},
 		{"serve", "--alipay", "appid=2021000117600001,key-env=SURGE_TEST_NO_SUCH_KEY,alipay-key-env=SURGE_TEST_NO_SUCH_KEY"},
 	} {

@@ -522,7 +522,7 @@ func TestFlashSaleRefundKeepsStoreStock(t *testing.T) {
 		t.Fatalf("purchase: %d %s", r.Status, r.Body)
 	}
 	oid := pollTicket(t, buyer, sale, tk.Ticket).OrderID
-	p := buyer.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wxsim"}`)
+	p := buyer.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wechatpay"}`)
 	var st struct {
 		PayURL string `json:"pay_url"`
 	}

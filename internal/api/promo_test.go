@@ -264,7 +264,7 @@ func TestCouponLockUseRelease(t *testing.T) {
 
 func pay(t *testing.T, c *nodetest.Client, oid string) {
 	t.Helper()
-	p := c.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wxsim"}`)
+	p := c.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wechatpay"}`)
 	if p.Status != 201 {
 		t.Fatalf("pay: %d %s", p.Status, p.Body)
 	}
@@ -294,7 +294,7 @@ func TestCouponCancelPayRace(t *testing.T) {
 		oid := decode[struct {
 			OrderID string `json:"order_id"`
 		}](t, r).OrderID
-		p := c.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wxsim"}`)
+		p := c.Do("POST", "/api/v1/orders/"+oid+"/pay", `{"channel":"wechatpay"}`)
 		url := decode[struct {
 			PayURL string `json:"pay_url"`
 		}](t, p).PayURL

@@ -36,8 +36,7 @@ func TestSwitchesOnOneNode(t *testing.T) {
 func adminRoutes(t *testing.T, base string) {
 	a := &nodetest.Client{T: t, Base: base, Token: admin}
 	list := decode[struct{ Switches []switches.Status }](t, a.Do("GET", "/admin/v1/switches", ""))
-	if len(list.Switches) != 8 { // 4 of the service, one per payment channel
-
+	if len(list.Switches) != 6 { // 4 of the service, one per payment channel
 		t.Fatalf("switches: %+v", list)
 	}
 	for _, s := range list.Switches {
@@ -160,7 +159,7 @@ func TestSwitchesOfPaymentsAndNotifications(t *testing.T) {
 // lost shows only once the switch is back on.
 func stopsPaymentQueryOnRead(t *testing.T, n *node.Node) {
 	base := n.URL()
-	if err := n.Sim.SetFaults("wxsim", paysim.Faults{DropCallbacks: true}); err != nil {
+	if err := n.Sim.SetFaults("wechatpay", paysim.Faults{DropCallbacks: true}); err != nil {
 		t.Fatal(err)
 	}
 	flip(t, base, switches.OrdersReadPayQuery, false)
@@ -179,7 +178,7 @@ func stopsPaymentQueryOnRead(t *testing.T, n *node.Node) {
 		}
 	}
 	flip(t, base, switches.OrdersReadPayQuery, true)
-	if err := n.Sim.SetFaults("wxsim", paysim.Faults{}); err != nil {
+	if err := n.Sim.SetFaults("wechatpay", paysim.Faults{}); err != nil {
 		t.Fatal(err)
 	}
 	// A read asks the channel off its own path; a later read shows what
@@ -226,9 +225,9 @@ func TestChannelSwitchIsClusterWide(t *testing.T) {
 		t.Fatalf("unknown channel: %d %s", r.Status, r.Body)
 	}
 	start := time.Now()
-	r := a.Do("PUT", "/admin/v1/payments/channels/wxsim", `{"enabled":false}`)
-	if r.Status != 200 || !strings.Contains(string(r.Body), `"name":"wxsim"`) {
-		t.Fatalf("switch wxsim off: %d %s", r.Status, r.Body)
+	r := a.Do("PUT", "/admin/v1/payments/channels/wechatpay", `{"enabled":false}`)
+	if r.Status != 200 || !strings.Contains(string(r.Body), `"name":"wechatpay"`) {
+		t.Fatalf("switch wechatpay off: %d %s", r.Status, r.Body)
 	}
 	type channels struct {
 		Channels []struct {
@@ -238,18 +237,18 @@ func TestChannelSwitchIsClusterWide(t *testing.T) {
 	}
 	for i, n := range nodes {
 		cl := &nodetest.Client{T: t, Base: n.URL(), Token: admin}
-		eventually.True(t, time.Second, fmt.Sprintf("node %d sees wxsim off", i), func() bool {
+		eventually.True(t, time.Second, fmt.Sprintf("node %d sees wechatpay off", i), func() bool {
 			cs := decode[channels](t, cl.Do("GET", "/admin/v1/payments/channels", ""))
 			off := 0
 			for _, c := range cs.Channels {
 				if c.ForcedOff {
 					off++
-					if c.Name != "wxsim" {
+					if c.Name != "wechatpay" {
 						return false
 					}
 				}
 			}
-			return len(cs.Channels) == 4 && off == 1
+			return len(cs.Channels) == 2 && off == 1
 		})
 	}
 	fmt.Printf("channel switch on 3 nodes (over HTTP): all off within %v\n", time.Since(start))
@@ -257,13 +256,13 @@ func TestChannelSwitchIsClusterWide(t *testing.T) {
 	o := decode[struct {
 		OrderID string `json:"order_id"`
 	}](t, c.Do("POST", "/api/v1/orders", `{"store_id":"1001","items":[{"sku_id":"1001000","qty":1}]}`))
-	if r := c.Do("POST", "/api/v1/orders/"+o.OrderID+"/pay", `{"channel":"wxsim"}`); r.Status != 503 || r.Code() != "channel_unavailable" {
-		t.Fatalf("pay with wxsim off on another node: %d %s", r.Status, r.Body)
+	if r := c.Do("POST", "/api/v1/orders/"+o.OrderID+"/pay", `{"channel":"wechatpay"}`); r.Status != 503 || r.Code() != "channel_unavailable" {
+		t.Fatalf("pay with wechatpay off on another node: %d %s", r.Status, r.Body)
 	}
-	if r := c.Do("POST", "/api/v1/orders/"+o.OrderID+"/pay", `{}`); r.Status != 201 || !strings.Contains(string(r.Body), `"channel":"alisim"`) {
+	if r := c.Do("POST", "/api/v1/orders/"+o.OrderID+"/pay", `{}`); r.Status != 201 || !strings.Contains(string(r.Body), `"channel":"alipay"`) {
 		t.Fatalf("pay without a channel: %d %s", r.Status, r.Body)
 	}
-	h := decode[struct{ Changes []switches.Record }](t, a.Do("GET", "/admin/v1/switches/pay.channel.wxsim/history", ""))
+	h := decode[struct{ Changes []switches.Record }](t, a.Do("GET", "/admin/v1/switches/pay.channel.wechatpay/history", ""))
 	if len(h.Changes) != 1 || h.Changes[0].On || !h.Changes[0].Old {
 		t.Fatalf("history: %+v", h)
 	}

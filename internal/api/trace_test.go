@@ -120,11 +120,11 @@ func TestActiveQueryJoinsThePayTrace(t *testing.T) {
 	t.Parallel()
 	n := nodetest.Start(t, func(c *node.Config) { c.PayQuery = 300 * time.Millisecond })
 	base := n.URL()
-	if err := n.Sim.SetFaults("wxsim", paysim.Faults{DropCallbacks: true}); err != nil {
+	if err := n.Sim.SetFaults("wechatpay", paysim.Faults{DropCallbacks: true}); err != nil {
 		t.Fatal(err)
 	}
 	cust, cws, created, _ := orderOnSocket(t, base, "+8613912340002")
-	p := cust.Do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wxsim"}`)
+	p := cust.Do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wechatpay"}`)
 	var st struct {
 		PayURL string `json:"pay_url"`
 	}

@@ -211,7 +211,7 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration, 
 					var st struct {
 						PayURL string `json:"pay_url"`
 					}
-					ch := []string{"wxsim", "alisim"}[rng.IntN(2)]
+					ch := []string{"wechatpay", "alipay"}[rng.IntN(2)]
 					if call("pay order", "POST", "/api/v1/orders/"+created.OrderID+"/pay", login.Token, map[string]string{"channel": ch}, &st) == 201 {
 						if req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil); err == nil {
 							if res, err := client.Do(req); err == nil {
@@ -360,7 +360,7 @@ func flash(ctx context.Context, call caller, token, sale string, client *http.Cl
 				var st struct {
 					PayURL string `json:"pay_url"`
 				}
-				if call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wxsim"}, &st) == 201 {
+				if call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wechatpay"}, &st) == 201 {
 					if req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil); err == nil {
 						if res, err := client.Do(req); err == nil {
 							io.Copy(io.Discard, res.Body)

@@ -44,7 +44,7 @@ func TestFulfilCatchesUp(t *testing.T) {
 		if err != nil || status != 201 {
 			t.Fatalf("order: %d %s %v", status, b, err)
 		}
-		status, b, err = call(front.base, "POST", "/api/v1/orders/"+c.OrderID+"/pay", tok, `{"channel":"alisim"}`)
+		status, b, err = call(front.base, "POST", "/api/v1/orders/"+c.OrderID+"/pay", tok, `{"channel":"alipay"}`)
 		var st struct {
 			PayURL string `json:"pay_url"`
 		}

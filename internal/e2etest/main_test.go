@@ -377,8 +377,8 @@ func TestSeparateRoles(t *testing.T) {
 	// simulator (pay), simulator -> api (signed callback).
 	tok := mustLogin(t, api.base, "+8613900000099")
 	oid := placeN(t, api.base, tok, 1)[0]
-	for _, ch := range []string{"wxsim", "alisim"} {
-		if ch == "alisim" {
+	for _, ch := range []string{"wechatpay", "alipay"} {
+		if ch == "alipay" {
 			oid = placeN(t, api.base, tok, 1)[0]
 		}
 		status, b, err := call(api.base, "POST", "/api/v1/orders/"+oid+"/pay", tok, `{"channel":"`+ch+`"}`)

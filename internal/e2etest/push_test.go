@@ -93,7 +93,7 @@ func payNew(base, token, store string) (string, error) {
 	if err != nil || status != 201 {
 		return "", fmt.Errorf("order: %d %s %v", status, b, err)
 	}
-	status, b, err = call(base, "POST", "/api/v1/orders/"+o.OrderID+"/pay", token, `{"channel":"wxsim"}`)
+	status, b, err = call(base, "POST", "/api/v1/orders/"+o.OrderID+"/pay", token, `{"channel":"wechatpay"}`)
 	var p struct {
 		PayURL string `json:"pay_url"`
 	}

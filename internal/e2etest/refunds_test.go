@@ -108,7 +108,7 @@ func (s *shopper) buy(cid string) e2eOrder {
 	var p struct {
 		PayURL string `json:"pay_url"`
 	}
-	json.Unmarshal(s.do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wxsim"}`, 201), &p)
+	json.Unmarshal(s.do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wechatpay"}`, 201), &p)
 	if status, b, err := call(p.PayURL, "POST", "", "", ""); err != nil || status != 200 {
 		s.t.Fatalf("payer pays: %d %s %v", status, b, err)
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/surge-platform/surge/internal/flashsale"
 	"github.com/surge-platform/surge/internal/guard"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -38,10 +37,8 @@ import (
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/alipay"
-	"github.com/surge-platform/surge/internal/payment/alisim"
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/payment/wechatpay"
-	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/edge"
 	"github.com/surge-platform/surge/internal/platform/id"
@@ -291,7 +288,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 			return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 		}
 	}
-	if n.Switches, err = switches.New(octx, n.Bus, 0, switches.Defs(wxsim.Name, alisim.Name, wechatpay.Name, alipay.Name)); err != nil {
+	if n.Switches, err = switches.New(octx, n.Bus, 0, switches.Defs(wechatpay.Name, alipay.Name)); err != nil {
 		return nil, openError("bus", []string{cfg.Bus}, "--bus", natsServer, start, err)
 	}
 	// Node ids and job leaders are leased in the main database: every
@@ -369,7 +366,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		public = "http://" + n.ln.Addr().String()
 	}
 	srv.Extra = map[string]http.Handler{}
-	keys, err := simKeys(ctx, n.DB)
+	keys, err := SimKeys(ctx, n.DB)
 	if err != nil {
 		return nil, err
 	}
@@ -411,9 +408,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if payURL == "" {
 			payURL = public
 		}
-		channels, err := simChannels(payURL, keys, cfg.WeChatPay, cfg.Alipay)
+		channels, err := PayChannels(payURL, keys, cfg.WeChatPay, cfg.Alipay)
 		if err != nil {
 			return nil, err
+		}
+		for name := range cfg.PayWeights {
+			if !slices.ContainsFunc(channels, func(c payment.Channel) bool { return c.Name() == name }) {
+				return nil, fmt.Errorf("--pay-weights: no payment channel %q here", name)
+			}
 		}
 		// Refunds of orders ask the stores' fulfilment records whether the
 		// store accepted an order, and withdraw it when it has not.
@@ -421,18 +423,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		if n.Fulfil == nil {
 			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, nil, log.With("role", "refunds"))
 		}
-		// wechatpay and alipay at the simulator take payments only when
-		// asked for by name until they replace wxsim and alisim (issue 14),
-		// unless weighted; with the provider's credentials, as any channel.
-		weights := map[string]int{}
-		if cfg.WeChatPay == nil {
-			weights[wechatpay.Name] = 0
-		}
-		if cfg.Alipay == nil {
-			weights[alipay.Name] = 0
-		}
-		maps.Copy(weights, cfg.PayWeights)
-		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, weights, log,
+		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, cfg.PayWeights, log,
 			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})
 		chSwitch := map[string]string{} // channel -> its switch, named once: picks do not allocate
 		for _, ch := range channels {

@@ -14,37 +14,32 @@ import (
 	"github.com/surge-platform/surge/internal/member"
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/alipay"
-	"github.com/surge-platform/surge/internal/payment/alisim"
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/payment/wechatpay"
-	"github.com/surge-platform/surge/internal/payment/wxsim"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
-// simKeys returns the keys of the simulated channels, shared by every node
-// of the cluster through the main database (the simulator and the payment
-// service may run in different processes): secrets derived from a seed in
-// the settings table, and an RSA key pair kept there as PKCS#8 PEM. Real
-// providers' keys would come from configuration instead.
-func simKeys(ctx context.Context, db *sqldb.Cluster) (paysim.Keys, error) {
+// SimKeys returns the demo keys of the simulated providers, shared by
+// every node of the cluster through the main database (the simulator and
+// the payment service may run in different processes): four RSA keys kept
+// in the settings table as PKCS#8 PEM (the merchant's and WeChat Pay's, the
+// app's and Alipay's), and ids and the APIv3 key derived from a seed kept
+// there too. Production's keys come from the merchant platforms instead
+// (Config.WeChatPay, Config.Alipay).
+func SimKeys(ctx context.Context, db *sqldb.Cluster) (paysim.Keys, error) {
 	seed, err := member.Secret(ctx, db, "paysim_seed")
 	if err != nil {
 		return paysim.Keys{}, err
 	}
-	k := paysim.DevKeys(hex.EncodeToString(seed))
-	var keys [5]*rsa.PrivateKey
-	for i, name := range []string{"paysim_rsa", "paysim_wechatpay_merchant", "paysim_wechatpay_platform", "paysim_alipay_app", "paysim_alipay"} {
-		proposal := func() *rsa.PrivateKey { return k.AliPrivateKey }
-		if i > 0 {
-			proposal = func() *rsa.PrivateKey { return paysim.DevRSA(i - 1) }
-		}
-		if keys[i], err = storedKey(ctx, db, name, proposal); err != nil {
+	var keys [4]*rsa.PrivateKey
+	for i, name := range []string{"paysim_wechatpay_merchant", "paysim_wechatpay_platform", "paysim_alipay_app", "paysim_alipay"} {
+		if keys[i], err = storedKey(ctx, db, name, func() *rsa.PrivateKey { return paysim.DevRSA(i) }); err != nil {
 			return paysim.Keys{}, err
 		}
 	}
-	k.AliPrivateKey = keys[0]
-	k.WeChat, k.WeChatMerchant = paysim.WeChatFrom(hex.EncodeToString(seed), keys[1], keys[2])
-	k.Alipay, k.AlipayApp = paysim.AlipayFrom(keys[3], keys[4])
+	var k paysim.Keys
+	k.WeChat, k.WeChatMerchant = paysim.WeChatFrom(hex.EncodeToString(seed), keys[0], keys[1])
+	k.Alipay, k.AlipayApp = paysim.AlipayFrom(keys[2], keys[3])
 	return k, nil
 }
 
@@ -85,31 +80,34 @@ func storedKey(ctx context.Context, db *sqldb.Cluster, name string, proposal fun
 	return rk, nil
 }
 
-// simChannels are the payment channels: wxsim and alisim (protocols of
-// our own) at the simulator at payURL, and wechatpay and alipay (WeChat
-// Pay's and Alipay's, on their SDKs) with the merchant's credentials when
-// given (wx, ali), else at the simulator with the demo's keys.
-func simChannels(payURL string, k paysim.Keys, wxCfg *wechatpay.Config, aliCfg *alipay.Config) ([]payment.Channel, error) {
-	if wxCfg == nil {
+// PayChannels are the payment channels: wechatpay and alipay (WeChat Pay's
+// and Alipay's protocols, on their SDKs). Given the merchant's credentials
+// of either (wxCfg, aliCfg), only the channels with credentials are made,
+// each paying at its provider: a channel left at the simulator beside
+// real ones would let anyone "pay" with one request. Given none, both pay
+// at the simulator at payURL with its demo keys k.
+func PayChannels(payURL string, k paysim.Keys, wxCfg *wechatpay.Config, aliCfg *alipay.Config) ([]payment.Channel, error) {
+	if wxCfg == nil && aliCfg == nil {
 		wxCfg = &wechatpay.Config{BaseURL: strings.TrimRight(payURL, "/"), MchID: k.WeChatMerchant.MchID,
 			AppID: k.WeChatMerchant.AppID, CertSerial: k.WeChatMerchant.CertSerial, PrivateKey: k.WeChatMerchant.PrivateKey,
 			PlatformKeyID: k.WeChatMerchant.PlatformKeyID, PlatformKey: k.WeChatMerchant.PlatformKey, APIv3Key: string(k.WeChatMerchant.APIv3Key)}
-	}
-	wx, err := wechatpay.New(*wxCfg)
-	if err != nil {
-		return nil, err
-	}
-	if aliCfg == nil {
 		aliCfg = &alipay.Config{Gateway: strings.TrimRight(payURL, "/") + "/paysim/v1/" + alipay.Name + "/gateway.do",
 			AppID: k.AlipayApp.AppID, PrivateKey: k.AlipayApp.PrivateKey, AlipayKey: k.AlipayApp.AlipayKey}
 	}
-	ali, err := alipay.New(*aliCfg)
-	if err != nil {
-		return nil, err
+	var chs []payment.Channel
+	if wxCfg != nil {
+		wx, err := wechatpay.New(*wxCfg)
+		if err != nil {
+			return nil, err
+		}
+		chs = append(chs, wx)
 	}
-	return []payment.Channel{
-		wxsim.New(wxsim.Config{BaseURL: payURL, Secret: k.WXSecret}),
-		alisim.New(alisim.Config{BaseURL: payURL, Secret: k.AliSecret, PublicKey: &k.AliPrivateKey.PublicKey}),
-		wx, ali,
-	}, nil
+	if aliCfg != nil {
+		ali, err := alipay.New(*aliCfg)
+		if err != nil {
+			return nil, err
+		}
+		chs = append(chs, ali)
+	}
+	return chs, nil
 }

@@ -128,7 +128,7 @@ func PayOrder(t testing.TB, c *Client, store, sku string) string {
 	if r.Status != 201 {
 		t.Fatalf("order: %d %s", r.Status, r.Body)
 	}
-	p := c.Do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wxsim"}`)
+	p := c.Do("POST", "/api/v1/orders/"+created.OrderID+"/pay", `{"channel":"wechatpay"}`)
 	var st struct {
 		PayURL string `json:"pay_url"`
 	}

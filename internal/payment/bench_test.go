@@ -12,8 +12,8 @@ import (
 	"github.com/surge-platform/surge/internal/payment"
 )
 
-// BenchmarkCallbacks measures signed wxsim callbacks handled per second
-// through POST /pay/v1/notify/wxsim of a whole node (verify, apply the
+// BenchmarkCallbacks measures signed wechatpay callbacks handled per second
+// through POST /pay/v1/notify/wechatpay of a whole node (verify, apply the
 // payment, pay the order by CAS with its outbox event, acknowledge), each
 // the first callback of its payment, from concurrent senders; and GET
 // /healthz on the same node as the hello-world baseline of the same run.
@@ -52,7 +52,7 @@ func BenchmarkCallbacks(b *testing.B) {
 	})
 
 	b.Run("notify", func(b *testing.B) {
-		// b.N orders with a payment started at wxsim, and their callbacks.
+		// b.N orders with a payment started at wechatpay, and their callbacks.
 		type cb struct {
 			h    http.Header
 			body []byte
@@ -64,7 +64,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			st, err := e.n.Payments.Pay(e.ctx, uid, c.OrderID, "wxsim")
+			st, err := e.n.Payments.Pay(e.ctx, uid, c.OrderID, "wechatpay")
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -72,7 +72,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			if err != nil || len(ps) != 1 {
 				b.Fatalf("payments of order %d: %v %v", c.OrderID, ps, err)
 			}
-			h, body := e.mustEncode("wxsim", payment.Notice{Status: payment.Status{PaymentID: st.PaymentID, ChannelTxnID: ps[0].ChannelTxn,
+			h, body := e.mustEncode("wechatpay", payment.Notice{Status: payment.Status{PaymentID: st.PaymentID, ChannelTxnID: ps[0].ChannelTxn,
 				State: payment.Paid, Amount: c.Payable, PaidAt: time.Now().UTC().Truncate(time.Second)},
 				NoticeID: "bench" + ps[0].ChannelTxn, Timestamp: time.Now()})
 			cbs[i], oids[i] = cb{h, body}, c.OrderID
@@ -82,7 +82,7 @@ func BenchmarkCallbacks(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				c := cbs[next.Add(1)-1]
-				post(b, "POST", "/pay/v1/notify/wxsim", c.h.Clone(), c.body)
+				post(b, "POST", "/pay/v1/notify/wechatpay", c.h.Clone(), c.body)
 			}
 		})
 		b.StopTimer()

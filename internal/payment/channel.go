@@ -129,8 +129,10 @@ type Channel interface {
 	Close(ctx context.Context, paymentID int64) error
 	Refund(ctx context.Context, r Refund) error
 	// ParseCallback verifies the signature of a callback and parses it. It
-	// returns ErrBadSignature or ErrBadCallback for anything it cannot trust.
-	// It does not judge freshness (the caller checks Timestamp and NoticeID).
+	// returns ErrBadSignature or ErrBadCallback for anything it cannot trust,
+	// and ErrReplay for one its provider's protocol (or SDK) refuses as too
+	// old or too new although it is signed. The caller judges freshness
+	// too, by Timestamp and NoticeID.
 	ParseCallback(h http.Header, body []byte) (Notice, error)
 	// Ack is the answer the provider expects for a callback it must not repeat.
 	Ack() (contentType string, body []byte)

@@ -61,7 +61,7 @@ func TestReorderedAndDuplicatedCallbacksSettleOnce(t *testing.T) {
 func TestSecondPaymentRefunded(t *testing.T) {
 	t.Parallel()
 	e := mustStart(t, envOpts{})
-	for _, tc := range []struct{ first, second string }{{"wxsim", "alisim"}, {"alisim", "wxsim"}, {"wxsim", "wxsim"}} {
+	for _, tc := range []struct{ first, second string }{{"wechatpay", "alipay"}, {"alipay", "wechatpay"}, {"wechatpay", "wechatpay"}} {
 		t.Run(tc.first+"_then_"+tc.second, func(t *testing.T) {
 			t.Parallel()
 			c := e.mustCustomer()
@@ -112,11 +112,11 @@ func TestPayingUnpayableOrderRefused(t *testing.T) {
 	t.Parallel()
 	const ttl = 2 * time.Second
 	e := mustStart(t, envOpts{orderTTL: ttl})
-	txns := func() int64 { return e.n.Sim.Stats("wxsim").Transactions + e.n.Sim.Stats("alisim").Transactions }
+	txns := func() int64 { return e.n.Sim.Stats("wechatpay").Transactions + e.n.Sim.Stats("alipay").Transactions }
 	refused := func(t *testing.T, c *customer, oid int64, wantPayments int) {
 		t.Helper()
 		before := txns()
-		for _, ch := range []string{"", "wxsim", "alisim"} {
+		for _, ch := range []string{"", "wechatpay", "alipay"} {
 			if _, r := c.pay(oid, ch); r.status != 409 || r.code() != order.ErrNotPayable.Code {
 				t.Errorf("pay at %q: %d %s, want 409 %s", ch, r.status, r.body, order.ErrNotPayable.Code)
 			}
@@ -151,7 +151,7 @@ func TestPayingUnpayableOrderRefused(t *testing.T) {
 	t.Run("paid", func(t *testing.T) {
 		c := e.mustCustomer()
 		oid := c.mustOrder()
-		st := c.mustPay(oid, "wxsim")
+		st := c.mustPay(oid, "wechatpay")
 		e.mustPayAtChannel(st)
 		e.mustSettledOnce(oid, st.PaymentID)
 		refused(t, c, oid, 1)
@@ -166,42 +166,43 @@ func TestPayingUnpayableOrderRefused(t *testing.T) {
 // queries once it is back.
 func TestChannelOutageMidFlow(t *testing.T) {
 	t.Parallel()
-	e := mustStart(t, envOpts{payQuery: time.Second})
+	e := mustStart(t, envOpts{payQuery: 2 * time.Second})
 	c := e.mustCustomer()
 
-	// Paid at wxsim just before the outage; their callbacks are not sent yet.
-	e.mustFaults("wxsim", paysim.Faults{CallbackDelayMS: 3000})
+	// Payments started at wechatpay (not paid): a record of successful
+	// calls, so the router keeps wechatpay in rotation for a while after the
+	// outage begins.
+	for range 9 {
+		c.mustPay(c.mustOrder(), "wechatpay")
+	}
+	// Paid at wechatpay just before the outage; their callbacks are not
+	// sent yet, nor are they queried yet.
+	e.mustFaults("wechatpay", paysim.Faults{CallbackDelayMS: 3000})
 	const stuck = 3
 	var before []int64
 	var beforeSt []started
 	for range stuck {
 		oid := c.mustOrder()
-		st := c.mustPay(oid, "wxsim")
+		st := c.mustPay(oid, "wechatpay")
 		e.mustPayAtChannel(st)
 		before, beforeSt = append(before, oid), append(beforeSt, st)
 	}
-	// More payments started at wxsim (not paid): a record of successful
-	// calls, so the router keeps wxsim in rotation for a while after the
-	// outage begins.
-	for range 9 {
-		c.mustPay(c.mustOrder(), "wxsim")
-	}
-	e.mustFaults("wxsim", paysim.Faults{CallbackDelayMS: 3000, Outage: true})
-	if s := e.n.Sim.Stats("wxsim"); s.Attempts != 0 {
-		t.Fatalf("wxsim tried %d callbacks before the outage; the test needs them held back", s.Attempts)
+	e.mustFaults("wechatpay", paysim.Faults{CallbackDelayMS: 3000, Outage: true})
+	if s := e.n.Sim.Stats("wechatpay"); s.Attempts != 0 {
+		t.Fatalf("wechatpay tried %d callbacks before the outage; the test needs them held back", s.Attempts)
 	}
 
-	// Routed payments while wxsim is down but the router has not noticed:
-	// each lands on alisim, after one failed try at wxsim at most (about
-	// half of them pick wxsim first).
+	// Routed payments while wechatpay is down but the router has not noticed:
+	// each lands on alipay, after one failed try at wechatpay at most (about
+	// half of them pick wechatpay first).
 	var moved []started
 	var movedOrders []int64
 	routed := func(phase string, n int) {
 		for range n {
 			oid := c.mustOrder()
 			st, r := c.pay(oid, "")
-			if r.status != 201 || st.Channel != "alisim" {
-				t.Errorf("%s: routed payment of order %d: %d %s; want 201 on alisim", phase, oid, r.status, r.body)
+			if r.status != 201 || st.Channel != "alipay" {
+				t.Errorf("%s: routed payment of order %d: %d %s; want 201 on alipay", phase, oid, r.status, r.body)
 				continue
 			}
 			moved, movedOrders = append(moved, st), append(movedOrders, oid)
@@ -210,30 +211,30 @@ func TestChannelOutageMidFlow(t *testing.T) {
 	routed("before the router noticed", 16)
 
 	// The held callbacks are parked by the outage, and the failed calls (the
-	// routed tries and the active queries of the stuck payments) take wxsim
+	// routed tries and the active queries of the stuck payments) take wechatpay
 	// out of the rotation.
-	e.waitStats("wxsim", "parked the held callbacks", func(s paysim.Stats) bool { return s.Parked == stuck })
-	eventually.Saw(t, 10*time.Second, "router takes wxsim out", func() (bool, string) {
+	e.waitStats("wechatpay", "parked the held callbacks", func(s paysim.Stats) bool { return s.Parked == stuck })
+	eventually.Saw(t, 10*time.Second, "router takes wechatpay out", func() (bool, string) {
 		for _, s := range e.n.Payments.Router.States() {
-			if s.Name == "wxsim" {
+			if s.Name == "wechatpay" {
 				return s.Out && s.Effective == 0, fmt.Sprintf("%+v", s)
 			}
 		}
-		return false, "no wxsim"
+		return false, "no wechatpay"
 	})
 	// Asked for explicitly while down: a clear code, no payment started.
 	for range 3 {
 		oid := c.mustOrder()
-		if _, r := c.pay(oid, "wxsim"); r.status != 503 || r.code() != payment.ErrChannelDown.Code {
-			t.Errorf("explicit wxsim while down: %d %s; want 503 %s", r.status, r.body, payment.ErrChannelDown.Code)
+		if _, r := c.pay(oid, "wechatpay"); r.status != 503 || r.code() != payment.ErrChannelDown.Code {
+			t.Errorf("explicit wechatpay while down: %d %s; want 503 %s", r.status, r.body, payment.ErrChannelDown.Code)
 		}
 		if ps := e.payments(oid); len(ps) != 0 {
-			t.Errorf("explicit wxsim while out of rotation wrote payments %+v", ps)
+			t.Errorf("explicit wechatpay while out of rotation wrote payments %+v", ps)
 		}
 	}
 	routed("after the router noticed", 4)
 
-	// The moved payments work on alisim.
+	// The moved payments work on alipay.
 	for i, st := range moved {
 		e.mustPayAtChannel(st)
 		e.mustSettledOnce(movedOrders[i], st.PaymentID)
@@ -246,13 +247,13 @@ func TestChannelOutageMidFlow(t *testing.T) {
 
 	// Recovery; the parked callbacks are lost on the way (dropped), so only
 	// the active queries can repair the stuck payments.
-	e.mustFaults("wxsim", paysim.Faults{DropCallbacks: true})
+	e.mustFaults("wechatpay", paysim.Faults{DropCallbacks: true})
 	for i, oid := range before {
 		e.waitPaid(oid, 20*time.Second)
 		e.mustSettledOnce(oid, beforeSt[i].PaymentID)
 	}
-	if s := e.n.Sim.Stats("wxsim"); s.Dropped != stuck || s.Acked != 0 {
-		t.Errorf("wxsim %+v; want the %d held callbacks dropped and none delivered", s, stuck)
+	if s := e.n.Sim.Stats("wechatpay"); s.Dropped != stuck || s.Acked != 0 {
+		t.Errorf("wechatpay %+v; want the %d held callbacks dropped and none delivered", s, stuck)
 	}
 	for _, oid := range append(slices.Clone(before), movedOrders...) {
 		if an := e.anomaliesOf(oid); len(an) != 0 {
@@ -326,7 +327,7 @@ func TestMissingCallback(t *testing.T) {
 func TestPaymentAfterCancelRefunded(t *testing.T) {
 	t.Parallel()
 	e := mustStart(t, envOpts{})
-	for _, ch := range allChannels {
+	for _, ch := range channels {
 		t.Run(ch, func(t *testing.T) {
 			t.Parallel()
 			c := e.mustCustomer()
@@ -363,7 +364,7 @@ func TestPaymentAfterCancelRefunded(t *testing.T) {
 // ledger says closed.
 func TestCancelledOrderClosesItsPayment(t *testing.T) {
 	t.Parallel()
-	eachOf(t, allChannels, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
+	eachOf(t, channels, envOpts{}, func(t *testing.T, e *env, ch string, c *customer) {
 		oid := c.mustOrder()
 		st := c.mustPay(oid, ch)
 		if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oid), c.token, nil, nil); r.status != 200 {

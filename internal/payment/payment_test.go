@@ -34,16 +34,12 @@ import (
 
 const adminToken = "payment-test-admin"
 
-// channels are the shipped payment channels the tests run on; allChannels
-// adds the ones speaking WeChat Pay's and Alipay's protocols, which take
-// payments only when asked for by name until they replace the first two.
-var (
-	channels    = []string{"wxsim", "alisim"}
-	allChannels = []string{"wxsim", "alisim", "wechatpay", "alipay"}
-)
+// channels are the shipped payment channels the tests run on: WeChat
+// Pay's and Alipay's protocols, at the simulator.
+var channels = []string{"wechatpay", "alipay"}
 
 // acks are the answers each channel expects for a callback it must not repeat.
-var acks = map[string]string{"wxsim": `{"code":"SUCCESS"}`, "alisim": "success", "wechatpay": "", "alipay": "success"}
+var acks = map[string]string{"wechatpay": "", "alipay": "success"}
 
 var httpc = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
 
@@ -125,7 +121,7 @@ func mustStart(tb testing.TB, o envOpts) *env {
 		}
 	})
 	e := &env{tb: tb, ctx: ctx, n: n, base: n.URL(), keys: map[string]paysim.ChannelConfig{}, sim: map[string]simView{}}
-	for _, name := range allChannels {
+	for _, name := range channels {
 		e.keys[name], e.sim[name] = n.Sim.Config(name), simView{n.Sim, name}
 	}
 	return e
@@ -536,7 +532,6 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 func TestForgedCallbacksRefused(t *testing.T) {
 	t.Parallel()
 	e := mustStart(t, envOpts{})
-	otherWX := paysim.ChannelConfig{Scheme: paysim.HMAC, Secret: []byte("not the merchant's secret, 32 by")}
 	otherKey := mustOtherRSA(t)
 	tamperForm := func(body []byte, key, value string) []byte {
 		v, err := url.ParseQuery(string(body))
@@ -546,67 +541,85 @@ func TestForgedCallbacksRefused(t *testing.T) {
 		v.Set(key, value)
 		return []byte(v.Encode())
 	}
+	signedBy := func(cc paysim.ChannelConfig, n payment.Notice) (http.Header, []byte) {
+		h, b, err := paysim.EncodeCallback(cc, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h, b
+	}
+	otherWX, otherAli := *e.keys["wechatpay"].WeChat, *e.keys["alipay"].Alipay
+	otherWX.PlatformKey, otherAli.AlipayKey = otherKey, otherKey
 	type forgery struct {
 		name  string
 		forge func(n payment.Notice) (http.Header, []byte)
 	}
 	cases := map[string][]forgery{
-		"wxsim": {
-			{"wrong key", func(n payment.Notice) (http.Header, []byte) {
-				h, b, err := paysim.EncodeCallback(otherWX, n)
-				if err != nil {
-					t.Fatal(err)
+		"wechatpay": {
+			{"another platform key", func(n payment.Notice) (http.Header, []byte) {
+				return signedBy(paysim.ChannelConfig{Scheme: paysim.WeChatPay, WeChat: &otherWX}, n)
+			}},
+			{"notice id altered after signing", func(n payment.Notice) (http.Header, []byte) {
+				h, b := e.mustEncode("wechatpay", n)
+				return h, bytes.Replace(b, []byte(`"id":"`+n.NoticeID), []byte(`"id":"x`+n.NoticeID), 1)
+			}},
+			{"resource swapped after signing", func(n payment.Notice) (http.Header, []byte) {
+				h, b := e.mustEncode("wechatpay", n)
+				_, other := e.mustEncode("wechatpay", n) // another nonce: another ciphertext
+				var ev, ov paysim.WXEvent
+				if json.Unmarshal(b, &ev) != nil || json.Unmarshal(other, &ov) != nil {
+					t.Fatal("notice is not JSON")
 				}
+				ev.Resource = ov.Resource
+				b, _ = json.Marshal(ev)
 				return h, b
 			}},
-			{"amount altered after signing", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("wxsim", n)
-				return h, bytes.Replace(b, []byte(`"amount":`+strconv.FormatInt(n.Amount, 10)), []byte(`"amount":1`), 1)
-			}},
-			{"payment id altered after signing", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("wxsim", n)
-				return h, bytes.Replace(b, []byte(strconv.FormatInt(n.PaymentID, 10)), []byte(strconv.FormatInt(n.PaymentID+1, 10)), 1)
-			}},
 			{"timestamp header altered", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("wxsim", n)
-				h.Set(paysim.HeaderCallbackTimestamp, strconv.FormatInt(n.Timestamp.Unix()+1, 10))
+				h, b := e.mustEncode("wechatpay", n)
+				h.Set("Wechatpay-Timestamp", strconv.FormatInt(n.Timestamp.Unix()+1, 10))
+				return h, b
+			}},
+			{"nonce altered", func(n payment.Notice) (http.Header, []byte) {
+				h, b := e.mustEncode("wechatpay", n)
+				h.Set("Wechatpay-Nonce", h.Get("Wechatpay-Nonce")+"x")
+				return h, b
+			}},
+			{"another key's serial", func(n payment.Notice) (http.Header, []byte) {
+				h, b := e.mustEncode("wechatpay", n)
+				h.Set("Wechatpay-Serial", "PUB_KEY_ID_0000000000000000000000000000")
 				return h, b
 			}},
 			{"no signature", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("wxsim", n)
-				h.Del(paysim.HeaderCallbackSignature)
+				h, b := e.mustEncode("wechatpay", n)
+				h.Del("Wechatpay-Signature")
 				return h, b
 			}},
 			{"garbage signature", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("wxsim", n)
-				h.Set(paysim.HeaderCallbackSignature, strings.Repeat("ab", 32))
+				h, b := e.mustEncode("wechatpay", n)
+				h.Set("Wechatpay-Signature", strings.Repeat("AB", 172))
 				return h, b
 			}},
 		},
-		"alisim": {
-			{"wrong key", func(n payment.Notice) (http.Header, []byte) {
-				h, b, err := paysim.EncodeCallback(paysim.ChannelConfig{Scheme: paysim.RSA, Secret: e.keys["alisim"].Secret, PrivateKey: otherKey}, n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return h, b
+		"alipay": {
+			{"another Alipay key", func(n payment.Notice) (http.Header, []byte) {
+				return signedBy(paysim.ChannelConfig{Scheme: paysim.Alipay, Alipay: &otherAli}, n)
 			}},
 			{"amount altered after signing", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("alisim", n)
+				h, b := e.mustEncode("alipay", n)
 				return h, tamperForm(b, "total_amount", "0.01")
 			}},
 			{"payment id altered after signing", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("alisim", n)
+				h, b := e.mustEncode("alipay", n)
 				return h, tamperForm(b, "out_trade_no", strconv.FormatInt(n.PaymentID+1, 10))
 			}},
 			{"no signature", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("alisim", n)
+				h, b := e.mustEncode("alipay", n)
 				v, _ := url.ParseQuery(string(b))
 				v.Del("sign")
 				return h, []byte(v.Encode())
 			}},
 			{"sign_type downgraded", func(n payment.Notice) (http.Header, []byte) {
-				h, b := e.mustEncode("alisim", n)
+				h, b := e.mustEncode("alipay", n)
 				return h, tamperForm(b, "sign_type", "RSA")
 			}},
 		},
@@ -663,15 +676,15 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 	e := mustStart(t, envOpts{})
 	c := e.mustCustomer()
 	oid := c.mustOrder()
-	st := c.mustPay(oid, "wxsim")
-	n := e.notice("wxsim", st.PaymentID)
-	h, b := e.mustEncode("wxsim", n)
+	st := c.mustPay(oid, "wechatpay")
+	n := e.notice("wechatpay", st.PaymentID)
+	h, b := e.mustEncode("wechatpay", n)
 	stale := n
 	stale.Timestamp = time.Now().Add(-time.Hour)
-	hs, bs := e.mustEncode("wxsim", stale)
+	hs, bs := e.mustEncode("wechatpay", stale)
 	never := n
 	never.PaymentID++ // no such payment
-	hn, bn := e.mustEncode("wxsim", never)
+	hn, bn := e.mustEncode("wechatpay", never)
 	big := append([]byte(`{"pad":"`), bytes.Repeat([]byte("x"), payment.MaxCallbackBody)...)
 	cases := []struct {
 		name    string
@@ -681,14 +694,14 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 		status  int
 		want    payment.CallbackCounts // added by this one
 	}{
-		{"over the size limit", "wxsim", h, big, 413, payment.CallbackCounts{Oversized: 1}},
+		{"over the size limit", "wechatpay", h, big, 413, payment.CallbackCounts{Oversized: 1}},
 		{"unknown channel", "paypal", h, b, 400, payment.CallbackCounts{UnknownChannel: 1}},
 		{"unknown channel, over the size limit", "paypal", h, big, 400, payment.CallbackCounts{UnknownChannel: 1}},
-		{"forged", "wxsim", with(h, paysim.HeaderCallbackSignature, strings.Repeat("00", 32)), b, 401, payment.CallbackCounts{Forged: 1}},
-		{"another channel's callback", "alisim", h, b, 401, payment.CallbackCounts{Forged: 1}},
-		{"stale", "wxsim", hs, bs, 401, payment.CallbackCounts{Replayed: 1}},
-		{"payment never made", "wxsim", hn, bn, 404, payment.CallbackCounts{}},
-		{"genuine", "wxsim", h, b, 200, payment.CallbackCounts{}},
+		{"forged", "wechatpay", with(h, "Wechatpay-Signature", strings.Repeat("AA", 172)), b, 401, payment.CallbackCounts{Forged: 1}},
+		{"another channel's callback", "alipay", h, b, 401, payment.CallbackCounts{Forged: 1}},
+		{"stale", "wechatpay", hs, bs, 401, payment.CallbackCounts{Replayed: 1}},
+		{"payment never made", "wechatpay", hn, bn, 404, payment.CallbackCounts{}},
+		{"genuine", "wechatpay", h, b, 200, payment.CallbackCounts{}},
 	}
 	var want payment.CallbackCounts
 	for _, tc := range cases {

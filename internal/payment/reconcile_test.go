@@ -62,18 +62,18 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	}
 	// (c) amount mismatch: paid normally, then our ledger's amount is edited.
 	oidC := c.mustOrder()
-	stC := c.mustPay(oidC, "wxsim")
+	stC := c.mustPay(oidC, "wechatpay")
 	// (d) duplicate: order D is paid by D1 normally; D2, started before,
 	// is paid at the channel too, and its callback is lost.
 	oidD := c.mustOrder()
-	stD1 := c.mustPay(oidD, "wxsim")
-	stD2 := c.mustPay(oidD, "wxsim")
+	stD1 := c.mustPay(oidD, "wechatpay")
+	stD2 := c.mustPay(oidD, "wechatpay")
 	// (a) paid at the channel, the callback lost, never queried.
 	oidA := c.mustOrder()
-	stA := c.mustPay(oidA, "wxsim")
+	stA := c.mustPay(oidA, "wechatpay")
 	// (b) the ledger says settled; the channel never saw a payment.
 	oidB := c.mustOrder()
-	stB := c.mustPay(oidB, "wxsim")
+	stB := c.mustPay(oidB, "wechatpay")
 
 	for _, p := range append(slices.Clone(clean), pay{oidC, stC}, pay{oidD, stD1}) {
 		e.mustPayAtChannel(p.st)
@@ -86,27 +86,27 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	// made after its customer cancelled it.
 	// F's payer pays just before the cancel, and its callback is late:
 	// closing it at the channel finds it paid.
-	e.mustFaults("wxsim", paysim.Faults{CallbackDelayMS: 1500})
+	e.mustFaults("wechatpay", paysim.Faults{CallbackDelayMS: 1500})
 	oidE := c.mustOrder()
-	stE1, stE2 := c.mustPay(oidE, "wxsim"), c.mustPay(oidE, "wxsim")
+	stE1, stE2 := c.mustPay(oidE, "wechatpay"), c.mustPay(oidE, "wechatpay")
 	oidF := c.mustOrder()
-	stF := c.mustPay(oidF, "wxsim")
+	stF := c.mustPay(oidF, "wechatpay")
 	for _, st := range []started{stE1, stE2, stF} {
 		e.mustPayAtChannel(st)
 	}
 	if r := e.do("POST", fmt.Sprintf("/api/v1/orders/%d/cancel", oidF), c.token, nil, nil); r.status != 200 {
 		t.Fatalf("cancel: %d %s", r.status, r.body)
 	}
-	e.mustFaults("wxsim", paysim.Faults{})
+	e.mustFaults("wechatpay", paysim.Faults{})
 	eventually.Saw(t, 10*time.Second, "E and F refunded", func() (bool, string) {
 		ae, af := e.anomaliesOf(oidE), e.anomaliesOf(oidF)
 		return len(ae) == 1 && ae[0].Refund == "done" && len(af) == 1 && af[0].Refund == "done", fmt.Sprintf("E %+v F %+v", ae, af)
 	})
-	e.waitStats("wxsim", "every callback acknowledged", func(s paysim.Stats) bool { return s.Pending == 0 })
-	e.mustFaults("wxsim", paysim.Faults{DropCallbacks: true})
+	e.waitStats("wechatpay", "every callback acknowledged", func(s paysim.Stats) bool { return s.Pending == 0 })
+	e.mustFaults("wechatpay", paysim.Faults{DropCallbacks: true})
 	e.mustPayAtChannel(stA)
 	e.mustPayAtChannel(stD2)
-	e.waitStats("wxsim", "dropped two callbacks", func(s paysim.Stats) bool { return s.Dropped == 2 })
+	e.waitStats("wechatpay", "dropped two callbacks", func(s paysim.Stats) bool { return s.Dropped == 2 })
 
 	amtC := amountOf(oidC)
 	if _, err := e.n.DB.ForID(stC.PaymentID).W.ExecContext(ctx, `UPDATE payments SET amount = amount + 100 WHERE id = $1`, stC.PaymentID); err != nil {
@@ -143,8 +143,8 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	}
 	amtA, amtB, amtD := amountOf(oidA), amountOf(oidB), amountOf(oidD)
 
-	rep := run("wxsim")
-	expect("first wxsim run", rep, []finding{
+	rep := run("wechatpay")
+	expect("first wechatpay run", rep, []finding{
 		{payment.FindPaidNotInLedger, stA.PaymentID, oidA, amtA, amtA},
 		{payment.FindNoChannelRecord, stB.PaymentID, oidB, 0, amtB},
 		{payment.FindAmountMismatch, stC.PaymentID, oidC, amtC, amtC + 100},
@@ -159,7 +159,7 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	// What was fixed: A paid its order exactly once; D2 refunded at the
 	// channel and recorded with both payments.
 	e.mustSettledOnce(oidA, stA.PaymentID)
-	if s, err := e.sim["wxsim"].Query(ctx, stD2.PaymentID); err != nil || s.State != payment.Refunded {
+	if s, err := e.sim["wechatpay"].Query(ctx, stD2.PaymentID); err != nil || s.State != payment.Refunded {
 		t.Errorf("D2 at the channel: %s %v, want refunded", s.State, err)
 	}
 	if an := e.anomaliesOf(oidD); len(an) != 1 || an[0].Kind != "duplicate_payment" || an[0].PaymentID != stD2.PaymentID ||
@@ -175,10 +175,10 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 		t.Errorf("payment C %+v changed", p)
 	}
 
-	expect("alisim run (clean)", run("alisim"), nil)
+	expect("alipay run (clean)", run("alipay"), nil)
 
-	rep = run("wxsim")
-	expect("second wxsim run", rep, []finding{
+	rep = run("wechatpay")
+	expect("second wechatpay run", rep, []finding{
 		{payment.FindNoChannelRecord, stB.PaymentID, oidB, 0, amtB},
 		{payment.FindAmountMismatch, stC.PaymentID, oidC, amtC, amtC + 100},
 	})
@@ -192,15 +192,15 @@ func TestReconcileFindsEveryDiscrepancyAndInventsNone(t *testing.T) {
 	}
 }
 
-// Daily reconciliation runs from 00:10 UTC for the previous day, once: the
-// day done is recorded, so a second call (another leader) does nothing,
+// Daily reconciliation of a UTC day runs once its bills are out, from 03:00
+// UTC two days later, once, and catches up on days missed: the day done is recorded, so a second call (another leader) does nothing,
 // and a day whose channel failed is tried again at the next call, never
 // skipped.
 func TestReconcileDueOncePerDay(t *testing.T) {
 	t.Parallel()
 	e := mustStart(t, envOpts{})
 	var mu sync.Mutex
-	now := time.Date(2030, 3, 5, 0, 5, 0, 0, time.UTC)
+	now := time.Date(2030, 3, 6, 2, 55, 0, 0, time.UTC)
 	payment.SetNow(e.n.Payments, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
 	at := func(t time.Time) { mu.Lock(); now = t; mu.Unlock() }
 	done := func() string {
@@ -208,13 +208,12 @@ func TestReconcileDueOncePerDay(t *testing.T) {
 		e.n.DB.Main().R.QueryRowContext(e.ctx, `SELECT value FROM settings WHERE name = 'reconciled_through'`).Scan(&v)
 		return v
 	}
-	before := done()
-	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != before {
-		t.Fatalf("at 00:05: %v, reconciled through %q (was %q); want nothing before 00:10", err, done(), before)
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-03" {
+		t.Fatalf("at 02:55: %v, reconciled through %q; want 2030-03-03 (nothing of 2030-03-04 before 03:00 on the 6th)", err, done())
 	}
-	at(time.Date(2030, 3, 5, 0, 15, 0, 0, time.UTC))
+	at(time.Date(2030, 3, 6, 3, 5, 0, 0, time.UTC))
 	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-04" {
-		t.Fatalf("at 00:15: %v, reconciled through %q; want 2030-03-04", err, done())
+		t.Fatalf("at 03:05: %v, reconciled through %q; want 2030-03-04", err, done())
 	}
 	// The channels down: a repeat for the same day must not even ask them.
 	for _, ch := range channels {
@@ -224,7 +223,7 @@ func TestReconcileDueOncePerDay(t *testing.T) {
 		t.Fatalf("a second call the same day asked the channels: %v", err)
 	}
 	// The next day, with the channels down: not recorded, tried again.
-	at(time.Date(2030, 3, 6, 0, 20, 0, 0, time.UTC))
+	at(time.Date(2030, 3, 7, 3, 20, 0, 0, time.UTC))
 	if err := e.n.Payments.ReconcileDue(e.ctx); err == nil || done() != "2030-03-04" {
 		t.Fatalf("with the channels down: %v, reconciled through %q; want an error and 2030-03-04", err, done())
 	}
@@ -233,5 +232,10 @@ func TestReconcileDueOncePerDay(t *testing.T) {
 	}
 	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-05" {
 		t.Fatalf("channels back: %v, reconciled through %q; want 2030-03-05", err, done())
+	}
+	// No worker for two days: the days missed are done too, in order.
+	at(time.Date(2030, 3, 10, 3, 30, 0, 0, time.UTC))
+	if err := e.n.Payments.ReconcileDue(e.ctx); err != nil || done() != "2030-03-08" {
+		t.Fatalf("after two days without a worker: %v, reconciled through %q; want 2030-03-08", err, done())
 	}
 }

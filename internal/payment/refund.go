@@ -56,6 +56,21 @@ func (s *Service) refundedAt(ctx context.Context, p *Payment, st Status) error {
 	for range 5 {
 		switch p.State {
 		case stCreated, stPending, stClosed, stFailed:
+			// Not applied, so surge has refunded none of it: a refund of
+			// surge's means p is stale (another word of the refund reversed
+			// it and surge refunded the rest, which refunded, read before
+			// this, may count): read it again.
+			var ours int
+			if err := s.db.ForID(p.ID).W.QueryRowContext(ctx, `SELECT count(*) FROM refunds WHERE payment_id = $1`, p.ID).Scan(&ours); err != nil {
+				return fmt.Errorf("refunds of payment %d: %w", p.ID, err)
+			}
+			if ours > 0 {
+				var err error
+				if p, err = s.get(ctx, p.ID); err != nil {
+					return err
+				}
+				continue
+			}
 			// Recorded first: a crash before the change below leaves the
 			// payment as it was, and the channel's next word does it again.
 			if err := s.anomaly(ctx, outsideAnomaly(p, refunded, false)); err != nil {
@@ -333,27 +348,36 @@ func (s *Service) sendRefund(ctx context.Context, refundID int64) error {
 			r.RefundID, r.Amount, attempts, msg)}); err != nil {
 		return err
 	}
-	_, uerr := d.W.ExecContext(ctx, `UPDATE refunds SET state = 'failed', attempts = $1, error = $2, updated_at = $3 WHERE id = $4 AND state = 'pending'`,
+	n, uerr := sqldb.Exec(ctx, d, `UPDATE refunds SET state = 'failed', attempts = $1, error = $2, updated_at = $3 WHERE id = $4 AND state = 'pending'`,
 		attempts, msg, now.UnixMilli(), refundID)
+	if uerr == nil && n == 0 { // done meanwhile (the channel's notice): the anomaly written ahead may be moot
+		return s.refusedResolved(ctx, r.PaymentID)
+	}
 	return uerr
 }
 
 // refundDone records that the channel made refund r (of kind, for
-// orderID), once: the first caller to move it from pending to done raises
+// orderID), once: the first caller to move it from pending (or failed:
+// given up, yet the channel made it) to done raises
 // the payment's refunded and, for a refund of an order's lines, tells the
 // order in the same transaction.
 func (s *Service) refundDone(ctx context.Context, r Refund, orderID int64, kind string) error {
 	now := s.now().UnixMilli()
-	done := false
+	done, wasFailed := false, false
 	err := sqldb.Tx(ctx, s.db.ForID(r.RefundID), func(tx *sql.Tx) error {
 		done = false
-		res, err := tx.ExecContext(ctx, `UPDATE refunds SET state = 'done', error = '', updated_at = $1 WHERE id = $2 AND state = 'pending'`,
+		var was string
+		if err := tx.QueryRowContext(ctx, `SELECT state FROM refunds WHERE id = $1`, r.RefundID).Scan(&was); err != nil {
+			return err
+		}
+		wasFailed = was == "failed"
+		res, err := tx.ExecContext(ctx, `UPDATE refunds SET state = 'done', error = '', updated_at = $1 WHERE id = $2 AND state IN ('pending', 'failed')`,
 			now, r.RefundID)
 		if err != nil {
 			return err
 		}
 		if n, err := res.RowsAffected(); err != nil || n != 1 {
-			return err // done (or given up) by another caller
+			return err // done by another caller
 		}
 		done = true
 		if kind == refundPayment {
@@ -366,8 +390,27 @@ func (s *Service) refundDone(ctx context.Context, r Refund, orderID int64, kind 
 	if err != nil {
 		return fmt.Errorf("refund %d of payment %d done: %w", r.RefundID, r.PaymentID, err)
 	}
+	if done && wasFailed {
+		if err := s.refusedResolved(ctx, r.PaymentID); err != nil {
+			return err
+		}
+	}
 	if done && kind == refundOrder {
 		s.orders.RefundDone(ctx, orderID)
 	}
 	return nil
+}
+
+// refusedResolved drops the anomaly refund_refused of a payment once none
+// of its refunds is given up any more (the channel made them after all).
+func (s *Service) refusedResolved(ctx context.Context, paymentID int64) error {
+	var failed int
+	if err := s.db.ForID(paymentID).W.QueryRowContext(ctx, `SELECT count(*) FROM refunds WHERE payment_id = $1 AND state = 'failed'`,
+		paymentID).Scan(&failed); err != nil {
+		return fmt.Errorf("refunds of payment %d: %w", paymentID, err)
+	}
+	if failed > 0 {
+		return nil
+	}
+	return s.dropAnomaly(ctx, anomalyRefused, paymentID)
 }

@@ -21,7 +21,8 @@ import (
 // refundNoted takes a channel's word on one refund of p and returns st
 // with what the channel has refunded of p in all, as far as surge knows
 // now. One of surge's own refunds that succeeded is done (the channel
-// made it even if surge's call did not hear so); one surge did not make
+// made it even if surge's call did not hear so, or surge gave it up after
+// the channel refused it); one surge did not make
 // is recorded once. A refund that did not succeed moved no money: st
 // comes back with no state, which changes nothing.
 func (s *Service) refundNoted(ctx context.Context, p *Payment, st Status, note RefundNote) (Status, error) {
@@ -39,7 +40,7 @@ func (s *Service) refundNoted(ctx context.Context, p *Payment, st Status, note R
 		switch {
 		case err == nil:
 			ours = true
-			if state == "pending" {
+			if state == "pending" || state == "failed" { // given up, and made after all
 				if err := s.refundDone(ctx, r, orderID, kind); err != nil {
 					return st, err
 				}

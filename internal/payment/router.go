@@ -35,7 +35,6 @@ type bucket struct {
 
 type health struct {
 	weight    int
-	named     bool      // weight 0: used only when a payment asks for it by name
 	outUntil  time.Time // taken out until then
 	probation bool      // back from an outage, not yet proven
 	buckets   [30]bucket
@@ -53,13 +52,12 @@ type Router struct {
 	on    func(name string) bool // the operator's switch of a channel; guarded by mu
 }
 
-// NewRouter routes between the named channels with the given weights; a
-// channel of weight 0 (or less) is used only when a payment asks for it.
+// NewRouter routes between the named channels with the given weights (> 0).
 func NewRouter(weights map[string]int) *Router {
 	r := &Router{now: time.Now, h: map[string]*health{}, on: func(string) bool { return true }}
 	for name, w := range weights {
 		r.names = append(r.names, name)
-		r.h[name] = &health{weight: max(w, 1), named: w <= 0}
+		r.h[name] = &health{weight: max(w, 1)}
 	}
 	slices.Sort(r.names)
 	return r
@@ -139,10 +137,9 @@ func (r *Router) Out(name string) bool {
 // ChannelState is one channel as the router sees it.
 type ChannelState struct {
 	Name      string  `json:"name"`
-	Weight    int     `json:"weight"`           // 0: used only when a payment asks for it (named_only)
-	Effective int     `json:"effective_weight"` // in picks now: 0 when named only, off, or out
-	NamedOnly bool    `json:"named_only"`
-	ForcedOff bool    `json:"forced_off"` // its switch pay.channel.<name> is off (cluster-wide)
+	Weight    int     `json:"weight"`
+	Effective int     `json:"effective_weight"` // in picks now: 0 when off or out
+	ForcedOff bool    `json:"forced_off"`       // its switch pay.channel.<name> is off (cluster-wide)
 	Out       bool    `json:"out"`
 	Probation bool    `json:"probation"`
 	Calls     int     `json:"calls"`
@@ -160,11 +157,7 @@ func (r *Router) States() []ChannelState {
 		h := r.h[name]
 		calls, fails, mean := h.statsLocked(now)
 		st := ChannelState{Name: name, Weight: h.weight, Effective: r.effectiveLocked(name, now), ForcedOff: !r.on(name),
-			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000,
-			NamedOnly: h.named}
-		if h.named {
-			st.Weight, st.Effective = 0, 0
-		}
+			Out: now.Before(h.outUntil), Probation: h.probation, Calls: calls, MeanMS: float64(mean.Microseconds()) / 1000}
 		if calls > 0 {
 			st.ErrorRate = float64(fails) / float64(calls)
 		}
@@ -210,7 +203,7 @@ func (r *Router) Pick(requested string, except ...string) (string, error) {
 	weights := make([]int, len(r.names))
 	for i, name := range r.names {
 		h := r.h[name]
-		if slices.Contains(except, name) || h.named {
+		if slices.Contains(except, name) {
 			continue
 		}
 		weights[i] = r.effectiveLocked(name, now)

@@ -127,8 +127,7 @@ func (s *Service) CallbackCounts() CallbackCounts {
 const MaxCallbackBody = 64 << 10
 
 // New returns the payments centre over channels (routed with weights: 1
-// for a channel weights does not name, and one it names with 0 is used
-// only when a payment asks for it).
+// for a channel weights does not name).
 // stores decides between a customer's cancel and the store's accept (nil:
 // no refunds of orders).
 func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, channels []Channel, weights map[string]int, log *slog.Logger, cfg Config) *Service {
@@ -146,10 +145,7 @@ func New(db *sqldb.Cluster, ids *id.Generator, orders Orders, stores Stores, cha
 	w := map[string]int{}
 	for _, c := range channels {
 		s.channels[c.Name()] = c
-		w[c.Name()] = 1
-		if v, ok := weights[c.Name()]; ok {
-			w[c.Name()] = v
-		}
+		w[c.Name()] = max(weights[c.Name()], 1)
 	}
 	s.Router = NewRouter(w)
 	return s
@@ -301,6 +297,10 @@ func (s *Service) notify(ctx context.Context, channel string, h http.Header, bod
 		return "", nil, errkind.ErrTooLarge.With("callback body over %d bytes", MaxCallbackBody)
 	}
 	n, err := ch.ParseCallback(h, b)
+	if errors.Is(err, ErrReplay) { // signed, but outside the channel's own window
+		s.Replayed.Add(1)
+		return "", nil, err
+	}
 	if err != nil {
 		s.Forged.Add(1)
 		return "", nil, err
@@ -361,9 +361,19 @@ func (s *Service) observe(ctx context.Context, p *Payment, st Status) error {
 			return err
 		}
 		if known == 0 { // pays nothing, and the operator knows, until a notice or the bill says how much
-			return s.anomaly(ctx, Anomaly{Kind: anomalyUnknown, OrderID: p.OrderID, PaymentID: p.ID, Captured: p.Amount,
+			if err := s.anomaly(ctx, Anomaly{Kind: anomalyUnknown, OrderID: p.OrderID, PaymentID: p.ID, Captured: p.Amount,
 				Detail: fmt.Sprintf("the channel says payment %d (%d fen, order %d) is refunded, not how much, and surge knows of no refund of it: it pays nothing until the refund's notice or the bill says how much; check it in the merchant platform",
-					p.ID, p.Amount, p.OrderID)})
+					p.ID, p.Amount, p.OrderID)}); err != nil {
+				return err
+			}
+			// A notice recorded the refund meanwhile and found no anomaly
+			// to drop: drop it now, and go on with what is known.
+			if known, err = s.knownRefunded(ctx, p.ID); err != nil || known == 0 {
+				return err
+			}
+			if err := s.dropAnomaly(ctx, anomalyUnknown, p.ID); err != nil {
+				return err
+			}
 		}
 		st.Refunded = min(known, p.Amount)
 	}

@@ -162,23 +162,29 @@ func (s *Service) Repair(ctx context.Context) error {
 	return nil
 }
 
+// BillsOut is how long after a UTC day ends its providers' bills are all
+// out (see ReconcileDue).
+const BillsOut = 27 * time.Hour
+
 // reconciledKey names the settings row holding the last UTC day whose
 // statements were all reconciled (YYYY-MM-DD).
 const reconciledKey = "reconciled_through"
 
-// ReconcileDue reconciles every channel's statement of the previous UTC
-// day once it is 00:10 UTC or later and that day has not been reconciled
-// yet, and logs each report (warn when it has findings). The node calls it
-// every minute on one worker of the cluster; the day done is recorded in
-// the main database, so a leader that dies mid-way is followed by one that
-// does the day again (every fix is idempotent), and a day is never skipped
-// because no node was leader at 00:10. A channel that fails leaves the day
-// to be tried again at the next call.
+// ReconcileDue reconciles every channel's statement of UTC day D once
+// its providers' bills of it are out, at 03:00 UTC on D+2 (a UTC day
+// spans two China days; WeChat Pay and Alipay publish a China day's bill
+// at about 10:00 China time the next day, 02:00 UTC; asked earlier, they
+// have no bill, which reads as a day without payments), and that day has
+// not been reconciled yet, with every day due since the last one done
+// (a worker down for days misses none), and logs each report (warn when
+// it has findings). The node calls it every minute on one worker of the cluster;
+// the day done is recorded in the main database, so a leader that dies
+// mid-way is followed by one that does the day again (every fix is
+// idempotent), and a day is never skipped because no node was leader at
+// 03:00. A channel that fails leaves the day to be tried again at the
+// next call.
 func (s *Service) ReconcileDue(ctx context.Context) error {
-	now := s.now().UTC()
-	if now.Hour() == 0 && now.Minute() < 10 {
-		return nil
-	}
+	now := s.now().UTC().Add(-BillsOut)
 	day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC).Add(-24 * time.Hour)
 	m := s.db.Main()
 	var done string
@@ -186,9 +192,27 @@ func (s *Service) ReconcileDue(ctx context.Context) error {
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("read %s: %w", reconciledKey, err)
 	}
-	if done >= day.Format(time.DateOnly) {
-		return nil
+	// The days due since the last one done, oldest first (at most a
+	// month back: older ones are the operator's, by hand).
+	from := day
+	if last, err := time.Parse(time.DateOnly, done); err == nil {
+		from = last.AddDate(0, 0, 1)
+		if oldest := day.AddDate(0, 0, -30); from.Before(oldest) {
+			from = oldest
+		}
 	}
+	for d := from; !d.After(day); d = d.AddDate(0, 0, 1) {
+		if err := s.reconcileDay(ctx, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconcileDay reconciles every channel's statement of day and, when all
+// of them were, records the day done (never moving the record back: a
+// slower leader may finish an older day after a newer one).
+func (s *Service) reconcileDay(ctx context.Context, day time.Time) error {
 	var failed error
 	for name := range s.channels {
 		rep, err := s.Reconcile(ctx, name, day)
@@ -206,8 +230,8 @@ func (s *Service) ReconcileDue(ctx context.Context) error {
 	if failed != nil {
 		return failed
 	}
-	if _, err := sqldb.Exec(ctx, m, `INSERT INTO settings (name, value) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET value = excluded.value`, reconciledKey, day.Format(time.DateOnly)); err != nil {
+	if _, err := sqldb.Exec(ctx, s.db.Main(), `INSERT INTO settings (name, value) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE settings.value < excluded.value`, reconciledKey, day.Format(time.DateOnly)); err != nil {
 		return fmt.Errorf("record %s: %w", reconciledKey, err)
 	}
 	return nil

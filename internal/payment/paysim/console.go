@@ -17,14 +17,15 @@ import (
 // merchant's systems (surge) did not ask for it and learn of it only from
 // the provider (its refund callback, a query, the bill).
 type ConsoleRefund struct {
-	Channel    string        `json:"channel"`
-	RefundID   int64         `json:"refund_id,string"` // the provider's; always >= 2^62 (see ConsoleRefundID)
-	PaymentID  int64         `json:"payment_id,string"`
-	TxnID      string        `json:"txn_id"`
-	Amount     int64         `json:"amount"`   // this refund, fen
-	Refunded   int64         `json:"refunded"` // of the transaction, all refunds so far
-	State      payment.State `json:"state"`    // of the transaction after the refund
-	RefundedAt string        `json:"refunded_at"`
+	Channel         string        `json:"channel"`
+	RefundID        int64         `json:"refund_id,string"`  // the merchant's number of it (out_refund_no); always >= 2^62 (see ConsoleRefundID)
+	ChannelRefundID string        `json:"channel_refund_id"` // the provider's id of it, as its notices and bill name it
+	PaymentID       int64         `json:"payment_id,string"`
+	TxnID           string        `json:"txn_id"`
+	Amount          int64         `json:"amount"`   // this refund, fen
+	Refunded        int64         `json:"refunded"` // of the transaction, all refunds so far
+	State           payment.State `json:"state"`    // of the transaction after the refund
+	RefundedAt      string        `json:"refunded_at"`
 }
 
 // ConsoleRefundID is the least id the console gives its refunds. surge's
@@ -91,7 +92,7 @@ func (s *Server) ConsoleRefund(channel string, paymentID, amount int64, reason s
 	}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	return ConsoleRefund{Channel: ch.name, RefundID: rf.id, PaymentID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
+	return ConsoleRefund{Channel: ch.name, RefundID: rf.id, ChannelRefundID: rf.channelID, PaymentID: rf.txn.merchantID, TxnID: rf.txn.id, Amount: rf.amount,
 		Refunded: rf.txn.refunded, State: rf.txn.state, RefundedAt: rf.at.Format(time.RFC3339)}, nil
 }
 

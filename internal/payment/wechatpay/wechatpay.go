@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/wechatpay-apiv3/wechatpay-go/core"
+	"github.com/wechatpay-apiv3/wechatpay-go/core/auth"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth/validators"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth/verifiers"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/notify"
@@ -121,6 +122,7 @@ type Channel struct {
 	jsapi   jsapi.JsapiApiService
 	refunds refunddomestic.RefundsApiService
 	verify  *validators.WechatPayNotifyValidator
+	signed  auth.Verifier // the platform key's signature alone, without the SDK's time window
 }
 
 var _ payment.Channel = (*Channel)(nil)
@@ -159,7 +161,8 @@ func New(cfg Config) (*Channel, error) {
 	}
 	return &Channel{cfg: cfg, client: client, files: files, notices: notices,
 		h5: h5.H5ApiService{Client: client}, jsapi: jsapi.JsapiApiService{Client: client},
-		refunds: refunddomestic.RefundsApiService{Client: client}, verify: validators.NewWechatPayNotifyValidator(verifier)}, nil
+		refunds: refunddomestic.RefundsApiService{Client: client}, verify: validators.NewWechatPayNotifyValidator(verifier),
+		signed: verifier}, nil
 }
 
 // rebase sends requests for WeChat Pay's host to another base URL.
@@ -388,13 +391,17 @@ type refundNotice struct {
 
 // ParseCallback verifies a notice with the SDK (the platform key's
 // signature over timestamp, nonce and body, within 5 minutes of now) and
-// opens its resource. One that does not verify -> payment.ErrBadSignature;
-// a verified one that cannot be opened or is not a notice surge knows ->
-// payment.ErrBadCallback.
+// opens its resource. One that does not verify -> payment.ErrBadSignature,
+// or payment.ErrReplay when only its time is outside the window (a
+// replay); a verified one that cannot be opened or is not a notice surge
+// knows -> payment.ErrBadCallback.
 func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, error) {
 	ctx := context.Background()
 	req := &http.Request{Method: http.MethodPost, Header: h, Body: io.NopCloser(bytes.NewReader(body))}
 	if err := c.verify.Validate(ctx, req); err != nil {
+		if ts, ok := c.signedAt(ctx, h, body); ok {
+			return payment.Notice{}, payment.ErrReplay.With("wechatpay notice signed at %s, outside WeChat Pay's 5 minutes", ts.Format(time.RFC3339))
+		}
 		return payment.Notice{}, payment.ErrBadSignature.With("wechatpay notice: %v", err)
 	}
 	if err := sealed(body); err != nil {
@@ -405,7 +412,7 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 	if err != nil {
 		return payment.Notice{}, bad("%v", err)
 	}
-	ts, _ := strconv.ParseInt(h.Get("Wechatpay-Timestamp"), 10, 64) // the validator read it
+	ts, _ := strconv.ParseInt(strings.TrimSpace(h.Get("Wechatpay-Timestamp")), 10, 64) // the validator read it so
 	out := payment.Notice{NoticeID: n.ID, Timestamp: time.Unix(ts, 0).UTC()}
 	if out.NoticeID == "" || len(out.NoticeID) > 64 {
 		return payment.Notice{}, bad("id %.70q", out.NoticeID)
@@ -482,6 +489,23 @@ func sealed(body []byte) error {
 		return bad("resource.nonce is %d bytes, want 12", len(n.Resource.Nonce))
 	}
 	return nil
+}
+
+// signedAt reports whether a notice the SDK refused carries the platform
+// key's signature all the same, and when it says it was signed: then the
+// SDK refused its time, and it is a replay, not a forgery. The message is
+// the one the SDK verifies (its headers trimmed as it trims them).
+func (c *Channel) signedAt(ctx context.Context, h http.Header, body []byte) (time.Time, bool) {
+	get := func(k string) string { return strings.TrimSpace(h.Get(k)) }
+	ts, err := strconv.ParseInt(get("Wechatpay-Timestamp"), 10, 64)
+	if err != nil || get("Wechatpay-Serial") == "" || get("Wechatpay-Nonce") == "" || get("Wechatpay-Signature") == "" {
+		return time.Time{}, false
+	}
+	msg := strconv.FormatInt(ts, 10) + "\n" + get("Wechatpay-Nonce") + "\n" + string(body) + "\n"
+	if c.signed.Verify(ctx, get("Wechatpay-Serial"), msg, get("Wechatpay-Signature")) != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(ts, 0).UTC(), true
 }
 
 // ---- the trade bill

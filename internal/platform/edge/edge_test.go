@@ -84,11 +84,11 @@ func TestClassify(t *testing.T) {
 		{"POST", "/api/v1/flash-sales/7/purchase", nil, web.ClassApp, RouteFlash, true},
 		{"GET", "/pos/v1/orders/new", nil, web.ClassPOS, "", false},
 		{"GET", "/pos/v1/ws", nil, web.ClassPOS, "", false},
-		{"POST", "/pay/v1/notify/wxsim", nil, web.ClassCallback, "", true},
+		{"POST", "/pay/v1/notify/wechatpay", nil, web.ClassCallback, "", true},
 		{"GET", "/admin/v1/cluster", nil, web.ClassAdmin, "", false},
 		{"GET", "/debug/pprof/", nil, web.ClassAdmin, "", false},
 		{"GET", "/healthz", nil, web.ClassOps, "", false},
-		{"POST", "/paysim/v1/wxsim/transactions", nil, web.ClassOps, "", true},
+		{"POST", "/paysim/v1/wechatpay/transactions", nil, web.ClassOps, "", true},
 	} {
 		do(h, tc.method, tc.path, "192.0.2.1:5000", tc.hdr...)
 		if seen.Class != tc.class || seen.Route != tc.route || seen.Write != tc.write {
@@ -201,7 +201,7 @@ func TestClusterCap(t *testing.T) {
 	if n := cp.asked.Load() - asked; n != 1 {
 		t.Errorf("10 requests of a client over its limit asked the cap %d times, want 1", n)
 	}
-	for _, path := range []string{"/admin/v1/cluster", "/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+	for _, path := range []string{"/admin/v1/cluster", "/pos/v1/orders/new", "/pay/v1/notify/wechatpay", "/healthz"} {
 		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
 			t.Errorf("%s: %d", path, w.Code)
 		}
@@ -278,13 +278,13 @@ func TestInflightCaps(t *testing.T) {
 	if w := do(h, "GET", "/admin/v1/x", "192.0.2.1:1"); w.Code != 503 {
 		t.Fatalf("operators over their tenth: %d", w.Code)
 	}
-	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wechatpay", "/healthz"} {
 		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
 			t.Fatalf("%s under a customer flood: %d", path, w.Code)
 		}
 	}
 	hold("/pos/v1/orders/new", "", 4) // 16 + 4 = the whole cap
-	if w := do(h, "GET", "/pay/v1/notify/wxsim", "192.0.2.1:1"); w.Code != 503 {
+	if w := do(h, "GET", "/pay/v1/notify/wechatpay", "192.0.2.1:1"); w.Code != 503 {
 		t.Fatalf("over the whole cap: %d", w.Code)
 	}
 	if w := do(h, "GET", "/healthz", "192.0.2.1:1"); w.Code != 200 {
@@ -367,7 +367,7 @@ func TestAdaptiveShedding(t *testing.T) {
 	refusedAfterWait("a read past the limit", "GET", "/api/v1/stores")
 	hold("POST", "/api/v1/orders", 4) // writes go to 45
 	refusedAfterWait("a write past half again the limit", "POST", "/api/v1/orders")
-	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim", "/healthz"} {
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wechatpay", "/healthz"} {
 		if w := do(h, "GET", path, "192.0.2.1:1"); w.Code != 200 {
 			t.Fatalf("%s while customers wait: %d", path, w.Code)
 		}
@@ -446,7 +446,7 @@ func TestEarlyRefusals(t *testing.T) {
 	if n := count("POST", "/api/v1/orders"); n < 400 || n > 600 {
 		t.Fatalf("%d writes of 1000 refused, want ~495", n)
 	}
-	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wxsim"} {
+	for _, path := range []string{"/pos/v1/orders/new", "/pay/v1/notify/wechatpay"} {
 		if n := count("GET", path); n != 0 {
 			t.Fatalf("%s: %d refused", path, n)
 		}

@@ -13,7 +13,7 @@ const (
 )
 
 // PayChannel is the name of the switch of payment channel ch
-// ("pay.channel.wxsim"). It allocates: callers on a request path keep the
+// ("pay.channel.wechatpay"). It allocates: callers on a request path keep the
 // names they need.
 func PayChannel(ch string) string { return payChannelPrefix + ch }
 

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var defs = switches.Defs("wxsim", "alisim")
+var defs = switches.Defs("wechatpay", "alipay")
 
 // mustPanel opens a Panel of defs on url (a fresh Bus).
 func mustPanel(tb testing.TB, url string) (*switches.Panel, *bus.Bus) {
@@ -92,7 +92,7 @@ func TestDeclaredSwitches(t *testing.T) {
 		seen[d.Name] = true
 	}
 	for _, name := range []string{switches.OrdersHistoryFull, switches.OrdersReadPayQuery, switches.NotifySend,
-		switches.PromoCouponList, "pay.channel.wxsim", "pay.channel.alisim"} {
+		switches.PromoCouponList, "pay.channel.wechatpay", "pay.channel.alipay"} {
 		if !seen[name] {
 			t.Errorf("%s not declared", name)
 		}
