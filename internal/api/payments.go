@@ -2,10 +2,12 @@ package api
 
 import (
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/payment"
+	"github.com/surge-platform/surge/internal/payment/wechatpay"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/switches"
 	"github.com/surge-platform/surge/internal/platform/web"
@@ -33,6 +35,7 @@ func (s *Server) pay(w http.ResponseWriter, r *http.Request, uid int64) {
 	}
 	var in struct {
 		Channel string `json:"channel"`
+		OpenID  string `json:"openid"`
 	}
 	if r.ContentLength != 0 {
 		if err := web.Decode(w, r, &in); err != nil {
@@ -40,13 +43,20 @@ func (s *Server) pay(w http.ResponseWriter, r *http.Request, uid int64) {
 			return
 		}
 	}
-	st, err := s.Payments.Pay(r.Context(), uid, oid, in.Channel)
+	if in.OpenID != "" && (in.Channel != wechatpay.Name || !openID.MatchString(in.OpenID)) {
+		web.Error(w, r, errkind.ErrInvalid.With("openid (1 to 128 letters, digits, - and _) pays in a WeChat mini-program: it needs \"channel\":\"wechatpay\""))
+		return
+	}
+	st, err := s.Payments.Pay(r.Context(), uid, oid, payment.PayRequest{Channel: in.Channel, OpenID: in.OpenID})
 	if err != nil {
 		web.Error(w, r, err)
 		return
 	}
 	web.JSON(w, http.StatusCreated, st)
 }
+
+// openID is the form of a WeChat openid.
+var openID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
 // notify takes a channel's callback. Anything that does not verify is a 4xx
 // (the channel keeps retrying a real one; a forger learns nothing). The

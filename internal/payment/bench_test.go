@@ -64,7 +64,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			st, err := e.n.Payments.Pay(e.ctx, uid, c.OrderID, "wechatpay")
+			st, err := e.n.Payments.Pay(e.ctx, uid, c.OrderID, payment.PayRequest{Channel: "wechatpay"})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -173,7 +173,20 @@ type Payment struct {
 type Started struct {
 	PaymentID int64  `json:"payment_id,string"`
 	Channel   string `json:"channel"`
-	PayURL    string `json:"pay_url"`
+	PayURL    string `json:"pay_url,omitempty"` // where the payer pays (H5, a QR code); "" for JSAPI
+	// Params are what the client passes on to pay in the app (WeChat
+	// JSAPI: wx.requestPayment's appId, timeStamp, nonceStr, package,
+	// signType, paySign).
+	Params map[string]string `json:"params,omitempty"`
+}
+
+// PayRequest says where and how to pay.
+type PayRequest struct {
+	Channel string // "" = routed
+	// OpenID is the payer's openid in the merchant's WeChat app (a
+	// mini-program): WeChat Pay prepays JSAPI for it, and Started.Params
+	// is what the mini-program passes to wx.requestPayment.
+	OpenID string
 }
 
 // call runs one channel call, timing it for the router. Only the channel's
@@ -196,7 +209,8 @@ func (s *Service) call(ctx context.Context, name string, f func() error) error {
 // A cancelled, expired or paid order is refused before any channel is
 // called (order.ErrNotPayable). When a routed channel fails, the next one is
 // tried; a requested one that is down gives ErrChannelDown.
-func (s *Service) Pay(ctx context.Context, userID, orderID int64, channel string) (Started, error) {
+func (s *Service) Pay(ctx context.Context, userID, orderID int64, req PayRequest) (Started, error) {
+	channel := req.Channel
 	o, err := s.orders.Payable(ctx, userID, orderID)
 	if err != nil {
 		return Started{}, err
@@ -211,14 +225,14 @@ func (s *Service) Pay(ctx context.Context, userID, orderID int64, channel string
 			return Started{}, err
 		}
 		tried = append(tried, name)
-		st, err := s.start(ctx, o, s.channels[name])
+		st, err := s.start(ctx, o, s.channels[name], req.OpenID)
 		if err == nil || channel != "" || !errors.Is(err, ErrChannelDown) {
 			return st, err
 		}
 	}
 }
 
-func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Started, error) {
+func (s *Service) start(ctx context.Context, o *order.Order, ch Channel, openID string) (Started, error) {
 	now := s.now()
 	pid, err := s.ids.Next(id.Gene(o.ID))
 	if err != nil {
@@ -236,7 +250,7 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 	err = s.call(ctx, ch.Name(), func() (err error) {
 		c, err = ch.Create(ctx, Txn{PaymentID: p.ID, OrderID: o.ID, Amount: p.Amount,
 			Subject: "order " + strconv.FormatInt(o.ID, 10), NotifyURL: s.cfg.NotifyBase + "/pay/v1/notify/" + ch.Name(),
-			PayerIP: payerIP(ctx), Expires: o.ExpiresAt})
+			PayerIP: payerIP(ctx), OpenID: openID, Expires: o.ExpiresAt})
 		return err
 	})
 	if err != nil {
@@ -255,7 +269,7 @@ func (s *Service) start(ctx context.Context, o *order.Order, ch Channel) (Starte
 		}
 		return Started{}, order.ErrNotPayable.With("order %d was cancelled while its payment was being made", o.ID)
 	}
-	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL}, nil
+	return Started{PaymentID: p.ID, Channel: ch.Name(), PayURL: c.PayURL, Params: c.Params}, nil
 }
 
 // payerIP is the address of the client of the request in ctx, if any.
