@@ -156,19 +156,27 @@ func benchLogin(base, phone string) (string, error) {
 	return out.Token, err
 }
 
+// post posts body and decodes the answer into out; a 503 (the node sheds
+// load: every payment's create is RSA-signed) is tried again, as a client
+// does, for up to a minute.
 func post(url, token, body string, want int, out any) error {
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusServiceUnavailable && time.Now().Before(deadline) {
+			continue
+		}
+		if res.StatusCode != want {
+			return fmt.Errorf("POST %s: %d %s", url, res.StatusCode, b)
+		}
+		return json.Unmarshal(b, out)
 	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != want {
-		return fmt.Errorf("POST %s: %d %s", url, res.StatusCode, b)
-	}
-	return json.Unmarshal(b, out)
 }
