@@ -682,6 +682,12 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 	stale := n
 	stale.Timestamp = time.Now().Add(-time.Hour)
 	hs, bs := e.mustEncode("wechatpay", stale)
+	otherWX := *e.keys["wechatpay"].WeChat
+	otherWX.PlatformKey = mustOtherRSA(t)
+	hso, bso, err := paysim.EncodeCallback(paysim.ChannelConfig{Scheme: paysim.WeChatPay, WeChat: &otherWX}, stale)
+	if err != nil {
+		t.Fatal(err)
+	}
 	never := n
 	never.PaymentID++ // no such payment
 	hn, bn := e.mustEncode("wechatpay", never)
@@ -700,6 +706,7 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 		{"forged", "wechatpay", with(h, "Wechatpay-Signature", strings.Repeat("AA", 172)), b, 401, payment.CallbackCounts{Forged: 1}},
 		{"another channel's callback", "alipay", h, b, 401, payment.CallbackCounts{Forged: 1}},
 		{"stale", "wechatpay", hs, bs, 401, payment.CallbackCounts{Replayed: 1}},
+		{"stale and signed by another key", "wechatpay", hso, bso, 401, payment.CallbackCounts{Forged: 1}},
 		{"payment never made", "wechatpay", hn, bn, 404, payment.CallbackCounts{}},
 		{"genuine", "wechatpay", h, b, 200, payment.CallbackCounts{}},
 	}

@@ -88,7 +88,8 @@ func TestClassify(t *testing.T) {
 		{"GET", "/admin/v1/cluster", nil, web.ClassAdmin, "", false},
 		{"GET", "/debug/pprof/", nil, web.ClassAdmin, "", false},
 		{"GET", "/healthz", nil, web.ClassOps, "", false},
-		{"POST", "/paysim/v1/wechatpay/transactions", nil, web.ClassOps, "", true},
+		{"POST", "/paysim/v1/wechatpay/pay/wx1", nil, web.ClassOps, "", true},
+		{"POST", "/v3/pay/transactions/h5", nil, web.ClassOps, "", true},
 	} {
 		do(h, tc.method, tc.path, "192.0.2.1:5000", tc.hdr...)
 		if seen.Class != tc.class || seen.Route != tc.route || seen.Write != tc.write {

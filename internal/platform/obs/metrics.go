@@ -190,7 +190,7 @@ func RoleOf(pattern string) string {
 		return "fulfil"
 	case hasPrefix(p, "/api/"), hasPrefix(p, "/pay/"):
 		return "api"
-	case hasPrefix(p, "/paysim/"):
+	case hasPrefix(p, "/paysim/"), hasPrefix(p, "/v3/"): // the simulator's own routes, and WeChat Pay's API it serves
 		return "paysim"
 	case hasPrefix(p, "/admin/"), hasPrefix(p, "/debug/"):
 		return "admin"

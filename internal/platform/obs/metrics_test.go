@@ -24,6 +24,7 @@ func TestRoleOf(t *testing.T) {
 		"GET /api/v1/ws":                        "push",
 		"GET /push/v1/stats":                    "push",
 		"/paysim/v1/":                           "paysim",
+		"/v3/":                                  "paysim",
 		"GET /admin/v1/cluster":                 "admin",
 		"GET /debug/pprof/":                     "admin",
 		"GET /readyz":                           "ops",
