@@ -156,9 +156,9 @@ func benchLogin(base, phone string) (string, error) {
 	return out.Token, err
 }
 
-// post posts body and decodes the answer into out; a 503 (the node sheds
-// load: every payment's create is RSA-signed) is tried again, as a client
-// does, for up to a minute.
+// post posts body and decodes the answer into out; a 503 overloaded (the
+// node sheds load: every payment's create is RSA-signed; nothing was done)
+// is tried again, as a client does, for up to a minute.
 func post(url, token, body string, want int, out any) error {
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
@@ -171,7 +171,7 @@ func post(url, token, body string, want int, out any) error {
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if res.StatusCode == http.StatusServiceUnavailable && time.Now().Before(deadline) {
+		if res.StatusCode == http.StatusServiceUnavailable && bytes.Contains(b, []byte(`"code":"overloaded"`)) && time.Now().Before(deadline) {
 			continue
 		}
 		if res.StatusCode != want {

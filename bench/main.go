@@ -329,7 +329,22 @@ func orders(ctx context.Context) error {
 	}
 	load.Run(ctx, *workers, time.Second, 201, place) // warm up
 	pgURL, _ := url.Parse(dsns[0])
-	var bs, ss []float64
+	// Write transactions per order: the transaction ids the server
+	// assigned (one per transaction that writes, on any database: nothing
+	// else runs on the server meanwhile) over the orders made, read after
+	// the relay and the timers have had a second to catch up.
+	sdb, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return err
+	}
+	defer sdb.Close()
+	counts := func() (xid, orders int64, err error) {
+		if err := sdb.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
+			return 0, 0, err
+		}
+		return xid, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
+	}
+	var bs, ss, wpo []float64
 	for range *rounds {
 		cmd := exec.CommandContext(ctx, "pgbench", "-n", "-f", script, "-c", strconv.Itoa(*workers), "-j", "2",
 			"-T", strconv.Itoa(int(dur.Seconds())), "-h", pgURL.Hostname(), "-p", pgURL.Port(), "-U", pgURL.User.Username(), name+"_pgbench")
@@ -342,6 +357,10 @@ func orders(ctx context.Context) error {
 			return fmt.Errorf("pgbench output has no tps:\n%s", out)
 		}
 		tps, _ := strconv.ParseFloat(string(m[1]), 64)
+		x0, o0, err := counts()
+		if err != nil {
+			return err
+		}
 		s, err := runWrk(ctx, base+"/api/v1/orders", *workers, *dur, orderScript(tokens, body, fmt.Sprintf("r%d", len(ss))))
 		if err != nil {
 			return err
@@ -349,9 +368,18 @@ func orders(ctx context.Context) error {
 		if s.Bad > 0 {
 			return fmt.Errorf("orders: %d failed requests", s.Bad)
 		}
-		bs, ss = append(bs, tps), append(ss, s.RPS)
-		fmt.Printf("  orders round: surge p50 %v p99 %v; wrk used %.0f%% of the cores\n", s.P50, s.P99, 100*s.CPUShare(runtime.NumCPU()))
+		time.Sleep(time.Second)
+		x1, o1, err := counts()
+		if err != nil {
+			return err
+		}
+		w := float64(x1-x0-1) / float64(max(o1-o0, 1)) // -1: counts' own txid_current
+		bs, ss, wpo = append(bs, tps), append(ss, s.RPS), append(wpo, w)
+		fmt.Printf("  orders round: surge p50 %v p99 %v; %d orders, %.2f write transactions per order; wrk used %.0f%% of the cores\n",
+			s.P50, s.P99, o1-o0, w, 100*s.CPUShare(runtime.NumCPU()))
 	}
+	slices.Sort(wpo)
+	fmt.Printf("  write transactions per order on PostgreSQL (surge's request path, relay and timers): median %.2f (pgbench's: 1)\n", wpo[len(wpo)/2])
 	report(fmt.Sprintf("order placement on PostgreSQL (wrk, 1 thread, %d connections, a unique Idempotency-Key each, %v per round; 1 order + 2 lines + 2 outbox rows (event, expiry timer) per transaction)", *workers, *dur),
 		"pgbench same inserts", "surge POST /orders", bs, ss, 0.5)
 	return nil

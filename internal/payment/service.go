@@ -211,6 +211,9 @@ func (s *Service) call(ctx context.Context, name string, f func() error) error {
 // tried; a requested one that is down gives ErrChannelDown.
 func (s *Service) Pay(ctx context.Context, userID, orderID int64, req PayRequest) (Started, error) {
 	channel := req.Channel
+	if req.OpenID != "" && channel == "" { // a channel that has no use for it would pay by another way
+		return Started{}, errkind.ErrInvalid.With("an openid needs the channel it is for")
+	}
 	o, err := s.orders.Payable(ctx, userID, orderID)
 	if err != nil {
 		return Started{}, err

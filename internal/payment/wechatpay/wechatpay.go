@@ -1,9 +1,9 @@
 // Package wechatpay is the payment channel "wechatpay": WeChat Pay's API v3
 // as merchants use it for H5 pages and mini-programs, on WeChat Pay's own
 // Go SDK (github.com/wechatpay-apiv3/wechatpay-go): it signs our requests
-// (WECHATPAY2-SHA256-RSA2048), verifies the platform's answers and notices
-// with the platform public key, and opens the notices' resources
-// (AEAD_AES_256_GCM under the APIv3 key).
+// (WECHATPAY2-SHA256-RSA2048) and verifies the platform's answers and
+// notices with the platform public key; the adapter opens the notices'
+// resources itself (AEAD_AES_256_GCM under the APIv3 key).
 //
 // The same adapter pays at WeChat Pay (Config.BaseURL "") and at paysim,
 // which speaks the same protocol (Config.BaseURL its base URL): the SDK
@@ -27,8 +27,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rsa"
 	"crypto/sha1"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -45,7 +48,6 @@ import (
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth/validators"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/auth/verifiers"
-	"github.com/wechatpay-apiv3/wechatpay-go/core/notify"
 	"github.com/wechatpay-apiv3/wechatpay-go/core/option"
 	"github.com/wechatpay-apiv3/wechatpay-go/services/payments"
 	"github.com/wechatpay-apiv3/wechatpay-go/services/payments/h5"
@@ -115,9 +117,9 @@ func (c Config) Validate() error {
 // Channel implements payment.Channel for WeChat Pay. Safe for concurrent use.
 type Channel struct {
 	cfg     Config
-	client  *core.Client    // signs requests and verifies answers
-	files   *core.Client    // signs requests; a bill file's answer is not signed (its hash is checked)
-	notices *notify.Handler // opens resources; its verifier takes all (see verified)
+	client  *core.Client // signs requests and verifies answers
+	files   *core.Client // signs requests; a bill file's answer is not signed (its hash is checked)
+	open    cipher.AEAD  // AEAD_AES_256_GCM under the APIv3 key: opens notices' resources
 	h5      h5.H5ApiService
 	jsapi   jsapi.JsapiApiService
 	refunds refunddomestic.RefundsApiService
@@ -155,24 +157,19 @@ func New(cfg Config) (*Channel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: %w", err)
 	}
-	notices, err := notify.NewRSANotifyHandler(cfg.APIv3Key, verified{})
+	block, err := aes.NewCipher([]byte(cfg.APIv3Key))
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: APIv3 key: %w", err)
 	}
-	return &Channel{cfg: cfg, client: client, files: files, notices: notices,
+	open, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("wechatpay: APIv3 key: %w", err)
+	}
+	return &Channel{cfg: cfg, client: client, files: files, open: open,
 		h5: h5.H5ApiService{Client: client}, jsapi: jsapi.JsapiApiService{Client: client},
 		refunds: refunddomestic.RefundsApiService{Client: client}, verify: validators.NewWechatPayNotifyValidator(verifier),
 		signed: verifier}, nil
 }
-
-// verified is the verifier of the SDK's notice handler, which ParseCallback
-// calls only on a notice it has verified already (Channel.verify): it
-// takes every signature, so that a notice costs one RSA verification, not
-// two. Nothing else may use the handler.
-type verified struct{}
-
-func (verified) Verify(context.Context, string, string, string) error { return nil }
-func (verified) GetSerial(context.Context) (string, error)            { return "", nil }
 
 // rebase sends requests for WeChat Pay's host to another base URL.
 type rebase struct {
@@ -400,7 +397,11 @@ type refundNotice struct {
 
 // ParseCallback verifies a notice with the SDK (the platform key's
 // signature over timestamp, nonce and body, within 5 minutes of now) and
-// opens its resource. One that does not verify -> payment.ErrBadSignature,
+// opens its resource (AEAD_AES_256_GCM under the APIv3 key, the
+// resource's associated data and nonce). The SDK's notice handler is not
+// used: it would verify the signature and the time a second time, and it
+// panics on a signed notice without a resource or with a nonce not 12
+// bytes. One that does not verify -> payment.ErrBadSignature,
 // or payment.ErrReplay when only its time is outside the window (a
 // replay); a verified one that cannot be opened or is not a notice surge
 // knows -> payment.ErrBadCallback.
@@ -413,13 +414,9 @@ func (c *Channel) ParseCallback(h http.Header, body []byte) (payment.Notice, err
 		}
 		return payment.Notice{}, payment.ErrBadSignature.With("wechatpay notice: %v", err)
 	}
-	if err := sealed(body); err != nil {
-		return payment.Notice{}, err
-	}
-	var raw json.RawMessage
-	n, err := c.notices.ParseNotifyRequest(ctx, req, &raw)
+	n, raw, err := c.opened(body)
 	if err != nil {
-		return payment.Notice{}, bad("%v", err)
+		return payment.Notice{}, err
 	}
 	ts, _ := strconv.ParseInt(strings.TrimSpace(h.Get("Wechatpay-Timestamp")), 10, 64) // the validator read it so
 	out := payment.Notice{NoticeID: n.ID, Timestamp: time.Unix(ts, 0).UTC()}
@@ -480,24 +477,41 @@ func bad(format string, args ...any) error {
 	return payment.ErrBadCallback.With("wechatpay notice: "+format, args...)
 }
 
-// sealed checks what the SDK's notice handler takes for granted and would
-// panic on (a nil pointer, AES-GCM's nonce length): that body has a
-// resource whose nonce is 12 bytes. -> payment.ErrBadCallback.
-func sealed(body []byte) error {
-	var n struct {
-		Resource *struct {
-			Nonce string `json:"nonce"`
-		} `json:"resource"`
-	}
+// notice is a notice's body (通知).
+type notice struct {
+	ID        string `json:"id"`
+	EventType string `json:"event_type"`
+	Resource  *struct {
+		Algorithm      string `json:"algorithm"`
+		Ciphertext     string `json:"ciphertext"`
+		AssociatedData string `json:"associated_data"`
+		Nonce          string `json:"nonce"`
+	} `json:"resource"`
+}
+
+// opened parses a verified notice's body and opens its resource.
+// -> payment.ErrBadCallback.
+func (c *Channel) opened(body []byte) (notice, []byte, error) {
+	var n notice
 	switch {
 	case json.Unmarshal(body, &n) != nil:
-		return bad("the body is not a JSON object")
+		return n, nil, bad("the body is not a notice")
 	case n.Resource == nil:
-		return bad("no resource")
-	case len(n.Resource.Nonce) != 12:
-		return bad("resource.nonce is %d bytes, want 12", len(n.Resource.Nonce))
+		return n, nil, bad("no resource")
+	case n.Resource.Algorithm != "AEAD_AES_256_GCM":
+		return n, nil, bad("resource.algorithm %.30q", n.Resource.Algorithm)
+	case len(n.Resource.Nonce) != c.open.NonceSize():
+		return n, nil, bad("resource.nonce is %d bytes, want %d", len(n.Resource.Nonce), c.open.NonceSize())
 	}
-	return nil
+	ct, err := base64.StdEncoding.DecodeString(n.Resource.Ciphertext)
+	if err != nil {
+		return n, nil, bad("resource.ciphertext is not base64")
+	}
+	plain, err := c.open.Open(nil, []byte(n.Resource.Nonce), ct, []byte(n.Resource.AssociatedData))
+	if err != nil {
+		return n, nil, bad("resource does not open under the APIv3 key")
+	}
+	return n, plain, nil
 }
 
 // signedAt reports whether a notice the SDK refused carries the platform
