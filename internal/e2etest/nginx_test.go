@@ -162,38 +162,50 @@ http {
 		t.Fatalf("one forwarded address at 5/s: %v", codes)
 	}
 
-	// nginx's own limit: 200/s with a burst of 400 per address; a flood
-	// of 1,500 from one address within a second or two gets its 429s.
-	// The requests above came from the same address (loopback): nginx's
-	// bucket refills first (400 at 200/s: 2 s), or a flood fast enough
-	// finds less than the burst left.
+	// nginx's own limit: 200/s with a burst of 400 per address. A flood
+	// from one address never gets more through than that allows, and one
+	// faster than the limit gets its 429s. The requests above came from
+	// the same address (loopback): nginx's bucket refills first (400 at
+	// 200/s: 2 s). A flood too slow to pass the limit (a machine busy with
+	// other tests) proves nothing: it is tried again, up to 3 times.
 	time.Sleep(2 * time.Second) // the limiter's refill: part of the scenario, not a wait for an outcome
-	var ok, limited atomic.Int64
-	var wg sync.WaitGroup
-	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	tr := &http.Transport{MaxIdleConnsPerHost: 32}
 	client := &http.Client{Transport: tr}
-	for w := range 8 {
-		wg.Go(func() {
-			for i := range 1500 / 8 {
-				res, err := client.Get(base + "/healthz?w=" + strconv.Itoa(w*1000+i))
-				if err != nil {
-					continue
+	for try := 1; ; try++ {
+		var ok, limited atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for w := range 32 {
+			wg.Go(func() {
+				for i := range 3000 / 32 {
+					res, err := client.Get(base + "/healthz?w=" + strconv.Itoa(w*1000+i))
+					if err != nil {
+						continue
+					}
+					res.Body.Close()
+					switch res.StatusCode {
+					case 200:
+						ok.Add(1)
+					case 429:
+						limited.Add(1)
+					}
 				}
-				res.Body.Close()
-				switch res.StatusCode {
-				case 200:
-					ok.Add(1)
-				case 429:
-					limited.Add(1)
-				}
-			}
-		})
+			})
+		}
+		wg.Wait()
+		took := time.Since(start)
+		if most := 400 + int64(200*took.Seconds()*1.1) + 20; ok.Load() > most {
+			t.Fatalf("a flood through nginx: %d passed in %v, over its limit's %d", ok.Load(), took, most)
+		}
+		if limited.Load() > 0 && ok.Load() >= 400 {
+			break
+		}
+		if try == 3 || ok.Load() < 400 {
+			t.Fatalf("a flood through nginx: %d passed, %d limited in %v (try %d)", ok.Load(), limited.Load(), took, try)
+		}
+		time.Sleep(2 * time.Second) // the bucket refills for the next try
 	}
-	wg.Wait()
 	tr.CloseIdleConnections()
-	if limited.Load() == 0 || ok.Load() < 400 {
-		t.Fatalf("a flood through nginx: %d passed, %d limited", ok.Load(), limited.Load())
-	}
 
 	// A node killed: nginx takes it out and the clients see nothing.
 	killNine(t, nodes[1])
