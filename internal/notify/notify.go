@@ -196,11 +196,10 @@ func Prepare(ctx context.Context, b *bus.Bus) error {
 // while Config.On says off: they are counted as suppressed). Every
 // event is acked, sent or not: a failed send is counted and logged at warn
 // once. Only a send interrupted by shutdown is handed back to the bus. It
-// returns the errors of bus.Consume.
+// returns the errors of bus.Consume. Prepare must have made the consumer:
+// Consume does not make it again, so a bus down at that moment is waited
+// out instead of stopping the node.
 func (s *Service) Consume(ctx context.Context, b *bus.Bus) error {
-	if err := Prepare(ctx, b); err != nil {
-		return err
-	}
 	return b.Consume(ctx, consumer,
 		func(ctx context.Context, bm bus.Msg) error {
 			var ev order.Event

@@ -323,6 +323,9 @@ func startConsume(t *testing.T, svc *Service) *bus.Bus {
 	if err := b.EnsureStream(t.Context(), order.Stream); err != nil {
 		t.Fatal(err)
 	}
+	if err := Prepare(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Consume(ctx, b) }()
