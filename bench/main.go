@@ -2,7 +2,7 @@
 // the same machine and prints the ratios (DESIGN section 9):
 //
 //	menu reads/s of surge      vs  a hello-world net/http server   (target >= 0.8x)
-//	orders/s of surge on PG    vs  pgbench of the same inserts      (target >= 0.5x)
+//	orders/s of surge on PG    vs  pgbench of the same inserts      (target >= 0.8x)
 //	coupon claims/s of surge   vs  redis-benchmark of the same Lua  (target >= 0.5x)
 //	orders/s with 2 promotions and a coupon vs plain orders/s       (target >= 0.8x)
 //
@@ -329,22 +329,30 @@ func orders(ctx context.Context) error {
 	}
 	load.Run(ctx, *workers, time.Second, 201, place) // warm up
 	pgURL, _ := url.Parse(dsns[0])
-	// Write transactions per order: the transaction ids the server
-	// assigned (one per transaction that writes, on any database: nothing
-	// else runs on the server meanwhile) over the orders made, read after
-	// the relay and the timers have had a second to catch up.
+	// Per order, on surge's database: commits (pg_stat_database.xact_commit:
+	// every transaction, reads included) and write transactions (the
+	// transaction ids the server assigned: one per transaction that writes,
+	// on any database: nothing else writes meanwhile, pgbench runs before the
+	// first count). A backend reports its commits to the statistics within
+	// 1 s while busy and 10 s once idle, so the counts are read 11 s after
+	// the load, when the relay, the ledger and the timers have caught up too.
 	sdb, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return err
 	}
 	defer sdb.Close()
-	counts := func() (xid, orders int64, err error) {
+	counts := func() (xid, commits, orders int64, err error) {
 		if err := sdb.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
-		return xid, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
+		if err := sdb.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits); err != nil {
+			return 0, 0, 0, err
+		}
+		return xid, commits, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
 	}
-	var bs, ss, wpo []float64
+	const settle = 11 * time.Second
+	time.Sleep(settle) // the warm-up's commits reported
+	var bs, ss, wpo, cpo []float64
 	for range *rounds {
 		cmd := exec.CommandContext(ctx, "pgbench", "-n", "-f", script, "-c", strconv.Itoa(*workers), "-j", "2",
 			"-T", strconv.Itoa(int(dur.Seconds())), "-h", pgURL.Hostname(), "-p", pgURL.Port(), "-U", pgURL.User.Username(), name+"_pgbench")
@@ -357,7 +365,7 @@ func orders(ctx context.Context) error {
 			return fmt.Errorf("pgbench output has no tps:\n%s", out)
 		}
 		tps, _ := strconv.ParseFloat(string(m[1]), 64)
-		x0, o0, err := counts()
+		x0, c0, o0, err := counts()
 		if err != nil {
 			return err
 		}
@@ -368,19 +376,21 @@ func orders(ctx context.Context) error {
 		if s.Bad > 0 {
 			return fmt.Errorf("orders: %d failed requests", s.Bad)
 		}
-		time.Sleep(time.Second)
-		x1, o1, err := counts()
+		time.Sleep(settle)
+		x1, c1, o1, err := counts()
 		if err != nil {
 			return err
 		}
-		w := float64(x1-x0-1) / float64(max(o1-o0, 1)) // -1: counts' own txid_current
-		bs, ss, wpo = append(bs, tps), append(ss, s.RPS), append(wpo, w)
-		fmt.Printf("  orders round: surge p50 %v p99 %v; %d orders, %.2f write transactions per order; wrk used %.0f%% of the cores\n",
-			s.P50, s.P99, o1-o0, w, 100*s.CPUShare(runtime.NumCPU()))
+		n := float64(max(o1-o0, 1))
+		w := float64(x1-x0-1) / n // -1: counts' own txid_current
+		c := float64(c1-c0-3) / n // -3: counts' own reads
+		bs, ss, wpo, cpo = append(bs, tps), append(ss, s.RPS), append(wpo, w), append(cpo, c)
+		fmt.Printf("  orders round: surge p50 %v p99 %v; %d orders, %.2f commits and %.2f write transactions per order; wrk used %.0f%% of the cores\n",
+			s.P50, s.P99, o1-o0, c, w, 100*s.CPUShare(runtime.NumCPU()))
 	}
-	slices.Sort(wpo)
-	fmt.Printf("  write transactions per order on PostgreSQL (surge's request path, relay and timers): median %.2f (pgbench's: 1)\n", wpo[len(wpo)/2])
+	fmt.Printf("  per order on PostgreSQL (request path, relay, ledger, timers): median %.2f commits, %.2f write transactions (pgbench's script: 1 and 1)\n",
+		median(cpo), median(wpo))
 	report(fmt.Sprintf("order placement on PostgreSQL (wrk, 1 thread, %d connections, a unique Idempotency-Key each, %v per round; 1 order + 2 lines + 2 outbox rows (event, expiry timer) per transaction)", *workers, *dur),
-		"pgbench same inserts", "surge POST /orders", bs, ss, 0.5)
+		"pgbench same inserts", "surge POST /orders", bs, ss, 0.8)
 	return nil
 }

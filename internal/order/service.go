@@ -122,6 +122,12 @@ func CheckKey(key string) error {
 // different request is ErrKeyReused. Errors: the request's check errors,
 // catalog.ErrNoStore, ErrUnknownSKU, ErrUnavailable, ErrStoreClosed,
 // inventory.ErrSoldOut, ErrKeyBusy.
+//
+// The key costs no commit of its own: the order's transaction writes it
+// first, so a concurrent duplicate waits on it in the database and then
+// reads the answer. Only an order that takes limited stock claims its key
+// in a transaction of its own before reserving (claim), so that duplicates
+// never hold the stock others are racing for.
 func (s *Service) Create(ctx context.Context, userID int64, key string, req Request) (Created, error) {
 	if err := req.Check(); err != nil {
 		return Created{}, err
@@ -137,30 +143,24 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 	cl := claim{userID: userID, key: key, orderID: oid}
 	if key != "" {
 		h := sha256.Sum256(mustJSON(req))
-		done, err := s.claim(ctx, &cl, hex.EncodeToString(h[:16]))
-		if err != nil || done != nil {
-			if done != nil {
-				return *done, nil
-			}
-			return Created{}, err
-		}
+		cl.hash = hex.EncodeToString(h[:16])
 	}
 	// Bounded well under the sweeper's grace, so a reservation it finds
 	// without an order is never one a live request is about to use.
 	pctx, cancel := context.WithTimeout(ctx, placeTimeout)
-	c, reserved, err := s.place(pctx, cl, req)
+	c, reserved, err := s.place(pctx, &cl, req)
 	cancel()
 	if err == nil {
 		return c, nil
 	}
 	// The order was not written by this request. Give its stock back only if
 	// no other request can be using the reservation: without a key nobody
-	// else knows the order id; with a key, only while this request still
-	// owns the claim (a takeover reuses the order id and the reservation),
-	// and never when an order with this id exists.
+	// else knows the order id; with a key claimed apart, only while this
+	// request still owns the claim (a takeover reuses the order id and the
+	// reservation), and never when an order with this id exists.
 	bg := context.WithoutCancel(ctx)
 	owned := true
-	if key != "" {
+	if cl.at != 0 {
 		// Let a retry with the same key try again.
 		res, derr := s.db.ForGene(gene).W.ExecContext(bg, `DELETE FROM idempotency
 			WHERE user_id = $1 AND idem_key = $2 AND state = 'pending' AND created_at = $3`, userID, key, cl.at)
@@ -184,10 +184,52 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 			}
 		}
 	}
+	if key != "" && cl.at == 0 {
+		// Not claimed apart: the key's row, if any, is another request's.
+		// A duplicate of a request carried out gets its answer even when
+		// this one failed (the price changed since, the store closed).
+		if done, serr := s.stored(bg, cl); serr != nil || done != nil {
+			if done != nil {
+				return *done, nil
+			}
+			return Created{}, serr
+		}
+		if errors.Is(err, errKeyTaken) {
+			return Created{}, ErrKeyBusy // and gone again: the request that held it failed
+		}
+	}
 	if !owned {
 		return Created{}, ErrKeyBusy // the request that holds the key now answers; a retry gets its answer
 	}
 	return Created{}, err
+}
+
+// errKeyTaken: the order's transaction found its key written by another
+// request.
+var errKeyTaken = errors.New("idempotency key taken")
+
+// stored returns the answer stored under cl's key (nil: none yet), or
+// ErrKeyReused for another request's key, or ErrKeyBusy while the request
+// that claimed it runs.
+func (s *Service) stored(ctx context.Context, cl claim) (*Created, error) {
+	var state, hash, body string
+	err := s.db.ForGene(id.GeneOf(cl.userID)).W.QueryRowContext(ctx, `SELECT state, req_hash, body FROM idempotency
+		WHERE user_id = $1 AND idem_key = $2`, cl.userID, cl.key).Scan(&state, &hash, &body)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read key: %w", err)
+	case hash != cl.hash:
+		return nil, ErrKeyReused
+	case state != "done":
+		return nil, ErrKeyBusy
+	}
+	var c Created
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		return nil, fmt.Errorf("stored answer: %w", err)
+	}
+	return &c, nil
 }
 
 func rowsAffected(res sql.Result, err error) (int64, error) {
@@ -198,27 +240,29 @@ func rowsAffected(res sql.Result, err error) (int64, error) {
 }
 
 // claim is an Idempotency-Key held by one request. at (the claim's
-// created_at) is its ownership token: a takeover changes it.
+// created_at, 0 = not claimed apart) is its ownership token: a takeover
+// changes it.
 type claim struct {
 	userID  int64
 	key     string
+	hash    string // of the request
 	orderID int64
 	at      int64
 }
 
-// claim takes the idempotency key for a new order, or returns the stored
-// answer of the request that took it first (waiting while it runs). On
-// success cl holds the order id to use: a taken-over stale claim keeps its
-// order id, so a stock reservation already made under it is reused, not
-// repeated.
-func (s *Service) claim(ctx context.Context, cl *claim, hash string) (*Created, error) {
+// claim takes the idempotency key for a new order in a transaction of its
+// own, or returns the stored answer of the request that took it first
+// (waiting while it runs). On success cl holds the order id to use: a
+// taken-over stale claim keeps its order id, so a stock reservation
+// already made under it is reused, not repeated.
+func (s *Service) claim(ctx context.Context, cl *claim) (*Created, error) {
 	d := s.db.ForGene(id.GeneOf(cl.userID))
 	deadline := s.now().Add(s.cfg.KeyWait)
 	wait := 2 * time.Millisecond
 	for {
 		cl.at = s.now().UnixMilli()
 		_, err := d.W.ExecContext(ctx, `INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, created_at)
-			VALUES ($1, $2, $3, 'pending', $4, $5)`, cl.userID, cl.key, cl.orderID, hash, cl.at)
+			VALUES ($1, $2, $3, 'pending', $4, $5)`, cl.userID, cl.key, cl.orderID, cl.hash, cl.at)
 		if err == nil {
 			return nil, nil
 		}
@@ -237,7 +281,7 @@ func (s *Service) claim(ctx context.Context, cl *claim, hash string) (*Created, 
 			continue // the first one failed and let go: try to claim again
 		case err != nil:
 			return nil, fmt.Errorf("read key: %w", err)
-		case prevHash != hash:
+		case prevHash != cl.hash:
 			return nil, ErrKeyReused
 		case state == "done":
 			var c Created
@@ -274,8 +318,8 @@ func (s *Service) claim(ctx context.Context, cl *claim, hash string) (*Created, 
 
 // place prices the request, reserves limited stock and writes the order. It
 // reports whether it holds a stock reservation it did not turn into an order.
-func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bool, error) {
-	userID, orderID := cl.userID, cl.orderID
+func (s *Service) place(ctx context.Context, cl *claim, req Request) (Created, bool, error) {
+	userID := cl.userID
 	// In milliseconds, as stored: the expiry timer is scheduled from the
 	// same expires_at the order keeps (from a finer one it was a second
 	// late when the millisecond fell on a whole second: a CI run caught it).
@@ -297,11 +341,8 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 			error:     ErrPriceChanged.With("the order comes to %d fen, not the %d expected; see the breakdown", p.res.Payable, *req.ExpectedPayable),
 			Breakdown: p.breakdown(req.StoreID)}
 	}
-	o := Order{ID: orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL),
-		Total: p.res.Total, Discount: p.res.Discount, Payable: p.res.Payable, Discounts: discounts(p.res.Discounts), Items: p.lines}
 	var limited []inventory.Line
-	for _, l := range o.Items {
+	for _, l := range p.lines {
 		if it, ok := p.menu.Items[l.SKU]; ok && it.Limited {
 			if k := slices.IndexFunc(limited, func(x inventory.Line) bool { return x.SKU == l.SKU }); k >= 0 {
 				limited[k].Qty += int64(l.Qty) // a gift of a sku also bought
@@ -310,12 +351,24 @@ func (s *Service) place(ctx context.Context, cl claim, req Request) (Created, bo
 			}
 		}
 	}
+	if cl.key != "" && len(limited) > 0 {
+		done, err := s.claim(ctx, cl)
+		if err != nil || done != nil {
+			if done != nil {
+				return *done, false, nil
+			}
+			return Created{}, false, err
+		}
+	}
+	o := Order{ID: cl.orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL),
+		Total: p.res.Total, Discount: p.res.Discount, Payable: p.res.Payable, Discounts: discounts(p.res.Discounts), Items: p.lines}
 	if err := s.stock.Reserve(ctx, o.ID, limited); err != nil {
 		return Created{}, false, err
 	}
 	c := Created{OrderID: o.ID, Status: o.Status, Total: o.Total, Discount: o.Discount, Payable: o.Payable,
 		ExpiresAt: o.ExpiresAt.UTC().Truncate(time.Millisecond)}
-	if err := s.insert(ctx, &o, cl, c, p); err != nil {
+	if err := s.insert(ctx, &o, *cl, c, p); err != nil {
 		return Created{}, len(limited) > 0, err
 	}
 	return c, false, nil
@@ -334,6 +387,18 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created, p *
 		return err
 	}
 	err = sqldb.Tx(ctx, s.db.ForGene(gene), func(tx *sql.Tx) error {
+		if cl.key != "" && cl.at == 0 {
+			// First: a concurrent duplicate waits here until this commits
+			// (or rolls back), then finds the key taken.
+			_, err := tx.ExecContext(ctx, `INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, body, created_at)
+				VALUES ($1, $2, $3, 'done', $4, $5, $6)`, o.UserID, cl.key, o.ID, cl.hash, string(mustJSON(c)), o.CreatedAt.UnixMilli())
+			if sqldb.IsUnique(err) {
+				return errKeyTaken
+			}
+			if err != nil {
+				return err
+			}
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
 			created_at, updated_at, expires_at, discounts, sale_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
@@ -358,7 +423,7 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created, p *
 		if err := outbox.Insert(ctx, tx, timer, o.CreatedAt); err != nil {
 			return err
 		}
-		if cl.key != "" {
+		if cl.at != 0 {
 			res, err := tx.ExecContext(ctx, `UPDATE idempotency SET state = 'done', body = $1
 				WHERE user_id = $2 AND idem_key = $3 AND order_id = $4 AND state = 'pending' AND created_at = $5`,
 				string(mustJSON(c)), o.UserID, cl.key, o.ID, cl.at)

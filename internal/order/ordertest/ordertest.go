@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"CancelReleasesOnce", testCancelReleasesOnce},
 		{"CancelRace", testCancelRace},
 		{"Idempotency", testIdempotency},
+		{"IdempotencyUnlimited", testIdempotencyUnlimited},
 		{"BadInput", testBadInput},
 		{"FailedInsertReleases", testFailedInsertReleases},
 		{"OtherUsersOrder", testOtherUsersOrder},
@@ -859,6 +860,62 @@ func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	c := f.mustCreate(t, user, retry, f.req(line(item, 2)))
 	if lvl := f.level(t, item.SKU); lvl != 0 || f.reserved(t, c.OrderID, item.SKU) != 2 {
 		t.Errorf("retry after restock: stock %d, reserved %d; want 0 and 2", lvl, f.reserved(t, c.OrderID, item.SKU))
+	}
+}
+
+// testIdempotencyUnlimited: an order without limited stock writes its key
+// in the order's own transaction (no claim of its own); concurrent
+// duplicates wait on it in the database and get the one answer.
+func testIdempotencyUnlimited(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user, same = 8101, 50
+	const key = "checkout-unlimited"
+	req := f.req(line(f.latte, 2), line(f.bagel, 1))
+	got := make([]order.Created, same)
+	errs := race(same, func(i int) error {
+		var err error
+		got[i], err = f.ord.Create(ctx, user, key, req)
+		return err
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("request %d with the same key: %v", i, err)
+		}
+		if !sameCreated(got[i], got[0]) {
+			t.Errorf("request %d got %+v, request 0 got %+v: want the same answer", i, got[i], got[0])
+		}
+	}
+	first := got[0]
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
+		t.Errorf("%d concurrent requests with one key wrote %d orders, want 1", same, n)
+	}
+	if rows := f.outbox(t); len(rows) != 1 || rows[0].ev.OrderID != first.OrderID {
+		t.Errorf("outbox %+v, want the one order's event", rows)
+	}
+	if tm := f.timers(t); len(tm) != 1 {
+		t.Errorf("%d expiry timers, want 1", len(tm))
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM idempotency WHERE user_id = $1 AND state = 'done' AND order_id = $2`, user, first.OrderID); n != 1 {
+		t.Errorf("%d done keys for the order, want 1", n)
+	}
+	// A replay gets the stored answer even when the request could not be
+	// carried out now: the store closed meanwhile.
+	closed := false
+	if _, err := f.cat.UpdateStore(ctx, f.store.ID, catalog.StoreInput{Name: f.store.Name, Open: &closed}); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := f.ord.Create(ctx, user, key, req); err != nil || !sameCreated(again, first) {
+		t.Errorf("replay after the store closed: %+v, %v; want %+v", again, err, first)
+	}
+	if _, err := f.ord.Create(ctx, user, "fresh-key", req); !errors.Is(err, order.ErrStoreClosed) {
+		t.Errorf("a new key at the closed store: %v, want ErrStoreClosed", err)
+	}
+	if _, err := f.ord.Create(ctx, user, key, f.req(line(f.latte, 3))); !errors.Is(err, order.ErrKeyReused) {
+		t.Errorf("same key, other request: %v, want ErrKeyReused", err)
+	}
+	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
+		t.Errorf("user %d has %d orders after the replays, want 1", user, n)
 	}
 }
 
