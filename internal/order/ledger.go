@@ -100,17 +100,57 @@ func eventLabel(ev Event) string {
 }
 
 func (s *Service) record(ctx context.Context, ev Event) error {
-	// A record lost in a database crash is at worst missing from the count;
-	// it does not wait for the disk.
 	// On the order's shard (an event id carries its order's gene), not all
-	// on the main database's one writer.
-	err := sqldb.Lazy(ctx, s.db.ForID(ev.OrderID), `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at)
-		VALUES ($1, $2, $3, 1, $4) ON CONFLICT (event_id) DO UPDATE SET deliveries = events_seen.deliveries + 1`,
-		ev.EventID, ev.Type, ev.OrderID, s.now().UnixMilli())
-	if err != nil {
+	// on the main database's one writer; with the other handlers' records
+	// of the moment, in one statement.
+	if err := s.seen[s.db.ForID(ev.OrderID)].Do(ctx, seenRow{ev.EventID, ev.Type, ev.OrderID, s.now().UnixMilli()}); err != nil {
 		return fmt.Errorf("record event %d: %w", ev.EventID, err)
 	}
 	return nil
+}
+
+// seenRow is one event recorded in events_seen.
+type seenRow struct {
+	eventID int64
+	typ     string
+	orderID int64
+	at      int64
+}
+
+// seenGroups groups the records of each database of c.
+func seenGroups(c *sqldb.Cluster) map[*sqldb.DB]*sqldb.Group[seenRow] {
+	m := map[*sqldb.DB]*sqldb.Group[seenRow]{}
+	for _, d := range c.Shards() {
+		m[d] = sqldb.NewGroup(64, 10*time.Second, func(ctx context.Context, rows []seenRow) error { return writeSeen(ctx, d, rows) })
+	}
+	return m
+}
+
+// writeSeen records rows in one statement: a row already there (a
+// redelivery) counts up its deliveries. A record lost in a database crash
+// is at worst missing from the count: it does not wait for the disk.
+func writeSeen(ctx context.Context, d *sqldb.DB, rows []seenRow) error {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at) VALUES `)
+	args := make([]any, 0, 5*len(rows))
+	n := map[int64]int{} // deliveries by event: one statement may not touch a row twice
+	for _, r := range rows {
+		n[r.eventID]++
+		if n[r.eventID] > 1 {
+			continue
+		}
+		if len(args) > 0 {
+			q.WriteString(", ")
+		}
+		k := len(args)
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d)", k+1, k+2, k+3, k+4, k+5)
+		args = append(args, r.eventID, r.typ, r.orderID, 0, r.at)
+	}
+	for i := 0; i < len(args); i += 5 {
+		args[i+3] = n[args[i].(int64)]
+	}
+	q.WriteString(` ON CONFLICT (event_id) DO UPDATE SET deliveries = events_seen.deliveries + excluded.deliveries`)
+	return sqldb.Lazy(ctx, d, q.String(), args...)
 }
 
 // Seen is one event the worker's consumer recorded.

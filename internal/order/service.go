@@ -48,6 +48,7 @@ type Service struct {
 	cfg     Config
 	now     func() time.Time
 	counted *prometheus.CounterVec // surge_orders_total{event}
+	seen    map[*sqldb.DB]*sqldb.Group[seenRow]
 }
 
 // New returns an order service. waker may be nil.
@@ -61,7 +62,7 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker W
 	if cfg.KeyTakeover <= 0 {
 		cfg.KeyTakeover = 30 * time.Second
 	}
-	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now}
+	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now, seen: seenGroups(db)}
 	s.Instrument(nil)
 	return s
 }
