@@ -3,6 +3,7 @@
 //
 //	menu reads/s of surge      vs  a hello-world net/http server   (target >= 0.8x)
 //	orders/s of surge on PG    vs  pgbench of the same inserts      (target >= 0.8x)
+//	orders/s of surge on SQLite vs a plain Go loop of the same rows (target >= 0.7x)
 //	coupon claims/s of surge   vs  redis-benchmark of the same Lua  (target >= 0.5x)
 //	orders/s with 2 promotions and a coupon vs plain orders/s       (target >= 0.8x)
 //
@@ -47,7 +48,7 @@ var (
 	rounds    = flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur       = flag.Duration("dur", 4*time.Second, "duration of one measurement")
 	workers   = flag.Int("workers", 32, "concurrent connections / pgbench clients")
-	only      = flag.String("only", "menu,orders,callbacks,sockets,pickup,coupons,pricing,flash,overload,observe", "which benchmarks to run")
+	only      = flag.String("only", "menu,orders,embedded,callbacks,sockets,pickup,coupons,pricing,flash,overload,observe", "which benchmarks to run")
 	nSockets  = flag.Int("sockets", 10000, "sockets: idle WebSocket connections per round")
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	shedModes = flag.String("shed", "bbr,failsafe,off", "overload: the shedders to compare")
@@ -69,6 +70,11 @@ func main() {
 	}
 	if strings.Contains(*only, "orders") {
 		if err := orders(ctx); err != nil {
+			fail(err)
+		}
+	}
+	if strings.Contains(*only, "embedded") {
+		if err := embedded(ctx); err != nil {
 			fail(err)
 		}
 	}

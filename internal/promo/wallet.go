@@ -262,6 +262,20 @@ type execer interface {
 	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
 }
 
+// Unheld reports whether Hold has nothing to write for res: every discount
+// is of a kind no wallet or quota tracks (percent, gift, threshold). An
+// order of such a price may be written without Hold's transaction.
+func Unheld(res pricing.Result) bool {
+	for _, d := range res.Discounts {
+		switch d.Kind {
+		case pricing.Percent, pricing.Gift, pricing.Threshold:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // Hold takes, in the order's transaction, what its pricing used: the
 // coupons that applied (available -> locked by the order), the special
 // price units against each limited promotion's per-user quota, and the

@@ -36,26 +36,32 @@ type Event struct {
 
 // Insert writes ev in tx.
 func Insert(ctx context.Context, tx *sql.Tx, ev Event, now time.Time) error {
+	hdr, err := Headers(ctx, ev)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		ev.ID, ev.Subject, ev.Type, string(ev.Payload), hdr, now.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("outbox insert %d: %w", ev.ID, err)
+	}
+	return nil
+}
+
+// Headers is the headers column of ev's row: its headers and the trace
+// of ctx, as JSON ("" for none). For a caller that writes the row itself.
+func Headers(ctx context.Context, ev Event) (string, error) {
 	if trace.SpanContextFromContext(ctx).IsValid() && obs.Carrier(ev.Header).Get(obs.TraceHeader) == "" {
 		h := make(map[string]string, len(ev.Header)+1) // the row carries the trace that wrote it
 		maps.Copy(h, ev.Header)
 		obs.Inject(ctx, h)
 		ev.Header = h
 	}
-	hdr := ""
-	if len(ev.Header) > 0 {
-		b, err := json.Marshal(ev.Header)
-		if err != nil {
-			return err
-		}
-		hdr = string(b)
+	if len(ev.Header) == 0 {
+		return "", nil
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
-		ev.ID, ev.Subject, ev.Type, string(ev.Payload), hdr, now.UnixMilli())
-	if err != nil {
-		return fmt.Errorf("outbox insert %d: %w", ev.ID, err)
-	}
-	return nil
+	b, err := json.Marshal(ev.Header)
+	return string(b), err
 }
 
 // Publisher is the part of the bus the relay needs.

@@ -335,6 +335,13 @@ func IsUnique(err error) bool {
 	return false
 }
 
+// IsUniqueOn reports whether err is a PostgreSQL unique or primary key
+// violation on table (for a statement that writes several tables).
+func IsUniqueOn(err error, table string) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505" && pg.TableName == table
+}
+
 // Tx runs fn in a transaction on db's writer, committing when fn returns
 // nil. A connection found broken before the commit (driver.ErrBadConn: the
 // server or a cancelled request closed it while it sat in the pool) is
