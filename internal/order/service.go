@@ -18,6 +18,7 @@ import (
 
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
+	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
@@ -185,18 +186,21 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 			}
 		}
 	}
-	if key != "" && cl.at == 0 {
+	if k := errkind.Of(err); key != "" && cl.at == 0 && (k == nil || k.Kind != errkind.Unavailable) {
 		// Not claimed apart: the key's row, if any, is another request's.
 		// A duplicate of a request carried out gets its answer even when
-		// this one failed (the price changed since, the store closed).
-		if done, serr := s.stored(bg, cl); serr != nil || done != nil {
-			if done != nil {
-				return *done, nil
-			}
+		// this one failed (the price changed since, the store closed). Not
+		// asked when the database is what failed.
+		done, serr := s.stored(bg, cl)
+		switch {
+		case done != nil:
+			return *done, nil
+		case errors.Is(serr, ErrKeyReused):
 			return Created{}, serr
-		}
-		if errors.Is(err, errKeyTaken) {
-			return Created{}, ErrKeyBusy // and gone again: the request that held it failed
+		case errors.Is(err, errKeyTaken) && serr != nil && !errors.Is(serr, ErrKeyBusy):
+			return Created{}, serr
+		case errors.Is(err, errKeyTaken):
+			return Created{}, ErrKeyBusy // held by a claim, or gone again: the request that held it failed
 		}
 	}
 	if !owned {
@@ -355,6 +359,7 @@ func (s *Service) place(ctx context.Context, cl *claim, req Request) (Created, b
 	if cl.key != "" && len(limited) > 0 {
 		done, err := s.claim(ctx, cl)
 		if err != nil || done != nil {
+			cl.at = 0 // nothing claimed
 			if done != nil {
 				return *done, false, nil
 			}
