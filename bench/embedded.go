@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,16 +30,9 @@ func embedded(ctx context.Context) error {
 	}
 	defer p.stop()
 	base := "http://" + p.surgeAddr
-	tokens := make([]string, *workers)
-	for i := range tokens {
-		res, err := http.Post(base+"/api/v1/auth/login", "application/json", strings.NewReader(fmt.Sprintf(`{"phone":"+86138%08d"}`, i)))
-		if err != nil {
-			return err
-		}
-		var out struct{ Token string }
-		json.NewDecoder(res.Body).Decode(&out)
-		res.Body.Close()
-		tokens[i] = out.Token
+	tokens, err := logins(base, *workers, 0)
+	if err != nil {
+		return err
 	}
 	body := `{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`
 	if _, err := runWrk(ctx, base+"/api/v1/orders", *workers, time.Second, orderScript(tokens, body, "warm")); err != nil {

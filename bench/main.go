@@ -19,7 +19,6 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -334,16 +333,9 @@ func orders(ctx context.Context) error {
 	}
 	defer stop(surge)
 	base := "http://" + addr
-	tokens := make([]string, *workers)
-	for i := range tokens {
-		res, err := http.Post(base+"/api/v1/auth/login", "application/json", strings.NewReader(fmt.Sprintf(`{"phone":"+86137%08d"}`, i)))
-		if err != nil {
-			return err
-		}
-		var out struct{ Token string }
-		json.NewDecoder(res.Body).Decode(&out)
-		res.Body.Close()
-		tokens[i] = out.Token
+	tokens, err := logins(base, *workers, 0)
+	if err != nil {
+		return err
 	}
 	body := `{"store_id":"1001","items":[{"sku_id":"1001006","qty":1},{"sku_id":"1001007","qty":2}]}`
 	place := func(w, i int) *http.Request {

@@ -787,16 +787,15 @@ func testCancelRace(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 }
 
-func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
-	f := newFixture(t, open, nil)
-	ctx := f.ctx
-	const user, twin, same = 8001, 8002, 50
-	const key = "checkout-7f3a"
-	req := f.req(line(f.mooncake, 2), line(f.latte, 1))
-	got := make([]order.Created, same)
-	errs := race(same, func(i int) error {
+// sameKeyRace places req n times at once under one key and checks that
+// every request got the same answer and one order was written; it returns
+// that answer.
+func (f *fixture) sameKeyRace(t *testing.T, user int64, key string, req order.Request, n int) order.Created {
+	t.Helper()
+	got := make([]order.Created, n)
+	errs := race(n, func(i int) error {
 		var err error
-		got[i], err = f.ord.Create(ctx, user, key, req)
+		got[i], err = f.ord.Create(f.ctx, user, key, req)
 		return err
 	})
 	for i, err := range errs {
@@ -807,10 +806,19 @@ func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 			t.Errorf("request %d got %+v, request 0 got %+v: want the same answer", i, got[i], got[0])
 		}
 	}
-	first := got[0]
-	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
-		t.Errorf("%d concurrent requests with one key wrote %d orders, want 1", same, n)
+	if c := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); c != 1 {
+		t.Errorf("%d concurrent requests with one key wrote %d orders, want 1", n, c)
 	}
+	return got[0]
+}
+
+func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	const user, twin, same = 8001, 8002, 50
+	const key = "checkout-7f3a"
+	req := f.req(line(f.mooncake, 2), line(f.latte, 1))
+	first := f.sameKeyRace(t, user, key, req, same)
 	if lvl := f.level(t, f.mooncake.SKU); lvl != mooncakeStock-2 {
 		t.Errorf("stock %d, want %d: reserved more than once", lvl, mooncakeStock-2)
 	}
@@ -872,24 +880,7 @@ func testIdempotencyUnlimited(t *testing.T, open func(t testing.TB) *sqldb.Clust
 	const user, same = 8101, 50
 	const key = "checkout-unlimited"
 	req := f.req(line(f.latte, 2), line(f.bagel, 1))
-	got := make([]order.Created, same)
-	errs := race(same, func(i int) error {
-		var err error
-		got[i], err = f.ord.Create(ctx, user, key, req)
-		return err
-	})
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("request %d with the same key: %v", i, err)
-		}
-		if !sameCreated(got[i], got[0]) {
-			t.Errorf("request %d got %+v, request 0 got %+v: want the same answer", i, got[i], got[0])
-		}
-	}
-	first := got[0]
-	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
-		t.Errorf("%d concurrent requests with one key wrote %d orders, want 1", same, n)
-	}
+	first := f.sameKeyRace(t, user, key, req, same)
 	if rows := f.outbox(t); len(rows) != 1 || rows[0].ev.OrderID != first.OrderID {
 		t.Errorf("outbox %+v, want the one order's event", rows)
 	}
