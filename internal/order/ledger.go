@@ -130,6 +130,9 @@ func seenGroups(c *sqldb.Cluster) map[*sqldb.DB]*sqldb.Group[seenRow] {
 // redelivery) counts up its deliveries. A record lost in a database crash
 // is at worst missing from the count: it does not wait for the disk.
 func writeSeen(ctx context.Context, d *sqldb.DB, rows []seenRow) error {
+	// In id order: two writers of overlapping records (a redelivery on
+	// another node) then lock them in the same order, never a deadlock.
+	slices.SortFunc(rows, func(a, b seenRow) int { return cmp.Compare(a.eventID, b.eventID) })
 	var q strings.Builder
 	q.WriteString(`INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at) VALUES `)
 	args := make([]any, 0, 5*len(rows))

@@ -18,7 +18,6 @@ import (
 
 	"github.com/surge-platform/surge/internal/catalog"
 	"github.com/surge-platform/surge/internal/inventory"
-	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/obs"
 	"github.com/surge-platform/surge/internal/platform/outbox"
@@ -147,10 +146,33 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 		h := sha256.Sum256(mustJSON(req))
 		cl.hash = hex.EncodeToString(h[:16])
 	}
+	c, err := s.try(ctx, &cl, req)
+	if errors.Is(err, errKeyPending) {
+		// A claim made apart holds the key: a request of limited stock, or
+		// one an older node left. Wait for it, or take it over when stale,
+		// and place the order under the claim.
+		done, cerr := s.claim(ctx, &cl)
+		if done != nil || cerr != nil {
+			if done != nil {
+				return *done, nil
+			}
+			return Created{}, cerr
+		}
+		if c, err = s.try(ctx, &cl, req); errors.Is(err, errKeyPending) {
+			err = ErrKeyBusy
+		}
+	}
+	return c, err
+}
+
+// try places the order once; on failure it gives back what it took and
+// looks up the key's answer.
+func (s *Service) try(ctx context.Context, cl *claim, req Request) (Created, error) {
+	userID, key, gene := cl.userID, cl.key, id.GeneOf(cl.userID)
 	// Bounded well under the sweeper's grace, so a reservation it finds
 	// without an order is never one a live request is about to use.
 	pctx, cancel := context.WithTimeout(ctx, placeTimeout)
-	c, reserved, err := s.place(pctx, &cl, req)
+	c, reserved, err := s.place(pctx, cl, req)
 	cancel()
 	if err == nil {
 		return c, nil
@@ -186,21 +208,26 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 			}
 		}
 	}
-	if k := errkind.Of(err); key != "" && cl.at == 0 && (k == nil || k.Kind != errkind.Unavailable) {
+	if key != "" && cl.at == 0 {
 		// Not claimed apart: the key's row, if any, is another request's.
 		// A duplicate of a request carried out gets its answer even when
-		// this one failed (the price changed since, the store closed). Not
-		// asked when the database is what failed.
-		done, serr := s.stored(bg, cl)
+		// this one failed (the price changed since, the store closed, a
+		// dependency of pricing is down). Asked briefly: when the database
+		// is what failed, the answer is the request's own error.
+		lctx, cancel := context.WithTimeout(bg, time.Second)
+		done, serr := s.stored(lctx, *cl)
+		cancel()
 		switch {
 		case done != nil:
 			return *done, nil
 		case errors.Is(serr, ErrKeyReused):
 			return Created{}, serr
-		case errors.Is(err, errKeyTaken) && serr != nil && !errors.Is(serr, ErrKeyBusy):
+		case errors.Is(err, errKeyTaken) && errors.Is(serr, ErrKeyBusy):
+			return Created{}, errKeyPending
+		case errors.Is(err, errKeyTaken) && serr != nil:
 			return Created{}, serr
 		case errors.Is(err, errKeyTaken):
-			return Created{}, ErrKeyBusy // held by a claim, or gone again: the request that held it failed
+			return Created{}, ErrKeyBusy // gone again: the request that held it failed; a retry goes on
 		}
 	}
 	if !owned {
@@ -209,9 +236,13 @@ func (s *Service) Create(ctx context.Context, userID int64, key string, req Requ
 	return Created{}, err
 }
 
-// errKeyTaken: the order's transaction found its key written by another
-// request.
-var errKeyTaken = errors.New("idempotency key taken")
+var (
+	// errKeyTaken: the order's transaction found its key written by
+	// another request.
+	errKeyTaken = errors.New("idempotency key taken")
+	// errKeyPending: the key is held by a claim made apart (claim).
+	errKeyPending = errors.New("idempotency key claimed")
+)
 
 // stored returns the answer stored under cl's key (nil: none yet), or
 // ErrKeyReused for another request's key, or ErrKeyBusy while the request
@@ -356,7 +387,7 @@ func (s *Service) place(ctx context.Context, cl *claim, req Request) (Created, b
 			}
 		}
 	}
-	if cl.key != "" && len(limited) > 0 {
+	if cl.key != "" && cl.at == 0 && len(limited) > 0 {
 		done, err := s.claim(ctx, cl)
 		if err != nil || done != nil {
 			cl.at = 0 // nothing claimed

@@ -7,6 +7,8 @@ package ordertest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -908,6 +910,35 @@ func testIdempotencyUnlimited(t *testing.T, open func(t testing.TB) *sqldb.Clust
 	if n := f.countAll(t, `SELECT COUNT(*) FROM orders WHERE user_id = $1`, user); n != 1 {
 		t.Errorf("user %d has %d orders after the replays, want 1", user, n)
 	}
+	reopen := true
+	if _, err := f.cat.UpdateStore(ctx, f.store.ID, catalog.StoreInput{Name: f.store.Name, Open: &reopen}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A claim made apart and left behind (a node died mid-way, or an older
+	// node claimed every keyed order) is taken over once stale: the key is
+	// not stuck busy, and the order gets the claim's order id.
+	const stale, staleUser = "left-behind", 8102
+	staleID, _ := f.ids.Next(id.GeneOf(staleUser))
+	exec(t, ctx, f.c.ForGene(id.GeneOf(staleUser)), `INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, created_at)
+		VALUES ($1, $2, $3, 'pending', $4, $5)`, staleUser, stale, staleID, hashOf(req), time.Now().Add(-time.Hour).UnixMilli())
+	c, err := f.ord.Create(ctx, staleUser, stale, req)
+	if err != nil {
+		t.Fatalf("order under a stale claim: %v", err)
+	}
+	if c.OrderID != staleID {
+		t.Errorf("order under a stale claim got id %d, want the claim's %d", c.OrderID, staleID)
+	}
+	if again, err := f.ord.Create(ctx, staleUser, stale, req); err != nil || !sameCreated(again, c) {
+		t.Errorf("replay after the takeover: %+v, %v; want %+v", again, err, c)
+	}
+}
+
+// hashOf is the request hash the order service stores with a key.
+func hashOf(req order.Request) string {
+	b, _ := json.Marshal(req)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:16])
 }
 
 func testBadInput(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {

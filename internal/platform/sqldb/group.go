@@ -71,17 +71,26 @@ func (g *Group[T]) writeOne(ctx context.Context) {
 	for i, it := range batch {
 		items[i] = it.v
 	}
+	err := errGroupPanicked
+	// Whatever write does (a panic, a Goexit), the batch gets an answer and
+	// the writing passes on: a group left busy with nobody writing would
+	// hold every later caller forever.
+	defer func() {
+		for _, it := range batch {
+			it.done <- err
+		}
+		g.mu.Lock()
+		if len(g.q) > 0 {
+			g.q[0].done <- errLead
+		} else {
+			g.busy = false
+		}
+		g.mu.Unlock()
+	}()
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
-	err := g.write(wctx, items)
-	cancel()
-	for _, it := range batch {
-		it.done <- err
-	}
-	g.mu.Lock()
-	if len(g.q) > 0 {
-		g.q[0].done <- errLead
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
+	defer cancel()
+	err = g.write(wctx, items)
 }
+
+// errGroupPanicked answers a batch whose write panicked or exited.
+var errGroupPanicked = errors.New("sqldb: group write did not return")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -66,5 +67,35 @@ func TestGroupWritesEachOnceTogether(t *testing.T) {
 	}
 	if written[-1] != 1 {
 		t.Error("a lone item after the rush was not written")
+	}
+}
+
+// TestGroupSurvivesPanic: a write that panics answers its batch with an
+// error and leaves the group usable; the panic goes on up its caller.
+func TestGroupSurvivesPanic(t *testing.T) {
+	var calls atomic.Int64
+	g := NewGroup(8, time.Second, func(ctx context.Context, items []int) error {
+		if calls.Add(1) == 1 {
+			panic("driver bug")
+		}
+		return nil
+	})
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the write's panic did not reach its caller")
+			}
+		}()
+		g.Do(t.Context(), 1)
+	}()
+	done := make(chan error, 1)
+	go func() { done <- g.Do(t.Context(), 2) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("a write after the panic: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the group hangs after a write panicked")
 	}
 }
