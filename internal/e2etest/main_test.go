@@ -173,13 +173,27 @@ func call(base, method, path, token, body string, hdr ...string) (int, []byte, e
 
 func mustLogin(t *testing.T, base, phone string) string {
 	t.Helper()
-	status, b, err := call(base, "POST", "/api/v1/auth/login", "", `{"phone":"`+phone+`"}`)
-	var out struct{ Token string }
-	json.Unmarshal(b, &out)
-	if err != nil || status != 200 || out.Token == "" {
-		t.Fatalf("login: %d %s %v", status, b, err)
+	tok, err := login(base, phone)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out.Token
+	return tok
+}
+
+// login logs phone in, and tries again, as a client would, while the
+// server answers 503 or 429 (a loaded machine's shedder), for up to 10 s.
+func login(base, phone string) (string, error) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		status, b, err := call(base, "POST", "/api/v1/auth/login", "", `{"phone":"`+phone+`"}`)
+		var out struct{ Token string }
+		json.Unmarshal(b, &out)
+		if err == nil && status == 200 && out.Token != "" {
+			return out.Token, nil
+		}
+		if err != nil || (status != 503 && status != 429) || time.Now().After(deadline) {
+			return "", fmt.Errorf("login: %d %s %v", status, b, err)
+		}
+	}
 }
 
 // placeUntil places orders from `workers` customers until stop is closed or
@@ -191,7 +205,13 @@ func placeUntil(t *testing.T, base string, workers int, stop <-chan struct{}, ac
 	var ids []string
 	var wg sync.WaitGroup
 	for w := range workers {
-		tok := mustLogin(t, base, fmt.Sprintf("+86139%08d", w))
+		// Not mustLogin: placeUntil runs in a goroutine of its own, where a
+		// t.Fatal would end it without an answer and hang its caller.
+		tok, err := login(base, fmt.Sprintf("+86139%08d", w))
+		if err != nil {
+			t.Error(err)
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
