@@ -24,7 +24,7 @@ func embedded(ctx context.Context) error {
 	// The shedder off: it refuses some of a closed loop of 32 connections
 	// at this rate, and the benchmark is of the order path (overload is
 	// --only overload).
-	p, err := startPair("--log-level", "warn", "--shed", "off")
+	p, err := startPair("--log-level", "warn", "--shed", "off", "--admin-token", benchAdmin)
 	if err != nil {
 		return err
 	}
@@ -55,6 +55,9 @@ func embedded(ctx context.Context) error {
 		n, err := plainLoop(ctx, c.Shards(), &next, *dur)
 		if err != nil {
 			return err
+		}
+		if r == 0 && *profile != "" {
+			go saveProfile(base, *dur, *profile)
 		}
 		cpu0 := cpuTicks(p.surge.Process.Pid)
 		s, err := runWrk(ctx, base+"/api/v1/orders", *workers, *dur, orderScript(tokens, body, fmt.Sprintf("r%d", r)))

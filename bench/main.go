@@ -52,7 +52,7 @@ var (
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	shedModes = flag.String("shed", "bbr,failsafe,off", "overload: the shedders to compare")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
-	profile   = flag.String("profile", "", "pickup: write a CPU profile of surge during the first round to this file (and of the load generator to FILE.bench)")
+	profile   = flag.String("profile", "", "pickup, embedded: write a CPU profile of surge during the first round to this file (pickup: and of the load generator to FILE.bench)")
 )
 
 func main() {

@@ -41,6 +41,7 @@ func TestBadInvocations(t *testing.T) {
 		{"serve", "--roles", "cashier"},
 		{"serve", "--roles", "monitor,cashier"}, // monitor is a role now; cashier is not
 		{"serve", "--ws-ping", "1ms"},
+		{"serve", "--idempotency-ttl", "10m"},
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},
 		{"migrate", "--db", "mysql://x"},

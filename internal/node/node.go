@@ -67,6 +67,7 @@ type Config struct {
 	Bus            string            // bus URL; empty = embedded:<Data>/nats
 	AdminToken     string            // empty = random, printed at start
 	OrderTTL       time.Duration     // time to pay an order
+	KeyTTL         time.Duration     // how long an order's Idempotency-Key is kept; 0 = 24h
 	NodeID         int               // id generator node; -1 = lease the lowest free one
 	DBMaxConns     int               // per PostgreSQL database; 0 = default
 	Migrate        bool              // apply migrations at start
@@ -115,6 +116,9 @@ func (c *Config) Resolve() error {
 	}
 	if c.Bus == "" {
 		c.Bus = "embedded:" + filepath.Join(c.Data, "nats")
+	}
+	if c.KeyTTL != 0 && c.KeyTTL < time.Hour {
+		return fmt.Errorf("idempotency ttl %v: want at least 1h (a client may retry an order for that long)", c.KeyTTL)
 	}
 	if c.AdminToken == "" {
 		b := make([]byte, 16)
@@ -333,7 +337,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	n.closer = append(n.closer, func() error { unsubPromo(); return nil })
-	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, Promotions: n.Promo})
+	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, KeyTTL: cfg.KeyTTL, Promotions: n.Promo})
 	n.Blacklist = guard.NewBlacklist(n.DB, log.With("context", "blacklist"))
 	n.Flash = flashsale.New(n.DB, n.KV, n.Bus, n.IDs, n.Orders, n.Blacklist, guard.NewPoW(0), n.owner, cfg.Flash,
 		log.With("context", "flashsale"))
@@ -542,6 +546,9 @@ func (n *Node) Run(ctx context.Context) error {
 			})
 		})
 		spawn("expiry sweeper", func(ctx context.Context) error { return n.Jobs.Every(ctx, "expiry-sweep", 5*time.Second, n.expireDue) })
+		spawn("idempotency keys purge", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "idempotency-purge", time.Minute, n.forgetKeys)
+		})
 		spawn("refunds of withdrawn orders", func(ctx context.Context) error { return n.Payments.ConsumeWithdrawn(ctx, n.Bus) })
 		spawn("payments of cancelled orders closed", func(ctx context.Context) error { return n.Payments.ConsumeCancelled(ctx, n.Bus) })
 		spawn("payment queries and repairs", func(ctx context.Context) error {
@@ -580,6 +587,15 @@ func (n *Node) sweep(ctx context.Context) error {
 	released, err := n.Stock.Sweep(ctx, 2*time.Minute, n.Orders.Fate)
 	if released > 0 && err == nil {
 		n.log.Info("reservation sweep released orphans", "orders", released)
+	}
+	return err
+}
+
+// forgetKeys deletes the Idempotency-Keys older than the config's KeyTTL.
+func (n *Node) forgetKeys(ctx context.Context) error {
+	k, err := n.Orders.ForgetKeys(ctx, 0)
+	if k > 0 {
+		n.log.Info("idempotency keys past their time deleted", "keys", k)
 	}
 	return err
 }

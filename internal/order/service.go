@@ -34,6 +34,7 @@ type Config struct {
 	TTL         time.Duration // time to pay; 0 = 15m
 	KeyWait     time.Duration // how long a duplicate request waits for the first; 0 = 10s
 	KeyTakeover time.Duration // age after which an unfinished key may be taken over; 0 = 30s
+	KeyTTL      time.Duration // how long a key is kept (ForgetKeys); 0 = 24h
 	Promotions  Promotions    // the promotions in force; nil = none
 }
 
@@ -61,6 +62,9 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker W
 	}
 	if cfg.KeyTakeover <= 0 {
 		cfg.KeyTakeover = 30 * time.Second
+	}
+	if cfg.KeyTTL <= 0 {
+		cfg.KeyTTL = 24 * time.Hour
 	}
 	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now, seen: seenGroups(db)}
 	s.Instrument(nil)

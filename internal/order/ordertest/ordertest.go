@@ -58,6 +58,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"CancelRace", testCancelRace},
 		{"Idempotency", testIdempotency},
 		{"IdempotencyUnlimited", testIdempotencyUnlimited},
+		{"ForgetKeys", testForgetKeys},
 		{"BadInput", testBadInput},
 		{"FailedInsertReleases", testFailedInsertReleases},
 		{"OtherUsersOrder", testOtherUsersOrder},
@@ -870,6 +871,50 @@ func testIdempotency(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	c := f.mustCreate(t, user, retry, f.req(line(item, 2)))
 	if lvl := f.level(t, item.SKU); lvl != 0 || f.reserved(t, c.OrderID, item.SKU) != 2 {
 		t.Errorf("retry after restock: stock %d, reserved %d; want 0 and 2", lvl, f.reserved(t, c.OrderID, item.SKU))
+	}
+}
+
+// testForgetKeys: keys older than a day are deleted, in batches and on
+// every database; younger keys and all orders stay; a retry with a
+// forgotten key places a new order.
+func testForgetKeys(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	req := f.req(line(f.latte, 1))
+	users := []int64{8201, 8202, 8203} // on one database or several, as the layout has it
+	old := map[string]order.Created{}
+	for i := range 7 { // 5 keys of the first user: more than one batch of 2
+		u := users[min(i/5, 2)]
+		key := fmt.Sprintf("old-%d", i)
+		old[key] = f.mustCreate(t, u, key, req)
+	}
+	kept := f.mustCreate(t, users[0], "new-0", req)
+	dayAgo := time.Now().Add(-25 * time.Hour).UnixMilli()
+	for _, d := range f.c.Shards() {
+		exec(t, ctx, d, `UPDATE idempotency SET created_at = $1 WHERE idem_key LIKE 'old-%'`, dayAgo)
+	}
+	n, err := f.ord.ForgetKeys(ctx, 2)
+	if err != nil || n != 7 {
+		t.Fatalf("ForgetKeys: %d, %v; want the 7 keys older than a day", n, err)
+	}
+	if left := f.countAll(t, `SELECT COUNT(*) FROM idempotency WHERE idem_key LIKE 'old-%'`); left != 0 {
+		t.Errorf("%d old keys left", left)
+	}
+	if left := f.countAll(t, `SELECT COUNT(*) FROM idempotency WHERE idem_key = 'new-0'`); left != 1 {
+		t.Errorf("%d rows of the young key, want 1", left)
+	}
+	if orders := f.countAll(t, `SELECT COUNT(*) FROM orders`); orders != 8 {
+		t.Errorf("%d orders after forgetting keys, want all 8", orders)
+	}
+	if again, err := f.ord.Create(ctx, users[0], "new-0", req); err != nil || !sameCreated(again, kept) {
+		t.Errorf("replay of the kept key: %+v, %v; want %+v", again, err, kept)
+	}
+	again, err := f.ord.Create(ctx, users[0], "old-0", req)
+	if err != nil || again.OrderID == old["old-0"].OrderID {
+		t.Errorf("retry with a forgotten key: %+v, %v; want a new order", again, err)
+	}
+	if n, err := f.ord.ForgetKeys(ctx, 0); err != nil || n != 0 {
+		t.Errorf("ForgetKeys again: %d, %v; want nothing left to forget", n, err)
 	}
 }
 
