@@ -595,7 +595,7 @@ func (n *Node) sweep(ctx context.Context) error {
 func (n *Node) forgetKeys(ctx context.Context) error {
 	k, err := n.Orders.ForgetKeys(ctx, 0)
 	if k > 0 {
-		n.log.Info("idempotency keys past their time deleted", "keys", k)
+		n.log.Debug("idempotency keys past their time deleted", "keys", k)
 	}
 	return err
 }
