@@ -121,10 +121,21 @@ type callback struct {
 // signedCallbacks signs a "paid" callback per payment with the node's
 // simulator keys, read from its settings (as the channel holds them).
 func signedCallbacks(ctx context.Context, data, tag string, pays []paid) ([]callback, error) {
-	db := "sqlite:" + data + "/db"
-	if f := strings.Fields(*surgeArgs); slices.Contains(f, "--db") { // surge's main database, where the secret is
-		db = f[slices.Index(f, "--db")+1]
+	return signedCallbacksOn(ctx, surgeMainDB(data, strings.Fields(*surgeArgs)), tag, pays)
+}
+
+// surgeMainDB is the main database of a surge started with --data data and
+// args: where the simulator's secret is.
+func surgeMainDB(data string, args []string) string {
+	if i := slices.Index(args, "--db"); i >= 0 && i+1 < len(args) {
+		return args[i+1]
 	}
+	return "sqlite:" + data + "/db"
+}
+
+// signedCallbacksOn is signedCallbacks with the simulator's keys read from
+// database db.
+func signedCallbacksOn(ctx context.Context, db, tag string, pays []paid) ([]callback, error) {
 	c, err := sqldb.Open(ctx, []string{db}, sqldb.Options{})
 	if err != nil {
 		return nil, err

@@ -52,6 +52,7 @@ var (
 	rate      = flag.Int("rate", 1000, "pickup: payment callbacks per second")
 	shedModes = flag.String("shed", "bbr,failsafe,off", "overload: the shedders to compare")
 	surgeArgs = flag.String("surge-args", "", "pickup: more flags for surge, space-separated (e.g. other backends)")
+	pickupPG  = flag.Bool("pickup-pg", false, "pickup: surge on a fresh PostgreSQL database (of --pg) instead of SQLite, and commits per order counted")
 	profile   = flag.String("profile", "", "pickup, embedded: write a CPU profile of surge during the first round to this file (pickup: and of the load generator to FILE.bench)")
 )
 
@@ -291,30 +292,67 @@ INSERT INTO outbox (id, subject, type, payload, headers, created_at) VALUES
 
 var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 
-func orders(ctx context.Context) error {
+// benchName is a database name of this run's own.
+func benchName() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "surge_bench_" + hex.EncodeToString(b)
+}
+
+// pgDatabase creates database name on the server of --pg, with surge's
+// schema, and returns its URL and the function that drops it.
+func pgDatabase(ctx context.Context, name string) (string, func(), error) {
 	admin, err := sql.Open("pgx", *pgAdmin)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close()
+		return "", nil, fmt.Errorf("create bench database: %w", err)
+	}
+	drop := func() {
+		admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		admin.Close()
+	}
+	u, _ := url.Parse(*pgAdmin)
+	u.Path = "/" + name
+	if out, err := exec.Command(*surgeBin, "migrate", "--db", u.String()).CombinedOutput(); err != nil {
+		drop()
+		return "", nil, fmt.Errorf("migrate: %v\n%s", err, out)
+	}
+	return u.String(), drop, nil
+}
+
+// settle is how long after a load the counts of pgCounts are read: a
+// backend reports its commits to the statistics within 1 s while busy and
+// 10 s once idle, and the relay, the ledger and the timers catch up.
+const settle = 11 * time.Second
+
+// pgCounts reads, on db's database, the last transaction id the server
+// assigned (one per transaction that writes, on any database) and the
+// commits reported (every transaction, reads included). Its own reads
+// take 1 transaction id and up to 3 commits.
+func pgCounts(ctx context.Context, db *sql.DB) (xid, commits int64, err error) {
+	if err := db.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
+		return 0, 0, err
+	}
+	err = db.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits)
+	return xid, commits, err
+}
+
+func orders(ctx context.Context) error {
 	// Two databases with the same schema on the same server: pgbench's and
 	// surge's, so neither's rows load the other (surge would relay pgbench's
 	// outbox rows).
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "surge_bench_" + hex.EncodeToString(b)
+	name := benchName()
 	var dsns []string
 	for _, db := range []string{name + "_pgbench", name + "_surge"} {
-		if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+db); err != nil {
-			return fmt.Errorf("create bench database: %w", err)
+		dsn, drop, err := pgDatabase(ctx, db)
+		if err != nil {
+			return err
 		}
-		defer admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)")
-		u, _ := url.Parse(*pgAdmin)
-		u.Path = "/" + db
-		dsns = append(dsns, u.String())
-		if out, err := exec.Command(*surgeBin, "migrate", "--db", u.String()).CombinedOutput(); err != nil {
-			return fmt.Errorf("migrate: %v\n%s", err, out)
-		}
+		defer drop()
+		dsns = append(dsns, dsn)
 	}
 	dsn := dsns[1]
 	script, one := filepath.Join(os.TempDir(), name+".sql"), filepath.Join(os.TempDir(), name+"-one.sql")
@@ -358,15 +396,11 @@ func orders(ctx context.Context) error {
 	}
 	defer sdb.Close()
 	counts := func() (xid, commits, orders int64, err error) {
-		if err := sdb.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
-			return 0, 0, 0, err
-		}
-		if err := sdb.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits); err != nil {
+		if xid, commits, err = pgCounts(ctx, sdb); err != nil {
 			return 0, 0, 0, err
 		}
 		return xid, commits, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
 	}
-	const settle = 11 * time.Second
 	time.Sleep(settle) // the warm-up's commits reported
 	var bs, b1s, ss, wpo, cpo []float64
 	for range *rounds {

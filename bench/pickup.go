@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
 	"net/http"
@@ -27,8 +28,22 @@ import (
 // latency counts from the moment a callback was due, so a stalled sender
 // cannot hide a stall).
 func pickup(ctx context.Context) error {
-	p, err := startPair(append([]string{"--log-level", "error", "--admin-token", benchAdmin, "--pay-query-after", "1h", "--order-ttl", "1h"},
-		strings.Fields(*surgeArgs)...)...)
+	args := append([]string{"--log-level", "error", "--admin-token", benchAdmin, "--pay-query-after", "1h", "--order-ttl", "1h"},
+		strings.Fields(*surgeArgs)...)
+	var sdb *sql.DB // surge's PostgreSQL database, with --pickup-pg
+	if *pickupPG {
+		dsn, drop, err := pgDatabase(ctx, benchName()+"_pickup")
+		if err != nil {
+			return err
+		}
+		defer drop()
+		if sdb, err = sql.Open("pgx", dsn); err != nil {
+			return err
+		}
+		defer sdb.Close()
+		args = append(args, "--db", dsn)
+	}
+	p, err := startPair(args...)
 	if err != nil {
 		return err
 	}
@@ -87,7 +102,7 @@ func pickup(ctx context.Context) error {
 	for i, r := range refs {
 		pays[i] = paid{r.payment, r.amount}
 	}
-	cbs, err := signedCallbacks(ctx, p.data, "pickup", pays)
+	cbs, err := signedCallbacksOn(ctx, surgeMainDB(p.data, args), "pickup", pays)
 	if err != nil {
 		return err
 	}
@@ -223,6 +238,12 @@ func pickup(ctx context.Context) error {
 				time.AfterFunc(roundDur, pprof.StopCPUProfile)
 			}
 		}
+		var x0, c0 int64
+		if sdb != nil {
+			if x0, c0, err = pgCounts(ctx, sdb); err != nil {
+				return err
+			}
+		}
 		start, cpu0, own0 := time.Now(), cpuTicks(p.surge.Process.Pid), cpuTicks(os.Getpid())
 		for k := range per {
 			i := r*per + k
@@ -258,6 +279,15 @@ func pickup(ctx context.Context) error {
 				missing, announced.Load(), err)
 		}
 		p99s = append(p99s, float64(q(99))/float64(time.Millisecond))
+		if sdb != nil {
+			time.Sleep(settle)
+			x1, c1, err := pgCounts(ctx, sdb)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("    on PostgreSQL, per order from notice to pickup code (relay, ledger and consumers included): %.2f commits, %.2f write transactions\n",
+				float64(c1-c0-3)/float64(per), float64(x1-x0-1)/float64(per))
+		}
 		// Where the time went: each stage from the end of the one before.
 		stages := []struct {
 			name     string
@@ -297,8 +327,12 @@ func pickup(ctx context.Context) error {
 			st.Sent, st.Direct, st.Resyncs, st.Slow)
 	}
 	slices.Sort(p99s)
-	fmt.Printf("  median p99 %.1f ms at %d callbacks/s (target < 100 ms at 1,000/s; %d customers, %d stores, embedded surge)\n",
-		p99s[len(p99s)/2], *rate, customers, stores)
+	mode := "embedded surge"
+	if sdb != nil {
+		mode = "surge on PostgreSQL"
+	}
+	fmt.Printf("  median p99 %.1f ms at %d callbacks/s (target < 100 ms at 1,000/s; %d customers, %d stores, %s)\n",
+		p99s[len(p99s)/2], *rate, customers, stores, mode)
 	return nil
 }
 
