@@ -1,7 +1,12 @@
 package order_test
 
 import (
+	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/surge-platform/surge/internal/order"
+	"github.com/surge-platform/surge/internal/platform/id"
 
 	"github.com/surge-platform/surge/internal/order/ordertest"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
@@ -35,5 +40,25 @@ func TestStore(t *testing.T) {
 			t.Parallel()
 			ordertest.Run(t, openCapped(e.Open))
 		})
+	}
+}
+
+// TestSubject: every logical shard's events fall in one of Partitions
+// subjects per type, and each matches the consumers' filter of its type.
+func TestSubject(t *testing.T) {
+	seen := map[string]bool{}
+	for gene := range id.Genes {
+		s := order.Subject(gene, order.EvPaid)
+		if want := fmt.Sprintf("orders.events.%d.%s", gene%order.Partitions, order.EvPaid); s != want {
+			t.Fatalf("Subject(%d) = %q, want %q", gene, s, want)
+		}
+		filter := order.Types(order.EvPaid)[0]
+		if !strings.HasPrefix(filter, "orders.events.*.") || strings.SplitN(s, ".", 4)[3] != strings.SplitN(filter, ".", 4)[3] {
+			t.Fatalf("%q does not match the filter %q", s, filter)
+		}
+		seen[s] = true
+	}
+	if len(seen) != order.Partitions {
+		t.Fatalf("%d subjects for one type over %d shards, want %d", len(seen), id.Genes, order.Partitions)
 	}
 }

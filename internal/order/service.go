@@ -93,10 +93,21 @@ func (s *Service) Instrument(m *obs.Metrics) {
 const placeTimeout = 30 * time.Second
 
 // Subject returns the bus subject of an event of type typ of an order of
-// logical shard gene: the shard partitions the stream
-// (orders.events.<gene>.>), the type lets a consumer take only the types it
-// needs, filtered on the server (Types).
-func Subject(gene int, typ string) string { return "orders.events." + strconv.Itoa(gene) + "." + typ }
+// logical shard gene: orders.events.<partition>.<type>. The partition
+// (gene mod Partitions) splits the stream by order, so that an order's
+// events stay in one partition; the type lets a consumer take only the
+// types it needs, filtered on the server (Types).
+func Subject(gene int, typ string) string {
+	return "orders.events." + strconv.Itoa(gene%Partitions) + "." + typ
+}
+
+// Partitions is how many partitions the order events' subjects carry. It
+// is not the 1,024 logical shards: the server keeps the subjects of each
+// block of the stream, and a consumer of several types intersects its
+// filters with all of them each time it looks for its next message. With
+// a subject per shard and type, that was 8% of the CPU of the pickup
+// bench (docs/capacity.md).
+const Partitions = 16
 
 // Types returns the subjects of the events of the given types, of every
 // shard: a consumer's filters.
