@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-
-	"github.com/surge-platform/surge/internal/push/pushtest"
 )
 
 // pickup measures the seed's main flow end to end on an embedded surge:
@@ -177,7 +175,7 @@ func pickup(ctx context.Context) error {
 		if err := getJSON(fmt.Sprintf("%s/admin/v1/stores/%d", base, 1001+s), benchAdmin, &st); err != nil {
 			return err
 		}
-		c, err := pushtest.Dial(ctx, base, "/pos/v1/ws", st.POSKey, "")
+		c, err := dial(ctx, base, "/pos/v1/ws", st.POSKey)
 		if err != nil {
 			return err
 		}

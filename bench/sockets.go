@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -187,7 +188,7 @@ func dialMany(base, path string, tokens []string) ([]*pushtest.Conn, error) {
 	err := parallel(64, len(tokens), func(i int) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		c, err := pushtest.Dial(ctx, base, path, tokens[i], "")
+		c, err := dial(ctx, base, path, tokens[i])
 		conns[i] = c
 		return err
 	})
@@ -195,6 +196,23 @@ func dialMany(base, path string, tokens []string) ([]*pushtest.Conn, error) {
 		closeAll(conns)
 	}
 	return conns, err
+}
+
+// dial opens a socket as a client should: a 503 (the node shedding load,
+// as it may just after the bench's set-up) is tried again until ctx ends.
+func dial(ctx context.Context, base, path, token string) (*pushtest.Conn, error) {
+	for {
+		c, err := pushtest.Dial(ctx, base, path, token, "")
+		var refused *pushtest.RefusedError
+		if !errors.As(err, &refused) || refused.Status != http.StatusServiceUnavailable {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func closeAll(conns []*pushtest.Conn) {
