@@ -167,11 +167,12 @@ func benchLogin(base, phone string) (string, error) {
 	return out.Token, err
 }
 
-// post posts body and decodes the answer into out; a 503 overloaded (the
-// node sheds load: every payment's create is RSA-signed; nothing was done)
-// is tried again, as a client does, for up to a minute.
+// post posts body and decodes the answer into out. A 503 (the node sheds
+// load: every payment's create is RSA-signed; or the in-process channel's
+// breaker is open after its calls ran out of time on the busy machine) is
+// tried again after its Retry-After, as a client does, for up to a minute.
 func post(url, token, body string, want int, out any) error {
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); ; {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -182,7 +183,12 @@ func post(url, token, body string, want int, out any) error {
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if res.StatusCode == http.StatusServiceUnavailable && bytes.Contains(b, []byte(`"code":"overloaded"`)) && time.Now().Before(deadline) {
+		if res.StatusCode == http.StatusServiceUnavailable && time.Now().Before(deadline) {
+			wait := 50 * time.Millisecond
+			if s, err := strconv.Atoi(res.Header.Get("Retry-After")); err == nil && s > 0 {
+				wait = time.Duration(s) * time.Second
+			}
+			time.Sleep(wait)
 			continue
 		}
 		if res.StatusCode != want {
