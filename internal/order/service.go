@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -654,15 +655,66 @@ func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	return &o, nil
 }
 
+// read returns the order with its lines. It reads both in one statement:
+// on SQLite one read transaction instead of two (each starts by dropping
+// the connection's page cache when another has written since), on
+// PostgreSQL one round trip. An order without lines (none is placed so)
+// is read again on its own.
 func (s *Service) read(ctx context.Context, q queryer, orderID int64) (*Order, error) {
-	o, err := s.head(ctx, q, orderID)
+	rows, err := q.QueryContext(ctx, readOrder, orderID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read order %d: %w", orderID, err)
 	}
-	if err := s.lines(ctx, q, []*Order{o}); err != nil {
-		return nil, err
+	defer rows.Close()
+	var o *Order
+	for rows.Next() {
+		var l lineRow
+		row, err := scanOrder(withLine{rows, l.dests()})
+		if err != nil {
+			return nil, fmt.Errorf("read order %d: %w", orderID, err)
+		}
+		if o == nil {
+			o = row
+		}
+		o.Items = append(o.Items, l.line())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read order %d: %w", orderID, err)
+	}
+	if o == nil {
+		return s.head(ctx, q, orderID)
 	}
 	return o, nil
+}
+
+// readOrder is read's statement: orderCols (of o) and lineCols.
+var readOrder = `SELECT o.` + strings.Join(strings.Fields(strings.ReplaceAll(orderCols, ",", " ")), ", o.") + `, ` + lineCols +
+	` FROM orders o JOIN order_items i ON i.order_id = o.id WHERE o.id = $1 ORDER BY i.line`
+
+// withLine scans a row of an order and one of its lines: the order's
+// columns into what scanOrder gives, the line's into line.
+type withLine struct {
+	rows *sql.Rows
+	line []any
+}
+
+func (w withLine) Scan(dest ...any) error { return w.rows.Scan(append(dest, w.line...)...) }
+
+// lineCols are the columns of a line, as lineRow scans them (i: order_items).
+const lineCols = `i.sku_id, i.name, i.price, i.qty, i.payable, i.gift_of, i.discounts, i.refunded, i.refund_id`
+
+type lineRow struct {
+	l    Line
+	disc string
+}
+
+func (r *lineRow) dests() []any {
+	return []any{&r.l.SKU, &r.l.Name, &r.l.Price, &r.l.Qty, &r.l.Payable, &r.l.GiftOf, &r.disc, &r.l.Refunded, &r.l.RefundID}
+}
+
+func (r *lineRow) line() Line {
+	r.l.List, r.l.Discounts = r.l.Price*int64(r.l.Qty), decodeDiscounts(r.disc)
+	return r.l
 }
 
 // head reads an order without its lines (enough for a transition).
@@ -690,25 +742,19 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		}
 		ids += strconv.FormatInt(o.ID, 10)
 	}
-	const cols = `order_id, sku_id, name, price, qty, payable, gift_of, discounts, refunded, refund_id`
-	query, args := `SELECT `+cols+` FROM order_items WHERE order_id IN (`+ids+`) ORDER BY order_id, line`, []any(nil)
-	if len(orders) == 1 { // the common case, as one cacheable statement
-		query, args = `SELECT `+cols+` FROM order_items WHERE order_id = $1 ORDER BY line`, []any{orders[0].ID}
-	}
-	rows, err := q.QueryContext(ctx, query, args...)
+	rows, err := q.QueryContext(ctx, `SELECT i.order_id, `+lineCols+` FROM order_items i WHERE i.order_id IN (`+ids+`)
+		ORDER BY i.order_id, i.line`)
 	if err != nil {
 		return fmt.Errorf("read order lines: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var oid int64
-		var l Line
-		var disc string
-		if err := rows.Scan(&oid, &l.SKU, &l.Name, &l.Price, &l.Qty, &l.Payable, &l.GiftOf, &disc, &l.Refunded, &l.RefundID); err != nil {
+		var l lineRow
+		if err := rows.Scan(append([]any{&oid}, l.dests()...)...); err != nil {
 			return err
 		}
-		l.List, l.Discounts = l.Price*int64(l.Qty), decodeDiscounts(disc)
-		byID[oid].Items = append(byID[oid].Items, l)
+		byID[oid].Items = append(byID[oid].Items, l.line())
 	}
 	return rows.Err()
 }
