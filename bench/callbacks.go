@@ -167,10 +167,12 @@ func benchLogin(base, phone string) (string, error) {
 	return out.Token, err
 }
 
-// post posts body and decodes the answer into out. A 503 (the node sheds
-// load: every payment's create is RSA-signed; or the in-process channel's
-// breaker is open after its calls ran out of time on the busy machine) is
-// tried again after its Retry-After, as a client does, for up to a minute.
+// post posts body and decodes the answer into out. A 503 that says
+// nothing was done is tried again, as a client does, for up to a minute:
+// overloaded (the node sheds load: every payment's create is RSA-signed),
+// after 50 ms; channel_unavailable (the in-process channel's breaker,
+// open after its calls ran out of time on the busy machine), after its
+// Retry-After. Each retry is counted in retried.
 func post(url, token, body string, want int, out any) error {
 	for deadline := time.Now().Add(time.Minute); ; {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
@@ -183,11 +185,8 @@ func post(url, token, body string, want int, out any) error {
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if res.StatusCode == http.StatusServiceUnavailable && time.Now().Before(deadline) {
-			wait := 50 * time.Millisecond
-			if s, err := strconv.Atoi(res.Header.Get("Retry-After")); err == nil && s > 0 {
-				wait = time.Duration(s) * time.Second
-			}
+		if wait, ok := retryable(res, b); ok && time.Now().Add(wait).Before(deadline) {
+			retried.Add(1)
 			time.Sleep(wait)
 			continue
 		}
@@ -196,4 +195,25 @@ func post(url, token, body string, want int, out any) error {
 		}
 		return json.Unmarshal(b, out)
 	}
+}
+
+// retried counts the requests post tried again.
+var retried atomic.Int64
+
+// retryable says whether a POST's answer is a 503 that did nothing and
+// may be tried again, and after how long.
+func retryable(res *http.Response, body []byte) (time.Duration, bool) {
+	switch {
+	case res.StatusCode != http.StatusServiceUnavailable:
+		return 0, false
+	case bytes.Contains(body, []byte(`"code":"overloaded"`)):
+		return 50 * time.Millisecond, true
+	case bytes.Contains(body, []byte(`"code":"channel_unavailable"`)):
+		wait := time.Second
+		if s, err := strconv.Atoi(res.Header.Get("Retry-After")); err == nil && s > 0 {
+			wait = time.Duration(s) * time.Second
+		}
+		return wait, true
+	}
+	return 0, false
 }

@@ -87,8 +87,8 @@ func pickup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("pickup setup: %w", err)
 	}
-	fmt.Printf("  pickup setup: %d orders placed and payments started in %v (%.0f/s, 32 clients); surge CPU per order %v, the in-process payment simulator's share included\n",
-		total, time.Since(setup).Round(time.Millisecond), float64(total)/time.Since(setup).Seconds(),
+	fmt.Printf("  pickup setup: %d orders placed and payments started in %v (%.0f/s, 32 clients, %d requests tried again after a 503); surge CPU per order %v, the in-process payment simulator's share included\n",
+		total, time.Since(setup).Round(time.Millisecond), float64(total)/time.Since(setup).Seconds(), retried.Load(),
 		(time.Duration(cpuTicks(p.surge.Process.Pid)-setupCPU) * 10 * time.Millisecond / time.Duration(total)).Round(time.Microsecond))
 	index := make(map[string]int, total)
 	for i, r := range refs {

@@ -199,8 +199,11 @@ func dialMany(base, path string, tokens []string) ([]*pushtest.Conn, error) {
 }
 
 // dial opens a socket as a client should: a 503 (the node shedding load,
-// as it may just after the bench's set-up) is tried again until ctx ends.
+// as it may just after the bench's set-up) is tried again, for up to a
+// minute.
 func dial(ctx context.Context, base, path, token string) (*pushtest.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	for {
 		c, err := pushtest.Dial(ctx, base, path, token, "")
 		var refused *pushtest.RefusedError

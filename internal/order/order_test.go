@@ -2,13 +2,13 @@ package order_test
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
-	"github.com/surge-platform/surge/internal/order"
-	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/order/ordertest"
+	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
 )
@@ -44,17 +44,23 @@ func TestStore(t *testing.T) {
 }
 
 // TestSubject: every logical shard's events fall in one of Partitions
-// subjects per type, and each matches the consumers' filter of its type.
+// subjects per type, and the consumers' filters of a type match its
+// events, in the new form and in the old (the shard in the partition's
+// place), and no other type's.
 func TestSubject(t *testing.T) {
+	paid, accepted := order.Types(order.EvPaid)[0], order.Types(order.EvAccepted)[0]
 	seen := map[string]bool{}
 	for gene := range id.Genes {
 		s := order.Subject(gene, order.EvPaid)
 		if want := fmt.Sprintf("orders.events.%d.%s", gene%order.Partitions, order.EvPaid); s != want {
 			t.Fatalf("Subject(%d) = %q, want %q", gene, s, want)
 		}
-		filter := order.Types(order.EvPaid)[0]
-		if !strings.HasPrefix(filter, "orders.events.*.") || strings.SplitN(s, ".", 4)[3] != strings.SplitN(filter, ".", 4)[3] {
-			t.Fatalf("%q does not match the filter %q", s, filter)
+		old := fmt.Sprintf("orders.events.%d.%s", gene, order.EvPaid)
+		for _, subj := range []string{s, old} {
+			if !server.SubjectMatchesFilter(subj, paid) || server.SubjectMatchesFilter(subj, accepted) {
+				t.Fatalf("%q: matches %q %v, %q %v; want only the first", subj,
+					paid, server.SubjectMatchesFilter(subj, paid), accepted, server.SubjectMatchesFilter(subj, accepted))
+			}
 		}
 		seen[s] = true
 	}

@@ -111,7 +111,8 @@ func Subject(gene int, typ string) string {
 const Partitions = 16
 
 // Types returns the subjects of the events of the given types, of every
-// shard: a consumer's filters.
+// partition (and of the shards the subjects carried before): a consumer's
+// filters.
 func Types(types ...string) []string {
 	out := make([]string, len(types))
 	for i, t := range types {
@@ -658,8 +659,9 @@ func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 // read returns the order with its lines. It reads both in one statement:
 // on SQLite one read transaction instead of two (each starts by dropping
 // the connection's page cache when another has written since), on
-// PostgreSQL one round trip. An order without lines (none is placed so)
-// is read again on its own.
+// PostgreSQL one round trip. When that finds nothing (no such order, or
+// one without lines: none is placed so), the order and then its lines are
+// read apart, so that an order committed in between comes with its lines.
 func (s *Service) read(ctx context.Context, q queryer, orderID int64) (*Order, error) {
 	rows, err := q.QueryContext(ctx, readOrder, orderID)
 	if err != nil {
@@ -682,7 +684,12 @@ func (s *Service) read(ctx context.Context, q queryer, orderID int64) (*Order, e
 		return nil, fmt.Errorf("read order %d: %w", orderID, err)
 	}
 	if o == nil {
-		return s.head(ctx, q, orderID)
+		if o, err = s.head(ctx, q, orderID); err != nil {
+			return nil, err
+		}
+		if err := s.lines(ctx, q, []*Order{o}); err != nil {
+			return nil, err
+		}
 	}
 	return o, nil
 }
@@ -742,8 +749,11 @@ func (s *Service) lines(ctx context.Context, q queryer, orders []*Order) error {
 		}
 		ids += strconv.FormatInt(o.ID, 10)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT i.order_id, `+lineCols+` FROM order_items i WHERE i.order_id IN (`+ids+`)
-		ORDER BY i.order_id, i.line`)
+	query, args := `SELECT i.order_id, `+lineCols+` FROM order_items i WHERE i.order_id IN (`+ids+`) ORDER BY i.order_id, i.line`, []any(nil)
+	if len(orders) == 1 { // one cacheable statement
+		query, args = `SELECT i.order_id, `+lineCols+` FROM order_items i WHERE i.order_id = $1 ORDER BY i.line`, []any{orders[0].ID}
+	}
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("read order lines: %w", err)
 	}

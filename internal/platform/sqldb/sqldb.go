@@ -192,13 +192,15 @@ func openSQLite(spec string) ([]*DB, error) {
 	var dbs []*DB
 	for i := range n {
 		path := filepath.Join(dir, fmt.Sprintf("shard-%d.db", i))
-		// temp_store(memory): a group commit's savepoints copy each page
-		// they touch to a sub-journal, which past 64 KiB spills to a
-		// temporary file, a pwrite per page (docs/capacity.md). It holds
-		// nothing a crash needs.
 		dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)" +
-			"&_pragma=synchronous(" + sync + ")&_pragma=temp_store(memory)&_txlock=immediate"
-		w := sql.OpenDB(stmtConnector{dsn: dsn, drv: &sqlite.Driver{}})
+			"&_pragma=synchronous(" + sync + ")&_txlock=immediate"
+		// The writer keeps its temporary files in memory: a group commit's
+		// savepoints copy each page they touch to a sub-journal, which past
+		// 64 KiB spilled to a temporary file, a pwrite per page
+		// (docs/capacity.md). A crash needs nothing in it. The cost: the
+		// writer's own sorts (a migration's CREATE INDEX) are held in memory
+		// too. The readers use no savepoints and keep the default.
+		w := sql.OpenDB(stmtConnector{dsn: dsn + "&_pragma=temp_store(memory)", drv: &sqlite.Driver{}})
 		w.SetMaxOpenConns(1)
 		w.SetMaxIdleConns(1)
 		w.SetConnMaxLifetime(0)
