@@ -292,47 +292,38 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 	if code != "" && !validCode(code) {
 		return "", ErrPickupCode
 	}
-	var status, have string
-	var userID int64
-	// The reader pool is fresh enough: the update below is a compare-and-set.
+	// One transaction, with no read before it: the compare-and-set on the
+	// status comes first, so a step the record is not ready for (taken
+	// already, withdrawn, another store's order) writes nothing and is told
+	// apart by the read after it.
 	d := s.forStore(storeID)
-	err := d.R.QueryRowContext(ctx, `SELECT status, pickup_code, user_id FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
-		orderID, storeID).Scan(&status, &have, &userID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", ErrNotFound.With("no order %d for store %d", orderID, storeID)
-	}
-	if err != nil {
-		return "", err
-	}
-	if status == to {
-		return have, nil
-	}
-	if status != from {
-		return "", stepError(orderID, status, to, from)
-	}
 	day := s.now().UTC().Format(time.DateOnly)
 	for attempt := 0; ; attempt++ {
-		pick := have
+		var give, pick string // the code accept gives; the order's code after the step
 		if to == Accepted {
-			pick = code
-			if pick == "" {
-				pick = makeCode()
+			give = code
+			if give == "" {
+				give = makeCode()
 			}
 		}
-		err = sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+		err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+			var userID int64
+			// A step after accept keeps the code accept gave.
+			err := tx.QueryRowContext(ctx, `UPDATE fulfilments SET status = $1, updated_at = $2,
+				pickup_code = CASE WHEN $3 = '' THEN pickup_code ELSE $3 END
+				WHERE order_id = $4 AND store_id = $5 AND status = $6 RETURNING user_id, pickup_code`,
+				to, s.now().UnixMilli(), give, orderID, storeID, from).Scan(&userID, &pick)
+			if errors.Is(err, sql.ErrNoRows) {
+				return errMoved
+			}
+			if err != nil {
+				return err
+			}
 			if to == Accepted {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO pickup_codes (store_id, day, code, order_id) VALUES ($1, $2, $3, $4)`,
 					storeID, day, pick, orderID); err != nil {
 					return err
 				}
-			}
-			res, err := tx.ExecContext(ctx, `UPDATE fulfilments SET status = $1, pickup_code = $2, updated_at = $3
-				WHERE order_id = $4 AND status = $5`, to, pick, s.now().UnixMilli(), orderID, from)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n != 1 {
-				return errMoved
 			}
 			gene := id.Gene(orderID)
 			evID, err := s.ids.Next(gene)
@@ -352,13 +343,21 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 				continue // a made-up code collided: make another
 			}
 		}
-		if errors.Is(err, errMoved) { // withdrawn, or another terminal's step: say which
-			if err := d.W.QueryRowContext(ctx, `SELECT status, pickup_code FROM fulfilments WHERE order_id = $1`, orderID).
-				Scan(&status, &have); err != nil {
+		if errors.Is(err, errMoved) { // not there, at another step, withdrawn, or this step already (a retry): say which
+			var status, have string
+			err := d.W.QueryRowContext(ctx, `SELECT status, pickup_code FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
+				orderID, storeID).Scan(&status, &have)
+			if errors.Is(err, sql.ErrNoRows) {
+				return "", ErrNotFound.With("no order %d for store %d", orderID, storeID)
+			}
+			if err != nil {
 				return "", err
 			}
 			if status == to {
-				return have, nil // the same step by another terminal: its answer
+				return have, nil // the same step again, or by another terminal: its answer
+			}
+			if status == from && attempt < 20 {
+				continue // taken just after the update looked for it: step it now
 			}
 			return "", stepError(orderID, status, to, from)
 		}
@@ -372,7 +371,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 	}
 }
 
-// errMoved: the fulfilment changed between its read and its update.
+// errMoved: the fulfilment is not at the status the step follows.
 var errMoved = errors.New("fulfilment moved meanwhile")
 
 // stepError refuses step to of an order at status, which does not follow.

@@ -88,11 +88,23 @@ func TestStepWrongStore(t *testing.T) {
 	if _, err := s.Step(ctx, 1002, 41, Accepted, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("accept by another store: %v, want ErrNotFound", err)
 	}
+	// A store whose records share 1001's database: only the store id
+	// tells its orders apart.
+	other := int64(1002)
+	for s.forStore(other) != s.forStore(1001) {
+		other++
+	}
+	if _, err := s.Step(ctx, other, 41, Accepted, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("accept by store %d, on the same database: %v, want ErrNotFound", other, err)
+	}
 	if _, err := s.Step(ctx, 1001, 42, Accepted, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("accept of an order never taken: %v, want ErrNotFound", err)
 	}
 	if len(events(t, s, 1001, 41)) != 0 {
 		t.Fatal("a refused step wrote an event")
+	}
+	if _, err := s.Step(ctx, 1001, 41, Accepted, ""); err != nil {
+		t.Fatalf("accept by its own store after the refusals: %v", err)
 	}
 }
 
