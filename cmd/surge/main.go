@@ -146,6 +146,7 @@ func flags(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.AdminToken, "admin-token", "", "operator token for /admin/v1 (default: random, printed at start)")
 	fs.DurationVar(&o.OrderTTL, "order-ttl", d.OrderTTL, "time a customer has to pay an order")
 	fs.DurationVar(&o.KeyTTL, "idempotency-ttl", 24*time.Hour, "how long an order's Idempotency-Key is kept: a retry within it gets the same order (at least 1h)")
+	fs.DurationVar(&o.SeenTTL, "events-seen-ttl", 7*24*time.Hour, "how long the ledger's record of each order event it took (events_seen) is kept (at least 1h)")
 	fs.IntVar(&o.NodeID, "node-id", d.NodeID, "id generator node 0..127, leased in the main database: start fails if a live process holds it (-1: lease the lowest free one)")
 	fs.IntVar(&o.DBMaxConns, "db-max-conns", 0, "connections per PostgreSQL database (0: 8 x cores)")
 	fs.DurationVar(&o.RelayPoll, "relay-poll", time.Second, "outbox relay backstop poll (wake-ups on commit come first)")

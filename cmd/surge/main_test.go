@@ -42,6 +42,7 @@ func TestBadInvocations(t *testing.T) {
 		{"serve", "--roles", "monitor,cashier"}, // monitor is a role now; cashier is not
 		{"serve", "--ws-ping", "1ms"},
 		{"serve", "--idempotency-ttl", "10m"},
+		{"serve", "--events-seen-ttl", "30m"},
 		{"serve", "--log-level", "loud"},
 		{"serve", "extra"},
 		{"migrate", "--db", "mysql://x"},

@@ -68,6 +68,7 @@ type Config struct {
 	AdminToken     string            // empty = random, printed at start
 	OrderTTL       time.Duration     // time to pay an order
 	KeyTTL         time.Duration     // how long an order's Idempotency-Key is kept; 0 = 24h
+	SeenTTL        time.Duration     // how long the record of an order event the ledger took is kept; 0 = 7 days
 	NodeID         int               // id generator node; -1 = lease the lowest free one
 	DBMaxConns     int               // per PostgreSQL database; 0 = default
 	Migrate        bool              // apply migrations at start
@@ -119,6 +120,9 @@ func (c *Config) Resolve() error {
 	}
 	if c.KeyTTL != 0 && c.KeyTTL < time.Hour {
 		return fmt.Errorf("idempotency ttl %v: want at least 1h (a client may retry an order for that long)", c.KeyTTL)
+	}
+	if c.SeenTTL != 0 && c.SeenTTL < time.Hour {
+		return fmt.Errorf("events seen ttl %v: want at least 1h", c.SeenTTL)
 	}
 	if c.AdminToken == "" {
 		b := make([]byte, 16)
@@ -337,7 +341,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	n.closer = append(n.closer, func() error { unsubPromo(); return nil })
-	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, KeyTTL: cfg.KeyTTL, Promotions: n.Promo})
+	n.Orders = order.New(n.DB, n.IDs, n.Catalog, n.Stock, wake, log, order.Config{TTL: cfg.OrderTTL, KeyTTL: cfg.KeyTTL, SeenTTL: cfg.SeenTTL, Promotions: n.Promo})
 	n.Blacklist = guard.NewBlacklist(n.DB, log.With("context", "blacklist"))
 	n.Flash = flashsale.New(n.DB, n.KV, n.Bus, n.IDs, n.Orders, n.Blacklist, guard.NewPoW(0), n.owner, cfg.Flash,
 		log.With("context", "flashsale"))
@@ -549,6 +553,9 @@ func (n *Node) Run(ctx context.Context) error {
 		spawn("idempotency keys purge", func(ctx context.Context) error {
 			return n.Jobs.Every(ctx, "idempotency-purge", time.Minute, n.forgetKeys)
 		})
+		spawn("seen events purge", func(ctx context.Context) error {
+			return n.Jobs.Every(ctx, "events-seen-purge", time.Minute, n.forgetSeen)
+		})
 		spawn("refunds of withdrawn orders", func(ctx context.Context) error { return n.Payments.ConsumeWithdrawn(ctx, n.Bus) })
 		spawn("payments of cancelled orders closed", func(ctx context.Context) error { return n.Payments.ConsumeCancelled(ctx, n.Bus) })
 		spawn("payment queries and repairs", func(ctx context.Context) error {
@@ -596,6 +603,15 @@ func (n *Node) forgetKeys(ctx context.Context) error {
 	k, err := n.Orders.ForgetKeys(ctx, 0)
 	if k > 0 {
 		n.log.Debug("idempotency keys past their time deleted", "keys", k)
+	}
+	return err
+}
+
+// forgetSeen deletes the records of seen events older than the config's SeenTTL.
+func (n *Node) forgetSeen(ctx context.Context) error {
+	k, err := n.Orders.ForgetSeen(ctx, 0)
+	if k > 0 {
+		n.log.Debug("records of seen events past their time deleted", "events", k)
 	}
 	return err
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/surge-platform/surge/internal/platform/id"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
-// maxForgetBatches bounds one ForgetKeys per database: 100 batches of
-// 1,000 rows a minute is far above the 5 million keyed orders of a busy day.
+// maxForgetBatches bounds one ForgetKeys or ForgetSeen per database: 100
+// batches of 1,000 rows a minute is far above the 5 million keyed orders
+// (15 million events) of a busy day.
 const maxForgetBatches = 100
 
 // ForgetKeys deletes, on every database, the idempotency keys written more
@@ -21,22 +23,42 @@ const maxForgetBatches = 100
 // the backlog of a table that was never purged is worked off a little each
 // minute, not in one long run that holds SQLite's one writer.
 func (s *Service) ForgetKeys(ctx context.Context, batch int) (int64, error) {
+	return s.forget(ctx, "idempotency keys", batch, s.now().Add(-s.cfg.KeyTTL).UnixMilli(), func(e sqldb.Engine) string {
+		// Through the index on created_at; a DELETE has no LIMIT in either engine.
+		if e == sqldb.SQLite {
+			return `DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < $1 LIMIT $2)`
+		}
+		return `DELETE FROM idempotency WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency WHERE created_at < $1 LIMIT $2))`
+	})
+}
+
+// ForgetSeen deletes, on every database, the records of events made more
+// than SeenTTL ago (events_seen: what the ledger took, and how often), as
+// ForgetKeys does keys, and returns how many it deleted. An event id tells
+// when it was made, so the primary key finds them. An event delivered again
+// after its record was forgotten is recorded anew. The node runs it once
+// per cluster, every minute (the events-seen-purge job).
+func (s *Service) ForgetSeen(ctx context.Context, batch int) (int64, error) {
+	return s.forget(ctx, "seen events", batch, id.Floor(s.now().Add(-s.cfg.SeenTTL)), func(sqldb.Engine) string {
+		return `DELETE FROM events_seen WHERE event_id IN (SELECT event_id FROM events_seen WHERE event_id < $1 ORDER BY event_id LIMIT $2)`
+	})
+}
+
+// forget runs the statement of each database's engine, which deletes at
+// most $2 rows older than $1 (before), until a run deletes fewer than batch
+// rows or maxForgetBatches have run on that database.
+func (s *Service) forget(ctx context.Context, what string, batch int, before int64, stmt func(sqldb.Engine) string) (int64, error) {
 	if batch <= 0 {
 		batch = 1000
 	}
-	before := s.now().Add(-s.cfg.KeyTTL).UnixMilli()
 	var total int64
 	for _, d := range s.db.Shards() {
-		// Through the index on created_at; a DELETE has no LIMIT in either engine.
-		q := `DELETE FROM idempotency WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency WHERE created_at < $1 LIMIT $2))`
-		if d.Engine == sqldb.SQLite {
-			q = `DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < $1 LIMIT $2)`
-		}
+		q := stmt(d.Engine)
 		for range maxForgetBatches {
 			n, err := sqldb.Exec(ctx, d, q, before, batch)
 			total += n
 			if err != nil {
-				return total, fmt.Errorf("forget idempotency keys on %s: %w", d.Name, err)
+				return total, fmt.Errorf("forget %s on %s: %w", what, d.Name, err)
 			}
 			if n < int64(batch) {
 				break

@@ -36,6 +36,7 @@ type Config struct {
 	KeyWait     time.Duration // how long a duplicate request waits for the first; 0 = 10s
 	KeyTakeover time.Duration // age after which an unfinished key may be taken over; 0 = 30s
 	KeyTTL      time.Duration // how long a key is kept (ForgetKeys); 0 = 24h
+	SeenTTL     time.Duration // how long the record of a seen event is kept (ForgetSeen); 0 = 7 days
 	Promotions  Promotions    // the promotions in force; nil = none
 }
 
@@ -66,6 +67,9 @@ func New(db *sqldb.Cluster, ids *id.Generator, cat Catalog, stock Stock, waker W
 	}
 	if cfg.KeyTTL <= 0 {
 		cfg.KeyTTL = 24 * time.Hour
+	}
+	if cfg.SeenTTL <= 0 {
+		cfg.SeenTTL = 7 * 24 * time.Hour
 	}
 	s := &Service{db: db, ids: ids, catalog: cat, stock: stock, waker: waker, log: log, cfg: cfg, now: time.Now, seen: seenGroups(db)}
 	s.Instrument(nil)

@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"Idempotency", testIdempotency},
 		{"IdempotencyUnlimited", testIdempotencyUnlimited},
 		{"ForgetKeys", testForgetKeys},
+		{"ForgetSeen", testForgetSeen},
 		{"BadInput", testBadInput},
 		{"FailedInsertReleases", testFailedInsertReleases},
 		{"OtherUsersOrder", testOtherUsersOrder},
@@ -936,6 +937,43 @@ func testForgetKeys(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if n, err := f.ord.ForgetKeys(ctx, 0); err != nil || n != 0 {
 		t.Errorf("ForgetKeys again: %d, %v; want nothing left to forget", n, err)
+	}
+}
+
+// testForgetSeen: the records of events made more than a week ago are
+// deleted, in batches and on every database; younger records stay, and an
+// old event delivered again is recorded anew.
+func testForgetSeen(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	now := time.Now()
+	oldest := id.Floor(now.Add(-30 * 24 * time.Hour))
+	weekAgo := id.Floor(now.Add(-7*24*time.Hour - time.Minute)) // a minute inside what is forgotten
+	young := id.Floor(now.Add(-7*24*time.Hour + time.Hour))
+	// Per database, 3 old records (one a minute inside the week's edge,
+	// more than one batch of 2 in all) and 2 young ones.
+	for i, d := range f.c.Shards() {
+		gene := int64(i * id.Genes / len(f.c.Shards())) // a gene this database holds
+		if f.c.ForGene(int(gene)) != d {
+			t.Fatalf("gene %d is not on database %d", gene, i)
+		}
+		for _, ev := range []int64{oldest | 1<<10 | gene, oldest | 2<<10 | gene, weekAgo | gene, young | gene, young | 1<<10 | gene} {
+			exec(t, ctx, d, `INSERT INTO events_seen (event_id, type, order_id, deliveries, seen_at) VALUES ($1, 'order.paid', $2, 1, 0)`, ev, gene)
+		}
+	}
+	dbs := int64(len(f.c.Shards()))
+	n, err := f.ord.ForgetSeen(ctx, 2)
+	if err != nil || n != 3*dbs {
+		t.Fatalf("ForgetSeen: %d, %v; want the %d records older than a week", n, err, 3*dbs)
+	}
+	if left := f.countAll(t, `SELECT COUNT(*) FROM events_seen WHERE event_id < $1`, young); left != 0 {
+		t.Errorf("%d old records left", left)
+	}
+	if left := f.countAll(t, `SELECT COUNT(*) FROM events_seen WHERE event_id >= $1`, young); left != 2*dbs {
+		t.Errorf("%d young records left, want %d", left, 2*dbs)
+	}
+	if n, err := f.ord.ForgetSeen(ctx, 0); err != nil || n != 0 {
+		t.Errorf("ForgetSeen again: %d, %v; want nothing left to forget", n, err)
 	}
 }
 

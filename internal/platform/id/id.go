@@ -45,6 +45,15 @@ func Time(id int64) time.Time {
 	return Epoch.Add(time.Duration(id>>(geneBits+seqBits+nodeBits)) * time.Millisecond)
 }
 
+// Floor returns the least id that can be generated at t or after it: every
+// id made before t's millisecond is below it. Times before Epoch give 0.
+func Floor(t time.Time) int64 {
+	if !t.After(Epoch) {
+		return 0
+	}
+	return int64(t.Sub(Epoch)/time.Millisecond) << (geneBits + seqBits + nodeBits)
+}
+
 // Node returns the node id that generated id.
 func Node(id int64) int { return int(id>>(geneBits+seqBits)) & MaxNode }
 

@@ -191,3 +191,25 @@ func TestBurstBorrowsAhead(t *testing.T) {
 		t.Fatalf("%d not above %d", x, last)
 	}
 }
+
+// Floor(t) is above every id made before t's millisecond and at or below
+// every id made in it or after.
+func TestFloor(t *testing.T) {
+	g, err := New(MaxNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 1000 {
+		x, err := g.Next(Genes - 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := Time(x)
+		if f := Floor(at); f > x || Floor(at.Add(time.Millisecond)) <= x {
+			t.Fatalf("id %d made at %v: Floor there %d, a millisecond later %d", x, at, f, Floor(at.Add(time.Millisecond)))
+		}
+	}
+	if f := Floor(Epoch.Add(-time.Hour)); f != 0 {
+		t.Errorf("Floor before the epoch: %d, want 0", f)
+	}
+}
