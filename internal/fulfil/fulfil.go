@@ -345,7 +345,9 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 		}
 		if errors.Is(err, errMoved) { // not there, at another step, withdrawn, or this step already (a retry): say which
 			var status, have string
-			err := d.W.QueryRowContext(ctx, `SELECT status, pickup_code FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
+			// The reader pool sees the commit the update missed against (a POS's
+			// retries come here; they need not queue for SQLite's writer).
+			err := d.R.QueryRowContext(ctx, `SELECT status, pickup_code FROM fulfilments WHERE order_id = $1 AND store_id = $2`,
 				orderID, storeID).Scan(&status, &have)
 			if errors.Is(err, sql.ErrNoRows) {
 				return "", ErrNotFound.With("no order %d for store %d", orderID, storeID)

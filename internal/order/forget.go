@@ -35,12 +35,17 @@ func (s *Service) ForgetKeys(ctx context.Context, batch int) (int64, error) {
 // ForgetSeen deletes, on every database, the records of events made more
 // than SeenTTL ago (events_seen: what the ledger took, and how often), as
 // ForgetKeys does keys, and returns how many it deleted. An event id tells
-// when it was made, so the primary key finds them. An event delivered again
-// after its record was forgotten is recorded anew. The node runs it once
-// per cluster, every minute (the events-seen-purge job).
+// when it was made, so the primary key finds them. An old event delivered
+// again (a replayed dead letter) is recorded again, until the next run. The
+// node runs it once per cluster, every minute (the events-seen-purge job).
 func (s *Service) ForgetSeen(ctx context.Context, batch int) (int64, error) {
-	return s.forget(ctx, "seen events", batch, id.Floor(s.now().Add(-s.cfg.SeenTTL)), func(sqldb.Engine) string {
-		return `DELETE FROM events_seen WHERE event_id IN (SELECT event_id FROM events_seen WHERE event_id < $1 ORDER BY event_id LIMIT $2)`
+	return s.forget(ctx, "seen events", batch, id.Floor(s.now().Add(-s.cfg.SeenTTL)), func(e sqldb.Engine) string {
+		if e == sqldb.SQLite {
+			return `DELETE FROM events_seen WHERE event_id IN (SELECT event_id FROM events_seen WHERE event_id < $1 ORDER BY event_id LIMIT $2)`
+		}
+		// An array, not IN: PostgreSQL's planner may hash-join a small
+		// table's IN list against a scan of all of it.
+		return `DELETE FROM events_seen WHERE event_id = ANY(ARRAY(SELECT event_id FROM events_seen WHERE event_id < $1 ORDER BY event_id LIMIT $2))`
 	})
 }
 

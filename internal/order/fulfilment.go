@@ -26,8 +26,9 @@ func (s *Service) Fulfilled(ctx context.Context, orderID int64, typ, pickupCode 
 	}
 	// The usual case, the step that follows the order's status, is one
 	// compare-and-set on that status, with no read of the order before it:
-	// a fulfilment step has no effects (effects) and no event of its own
-	// (the store's event is the record).
+	// a fulfilment step has no effects and no event of its own (the store's
+	// event is the record). An effect added to these steps in effects would
+	// have to be carried out here too.
 	d := s.db.ForID(orderID)
 	n, err := sqldb.Exec(ctx, d, `UPDATE orders SET status = $1, version = version + 1,
 		pickup_code = CASE WHEN $2 = '' THEN pickup_code ELSE $2 END, updated_at = $3

@@ -941,8 +941,7 @@ func testForgetKeys(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 }
 
 // testForgetSeen: the records of events made more than a week ago are
-// deleted, in batches and on every database; younger records stay, and an
-// old event delivered again is recorded anew.
+// deleted, in batches and on every database; younger records stay.
 func testForgetSeen(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	f := newFixture(t, open, nil)
 	ctx := f.ctx
