@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"strings"
 	"testing"
@@ -51,8 +52,17 @@ func TestBadInvocations(t *testing.T) {
 		{"serve", "--wechatpay", "mchid=1900000109,appid=wx1"},
 		{"serve", "--alipay", "appid=2021000117600001,key-env=SURGE_TEST_NO_SUCH_KEY,alipay-key-env=SURGE_TEST_NO_SUCH_KEY"},
 	} {
+		// A serve whose check is missing must fail the test, not start a
+		// server that runs until the test binary times out: its data goes
+		// to a scratch directory, and the run is cut short.
+		if args[0] == "serve" {
+			args = append(args, "--data", t.TempDir(), "--addr", "127.0.0.1:0")
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		var out, errb bytes.Buffer
-		if err := run(t.Context(), args, &out, &errb); err == nil {
+		err := run(ctx, args, &out, &errb)
+		cancel()
+		if err == nil {
 			t.Errorf("%q: no error", args)
 		}
 	}
