@@ -54,6 +54,7 @@ func (o *Op) Quantile(q float64) time.Duration {
 // the order its ticket becomes.
 func Simulate(ctx context.Context, base string, customers int, d time.Duration, sale string) (*Report, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: customers}}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	rep := &Report{Ops: map[string]*Op{}}
@@ -72,7 +73,7 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration, 
 		}
 		o.hist.RecordValue(time.Since(start).Microseconds())
 	}
-	call := func(op, method, path, token string, body any, out any, hdr ...string) int {
+	do := func(ctx context.Context, op, method, path, token string, body any, out any, hdr ...string) int {
 		var rd io.Reader
 		if body != nil {
 			b, _ := json.Marshal(body)
@@ -104,6 +105,18 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration, 
 		}
 		return resp.StatusCode
 	}
+	on := func(ctx context.Context) caller { // the request helper bound to ctx
+		return func(op, method, path, token string, body any, out any, hdr ...string) int {
+			return do(ctx, op, method, path, token, body, out, hdr...)
+		}
+	}
+	call := on(ctx)
+	// A customer who got a flash-sale ticket follows it to its order and
+	// pays it even when the load's time is up (a busy machine makes the
+	// ticket's order late), for a while: the report then counts every
+	// ticket's fate.
+	fctx, fcancel := context.WithTimeout(parent, d+30*time.Second)
+	defer fcancel()
 	started := time.Now()
 	var wg sync.WaitGroup
 	for c := range customers {
@@ -116,7 +129,7 @@ func Simulate(ctx context.Context, base string, customers int, d time.Duration, 
 				return
 			}
 			if sale != "" {
-				flash(ctx, call, login.Token, sale, client, rep, &mu)
+				flash(fctx, ctx, on(fctx), login.Token, sale, client, rep, &mu)
 			}
 			coupon := claimCoupon(call, login.Token)
 			if coupon != "" {
@@ -312,9 +325,9 @@ func claimCoupon(call func(op, method, path, token string, body any, out any, hd
 type caller func(op, method, path, token string, body any, out any, hdr ...string) int
 
 // flash waits for the sale to start (by its page's countdown, as the app
-// lights its button), tries to buy once or twice, follows the ticket and
-// pays its order.
-func flash(ctx context.Context, call caller, token, sale string, client *http.Client, rep *Report, mu *sync.Mutex) {
+// lights its button), tries to buy once or twice while load lasts, follows
+// the ticket and pays its order until ctx ends.
+func flash(ctx, load context.Context, call caller, token, sale string, client *http.Client, rep *Report, mu *sync.Mutex) {
 	var page struct {
 		Now      time.Time `json:"now"`
 		StartsAt time.Time `json:"starts_at"`
@@ -323,11 +336,14 @@ func flash(ctx context.Context, call caller, token, sale string, client *http.Cl
 		return
 	}
 	select {
-	case <-ctx.Done():
+	case <-load.Done():
 		return
 	case <-time.After(page.StartsAt.Sub(page.Now) + time.Second): // the page's now is whole seconds
 	}
 	for range 2 {
+		if load.Err() != nil {
+			return
+		}
 		var tk struct {
 			Ticket string `json:"ticket"`
 		}
