@@ -121,8 +121,8 @@ func plainOrder(ctx context.Context, w *sql.DB, oid int64) error {
 	}{
 		{`INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, body, created_at) VALUES ($1, $2, $3, 'done', $4, $5, $6)`,
 			[]any{uid, fmt.Sprintf("plain-%d", oid), oid, "4f1c2a7d9e8b6c5a4f1c2a7d9e8b6c5a", created, now}},
-		{`INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at, discounts, sale_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-			[]any{oid, uid, 1001, "pending_payment", 1, 3200, 3200, now, now, now + 15*60*1000, "", 0}},
+		{`INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at, discounts, sale_id, stock_held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			[]any{oid, uid, 1001, "pending_payment", 1, 3200, 3200, now, now, now + 15*60*1000, "", 0, 0}},
 		{`INSERT INTO order_items (order_id, line, sku_id, name, price, qty, payable, gift_of, discounts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 			[]any{oid, 0, 1001006, "Jasmine Tea", 1000, 1, 1000, 0, ""}},
 		{`INSERT INTO order_items (order_id, line, sku_id, name, price, qty, payable, gift_of, discounts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,

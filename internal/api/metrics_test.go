@@ -104,9 +104,14 @@ func TestMetricsLabelsAreBounded(t *testing.T) {
 			if g := c.Do("GET", "/api/v1/orders/"+oid, ""); g.Status != 200 {
 				t.Fatalf("read order: %d %s", g.Status, g.Body)
 			}
-			eventually.True(t, 10*time.Second, "the paid order accepted at the POS", func() bool {
-				return pos.Do("POST", "/pos/v1/orders/"+oid+"/accept", "").Status == 200
+			// Accepted once its store has it: an accept before that is a 404,
+			// which one round may see and the other not (a series of its own).
+			eventually.True(t, 10*time.Second, "the paid order queued for the POS", func() bool {
+				return strings.Contains(string(pos.Do("GET", "/pos/v1/orders/new?limit=100", "").Body), `"order_id":"`+oid+`"`)
 			})
+			if a := pos.Do("POST", "/pos/v1/orders/"+oid+"/accept", ""); a.Status != 200 {
+				t.Fatalf("accept: %d %s", a.Status, a.Body)
+			}
 			missing := fmt.Sprintf("%d%d77123456", r, i)
 			unknown := fmt.Sprintf("/api/v1/nothing-%d-%d/98765%d", r, i, i)
 			used = append(used, missing, unknown, "nothing-")

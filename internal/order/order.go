@@ -82,6 +82,9 @@ type Order struct {
 	UpdatedAt  time.Time  `json:"updated_at"`
 	ExpiresAt  time.Time  `json:"expires_at"`
 	Items      []Line     `json:"items"`
+	// StockHeld: the order holds limited stock (its reservation becomes a
+	// sale when it is paid). Orders from before the column say true.
+	StockHeld bool `json:"-"`
 }
 
 // Line is one priced line of an order. A gift (GiftOf: the promotion that

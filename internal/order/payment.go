@@ -39,8 +39,10 @@ func (s *Service) MarkPaid(ctx context.Context, orderID, paymentID int64) (PaidR
 		if err != nil {
 			return 0, err
 		}
-		if err := s.stock.Commit(ctx, orderID); err != nil {
-			s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
+		if o.StockHeld {
+			if err := s.stock.Commit(ctx, orderID); err != nil {
+				s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
+			}
 		}
 		return PaidNow, nil
 	}
@@ -66,27 +68,31 @@ func paidBefore(o *Order, paymentID int64) (res PaidResult, done bool) {
 // PayTx is MarkPaid inside the caller's transaction on the order's
 // database (the payments centre settles a payment and pays its order in
 // one commit). After the commit the caller must call Paid when the result
-// is PaidNow. A concurrent change gives ErrChanged: roll back and retry.
-func (s *Service) PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (PaidResult, error) {
+// is PaidNow, with held as PayTx returned it (the order holds limited
+// stock). A concurrent change gives ErrChanged: roll back and retry.
+func (s *Service) PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (res PaidResult, held bool, err error) {
 	o, err := s.head(ctx, tx, orderID)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if res, done := paidBefore(o, paymentID); done {
-		return res, nil
+		return res, false, nil
 	}
 	next := *o
 	next.Status, next.Version, next.UpdatedAt, next.PaymentID = Paid, o.Version+1, s.now(), paymentID
 	if err := s.transitionTx(ctx, tx, o, &next, EvPaid); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return PaidNow, nil
+	return PaidNow, o.StockHeld, nil
 }
 
 // Paid finishes a PayTx that paid the order, once committed: the event goes
-// out and the stock reservation becomes a sale.
-func (s *Service) Paid(ctx context.Context, orderID int64) {
+// out and the stock reservation, if the order holds one, becomes a sale.
+func (s *Service) Paid(ctx context.Context, orderID int64, held bool) {
 	s.wake(id.Gene(orderID))
+	if !held {
+		return // nothing to read or write (the sweep would still commit a reservation)
+	}
 	if err := s.stock.Commit(ctx, orderID); err != nil {
 		s.log.Warn("commit stock of a paid order", "order_id", orderID, "err", err)
 	}

@@ -420,7 +420,8 @@ func (s *Service) place(ctx context.Context, cl *claim, req Request) (Created, b
 	}
 	o := Order{ID: cl.orderID, UserID: userID, StoreID: req.StoreID, Status: PendingPayment, Version: 1,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL),
-		Total: p.res.Total, Discount: p.res.Discount, Payable: p.res.Payable, Discounts: discounts(p.res.Discounts), Items: p.lines}
+		Total: p.res.Total, Discount: p.res.Discount, Payable: p.res.Payable, Discounts: discounts(p.res.Discounts), Items: p.lines,
+		StockHeld: len(limited) > 0 || cl.at != 0} // a claim taken over may hold what an earlier menu limited
 	if err := s.stock.Reserve(ctx, o.ID, limited); err != nil {
 		return Created{}, false, err
 	}
@@ -486,8 +487,8 @@ func (s *Service) insertOne(ctx context.Context, d *sqldb.DB, o *Order, cl claim
 	_, err = d.W.ExecContext(ctx, `WITH
 		k AS (INSERT INTO idempotency (user_id, idem_key, order_id, state, req_hash, body, created_at)
 			SELECT $2, $13, $1, 'done', $14, $15, $8 WHERE $13 <> ''),
-		o AS (INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at, discounts, sale_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)),
+		o AS (INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at, discounts, sale_id, stock_held)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $34)),
 		l AS (INSERT INTO order_items (order_id, line, sku_id, name, price, qty, payable, gift_of, discounts)
 			SELECT $1, * FROM unnest($16::bigint[], $17::bigint[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::text[]))
 		INSERT INTO outbox (id, subject, type, payload, headers, created_at)
@@ -497,7 +498,7 @@ func (s *Service) insertOne(ctx context.Context, d *sqldb.DB, o *Order, cl claim
 		cl.key, cl.hash, string(mustJSON(c)),
 		lines, skus, names, prices, qtys, payables, gifts, discs,
 		ev.ID, ev.Subject, ev.Type, string(ev.Payload), evHdr,
-		timer.ID, timer.Subject, timer.Type, string(timer.Payload), timerHdr)
+		timer.ID, timer.Subject, timer.Type, string(timer.Payload), timerHdr, flag(o.StockHeld))
 	if err != nil && cl.key != "" && sqldb.IsUniqueOn(err, "idempotency") {
 		return errKeyTaken
 	}
@@ -521,9 +522,9 @@ func (s *Service) insertTx(ctx context.Context, d *sqldb.DB, o *Order, cl claim,
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
-			created_at, updated_at, expires_at, discounts, sale_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			created_at, updated_at, expires_at, discounts, sale_id, stock_held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 			o.ID, o.UserID, o.StoreID, string(o.Status), o.Version, o.Total, o.Payable,
-			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli(), encodeDiscounts(o.Discounts), o.SaleID); err != nil {
+			o.CreatedAt.UnixMilli(), o.UpdatedAt.UnixMilli(), o.ExpiresAt.UnixMilli(), encodeDiscounts(o.Discounts), o.SaleID, flag(o.StockHeld)); err != nil {
 			return err
 		}
 		for i, l := range o.Items {
@@ -641,7 +642,15 @@ type queryer interface {
 }
 
 const orderCols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
-	created_at, updated_at, expires_at, discounts, refunded, sale_id`
+	created_at, updated_at, expires_at, discounts, refunded, sale_id, stock_held`
+
+// flag is a bool as the databases' INTEGER columns hold it.
+func flag(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var o Order
@@ -649,7 +658,7 @@ func scanOrder(sc interface{ Scan(...any) error }) (*Order, error) {
 	var created, updated, expires int64
 	var disc string
 	if err := sc.Scan(&o.ID, &o.UserID, &o.StoreID, &status, &o.Version, &o.Total, &o.Payable, &o.PickupCode,
-		&o.PaymentID, &o.Reason, &created, &updated, &expires, &disc, &o.Refunded, &o.SaleID); err != nil {
+		&o.PaymentID, &o.Reason, &created, &updated, &expires, &disc, &o.Refunded, &o.SaleID, &o.StockHeld); err != nil {
 		return nil, err
 	}
 	o.Discount = o.Total - o.Payable

@@ -12,3 +12,6 @@ func SetNow(s *Service, now func() time.Time) { s.clock.Store(&now) }
 func SendRefund(ctx context.Context, s *Service, refundID int64) error {
 	return s.sendRefund(ctx, refundID)
 }
+
+// Quick is the number of notices s applied the common way (applyNotice).
+func Quick(s *Service) int64 { return s.quick.Load() }

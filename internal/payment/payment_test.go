@@ -523,6 +523,11 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 		if got := e.n.Payments.CallbackCounts(); got != (payment.CallbackCounts{Callbacks: 2 * copies * int64(len(channels))}) {
 			t.Errorf("counted %+v, want %d callbacks, none refused", got, 2*copies*len(channels))
 		}
+		// Of each payment's copies, one applies it in the transaction that
+		// reads it; the others find it applied and take the full way.
+		if q := payment.Quick(e.n.Payments); q != 2*int64(len(channels)) {
+			t.Errorf("%d notices applied the common way, want %d (one per payment)", q, 2*len(channels))
+		}
 	})
 }
 
@@ -688,6 +693,7 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ha, ba := e.mustEncode("alipay", n) // genuine, but the payment was made at WeChat Pay
 	never := n
 	never.PaymentID++ // no such payment
 	hn, bn := e.mustEncode("wechatpay", never)
@@ -705,6 +711,7 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 		{"unknown channel, over the size limit", "paypal", h, big, 400, payment.CallbackCounts{UnknownChannel: 1}},
 		{"forged", "wechatpay", with(h, "Wechatpay-Signature", strings.Repeat("AA", 172)), b, 401, payment.CallbackCounts{Forged: 1}},
 		{"another channel's callback", "alipay", h, b, 401, payment.CallbackCounts{Forged: 1}},
+		{"another channel's payment", "alipay", ha, ba, 400, payment.CallbackCounts{Forged: 1}},
 		{"stale", "wechatpay", hs, bs, 401, payment.CallbackCounts{Replayed: 1}},
 		{"stale and signed by another key", "wechatpay", hso, bso, 401, payment.CallbackCounts{Forged: 1}},
 		{"payment never made", "wechatpay", hn, bn, 404, payment.CallbackCounts{}},
@@ -735,6 +742,36 @@ func TestRefusedCallbacksCounted(t *testing.T) {
 	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got != want {
 		t.Errorf("anomalies answer %d %s; want the counters %+v", r.status, r.body, want)
 	}
+}
+
+// A genuine notice that names another amount than the payment's pays
+// nothing: it is answered (the channel's word is recorded), the order stays
+// unpaid, and an amount_mismatch anomaly tells the operator. The notice of
+// the right amount then pays it.
+func TestNoticeOfAnotherAmount(t *testing.T) {
+	t.Parallel()
+	e := mustStart(t, envOpts{})
+	c := e.mustCustomer()
+	oid := c.mustOrder()
+	st := c.mustPay(oid, "wechatpay")
+	n := e.notice("wechatpay", st.PaymentID)
+	wrong := n
+	wrong.Amount++
+	hw, bw := e.mustEncode("wechatpay", wrong)
+	if r := e.notify("wechatpay", hw, bw); r.status != 200 {
+		t.Fatalf("notice of another amount answered %d %s, want 200", r.status, r.body)
+	}
+	if o := e.peek(oid); o.Status != order.PendingPayment {
+		t.Fatalf("after a notice of another amount the order is %s, want pending_payment", o.Status)
+	}
+	if an := e.anomaliesOf(oid); len(an) != 1 || an[0].Kind != "amount_mismatch" || an[0].PaymentID != st.PaymentID {
+		t.Fatalf("anomalies %+v, want one amount_mismatch of payment %d", an, st.PaymentID)
+	}
+	h, b := e.mustEncode("wechatpay", n)
+	if r := e.notify("wechatpay", h, b); r.status != 200 {
+		t.Fatalf("the right notice answered %d %s, want 200", r.status, r.body)
+	}
+	e.mustSettledOnce(oid, st.PaymentID)
 }
 
 func with(h http.Header, key, value string) http.Header {
@@ -800,4 +837,53 @@ func TestReplayedCallbacksRefused(t *testing.T) {
 	if f := e.n.Payments.Forged.Load(); f != 0 {
 		t.Errorf("forged %d, want 0 (replays are counted apart)", f)
 	}
+}
+
+// A notice of the common case pays in the transaction that reads the
+// payment; one that is not (here: a second payment of an order already
+// paid) changes nothing there and is refunded, with its anomaly, before
+// it is answered. And paying an order of a limited item turns its stock
+// reservation into a sale at once (the order says it holds one).
+func TestNoticesTheCommonWayAndNot(t *testing.T) {
+	t.Parallel()
+	e := mustStart(t, envOpts{})
+	e.mustFaults("wechatpay", paysim.Faults{DropCallbacks: true}) // only our notices arrive
+	c := e.mustCustomer()
+	oid := c.mustPlace(`{"store_id":"1001","items":[{"sku_id":"1001000","qty":1}]}`) // a limited item
+	p1 := c.mustPay(oid, "wechatpay")
+	p2 := c.mustPay(oid, "wechatpay")
+	e.mustPayAtChannel(p1)
+	e.mustPayAtChannel(p2)
+	held := func() int64 {
+		var n int64
+		if err := e.n.DB.Main().R.QueryRowContext(e.ctx, `SELECT COUNT(*) FROM stock_reservations WHERE order_id = $1`, oid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := held(); n != 1 {
+		t.Fatalf("before payment the order holds %d reservation rows, want 1", n)
+	}
+	q0 := payment.Quick(e.n.Payments)
+	for _, st := range []started{p1, p2} {
+		h, b := e.mustEncode("wechatpay", e.notice("wechatpay", st.PaymentID))
+		if r := e.notify("wechatpay", h, b); r.status != 200 {
+			t.Fatalf("notice of payment %d: %d %s", st.PaymentID, r.status, r.body)
+		}
+		if st == p1 {
+			if n := held(); n != 0 {
+				t.Errorf("after the paying notice the order still holds %d reservation rows, want 0 (a sale)", n)
+			}
+		}
+	}
+	if q := payment.Quick(e.n.Payments) - q0; q != 1 {
+		t.Errorf("%d notices applied the common way, want 1 (the first payment's)", q)
+	}
+	if p := e.payment(oid, p2.PaymentID); p.State != "refund" {
+		t.Errorf("the second payment is %s once its notice is answered, want refund", p.State)
+	}
+	if an := e.anomaliesOf(oid); len(an) != 1 || an[0].Kind != "duplicate_payment" || an[0].PaymentID != p2.PaymentID {
+		t.Errorf("anomalies %+v, want one duplicate_payment of payment %d", an, p2.PaymentID)
+	}
+	e.mustSettledOnce(oid, p1.PaymentID)
 }

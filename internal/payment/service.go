@@ -62,8 +62,8 @@ type Orders interface {
 	MarkPaid(ctx context.Context, orderID, paymentID int64) (order.PaidResult, error)
 	// PayTx and Paid do MarkPaid inside a transaction on the order's
 	// database, which a payment shares with its order.
-	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (order.PaidResult, error)
-	Paid(ctx context.Context, orderID int64)
+	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (res order.PaidResult, held bool, err error)
+	Paid(ctx context.Context, orderID int64, held bool)
 	// RefundTx and Recorded record a refund of an order's lines inside a
 	// transaction on the order's database, with the refund's ledger row;
 	// RefundedTx and RefundDone tell the order the channel made it, in
@@ -99,6 +99,8 @@ type Service struct {
 
 	// Counters of callbacks, for operators and tests (see CallbackCounts).
 	Callbacks, Refused, Forged, Replayed, Oversized, UnknownChannel atomic.Int64
+	// quick counts the notices applied by applyNotice (tests).
+	quick atomic.Int64
 
 	soon      sync.Map      // order id -> struct{}: a RefreshSoon under way
 	soonSlots chan struct{} // RefreshSoon's concurrency
@@ -326,6 +328,16 @@ func (s *Service) notify(ctx context.Context, channel string, h http.Header, bod
 		s.Replayed.Add(1)
 		return "", nil, ErrReplay.With("callback signed at %s is outside the %v window", n.Timestamp.UTC().Format(time.RFC3339), s.cfg.ReplayWindow)
 	}
+	if n.State == Paid && n.Refunded == 0 && n.Refund == nil {
+		done, err := s.applyNotice(ctx, channel, n.Status)
+		if err != nil {
+			return "", nil, err
+		}
+		if done {
+			ct, ack := ch.Ack()
+			return ct, ack, nil
+		}
+	}
 	if n.State == Paid || n.State == Refunded {
 		p, err := s.get(ctx, n.PaymentID)
 		if err != nil {
@@ -416,36 +428,18 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 	if id.Gene(p.ID) != id.Gene(p.OrderID) { // not made by Pay: no shared database to rely on
 		return fmt.Errorf("payment %d and its order %d live on different shards", p.ID, p.OrderID)
 	}
-	paidAt := st.PaidAt
-	if paidAt.IsZero() {
-		paidAt = s.now()
-	}
 	// One transaction on the shard the payment shares with its order: the
 	// order paid (with its event) and the payment settled. An order another
 	// payment paid, or that was cancelled, leaves this one paid for settle
 	// to refund.
 	var res order.PaidResult
+	var held bool // the order holds limited stock
 	var err error
 	for range 5 { // the order changed under the compare-and-set: read again
 		err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
 			var err error
-			if res, err = s.orders.PayTx(ctx, tx, p.OrderID, p.ID); err != nil {
-				return err
-			}
-			to := stPaid // for settle to refund
-			if res == order.PaidNow || res == order.PaidAlready {
-				to = stSettled
-			}
-			r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
-			WHERE id = $5 AND state IN ($6, $7, $8, $9)`, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
-				stCreated, stPending, stClosed, stFailed)
-			if err != nil {
-				return fmt.Errorf("mark payment %d %s: %w", p.ID, to, err)
-			}
-			if n, err := r.RowsAffected(); err != nil || n != 1 {
-				return errMoved // nothing of this transaction stays
-			}
-			return nil
+			res, held, err = s.payTx(ctx, tx, p, st)
+			return err
 		})
 		if !errors.Is(err, order.ErrChanged) {
 			break
@@ -457,7 +451,7 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 	case err != nil:
 		return err
 	case res == order.PaidNow:
-		s.orders.Paid(ctx, p.OrderID)
+		s.orders.Paid(ctx, p.OrderID, held)
 		return nil
 	case res == order.PaidAlready:
 		return nil
@@ -468,6 +462,90 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 
 // errMoved: the payment's state changed since it was read.
 var errMoved = errors.New("payment moved meanwhile")
+
+// payTx is apply's transaction on the database the payment shares with its
+// order: the order paid (with its event), and the payment settled, or left
+// paid when the order was paid by another payment or cancelled (settle
+// refunds it). held: the order holds limited stock (for order.Paid).
+func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) (res order.PaidResult, held bool, err error) {
+	paidAt := st.PaidAt
+	if paidAt.IsZero() {
+		paidAt = s.now()
+	}
+	if res, held, err = s.orders.PayTx(ctx, tx, p.OrderID, p.ID); err != nil {
+		return 0, false, err
+	}
+	to := stPaid // for settle to refund
+	if res == order.PaidNow || res == order.PaidAlready {
+		to = stSettled
+	}
+	r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
+		WHERE id = $5 AND state IN ($6, $7, $8, $9)`, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
+		stCreated, stPending, stClosed, stFailed)
+	if err != nil {
+		return 0, false, fmt.Errorf("mark payment %d %s: %w", p.ID, to, err)
+	}
+	if n, err := r.RowsAffected(); err != nil || n != 1 {
+		return 0, false, errMoved // nothing of this transaction stays
+	}
+	return res, held, nil
+}
+
+// applyNotice is the common case of a notice that says a payment is paid:
+// a payment of this channel, of this amount, not applied before, paying an
+// order that waits for it. It reads the payment inside the transaction that
+// applies it (apply's), not before it: one read transaction less per
+// payment. Anything else (the payment unknown, another channel's or another
+// amount, applied or refunded before, its order paid by another payment or
+// cancelled) rolls back and reports false, having changed nothing: the
+// caller then takes the full way (get, observe), which tells those apart.
+func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (bool, error) {
+	var p *Payment
+	var res order.PaidResult
+	var held bool
+	var err error
+	for range 5 { // the order changed under the compare-and-set: read again
+		err = sqldb.Tx(ctx, s.db.ForID(st.PaymentID), func(tx *sql.Tx) error {
+			var err error
+			p, err = scanPayment(tx.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, st.PaymentID))
+			if errors.Is(err, sql.ErrNoRows) {
+				return errFullWay
+			}
+			if err != nil {
+				return fmt.Errorf("read payment %d: %w", st.PaymentID, err)
+			}
+			switch {
+			case p.Channel != channel, p.Amount != st.Amount, p.Refunded != 0, id.Gene(p.ID) != id.Gene(p.OrderID),
+				p.State != stCreated && p.State != stPending && p.State != stClosed && p.State != stFailed:
+				return errFullWay
+			}
+			if res, held, err = s.payTx(ctx, tx, p, st); err != nil {
+				return err
+			}
+			if res != order.PaidNow && res != order.PaidAlready {
+				return errFullWay // refunded, with its anomaly, the full way
+			}
+			return nil
+		})
+		if !errors.Is(err, order.ErrChanged) {
+			break
+		}
+	}
+	switch {
+	case errors.Is(err, errFullWay), errors.Is(err, errMoved):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	s.quick.Add(1)
+	if res == order.PaidNow {
+		s.orders.Paid(ctx, p.OrderID, held)
+	}
+	return true, nil
+}
+
+// errFullWay: applyNotice leaves a notice to the full way.
+var errFullWay = errors.New("payment notice: not the common case")
 
 // settle applies a paid payment to its order: it pays the order, or, when
 // the order was already paid by another payment or was cancelled, refunds

@@ -7,6 +7,7 @@ package ordertest
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,6 +64,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"OtherUsersOrder", testOtherUsersOrder},
 		{"Expiry", testExpiry},
 		{"MarkPaid", testMarkPaid},
+		{"PayTx", testPayTx},
 		{"SweepByFate", testSweepByFate},
 		{"RefundLineRace", testRefundLineRace},
 		{"RefundPartialThenFull", testRefundPartialThenFull},
@@ -1218,6 +1220,50 @@ func testMarkPaid(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if paidEvents != 1 || f.level(t, f.mooncake.SKU) != mooncakeStock-3 || f.reserved(t, c.OrderID, 0) != 0 {
 		t.Fatalf("%d order.paid events, stock %d, reserved %d", paidEvents, f.level(t, f.mooncake.SKU), f.reserved(t, c.OrderID, 0))
+	}
+}
+
+// testPayTx: paying in the caller's transaction says whether the order
+// holds limited stock, and Paid then turns its reservation into a sale; an
+// order that holds none is paid without a look at the reservations.
+func testPayTx(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	pay := func(orderID, paymentID int64) (order.PaidResult, bool) {
+		t.Helper()
+		var res order.PaidResult
+		var held bool
+		err := sqldb.Tx(ctx, f.c.ForID(orderID), func(tx *sql.Tx) error {
+			var err error
+			res, held, err = f.ord.PayTx(ctx, tx, orderID, paymentID)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("pay order %d: %v", orderID, err)
+		}
+		return res, held
+	}
+	limited := f.mustCreate(t, 32, "", f.req(line(f.latte, 1), line(f.mooncake, 3)))
+	plain := f.mustCreate(t, 32, "", f.req(line(f.latte, 2)))
+	if res, held := pay(limited.OrderID, 700); res != order.PaidNow || !held {
+		t.Fatalf("order with limited stock: %v, held %v; want PaidNow, held", res, held)
+	}
+	if f.reserved(t, limited.OrderID, 0) != 3 {
+		t.Fatalf("reserved before Paid: %d, want 3", f.reserved(t, limited.OrderID, 0))
+	}
+	f.ord.Paid(ctx, limited.OrderID, true)
+	if r, lvl := f.reserved(t, limited.OrderID, 0), f.level(t, f.mooncake.SKU); r != 0 || lvl != mooncakeStock-3 {
+		t.Fatalf("after Paid: reserved %d, stock %d; want 0 and %d", r, lvl, mooncakeStock-3)
+	}
+	if res, held := pay(plain.OrderID, 701); res != order.PaidNow || held {
+		t.Fatalf("order without limited stock: %v, held %v; want PaidNow, not held", res, held)
+	}
+	f.ord.Paid(ctx, plain.OrderID, false)
+	if res, _ := pay(plain.OrderID, 701); res != order.PaidAlready {
+		t.Fatalf("the same payment again: %v, want PaidAlready", res)
+	}
+	if o := f.mustGet(t, 32, plain.OrderID); o.Status != order.Paid || o.PaymentID != 701 {
+		t.Fatalf("order %s paid by %d, want paid by 701", o.Status, o.PaymentID)
 	}
 }
 
