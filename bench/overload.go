@@ -289,25 +289,39 @@ func (c *rawConn) do(r *http.Request) (int, time.Duration, error) {
 	if err := r.Write(&c.buf); err != nil {
 		return 0, 0, err
 	}
-	c.conn.SetDeadline(time.Now().Add(10 * time.Second))
 	t0 := time.Now()
-	if _, err := c.conn.Write(c.buf.Bytes()); err != nil {
-		return 0, 0, err
+	status, err := c.send(c.buf.Bytes())
+	return status, time.Since(t0), err
+}
+
+// send writes a request in its wire form (dialling first if need be) and
+// reads the answer's status, its body read and dropped.
+func (c *rawConn) send(req []byte) (int, error) {
+	if c.conn == nil {
+		conn, err := net.DialTimeout("tcp", c.host, 5*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		c.conn, c.br = conn, bufio.NewReader(conn)
 	}
-	res, err := http.ReadResponse(c.br, r)
+	c.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.conn.Write(req); err != nil {
+		return 0, err
+	}
+	res, err := http.ReadResponse(c.br, nil)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	_, err = io.Copy(io.Discard, res.Body)
 	res.Body.Close()
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if res.Close { // the next request dials again
 		c.conn.Close()
 		c.conn = nil
 	}
-	return res.StatusCode, time.Since(t0), nil
+	return res.StatusCode, nil
 }
 
 // classes floods one node (as overloadMode starts it, shed=bbr) with

@@ -104,6 +104,10 @@ func pickup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	notices := make([][]byte, total) // on the wire
+	for i, cb := range cbs {
+		notices[i] = rawRequest("POST", p.surgeAddr, "/pay/v1/notify/wechatpay", cb.h, cb.body)
+	}
 
 	// When each callback was due, and when its pickup code arrived.
 	due := make([]atomic.Int64, total)
@@ -136,9 +140,11 @@ func pickup(ctx context.Context) error {
 		}()
 	}
 
-	// The stores' POS terminals: accept what their socket announces.
-	tr := &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	// The stores' POS terminals: accept what their socket announces. The
+	// accepts and the callbacks go through raw keep-alive connections (see
+	// rawConn): the load generator's CPU is the machine's too.
+	raw := newRawPool(p.surgeAddr, 128)
+	defer raw.close()
 	accepts := make(chan [2]string, 4096) // order id, key
 	stamp := func(at []atomic.Int64, orderID string) {
 		if i, ok := index[orderID]; ok && due[i].Load() != 0 {
@@ -150,14 +156,11 @@ func pickup(ctx context.Context) error {
 	for range 32 {
 		go func() {
 			for a := range accepts {
-				req, _ := http.NewRequest("POST", base+"/pos/v1/orders/"+a[0]+"/accept", nil)
-				req.Header.Set("Authorization", "Bearer "+a[1])
-				res, err := client.Do(req)
+				status, err := raw.do(rawRequest("POST", p.surgeAddr, "/pos/v1/orders/"+a[0]+"/accept",
+					http.Header{"Authorization": {"Bearer " + a[1]}}, nil))
 				if err == nil {
-					io.Copy(io.Discard, res.Body) // keep the connection
-					res.Body.Close()
-					if res.StatusCode != 200 {
-						err = fmt.Errorf("accept %s: %d", a[0], res.StatusCode)
+					if status != 200 {
+						err = fmt.Errorf("accept %s: %d", a[0], status)
 					}
 					stamp(acceptedAt, a[0])
 				}
@@ -205,14 +208,10 @@ func pickup(ctx context.Context) error {
 		go func() {
 			defer senders.Done()
 			for i := range jobs {
-				req, _ := http.NewRequest("POST", base+"/pay/v1/notify/wechatpay", bytes.NewReader(cbs[i].body))
-				req.Header = cbs[i].h.Clone()
-				res, err := client.Do(req)
+				status, err := raw.do(notices[i])
 				if err == nil {
-					io.Copy(io.Discard, res.Body) // keep the connection
-					res.Body.Close()
-					if res.StatusCode != 200 {
-						err = fmt.Errorf("callback: %d", res.StatusCode)
+					if status != 200 {
+						err = fmt.Errorf("callback: %d", status)
 					}
 					paidAt[i].Store(time.Now().UnixNano())
 				}
