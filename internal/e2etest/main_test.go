@@ -204,14 +204,21 @@ func placeUntil(t *testing.T, base string, workers int, stop <-chan struct{}, ac
 	var mu sync.Mutex
 	var ids []string
 	var wg sync.WaitGroup
+	// Every worker logs in before any places an order: a caller that
+	// crashes the server once enough orders are acknowledged must not find
+	// a worker still logging in (a loaded machine's CI saw that login cut).
+	toks := make([]string, workers)
 	for w := range workers {
 		// Not mustLogin: placeUntil runs in a goroutine of its own, where a
 		// t.Fatal would end it without an answer and hang its caller.
 		tok, err := login(base, fmt.Sprintf("+86139%08d", w))
 		if err != nil {
 			t.Error(err)
-			break
+			return nil
 		}
+		toks[w] = tok
+	}
+	for w, tok := range toks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
