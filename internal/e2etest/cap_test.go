@@ -104,7 +104,11 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 	for _, b := range bases {
 		waitUntil(t, 5*time.Second, b+" in local mode", func() bool { return mode(b) == "local" })
 	}
-	within("Redis killed, each node at its share", offer(3500*time.Millisecond), capRPS, 0.10)
+	// Twice as long as the others: a node alone keeps 200 ms of burst, so
+	// a sender (or node) stalled longer than that on a loaded machine loses
+	// permits, and a clean-clone CI run admitted 261/s over 3.5 s. The
+	// longer window halves what one stall weighs; the bound is the same.
+	within("Redis killed, each node at its share", offer(7*time.Second), capRPS, 0.10)
 
 	redis.Start()
 	for _, b := range bases {
