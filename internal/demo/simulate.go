@@ -373,19 +373,36 @@ func flash(ctx, load context.Context, call caller, token, sale string, client *h
 				mu.Lock()
 				rep.FlashOrders++
 				mu.Unlock()
-				var st struct {
-					PayURL string `json:"pay_url"`
-				}
-				if call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wechatpay"}, &st) == 201 {
-					if req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil); err == nil {
+				// Paid as an app would: a busy node's 503 or 429 (or a
+				// request cut) is tried again after a moment.
+				for ctx.Err() == nil {
+					var st struct {
+						PayURL string `json:"pay_url"`
+					}
+					switch call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wechatpay"}, &st) {
+					case 201:
+					case 0, 429, 503:
+						time.Sleep(200 * time.Millisecond)
+						continue
+					default:
+						return
+					}
+					for ctx.Err() == nil { // the payer pays at the channel
+						req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil)
+						if err != nil {
+							return
+						}
 						if res, err := client.Do(req); err == nil {
 							io.Copy(io.Discard, res.Body)
 							res.Body.Close()
 							mu.Lock()
 							rep.FlashPaid++
 							mu.Unlock()
+							return
 						}
+						time.Sleep(200 * time.Millisecond)
 					}
+					return
 				}
 				return
 			}
