@@ -373,36 +373,10 @@ func flash(ctx, load context.Context, call caller, token, sale string, client *h
 				mu.Lock()
 				rep.FlashOrders++
 				mu.Unlock()
-				// Paid as an app would: a busy node's 503 or 429 (or a
-				// request cut) is tried again after a moment.
-				for ctx.Err() == nil {
-					var st struct {
-						PayURL string `json:"pay_url"`
-					}
-					switch call("pay order", "POST", "/api/v1/orders/"+v.OrderID+"/pay", token, map[string]string{"channel": "wechatpay"}, &st) {
-					case 201:
-					case 0, 429, 503:
-						time.Sleep(200 * time.Millisecond)
-						continue
-					default:
-						return
-					}
-					for ctx.Err() == nil { // the payer pays at the channel
-						req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil)
-						if err != nil {
-							return
-						}
-						if res, err := client.Do(req); err == nil {
-							io.Copy(io.Discard, res.Body)
-							res.Body.Close()
-							mu.Lock()
-							rep.FlashPaid++
-							mu.Unlock()
-							return
-						}
-						time.Sleep(200 * time.Millisecond)
-					}
-					return
+				if payFlash(ctx, call, client, token, v.OrderID) {
+					mu.Lock()
+					rep.FlashPaid++
+					mu.Unlock()
 				}
 				return
 			}
@@ -410,4 +384,39 @@ func flash(ctx, load context.Context, call caller, token, sale string, client *h
 		}
 		return
 	}
+}
+
+// payFlash pays a flash-sale order as an app would, until ctx ends: a busy
+// node's 503 or 429, or a request cut, is tried again after a moment; then
+// the payer pays at the channel. It reports whether the payer paid.
+func payFlash(ctx context.Context, call caller, client *http.Client, token, orderID string) bool {
+	var st struct {
+		PayURL string `json:"pay_url"`
+	}
+	for paying := true; paying; {
+		switch call("pay order", "POST", "/api/v1/orders/"+orderID+"/pay", token, map[string]string{"channel": "wechatpay"}, &st) {
+		case 201:
+			paying = false
+		case 0, 429, 503:
+			if ctx.Err() != nil {
+				return false
+			}
+			time.Sleep(200 * time.Millisecond)
+		default:
+			return false
+		}
+	}
+	for ctx.Err() == nil {
+		req, err := http.NewRequestWithContext(ctx, "POST", st.PayURL, nil)
+		if err != nil {
+			return false
+		}
+		if res, err := client.Do(req); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			return true
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return false
 }

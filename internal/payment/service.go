@@ -434,17 +434,11 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 	// to refund.
 	var res order.PaidResult
 	var held bool // the order holds limited stock
-	var err error
-	for range 5 { // the order changed under the compare-and-set: read again
-		err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
-			var err error
-			res, held, err = s.payTx(ctx, tx, p, st)
-			return err
-		})
-		if !errors.Is(err, order.ErrChanged) {
-			break
-		}
-	}
+	err := s.payRetried(ctx, p.ID, func(tx *sql.Tx) error {
+		var err error
+		res, held, err = s.payTx(ctx, tx, p, st)
+		return err
+	})
 	switch {
 	case errors.Is(err, errMoved):
 		return s.settle(ctx, p.ID) // another callback moved the payment meanwhile: finish its way
@@ -491,6 +485,19 @@ func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) 
 	return res, held, nil
 }
 
+// payRetried runs fn, a payment's transaction that pays its order, on the
+// payment's database, again (up to 5 times) while the order changed under
+// its compare-and-set.
+func (s *Service) payRetried(ctx context.Context, paymentID int64, fn func(*sql.Tx) error) error {
+	var err error
+	for range 5 {
+		if err = sqldb.Tx(ctx, s.db.ForID(paymentID), fn); !errors.Is(err, order.ErrChanged) {
+			return err
+		}
+	}
+	return err
+}
+
 // applyNotice is the common case of a notice that says a payment is paid:
 // a payment of this channel, of this amount, not applied before, paying an
 // order that waits for it. It reads the payment inside the transaction that
@@ -503,34 +510,31 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 	var p *Payment
 	var res order.PaidResult
 	var held bool
-	var err error
-	for range 5 { // the order changed under the compare-and-set: read again
-		err = sqldb.Tx(ctx, s.db.ForID(st.PaymentID), func(tx *sql.Tx) error {
-			var err error
-			p, err = scanPayment(tx.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, st.PaymentID))
-			if errors.Is(err, sql.ErrNoRows) {
-				return errFullWay
-			}
-			if err != nil {
-				return fmt.Errorf("read payment %d: %w", st.PaymentID, err)
-			}
-			switch {
-			case p.Channel != channel, p.Amount != st.Amount, p.Refunded != 0, id.Gene(p.ID) != id.Gene(p.OrderID),
-				p.State != stCreated && p.State != stPending && p.State != stClosed && p.State != stFailed:
-				return errFullWay
-			}
-			if res, held, err = s.payTx(ctx, tx, p, st); err != nil {
-				return err
-			}
-			if res != order.PaidNow && res != order.PaidAlready {
-				return errFullWay // refunded, with its anomaly, the full way
-			}
-			return nil
-		})
-		if !errors.Is(err, order.ErrChanged) {
-			break
+	err := s.payRetried(ctx, st.PaymentID, func(tx *sql.Tx) error {
+		var err error
+		p, err = scanPayment(tx.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, st.PaymentID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return errFullWay
 		}
-	}
+		if err != nil {
+			return fmt.Errorf("read payment %d: %w", st.PaymentID, err)
+		}
+		switch p.State {
+		case stCreated, stPending, stClosed, stFailed: // payTx's states
+		default:
+			return errFullWay
+		}
+		if p.Channel != channel || p.Amount != st.Amount || p.Refunded != 0 || id.Gene(p.ID) != id.Gene(p.OrderID) {
+			return errFullWay
+		}
+		if res, held, err = s.payTx(ctx, tx, p, st); err != nil {
+			return err
+		}
+		if res != order.PaidNow && res != order.PaidAlready {
+			return errFullWay // refunded, with its anomaly, the full way
+		}
+		return nil
+	})
 	switch {
 	case errors.Is(err, errFullWay), errors.Is(err, errMoved):
 		return false, nil
