@@ -98,23 +98,25 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 			t.Fatalf("%s: cap mode %q at start, want shared", b, m)
 		}
 	}
-	within("shared, offered 2x", offer(3500*time.Millisecond), capRPS, 0.05)
+	// Each phase is measured over 7 s: the cap's burst (60 permits, 200 ms
+	// of it, and each node's 200 ms in local mode) is spent or lost when a
+	// loaded machine stalls the sender, and over 3.5 s that alone moved the
+	// rate by up to 9% (328/s shared; 261/s local in a clean-clone CI run).
+	// The bounds are the same.
+	const window = 7 * time.Second
+	within("shared, offered 2x", offer(window), capRPS, 0.05)
 
 	redis.Kill()
 	for _, b := range bases {
 		waitUntil(t, 5*time.Second, b+" in local mode", func() bool { return mode(b) == "local" })
 	}
-	// Twice as long as the others: a node alone keeps 200 ms of burst, so
-	// a sender (or node) stalled longer than that on a loaded machine loses
-	// permits, and a clean-clone CI run admitted 261/s over 3.5 s. The
-	// longer window halves what one stall weighs; the bound is the same.
-	within("Redis killed, each node at its share", offer(7*time.Second), capRPS, 0.10)
+	within("Redis killed, each node at its share", offer(window), capRPS, 0.10)
 
 	redis.Start()
 	for _, b := range bases {
 		waitUntil(t, 10*time.Second, b+" shared again", func() bool { return mode(b) == "shared" })
 	}
-	within("Redis back (empty), offered 2x", offer(3500*time.Millisecond), capRPS, 0.05)
+	within("Redis back (empty), offered 2x", offer(window), capRPS, 0.05)
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {
