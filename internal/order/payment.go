@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/outbox"
 )
 
 // PaidResult says what MarkPaid did.
@@ -110,4 +112,42 @@ func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, e
 		return nil, ErrNotPayable.With("order %d is %s", orderID, o.Status)
 	}
 	return o, nil
+}
+
+// PayMatched is PayTx's common case in one statement, for a payment
+// notice: it pays the order whose id the subquery match selects (a payment
+// of the caller's that says what the notice says), if that order is on
+// this database and waits for payment, and writes its order.paid event.
+// match's own arguments, args, are numbered from $5 ($1-$4 are the
+// statement's). ok is false when nothing was paid: match selected no
+// payment, or its order is not here or no longer waits for payment. The
+// caller then rolls back and takes PayTx's way, which tells those apart.
+// After the commit, call Paid as after PayTx.
+//
+// The update is a compare-and-set on the status, the version moving on
+// with it; on PostgreSQL it takes the order's row lock first, as PayTx
+// does (the subquery locks nothing).
+func (s *Service) PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (orderID int64, held, ok bool, err error) {
+	next, err := scanOrder(tx.QueryRowContext(ctx, `UPDATE orders SET status = $1, version = version + 1, updated_at = $2, payment_id = $3
+		WHERE id = (`+match+`) AND status = $4 RETURNING `+orderCols,
+		append([]any{string(Paid), s.now().UnixMilli(), paymentID, string(PendingPayment)}, args...)...))
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, false, nil
+	}
+	if err != nil {
+		return 0, false, false, fmt.Errorf("pay order of payment %d: %w", paymentID, err)
+	}
+	was := *next
+	was.Status, was.Version, was.PaymentID = PendingPayment, next.Version-1, 0
+	if err := s.effects(ctx, tx, &was, next); err != nil {
+		return 0, false, false, err
+	}
+	ev, err := s.event(next, EvPaid)
+	if err != nil {
+		return 0, false, false, err
+	}
+	if err := outbox.Insert(ctx, tx, ev, next.UpdatedAt); err != nil {
+		return 0, false, false, err
+	}
+	return next.ID, next.StockHeld, true, nil
 }

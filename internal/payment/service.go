@@ -64,6 +64,9 @@ type Orders interface {
 	// database, which a payment shares with its order.
 	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (res order.PaidResult, held bool, err error)
 	Paid(ctx context.Context, orderID int64, held bool)
+	// PayMatched is PayTx's common case in one statement, the order picked
+	// through the payment by the subquery match.
+	PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (orderID int64, held, ok bool, err error)
 	// RefundTx and Recorded record a refund of an order's lines inside a
 	// transaction on the order's database, with the refund's ledger row;
 	// RefundedTx and RefundDone tell the order the channel made it, in
@@ -462,10 +465,6 @@ var errMoved = errors.New("payment moved meanwhile")
 // paid when the order was paid by another payment or cancelled (settle
 // refunds it). held: the order holds limited stock (for order.Paid).
 func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) (res order.PaidResult, held bool, err error) {
-	paidAt := st.PaidAt
-	if paidAt.IsZero() {
-		paidAt = s.now()
-	}
 	if res, held, err = s.orders.PayTx(ctx, tx, p.OrderID, p.ID); err != nil {
 		return 0, false, err
 	}
@@ -473,16 +472,37 @@ func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) 
 	if res == order.PaidNow || res == order.PaidAlready {
 		to = stSettled
 	}
-	r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
-		WHERE id = $5 AND state IN ($6, $7, $8, $9)`, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, p.ID,
-		stCreated, stPending, stClosed, stFailed)
-	if err != nil {
-		return 0, false, fmt.Errorf("mark payment %d %s: %w", p.ID, to, err)
-	}
-	if n, err := r.RowsAffected(); err != nil || n != 1 {
-		return 0, false, errMoved // nothing of this transaction stays
+	if err := s.markPaid(ctx, tx, st, to, ""); err != nil {
+		return 0, false, err
 	}
 	return res, held, nil
+}
+
+// settleTx marks the payment of a notice that paid its order settled, in
+// the transaction that paid it, if it is still in a state payTx moves
+// from and has no refund: else errMoved, and the transaction is rolled back.
+func (s *Service) settleTx(ctx context.Context, tx *sql.Tx, st Status) error {
+	return s.markPaid(ctx, tx, st, stSettled, " AND refunded = 0")
+}
+
+// markPaid moves the payment of st from a state payTx moves from to
+// state to, where cond (SQL, "" or " AND ...") holds too; errMoved when
+// it matched nothing.
+func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, st Status, to, cond string) error {
+	paidAt := st.PaidAt
+	if paidAt.IsZero() {
+		paidAt = s.now()
+	}
+	r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
+		WHERE id = $5 AND state IN ($6, $7, $8, $9)`+cond, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, st.PaymentID,
+		stCreated, stPending, stClosed, stFailed)
+	if err != nil {
+		return fmt.Errorf("mark payment %d %s: %w", st.PaymentID, to, err)
+	}
+	if n, err := r.RowsAffected(); err != nil || n != 1 {
+		return errMoved // nothing of this transaction stays
+	}
+	return nil
 }
 
 // payRetried runs fn, a payment's transaction that pays its order, on the
@@ -500,40 +520,31 @@ func (s *Service) payRetried(ctx context.Context, paymentID int64, fn func(*sql.
 
 // applyNotice is the common case of a notice that says a payment is paid:
 // a payment of this channel, of this amount, not applied before, paying an
-// order that waits for it. It reads the payment inside the transaction that
-// applies it (apply's), not before it: one read transaction less per
-// payment. Anything else (the payment unknown, another channel's or another
-// amount, applied or refunded before, its order paid by another payment or
-// cancelled) rolls back and reports false, having changed nothing: the
-// caller then takes the full way (get, observe), which tells those apart.
+// order that waits for it. It applies it in three statements and no read:
+// the order's compare-and-set picks the order through the payment, only if
+// the payment says what the notice says (order.PayMatched); the event; and
+// the payment's compare-and-set. Anything else (the payment unknown,
+// another channel's or another amount, applied or refunded before, its
+// order paid by another payment, cancelled, or on another database) rolls
+// back and reports false, having changed nothing: the caller then takes
+// the full way (get, observe), which tells those apart.
 func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (bool, error) {
-	var p *Payment
-	var res order.PaidResult
+	var orderID int64
 	var held bool
-	err := s.payRetried(ctx, st.PaymentID, func(tx *sql.Tx) error {
+	err := sqldb.Tx(ctx, s.db.ForID(st.PaymentID), func(tx *sql.Tx) error {
+		var paid bool
 		var err error
-		p, err = scanPayment(tx.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = $1`, st.PaymentID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return errFullWay
-		}
-		if err != nil {
-			return fmt.Errorf("read payment %d: %w", st.PaymentID, err)
-		}
-		switch p.State {
-		case stCreated, stPending, stClosed, stFailed: // payTx's states
-		default:
-			return errFullWay
-		}
-		if p.Channel != channel || p.Amount != st.Amount || p.Refunded != 0 || id.Gene(p.ID) != id.Gene(p.OrderID) {
-			return errFullWay
-		}
-		if res, held, err = s.payTx(ctx, tx, p, st); err != nil {
+		orderID, held, paid, err = s.orders.PayMatched(ctx, tx, st.PaymentID,
+			`SELECT order_id FROM payments WHERE id = $5 AND channel = $6 AND amount = $7 AND refunded = 0
+				AND state IN ($8, $9, $10, $11)`,
+			st.PaymentID, channel, st.Amount, stCreated, stPending, stClosed, stFailed)
+		switch {
+		case err != nil:
 			return err
+		case !paid || id.Gene(orderID) != id.Gene(st.PaymentID): // the latter not made by Pay: apply refuses it
+			return errFullWay
 		}
-		if res != order.PaidNow && res != order.PaidAlready {
-			return errFullWay // refunded, with its anomaly, the full way
-		}
-		return nil
+		return s.settleTx(ctx, tx, st)
 	})
 	switch {
 	case errors.Is(err, errFullWay), errors.Is(err, errMoved):
@@ -542,9 +553,7 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 		return false, err
 	}
 	s.quick.Add(1)
-	if res == order.PaidNow {
-		s.orders.Paid(ctx, p.OrderID, held)
-	}
+	s.orders.Paid(ctx, orderID, held)
 	return true, nil
 }
 

@@ -65,6 +65,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"Expiry", testExpiry},
 		{"MarkPaid", testMarkPaid},
 		{"PayTx", testPayTx},
+		{"PayMatched", testPayMatched},
 		{"SweepByFate", testSweepByFate},
 		{"RefundLineRace", testRefundLineRace},
 		{"RefundPartialThenFull", testRefundPartialThenFull},
@@ -1264,6 +1265,85 @@ func testPayTx(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if o := f.mustGet(t, 32, plain.OrderID); o.Status != order.Paid || o.PaymentID != 701 {
 		t.Fatalf("order %s paid by %d, want paid by 701", o.Status, o.PaymentID)
+	}
+}
+
+// testPayMatched: the one-statement payment pays only an order its match
+// picks that waits for payment, bumps its version, writes one order.paid
+// event and says whether the order holds limited stock; anything else
+// changes nothing.
+func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	pay := func(orderID, paymentID int64, match string) (int64, bool, bool) {
+		t.Helper()
+		var got int64
+		var held, ok bool
+		err := sqldb.Tx(ctx, f.c.ForID(orderID), func(tx *sql.Tx) error {
+			var err error
+			got, held, ok, err = f.ord.PayMatched(ctx, tx, paymentID, match, orderID)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("pay order %d: %v", orderID, err)
+		}
+		return got, held, ok
+	}
+	const pick, none = `SELECT CAST($5 AS BIGINT)`, `SELECT CAST($5 AS BIGINT) WHERE 1 = 0`
+	paidEvents := func(orderID int64) (n int, last order.Event) {
+		for _, r := range f.outbox(t) {
+			if r.ev.OrderID == orderID && r.typ == order.EvPaid {
+				n, last = n+1, r.ev
+			}
+		}
+		return n, last
+	}
+	limited := f.mustCreate(t, 33, "", f.req(line(f.latte, 1), line(f.mooncake, 3)))
+	plain := f.mustCreate(t, 33, "", f.req(line(f.latte, 2)))
+	cancelled := f.mustCreate(t, 33, "", f.req(line(f.latte, 1)))
+	if _, err := f.ord.Cancel(ctx, 33, cancelled.OrderID); err != nil {
+		t.Fatal(err)
+	}
+	before := f.mustGet(t, 33, plain.OrderID)
+
+	if _, _, ok := pay(plain.OrderID, 801, none); ok {
+		t.Fatal("paid an order its match did not pick")
+	}
+	if o := f.mustGet(t, 33, plain.OrderID); o.Status != order.PendingPayment || o.Version != before.Version {
+		t.Fatalf("after a match of nothing: %s version %d, want %s version %d", o.Status, o.Version, order.PendingPayment, before.Version)
+	}
+	if got, held, ok := pay(limited.OrderID, 800, pick); !ok || !held || got != limited.OrderID {
+		t.Fatalf("order with limited stock: paid %v, held %v, order %d; want paid, held, %d", ok, held, got, limited.OrderID)
+	}
+	got, held, ok := pay(plain.OrderID, 801, pick)
+	if !ok || held || got != plain.OrderID {
+		t.Fatalf("order without limited stock: paid %v, held %v, order %d; want paid, not held, %d", ok, held, got, plain.OrderID)
+	}
+	o := f.mustGet(t, 33, plain.OrderID)
+	if o.Status != order.Paid || o.PaymentID != 801 || o.Version != before.Version+1 {
+		t.Fatalf("order %s paid by %d version %d, want paid by 801 version %d", o.Status, o.PaymentID, o.Version, before.Version+1)
+	}
+	n, ev := paidEvents(plain.OrderID)
+	if n != 1 || ev.Status != order.Paid || ev.Version != o.Version || ev.PaymentID != 801 || ev.UserID != 33 ||
+		ev.StoreID != o.StoreID || ev.Payable != o.Payable {
+		t.Fatalf("%d order.paid events, the last %+v; want one of the order as paid (%+v)", n, ev, o)
+	}
+	for _, c := range []struct {
+		name    string
+		orderID int64
+	}{{"paid already", plain.OrderID}, {"cancelled", cancelled.OrderID}} {
+		if _, _, ok := pay(c.orderID, 802, pick); ok {
+			t.Errorf("%s: paid again", c.name)
+		}
+	}
+	if o2 := f.mustGet(t, 33, plain.OrderID); o2.Version != o.Version || o2.PaymentID != 801 {
+		t.Errorf("after a second payment: version %d paid by %d, want %d by 801", o2.Version, o2.PaymentID, o.Version)
+	}
+	if n, _ := paidEvents(plain.OrderID); n != 1 {
+		t.Errorf("%d order.paid events after a second payment, want 1", n)
+	}
+	if o := f.mustGet(t, 33, cancelled.OrderID); o.Status != order.Cancelled {
+		t.Errorf("the cancelled order is %s", o.Status)
 	}
 }
 
