@@ -180,5 +180,11 @@ func Beats(ctx context.Context, b *bus.Bus) ([]Beat, error) {
 			out = append(out, bt)
 		}
 	}
+	// The lister ends its keys quietly when ctx ends: a list cut short
+	// must not pass for the whole (the monitor drops a node missing from
+	// it as one that stopped).
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("heartbeats: listing cut short: %w", err)
+	}
 	return out, nil
 }
