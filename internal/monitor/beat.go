@@ -152,39 +152,48 @@ func openBucket(ctx context.Context, b *bus.Bus) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// Beats reads every heartbeat in the bucket.
+// Beats reads every heartbeat in the bucket: all of them, or an error.
 func Beats(ctx context.Context, b *bus.Bus) ([]Beat, error) {
 	kv, err := openBucket(ctx, b)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := kv.ListKeys(ctx)
+	// The watcher's first pass gives each key's entry, then nil. (nats.go's
+	// key lister ends its keys quietly when ctx ends or the subscription
+	// closes, so a list cut short would pass for the whole, and the monitor
+	// takes a node missing from it for one that stopped.)
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("heartbeats: %w", err)
 	}
-	defer keys.Stop()
+	defer w.Stop()
+	return collect(ctx, w.Updates())
+}
+
+// errCutShort: the heartbeats' listing ended before its last key.
+var errCutShort = errors.New("heartbeats: listing cut short")
+
+// collect reads the beats of a watcher's first pass, up to its nil.
+func collect(ctx context.Context, updates <-chan jetstream.KeyValueEntry) ([]Beat, error) {
 	var out []Beat
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // expired or deleted meanwhile
-		}
-		if err != nil {
-			return nil, fmt.Errorf("heartbeat %s: %w", k, err)
-		}
-		var bt Beat
-		if json.Unmarshal(e.Value(), &bt) == nil {
-			// Its age by the bus's clock, not the node's: a node whose clock
-			// is off must not look silent (or fresh) for it.
-			bt.At = e.Created()
-			out = append(out, bt)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", errCutShort, ctx.Err())
+		case e, ok := <-updates:
+			switch {
+			case !ok:
+				return nil, errCutShort
+			case e == nil:
+				return out, nil
+			}
+			var bt Beat
+			if json.Unmarshal(e.Value(), &bt) == nil {
+				// Its age by the bus's clock, not the node's: a node whose
+				// clock is off must not look silent (or fresh) for it.
+				bt.At = e.Created()
+				out = append(out, bt)
+			}
 		}
 	}
-	// The lister ends its keys quietly when ctx ends: a list cut short
-	// must not pass for the whole (the monitor drops a node missing from
-	// it as one that stopped).
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("heartbeats: listing cut short: %w", err)
-	}
-	return out, nil
 }
