@@ -114,15 +114,16 @@ func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, e
 	return o, nil
 }
 
-// PayMatched is PayTx's common case in one statement, for a payment
-// notice: it pays the order whose id the subquery match selects (a payment
-// of the caller's that says what the notice says), if that order is on
-// this database and waits for payment, and writes its order.paid event.
-// match's own arguments, args, are numbered from $5 ($1-$4 are the
-// statement's). ok is false when nothing was paid: match selected no
-// payment, or its order is not here or no longer waits for payment. The
-// caller then rolls back and takes PayTx's way, which tells those apart.
-// After the commit, call Paid as after PayTx.
+// PayMatched is PayTx's common case as one update of the order, for a
+// payment notice: it pays the order whose id the subquery match selects (a
+// payment of the caller's that says what the notice says), if that order
+// is on this database and waits for payment, uses its discounts' holds,
+// and writes its order.paid event. In match, $3 is paymentID (the order is
+// paid by the payment that matched) and args are numbered from $5 ($1, $2
+// and $4 are the update's own). ok is false when nothing was paid: match
+// selected no payment, or its order is not here or no longer waits for
+// payment. The caller then rolls back and takes PayTx's way, which tells
+// those apart. After the commit, call Paid as after PayTx.
 //
 // The update is a compare-and-set on the status, the version moving on
 // with it; on PostgreSQL it takes the order's row lock first, as PayTx

@@ -523,8 +523,9 @@ func TestSameCallback100TimesChangesStateOnce(t *testing.T) {
 		if got := e.n.Payments.CallbackCounts(); got != (payment.CallbackCounts{Callbacks: 2 * copies * int64(len(channels))}) {
 			t.Errorf("counted %+v, want %d callbacks, none refused", got, 2*copies*len(channels))
 		}
-		// Of each payment's copies, one applies it in the transaction that
-		// reads it; the others find it applied and take the full way.
+		// Of each payment's copies, one applies it the common way (the
+		// order's update picks it through the payment); the others find it
+		// applied and take the full way.
 		if q := payment.Quick(e.n.Payments); q != 2*int64(len(channels)) {
 			t.Errorf("%d notices applied the common way, want %d (one per payment)", q, 2*len(channels))
 		}

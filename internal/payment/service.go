@@ -499,7 +499,11 @@ func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, st Status, to, cond 
 	if err != nil {
 		return fmt.Errorf("mark payment %d %s: %w", st.PaymentID, to, err)
 	}
-	if n, err := r.RowsAffected(); err != nil || n != 1 {
+	n, err := r.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("mark payment %d %s: %w", st.PaymentID, to, err)
+	}
+	if n != 1 {
 		return errMoved // nothing of this transaction stays
 	}
 	return nil
@@ -520,7 +524,8 @@ func (s *Service) payRetried(ctx context.Context, paymentID int64, fn func(*sql.
 
 // applyNotice is the common case of a notice that says a payment is paid:
 // a payment of this channel, of this amount, not applied before, paying an
-// order that waits for it. It applies it in three statements and no read:
+// order that waits for it. It applies it in three statements and no read
+// (more when the order holds discounts, whose holds are used):
 // the order's compare-and-set picks the order through the payment, only if
 // the payment says what the notice says (order.PayMatched); the event; and
 // the payment's compare-and-set. Anything else (the payment unknown,
@@ -535,9 +540,9 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 		var paid bool
 		var err error
 		orderID, held, paid, err = s.orders.PayMatched(ctx, tx, st.PaymentID,
-			`SELECT order_id FROM payments WHERE id = $5 AND channel = $6 AND amount = $7 AND refunded = 0
-				AND state IN ($8, $9, $10, $11)`,
-			st.PaymentID, channel, st.Amount, stCreated, stPending, stClosed, stFailed)
+			`SELECT order_id FROM payments WHERE id = $3 AND channel = $5 AND amount = $6 AND refunded = 0
+				AND state IN ($7, $8, $9, $10)`,
+			channel, st.Amount, stCreated, stPending, stClosed, stFailed)
 		switch {
 		case err != nil:
 			return err

@@ -1268,9 +1268,10 @@ func testPayTx(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 }
 
-// testPayMatched: the one-statement payment pays only an order its match
-// picks that waits for payment, bumps its version, writes one order.paid
-// event and says whether the order holds limited stock; anything else
+// testPayMatched: the payment by one update of the order pays only an
+// order its match picks (with $3, the paying payment) that waits for
+// payment, bumps its version, writes one order.paid event of the order as
+// paid, and says whether the order holds limited stock; anything else
 // changes nothing.
 func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	f := newFixture(t, open, nil)
@@ -1290,13 +1291,14 @@ func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		return got, held, ok
 	}
 	const pick, none = `SELECT CAST($5 AS BIGINT)`, `SELECT CAST($5 AS BIGINT) WHERE 1 = 0`
-	paidEvents := func(orderID int64) (n int, last order.Event) {
+	const by801 = `SELECT CAST($5 AS BIGINT) WHERE $3 = 801` // picks the order only for payment 801
+	paidEvents := func(orderID int64) (n int, last order.Event, createdAt int64) {
 		for _, r := range f.outbox(t) {
 			if r.ev.OrderID == orderID && r.typ == order.EvPaid {
-				n, last = n+1, r.ev
+				n, last, createdAt = n+1, r.ev, r.createdAt
 			}
 		}
-		return n, last
+		return n, last, createdAt
 	}
 	limited := f.mustCreate(t, 33, "", f.req(line(f.latte, 1), line(f.mooncake, 3)))
 	plain := f.mustCreate(t, 33, "", f.req(line(f.latte, 2)))
@@ -1309,13 +1311,19 @@ func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	if _, _, ok := pay(plain.OrderID, 801, none); ok {
 		t.Fatal("paid an order its match did not pick")
 	}
+	if _, _, ok := pay(plain.OrderID, 802, by801); ok {
+		t.Fatal("paid an order by a payment its match did not pick ($3)")
+	}
 	if o := f.mustGet(t, 33, plain.OrderID); o.Status != order.PendingPayment || o.Version != before.Version {
 		t.Fatalf("after a match of nothing: %s version %d, want %s version %d", o.Status, o.Version, order.PendingPayment, before.Version)
 	}
 	if got, held, ok := pay(limited.OrderID, 800, pick); !ok || !held || got != limited.OrderID {
 		t.Fatalf("order with limited stock: paid %v, held %v, order %d; want paid, held, %d", ok, held, got, limited.OrderID)
 	}
-	got, held, ok := pay(plain.OrderID, 801, pick)
+	if n, ev, _ := paidEvents(limited.OrderID); n != 1 || ev.Status != order.Paid || ev.PaymentID != 800 {
+		t.Fatalf("order with limited stock: %d order.paid events, the last %+v", n, ev)
+	}
+	got, held, ok := pay(plain.OrderID, 801, by801)
 	if !ok || held || got != plain.OrderID {
 		t.Fatalf("order without limited stock: paid %v, held %v, order %d; want paid, not held, %d", ok, held, got, plain.OrderID)
 	}
@@ -1323,23 +1331,25 @@ func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	if o.Status != order.Paid || o.PaymentID != 801 || o.Version != before.Version+1 {
 		t.Fatalf("order %s paid by %d version %d, want paid by 801 version %d", o.Status, o.PaymentID, o.Version, before.Version+1)
 	}
-	n, ev := paidEvents(plain.OrderID)
+	n, ev, createdAt := paidEvents(plain.OrderID)
 	if n != 1 || ev.Status != order.Paid || ev.Version != o.Version || ev.PaymentID != 801 || ev.UserID != 33 ||
-		ev.StoreID != o.StoreID || ev.Payable != o.Payable {
-		t.Fatalf("%d order.paid events, the last %+v; want one of the order as paid (%+v)", n, ev, o)
+		ev.StoreID != o.StoreID || ev.Payable != o.Payable || !ev.At.Equal(o.UpdatedAt) || createdAt != o.UpdatedAt.UnixMilli() {
+		t.Fatalf("%d order.paid events, the last %+v written at %d; want one of the order as paid (%+v)", n, ev, createdAt, o)
 	}
 	for _, c := range []struct {
 		name    string
 		orderID int64
 	}{{"paid already", plain.OrderID}, {"cancelled", cancelled.OrderID}} {
-		if _, _, ok := pay(c.orderID, 802, pick); ok {
-			t.Errorf("%s: paid again", c.name)
+		for _, by := range []int64{801, 802} { // the same payment again, another
+			if _, _, ok := pay(c.orderID, by, pick); ok {
+				t.Errorf("%s: paid again by %d", c.name, by)
+			}
 		}
 	}
 	if o2 := f.mustGet(t, 33, plain.OrderID); o2.Version != o.Version || o2.PaymentID != 801 {
 		t.Errorf("after a second payment: version %d paid by %d, want %d by 801", o2.Version, o2.PaymentID, o.Version)
 	}
-	if n, _ := paidEvents(plain.OrderID); n != 1 {
+	if n, _, _ := paidEvents(plain.OrderID); n != 1 {
 		t.Errorf("%d order.paid events after a second payment, want 1", n)
 	}
 	if o := f.mustGet(t, 33, cancelled.OrderID); o.Status != order.Cancelled {
