@@ -64,7 +64,7 @@ type Orders interface {
 	// database, which a payment shares with its order.
 	PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int64) (res order.PaidResult, held bool, err error)
 	Paid(ctx context.Context, orderID int64, held bool)
-	// PayMatched is PayTx's common case in one statement, the order picked
+	// PayMatched is PayTx's common case as one update of the order, picked
 	// through the payment by the subquery match.
 	PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (orderID int64, held, ok bool, err error)
 	// RefundTx and Recorded record a refund of an order's lines inside a
@@ -472,7 +472,7 @@ func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) 
 	if res == order.PaidNow || res == order.PaidAlready {
 		to = stSettled
 	}
-	if err := s.markPaid(ctx, tx, st, to, ""); err != nil {
+	if err := s.markPaid(ctx, tx, p.ID, st, to, ""); err != nil {
 		return 0, false, err
 	}
 	return res, held, nil
@@ -482,26 +482,26 @@ func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) 
 // the transaction that paid it, if it is still in a state payTx moves
 // from and has no refund: else errMoved, and the transaction is rolled back.
 func (s *Service) settleTx(ctx context.Context, tx *sql.Tx, st Status) error {
-	return s.markPaid(ctx, tx, st, stSettled, " AND refunded = 0")
+	return s.markPaid(ctx, tx, st.PaymentID, st, stSettled, " AND refunded = 0")
 }
 
-// markPaid moves the payment of st from a state payTx moves from to
-// state to, where cond (SQL, "" or " AND ...") holds too; errMoved when
-// it matched nothing.
-func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, st Status, to, cond string) error {
+// markPaid moves payment paymentID, of which st says it is paid, from a
+// state payTx moves from to state to, where cond (SQL, "" or " AND ...")
+// holds too; errMoved when it matched nothing.
+func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, paymentID int64, st Status, to, cond string) error {
 	paidAt := st.PaidAt
 	if paidAt.IsZero() {
 		paidAt = s.now()
 	}
 	r, err := tx.ExecContext(ctx, `UPDATE payments SET state = $1, paid_at = $2, updated_at = $3, channel_txn = CASE WHEN channel_txn = '' THEN $4 ELSE channel_txn END
-		WHERE id = $5 AND state IN ($6, $7, $8, $9)`+cond, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, st.PaymentID,
+		WHERE id = $5 AND state IN ($6, $7, $8, $9)`+cond, to, paidAt.UnixMilli(), s.now().UnixMilli(), st.ChannelTxnID, paymentID,
 		stCreated, stPending, stClosed, stFailed)
 	if err != nil {
-		return fmt.Errorf("mark payment %d %s: %w", st.PaymentID, to, err)
+		return fmt.Errorf("mark payment %d %s: %w", paymentID, to, err)
 	}
 	n, err := r.RowsAffected()
 	if err != nil {
-		return fmt.Errorf("mark payment %d %s: %w", st.PaymentID, to, err)
+		return fmt.Errorf("mark payment %d %s: %w", paymentID, to, err)
 	}
 	if n != 1 {
 		return errMoved // nothing of this transaction stays
