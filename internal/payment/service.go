@@ -437,11 +437,17 @@ func (s *Service) apply(ctx context.Context, p *Payment, st Status) error {
 	// to refund.
 	var res order.PaidResult
 	var held bool // the order holds limited stock
-	err := s.payRetried(ctx, p.ID, func(tx *sql.Tx) error {
-		var err error
-		res, held, err = s.payTx(ctx, tx, p, st)
-		return err
-	})
+	var err error
+	for range 5 { // the order changed under the compare-and-set: read again
+		err = sqldb.Tx(ctx, s.db.ForID(p.ID), func(tx *sql.Tx) error {
+			var err error
+			res, held, err = s.payTx(ctx, tx, p, st)
+			return err
+		})
+		if !errors.Is(err, order.ErrChanged) {
+			break
+		}
+	}
 	switch {
 	case errors.Is(err, errMoved):
 		return s.settle(ctx, p.ID) // another callback moved the payment meanwhile: finish its way
@@ -478,13 +484,6 @@ func (s *Service) payTx(ctx context.Context, tx *sql.Tx, p *Payment, st Status) 
 	return res, held, nil
 }
 
-// settleTx marks the payment of a notice that paid its order settled, in
-// the transaction that paid it, if it is still in a state payTx moves
-// from and has no refund: else errMoved, and the transaction is rolled back.
-func (s *Service) settleTx(ctx context.Context, tx *sql.Tx, st Status) error {
-	return s.markPaid(ctx, tx, st.PaymentID, st, stSettled, " AND refunded = 0")
-}
-
 // markPaid moves payment paymentID, of which st says it is paid, from a
 // state payTx moves from to state to, where cond (SQL, "" or " AND ...")
 // holds too; errMoved when it matched nothing.
@@ -507,19 +506,6 @@ func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, paymentID int64, st 
 		return errMoved // nothing of this transaction stays
 	}
 	return nil
-}
-
-// payRetried runs fn, a payment's transaction that pays its order, on the
-// payment's database, again (up to 5 times) while the order changed under
-// its compare-and-set.
-func (s *Service) payRetried(ctx context.Context, paymentID int64, fn func(*sql.Tx) error) error {
-	var err error
-	for range 5 {
-		if err = sqldb.Tx(ctx, s.db.ForID(paymentID), fn); !errors.Is(err, order.ErrChanged) {
-			return err
-		}
-	}
-	return err
 }
 
 // applyNotice is the common case of a notice that says a payment is paid:
@@ -549,7 +535,9 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 		case !paid || id.Gene(orderID) != id.Gene(st.PaymentID): // the latter not made by Pay: apply refuses it
 			return errFullWay
 		}
-		return s.settleTx(ctx, tx, st)
+		// Settled, if still in a state payTx moves from and with no refund
+		// (else errMoved: rolled back).
+		return s.markPaid(ctx, tx, st.PaymentID, st, stSettled, " AND refunded = 0")
 	})
 	switch {
 	case errors.Is(err, errFullWay), errors.Is(err, errMoved):
