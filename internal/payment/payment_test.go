@@ -25,6 +25,7 @@ import (
 	"github.com/surge-platform/surge/internal/payment"
 	"github.com/surge-platform/surge/internal/payment/paysim"
 	"github.com/surge-platform/surge/internal/platform/edge"
+	"github.com/surge-platform/surge/internal/platform/id"
 )
 
 // The proofs of the payments centre (issue 3) run a whole node in process:
@@ -887,4 +888,49 @@ func TestNoticesTheCommonWayAndNot(t *testing.T) {
 		t.Errorf("anomalies %+v, want one duplicate_payment of payment %d", an, p2.PaymentID)
 	}
 	e.mustSettledOnce(oid, p1.PaymentID)
+}
+
+// A payment row that names an order of another gene (not made by Pay,
+// which gives a payment its order's gene) pays nothing: the common way of
+// a notice, whose update picks the order through the payment, would find
+// the order where both genes share a database, and must roll back; the
+// full way refuses the payment. Neither order is paid.
+func TestNoticeOfAPaymentOnAnotherGenePaysNothing(t *testing.T) {
+	t.Parallel()
+	e := mustStart(t, envOpts{})
+	e.mustFaults("wechatpay", paysim.Faults{DropCallbacks: true}) // only our notice arrives
+	var a, b int64
+	var cb *customer // b's
+	// Two orders on one database, of different genes.
+	for range 64 {
+		c := e.mustCustomer()
+		o := c.mustOrder()
+		if a == 0 {
+			a = o
+		} else if id.Gene(o) != id.Gene(a) && e.n.DB.Physical(id.Gene(o)) == e.n.DB.Physical(id.Gene(a)) {
+			b, cb = o, c
+			break
+		}
+	}
+	if b == 0 {
+		t.Fatal("no two orders of different genes on one database in 64")
+	}
+	st := cb.mustPay(b, "wechatpay")
+	e.mustPayAtChannel(st)
+	if _, err := e.n.DB.ForID(st.PaymentID).W.ExecContext(e.ctx, `UPDATE payments SET order_id = $1 WHERE id = $2`, a, st.PaymentID); err != nil {
+		t.Fatal(err)
+	}
+	q0 := payment.Quick(e.n.Payments)
+	h, body := e.mustEncode("wechatpay", e.notice("wechatpay", st.PaymentID))
+	if r := e.notify("wechatpay", h, body); r.status == 200 {
+		t.Errorf("the notice of a payment whose order is on another gene was acknowledged: %d %s", r.status, r.body)
+	}
+	if q := payment.Quick(e.n.Payments) - q0; q != 0 {
+		t.Errorf("%d notices applied the common way, want 0", q)
+	}
+	for _, oid := range []int64{a, b} {
+		if o := e.peek(oid); o.Status != order.PendingPayment || o.PaymentID != 0 {
+			t.Errorf("order %d is %s, paid by %d; want pending_payment, unpaid", oid, o.Status, o.PaymentID)
+		}
+	}
 }
