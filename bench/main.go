@@ -328,16 +328,31 @@ func pgDatabase(ctx context.Context, name string) (string, func(), error) {
 // 10 s once idle, and the relay, the ledger and the timers catch up.
 const settle = 11 * time.Second
 
+// pgCount is what pgCounts reads.
+type pgCount struct{ xid, commits, wal int64 }
+
 // pgCounts reads, on db's database, the last transaction id the server
-// assigned (one per transaction that writes, on any database) and the
-// commits reported (every transaction, reads included). Its own reads
-// take 1 transaction id and up to 3 commits.
-func pgCounts(ctx context.Context, db *sql.DB) (xid, commits int64, err error) {
-	if err := db.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
-		return 0, 0, err
+// assigned (one per transaction that writes, on any database), the
+// commits reported (every transaction, reads included) and the position
+// in the write-ahead log (bytes written by every database: nothing else
+// writes during a bench). Its own reads take 1 transaction id, 3 commits
+// and a few dozen bytes of log.
+func pgCounts(ctx context.Context, db *sql.DB) (c pgCount, err error) {
+	if err := db.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&c.xid); err != nil {
+		return c, err
 	}
-	err = db.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits)
-	return xid, commits, err
+	if err := db.QueryRowContext(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint`).Scan(&c.wal); err != nil {
+		return c, err
+	}
+	err = db.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&c.commits)
+	return c, err
+}
+
+// per returns the counts from a to b per order (n orders): commits, write
+// transactions and bytes of log, less the counts' own (own: the reads
+// made between a and b besides pgCounts' own).
+func (b pgCount) per(a pgCount, n float64, own int64) (commits, writes, wal float64) {
+	return float64(b.commits-a.commits-3-own) / n, float64(b.xid-a.xid-1) / n, float64(b.wal-a.wal) / n
 }
 
 func orders(ctx context.Context) error {
@@ -395,14 +410,14 @@ func orders(ctx context.Context) error {
 		return err
 	}
 	defer sdb.Close()
-	counts := func() (xid, commits, orders int64, err error) {
-		if xid, commits, err = pgCounts(ctx, sdb); err != nil {
-			return 0, 0, 0, err
+	counts := func() (c pgCount, orders int64, err error) {
+		if c, err = pgCounts(ctx, sdb); err != nil {
+			return c, 0, err
 		}
-		return xid, commits, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
+		return c, orders, sdb.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&orders)
 	}
 	time.Sleep(settle) // the warm-up's commits reported
-	var bs, b1s, ss, wpo, cpo []float64
+	var bs, b1s, ss, wpo, cpo, lpo []float64
 	for range *rounds {
 		pgb := func(script string) (float64, error) {
 			// Prepared, as surge's statements are (pgx prepares each text once).
@@ -427,7 +442,7 @@ func orders(ctx context.Context) error {
 			return err
 		}
 		b1s = append(b1s, tpsOne)
-		x0, c0, o0, err := counts()
+		c0, o0, err := counts()
 		if err != nil {
 			return err
 		}
@@ -439,19 +454,17 @@ func orders(ctx context.Context) error {
 			return fmt.Errorf("orders: %d failed requests", s.Bad)
 		}
 		time.Sleep(settle)
-		x1, c1, o1, err := counts()
+		c1, o1, err := counts()
 		if err != nil {
 			return err
 		}
-		n := float64(max(o1-o0, 1))
-		w := float64(x1-x0-1) / n // -1: counts' own txid_current
-		c := float64(c1-c0-3) / n // -3: counts' own reads
-		bs, ss, wpo, cpo = append(bs, tps), append(ss, s.RPS), append(wpo, w), append(cpo, c)
-		fmt.Printf("  orders round: surge p50 %v p99 %v; %d orders, %.2f commits and %.2f write transactions per order; wrk used %.0f%% of the cores\n",
-			s.P50, s.P99, o1-o0, c, w, 100*s.CPUShare(runtime.NumCPU()))
+		c, w, l := c1.per(c0, float64(max(o1-o0, 1)), 1) // 1: the count of orders
+		bs, ss, wpo, cpo, lpo = append(bs, tps), append(ss, s.RPS), append(wpo, w), append(cpo, c), append(lpo, l)
+		fmt.Printf("  orders round: surge p50 %v p99 %v; %d orders, %.2f commits, %.2f write transactions and %.0f bytes of log per order; wrk used %.0f%% of the cores\n",
+			s.P50, s.P99, o1-o0, c, w, l, 100*s.CPUShare(runtime.NumCPU()))
 	}
-	fmt.Printf("  per order on PostgreSQL (request path, relay, ledger, timers): median %.2f commits, %.2f write transactions (pgbench's script: 1 and 1)\n",
-		median(cpo), median(wpo))
+	fmt.Printf("  per order on PostgreSQL (request path, relay, ledger, timers): median %.2f commits, %.2f write transactions, %.0f bytes of log (pgbench's script: 1 and 1)\n",
+		median(cpo), median(wpo), median(lpo))
 	report(fmt.Sprintf("order placement on PostgreSQL (wrk, 1 thread, %d connections, a unique Idempotency-Key each, %v per round; per order: its key, the order, 2 lines, 2 outbox rows (event, expiry timer); pgbench as one transaction of 6 statements)", *workers, *dur),
 		"pgbench same inserts", "surge POST /orders", bs, ss, 0.8)
 	report("the same, against the database's limit for these rows: pgbench of them in one statement, as surge writes them",

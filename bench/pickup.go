@@ -235,9 +235,9 @@ func pickup(ctx context.Context) error {
 				time.AfterFunc(roundDur, pprof.StopCPUProfile)
 			}
 		}
-		var x0, c0 int64
+		var c0 pgCount
 		if sdb != nil {
-			if x0, c0, err = pgCounts(ctx, sdb); err != nil {
+			if c0, err = pgCounts(ctx, sdb); err != nil {
 				return err
 			}
 		}
@@ -278,12 +278,13 @@ func pickup(ctx context.Context) error {
 		p99s = append(p99s, float64(q(99))/float64(time.Millisecond))
 		if sdb != nil {
 			time.Sleep(settle)
-			x1, c1, err := pgCounts(ctx, sdb)
+			c1, err := pgCounts(ctx, sdb)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("    on PostgreSQL, per order from notice to pickup code (relay, ledger and consumers included): %.2f commits, %.2f write transactions\n",
-				float64(c1-c0-3)/float64(per), float64(x1-x0-1)/float64(per))
+			c, w, l := c1.per(c0, float64(per), 0)
+			fmt.Printf("    on PostgreSQL, per order from notice to pickup code (relay, ledger and consumers included): %.2f commits, %.2f write transactions, %.0f bytes of log\n",
+				c, w, l)
 		}
 		// Where the time went: each stage from the end of the one before.
 		stages := []struct {

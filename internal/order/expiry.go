@@ -75,14 +75,22 @@ func (s *Service) ConsumeTimers(ctx context.Context, b *bus.Bus) error {
 	})
 }
 
+// pendingCond is the condition of the orders_pending_expires index,
+// written as it is there: a partial index serves only a query that names
+// its condition.
+const pendingCond = `status = '` + string(PendingPayment) + `'`
+
+// dueOrders reads the unpaid orders whose time passed before $1, oldest
+// first, at most $2.
+const dueOrders = `SELECT id FROM orders WHERE ` + pendingCond + ` AND expires_at < $1 ORDER BY expires_at LIMIT $2`
+
 // ExpireDue is the backstop of the timers: it expires unpaid orders whose
-// time passed more than grace ago, from the (status, expires_at) index of
+// time passed more than grace ago, from the index of unpaid orders of
 // every shard, at most limit per shard. It returns how many it expired.
 func (s *Service) ExpireDue(ctx context.Context, grace time.Duration, limit int) (int, error) {
 	n := 0
 	for _, d := range s.db.Shards() {
-		ids, err := sqldb.IDs(ctx, d.R, `SELECT id FROM orders WHERE status = $1 AND expires_at < $2 ORDER BY expires_at LIMIT $3`,
-			string(PendingPayment), s.now().Add(-grace).UnixMilli(), limit)
+		ids, err := sqldb.IDs(ctx, d.R, dueOrders, s.now().Add(-grace).UnixMilli(), limit)
 		if err != nil {
 			return n, fmt.Errorf("due orders on %s: %w", d.Name, err)
 		}

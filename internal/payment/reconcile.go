@@ -61,6 +61,12 @@ func (m *moves) refunded() (n int64) {
 	return n
 }
 
+// settledPayments reads the payments of channel $1 settled in [$2, $3).
+// paid_at > 0 is the condition of the payments_settled index, written as
+// it is there: a partial index serves only a query that names its
+// condition.
+const settledPayments = `SELECT ` + paymentCols + ` FROM payments WHERE channel = $1 AND paid_at >= $2 AND paid_at < $3 AND paid_at > 0`
+
 // Reconcile compares channel's statement of day (UTC) with the ledger,
 // payment by payment, and reports every discrepancy, fixing only what the
 // channel's net says:
@@ -105,8 +111,7 @@ func (s *Service) Reconcile(ctx context.Context, channel string, day time.Time) 
 	// Our side: every payment of this channel captured that day.
 	ledger := map[int64]*Payment{}
 	for _, d := range s.db.Shards() {
-		rows, err := d.R.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE channel = $1 AND paid_at >= $2 AND paid_at < $3`,
-			channel, day.UnixMilli(), day.Add(24*time.Hour).UnixMilli())
+		rows, err := d.R.QueryContext(ctx, settledPayments, channel, day.UnixMilli(), day.Add(24*time.Hour).UnixMilli())
 		if err != nil {
 			return nil, fmt.Errorf("ledger of %s: %w", d.Name, err)
 		}

@@ -33,10 +33,17 @@ func (s *Service) Work(ctx context.Context) error {
 // refunded answer is applied exactly as a callback would be (a refunded
 // payment never pays its order), a closed or unknown one closes the
 // payment. At most limit per database per call.
+// dueCond is the condition of the payments_due index, written as it is
+// there: a partial index serves only a query that names its condition.
+const dueCond = `state IN ('` + stCreated + `', '` + stPending + `')`
+
+// duePayments reads the payments not settled whose query time is $1 or
+// before, the earliest first, at most $2.
+const duePayments = `SELECT ` + paymentCols + ` FROM payments WHERE ` + dueCond + ` AND query_at <= $1 ORDER BY query_at LIMIT $2`
+
 func (s *Service) QueryPending(ctx context.Context, limit int) error {
 	for _, d := range s.db.Shards() {
-		rows, err := d.R.QueryContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE state IN ($1, $2) AND query_at <= $3
-			ORDER BY query_at LIMIT $4`, stCreated, stPending, s.now().UnixMilli(), limit)
+		rows, err := d.R.QueryContext(ctx, duePayments, s.now().UnixMilli(), limit)
 		if err != nil {
 			return fmt.Errorf("pending payments on %s: %w", d.Name, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,57 @@ func Engines() []struct {
 		)
 	}
 	return out
+}
+
+// UsesIndex fails the test unless the engine's plan for query (with args)
+// reads index. PostgreSQL is told to avoid a sequential scan, which it
+// prefers on a small table: the question is whether the index can serve
+// the query (a partial index serves only a query that names its
+// condition), not whether it is the cheapest way today.
+func UsesIndex(tb testing.TB, d *sqldb.DB, index, query string, args ...any) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := d.W.Conn(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	explain, want := "EXPLAIN QUERY PLAN ", []string{"USING INDEX " + index + " ", "USING COVERING INDEX " + index + " "}
+	if d.Engine == sqldb.Postgres {
+		explain, want = "EXPLAIN ", []string{" using " + index + " on ", "Bitmap Index Scan on " + index + " "}
+		if _, err := conn.ExecContext(ctx, "SET enable_seqscan = off"); err != nil {
+			tb.Fatal(err)
+		}
+		defer conn.ExecContext(context.Background(), "RESET enable_seqscan")
+	}
+	rows, err := conn.QueryContext(ctx, explain+query, args...)
+	if err != nil {
+		tb.Fatalf("%s%s: %v", explain, query, err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var plan []string
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			tb.Fatal(err)
+		}
+		plan = append(plan, fmt.Sprint(vals[len(vals)-1])) // SQLite: detail; PostgreSQL: the line
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range plan {
+		for _, w := range want {
+			if strings.Contains(line+" ", w) {
+				return
+			}
+		}
+	}
+	tb.Errorf("%s: the plan does not read %s:\n%s\n%s", d.Engine, index, query, strings.Join(plan, "\n"))
 }
