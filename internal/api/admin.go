@@ -81,6 +81,9 @@ func (s *Server) rotatePOSKey(w http.ResponseWriter, r *http.Request) {
 		web.Error(w, r, err)
 		return
 	}
+	if s.KeyRotated != nil {
+		s.KeyRotated(sid)
+	}
 	web.JSON(w, http.StatusOK, st)
 }
 

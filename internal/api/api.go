@@ -47,9 +47,13 @@ type EventStats func(ctx context.Context) (map[string]int64, error)
 // Server holds what the handlers call. Nil services leave their routes out
 // (a node without the api role still serves /healthz and /readyz).
 type Server struct {
-	Log        *slog.Logger
-	Members    *member.Service
-	Catalog    *catalog.Service
+	Log     *slog.Logger
+	Members *member.Service
+	Catalog *catalog.Service
+	// KeyRotated is told of each store whose POS key an operator rotated
+	// (after the rotation is stored), so that sockets opened with the old
+	// key close; nil: no one is told.
+	KeyRotated func(storeID int64)
 	Orders     *order.Service
 	Payments   *payment.Service
 	Fulfil     *fulfil.Service

@@ -367,6 +367,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 	}
 	if cfg.Has("api") {
 		srv.Members, srv.Catalog, srv.Orders, srv.Promo = n.Members, n.Catalog, n.Orders, n.Promo
+		srv.KeyRotated = push.StoreAnnouncer{Bus: n.Bus}.Revoke
 		srv.Flash, srv.Blacklist = n.Flash, n.Blacklist
 	}
 	public := cfg.PublicURL

@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"strconv"
 	"sync"
@@ -21,8 +22,9 @@ type conn struct {
 	h       *Hub
 	ws      *websocket.Conn
 	subject string
-	user    int64 // customer sockets
-	store   int64 // POS sockets
+	user    int64  // customer sockets
+	store   int64  // POS sockets
+	key     string // POS sockets: the key they opened with (checked again on each heartbeat)
 
 	seen    atomic.Int64 // unix nanos of the last frame from the client
 	probed  atomic.Int64 // unix nanos of the last catch-up the heartbeat started
@@ -165,6 +167,12 @@ func resyncReason(err error) string {
 func (c *conn) offer(n news) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.store != 0 && n.Revoked {
+		if !c.h.dropRevocations.Load() {
+			go c.checkKey() // a socket opened with the new key stays
+		}
+		return
+	}
 	if c.store != 0 && n.Seq == 0 {
 		if len(n.Msg) > 0 && c.greeted {
 			c.sendLocked(n.Msg) // a store's message outside its queue
@@ -322,6 +330,23 @@ func (c *conn) readLoop() {
 func errMsg(code, msg string) map[string]any {
 	return map[string]any{"type": "error", "error": map[string]string{"code": code, "message": msg}}
 }
+
+// checkKey closes a POS socket whose key no longer opens its store (it
+// was rotated), with StatusKeyRotated. A check that cannot tell (the
+// database away) leaves the socket open: the next heartbeat asks again.
+func (c *conn) checkKey() {
+	ctx, cancel := context.WithTimeout(c.h.ctx, 5*time.Second)
+	defer cancel()
+	store, err := c.h.stores.Store(ctx, c.key)
+	if errors.Is(err, fulfil.ErrBadKey) || err == nil && store != c.store {
+		c.h.revoked.Add(1)
+		c.close(StatusKeyRotated, "the POS key was rotated: connect with the new key")
+	}
+}
+
+// StatusKeyRotated is the close status of a POS socket whose key was
+// rotated.
+const StatusKeyRotated websocket.StatusCode = 4001
 
 // ping checks a quiet client.
 func (c *conn) ping() {

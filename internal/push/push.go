@@ -97,7 +97,9 @@ type Hub struct {
 	mu        sync.RWMutex
 	bySubject map[string]map[*conn]struct{}
 
-	customers, pos, sent, slow, dead, resumed, resyncs, direct atomic.Int64
+	customers, pos, sent, slow, dead, resumed, resyncs, direct, revoked atomic.Int64
+
+	dropRevocations atomic.Bool // tests: as if every rotation's announcement were lost
 
 	lastMu sync.Mutex // the stream's end, read at most once a second (a reconnect storm)
 	last   uint64
@@ -201,9 +203,14 @@ func (h *Hub) heartbeat(now time.Time) {
 		}
 		if now.UnixNano()-c.probed.Load() > int64(h.cfg.Ping) {
 			// An announcement lost on the way (a bus reconnect, a full
-			// buffer, a failed read) is made good here at the latest.
+			// buffer, a failed read) is made good here at the latest: the
+			// socket catches up, and a POS socket's key is checked again
+			// (a rotation's announcement lost).
 			c.probed.Store(now.UnixNano())
 			c.announce(math.MaxInt64)
+			if c.store != 0 {
+				go c.checkKey()
+			}
 		}
 	}
 }
@@ -323,7 +330,7 @@ func (h *Hub) posWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// catching until hello is out, so hello comes first
-	c := &conn{subject: storeSubject(storeID), store: storeID, cursor: cursor, catching: true}
+	c := &conn{subject: storeSubject(storeID), store: storeID, key: key, cursor: cursor, catching: true}
 	if !h.accept(w, r, c) {
 		return
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/surge-platform/surge/internal/eventually"
 	"github.com/surge-platform/surge/internal/node"
 	"github.com/surge-platform/surge/internal/nodetest"
@@ -474,5 +476,57 @@ func TestAnnouncedEventsFollowTheWindow(t *testing.T) {
 	// Nothing more comes (no event twice).
 	if extra, seen, err := c.Until(300*time.Millisecond, func(pushtest.Msg) bool { return true }); err == nil {
 		t.Fatalf("an extra message: %s (after %v)", extra.Raw, seen)
+	}
+}
+
+// A rotated POS key stops working at once on sockets too: the store's open
+// sockets are closed (code 4001), a socket the announcement missed is
+// closed by its heartbeat's check of the key, and a new socket with the old
+// key is refused. The new key connects and gets the store's orders.
+func TestRotatedKeyClosesPOSSockets(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		announce bool // the rotation's announcement reaches the push node
+	}{{"announced", true}, {"heartbeat", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ping := time.Hour // no heartbeat: only the announcement can close the socket
+			if !tc.announce {
+				ping = 200 * time.Millisecond
+			}
+			n := nodetest.Start(t, func(c *node.Config) { c.WSPing = ping })
+			base := n.URL()
+			old := nodetest.POS(t, base, "1009")
+			c := dial(t, base, "/pos/v1/ws", old.Token, "")
+			expect(t, c, "hello", func(m pushtest.Msg) bool { return m.Type == "hello" })
+			if !tc.announce {
+				push.DropRevocations(n.Push, true)
+			}
+			admin := &nodetest.Client{T: t, Base: base, Token: nodetest.Admin}
+			if r := admin.Do("POST", "/admin/v1/stores/1009/pos-key", ""); r.Status != 200 {
+				t.Fatalf("rotate: %d %s", r.Status, r.Body)
+			}
+			_, seen, err := c.Until(10*time.Second, func(pushtest.Msg) bool { return false })
+			if got := websocket.CloseStatus(err); got != 4001 {
+				t.Fatalf("socket with the rotated key: %v (close status %d, messages %v); want closed with 4001", err, got, seen)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var re *pushtest.RefusedError
+			if again, err := pushtest.Dial(ctx, base, "/pos/v1/ws", old.Token, ""); !errors.As(err, &re) || re.Status != 401 {
+				if err == nil {
+					again.WS.CloseNow()
+				}
+				t.Fatalf("a new socket with the old key: %v; want 401", err)
+			}
+			fresh := nodetest.POS(t, base, "1009")
+			nc := dial(t, base, "/pos/v1/ws", fresh.Token, "")
+			expect(t, nc, "hello", func(m pushtest.Msg) bool { return m.Type == "hello" })
+			oid := nodetest.PayOrder(t, nodetest.Login(t, base, "+8613912340091"), "1009", "1009010")
+			if m := expect(t, nc, "the new order", func(m pushtest.Msg) bool { return m.Type == "order.new" }); m.Order.OrderID != oid {
+				t.Fatalf("got %s; want order %s", m.Raw, oid)
+			}
+		})
 	}
 }

@@ -233,6 +233,7 @@ type news struct {
 	Prev    int64           `json:"prev,omitempty"`
 	Msg     json.RawMessage `json:"msg,omitempty"`
 	Trace   string          `json:"traceparent,omitempty"` // the trace that queued a store's order
+	Revoked bool            `json:"revoked,omitempty"`     // a store's POS key was rotated: its sockets check theirs
 }
 
 // announce sends news at most once: a socket that misses it catches up at
@@ -247,6 +248,14 @@ func announce(b *bus.Bus, subject string, n news) {
 // lost here is caught up from the store's queue by the next one, by a
 // reconnect, or by the POS's poll.
 type StoreAnnouncer struct{ Bus *bus.Bus }
+
+// Revoke tells push nodes that storeID's POS key was rotated: each
+// checks the key of the store's sockets and closes those it no longer
+// opens. At most once, like all news: a socket the message misses is
+// checked by its next heartbeat.
+func (n StoreAnnouncer) Revoke(storeID int64) {
+	announce(n.Bus, storeSubject(storeID), news{Revoked: true})
+}
 
 // Announce implements fulfil.Announcer.
 func (n StoreAnnouncer) Announce(ctx context.Context, storeID, seq, orderID int64) {
