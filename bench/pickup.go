@@ -237,6 +237,7 @@ func pickup(ctx context.Context) error {
 		}
 		var c0 pgCount
 		if sdb != nil {
+			pgCheckpoint(ctx, sdb)
 			if c0, err = pgCounts(ctx, sdb); err != nil {
 				return err
 			}

@@ -77,12 +77,14 @@ func (s *Server) rotatePOSKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := s.Catalog.RotatePOSKey(r.Context(), sid)
+	if s.KeyRotated != nil {
+		// Even after an error: the new key may be stored (the read after
+		// it failed), and a needless check of the sockets' keys is cheap.
+		s.KeyRotated(sid)
+	}
 	if err != nil {
 		web.Error(w, r, err)
 		return
-	}
-	if s.KeyRotated != nil {
-		s.KeyRotated(sid)
 	}
 	web.JSON(w, http.StatusOK, st)
 }

@@ -28,19 +28,23 @@ func (s *Service) Work(ctx context.Context) error {
 	return errors.Join(qerr, rerr)
 }
 
+// duePayments reads the payments not settled whose query time is $1 or
+// before, the earliest first, at most $2. Its state condition is the
+// payments_due index's, written as it is there: a partial index serves
+// only a query that names its condition.
+const duePayments = `SELECT ` + paymentCols + ` FROM payments WHERE state IN ('` + stCreated + `', '` + stPending + `')
+	AND query_at <= $1 ORDER BY query_at LIMIT $2`
+
+// unappliedPayments reads up to 200 payments paid but not applied to their
+// order, last changed before $1 (through the payments_unapplied index,
+// whose condition it names).
+const unappliedPayments = `SELECT id FROM payments WHERE state = '` + stPaid + `' AND updated_at < $1 LIMIT 200`
+
 // QueryPending asks the channels about payments still unpaid QueryAfter
 // after they started (then with backoff up to a minute): a paid or
 // refunded answer is applied exactly as a callback would be (a refunded
 // payment never pays its order), a closed or unknown one closes the
 // payment. At most limit per database per call.
-// dueCond is the condition of the payments_due index, written as it is
-// there: a partial index serves only a query that names its condition.
-const dueCond = `state IN ('` + stCreated + `', '` + stPending + `')`
-
-// duePayments reads the payments not settled whose query time is $1 or
-// before, the earliest first, at most $2.
-const duePayments = `SELECT ` + paymentCols + ` FROM payments WHERE ` + dueCond + ` AND query_at <= $1 ORDER BY query_at LIMIT $2`
-
 func (s *Service) QueryPending(ctx context.Context, limit int) error {
 	for _, d := range s.db.Shards() {
 		rows, err := d.R.QueryContext(ctx, duePayments, s.now().UnixMilli(), limit)
@@ -145,8 +149,7 @@ func (s *Service) RefreshSoon(orderID int64) {
 func (s *Service) Repair(ctx context.Context) error {
 	now := s.now()
 	for _, d := range s.db.Shards() {
-		paid, err := sqldb.IDs(ctx, d.R, `SELECT id FROM payments WHERE state = $1 AND updated_at < $2 LIMIT 200`, stPaid,
-			now.Add(-repairAfter).UnixMilli())
+		paid, err := sqldb.IDs(ctx, d.R, unappliedPayments, now.Add(-repairAfter).UnixMilli())
 		if err != nil {
 			return err
 		}

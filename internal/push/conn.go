@@ -26,9 +26,11 @@ type conn struct {
 	store   int64  // POS sockets
 	key     string // POS sockets: the key they opened with (checked again on each heartbeat)
 
-	seen    atomic.Int64 // unix nanos of the last frame from the client
-	probed  atomic.Int64 // unix nanos of the last catch-up the heartbeat started
-	pinging atomic.Bool
+	seen     atomic.Int64 // unix nanos of the last frame from the client
+	probed   atomic.Int64 // unix nanos of the last catch-up the heartbeat started
+	pinging  atomic.Bool
+	checking atomic.Bool // POS: a check of the key is running
+	recheck  atomic.Bool // POS: a check of the key was asked for since the running one began
 
 	mu      sync.Mutex
 	queue   [][]byte // waiting to be written
@@ -334,13 +336,26 @@ func errMsg(code, msg string) map[string]any {
 // checkKey closes a POS socket whose key no longer opens its store (it
 // was rotated), with StatusKeyRotated. A check that cannot tell (the
 // database away) leaves the socket open: the next heartbeat asks again.
+//
+// One check runs at a time, so a slow database does not pile them up; a
+// check asked for meanwhile (a rotation announced while a heartbeat's check
+// reads) runs again after it, as the running one may have read the key
+// before the rotation.
 func (c *conn) checkKey() {
-	ctx, cancel := context.WithTimeout(c.h.ctx, 5*time.Second)
-	defer cancel()
-	store, err := c.h.stores.Store(ctx, c.key)
-	if errors.Is(err, fulfil.ErrBadKey) || err == nil && store != c.store {
-		c.h.revoked.Add(1)
-		c.close(StatusKeyRotated, "the POS key was rotated: connect with the new key")
+	c.recheck.Store(true)
+	for c.recheck.Load() && c.checking.CompareAndSwap(false, true) {
+		for c.recheck.Swap(false) {
+			ctx, cancel := context.WithTimeout(c.h.ctx, 5*time.Second)
+			store, err := c.h.stores.Store(ctx, c.key)
+			cancel()
+			if errors.Is(err, fulfil.ErrBadKey) || err == nil && store != c.store {
+				c.h.revoked.Add(1)
+				c.close(StatusKeyRotated, "the POS key was rotated: connect with the new key")
+				c.checking.Store(false)
+				return
+			}
+		}
+		c.checking.Store(false) // then a check asked for just before this is not lost
 	}
 }
 

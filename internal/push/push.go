@@ -76,6 +76,7 @@ type Stats struct {
 	Resumed    int64 `json:"resumed"`  // events replayed to reconnecting customers
 	Resyncs    int64 `json:"resyncs"`  // reconnects told to read instead (window passed)
 	Direct     int64 `json:"direct"`   // customer events sent straight from their announcement (no window read)
+	Revoked    int64 `json:"revoked"`  // POS sockets closed because their key was rotated
 	HeapInuse  int64 `json:"heap_inuse"`
 	StackInuse int64 `json:"stack_inuse"`
 	Sys        int64 `json:"sys"`
@@ -221,6 +222,7 @@ func (h *Hub) Stats() Stats {
 	runtime.ReadMemStats(&m)
 	return Stats{Customers: h.customers.Load(), POS: h.pos.Load(), Subjects: int64(h.mux.Len()), Sent: h.sent.Load(),
 		Slow: h.slow.Load(), Dead: h.dead.Load(), Resumed: h.resumed.Load(), Resyncs: h.resyncs.Load(), Direct: h.direct.Load(),
+		Revoked:   h.revoked.Load(),
 		HeapInuse: int64(m.HeapInuse), StackInuse: int64(m.StackInuse), Sys: int64(m.Sys),
 		Goroutines: int64(runtime.NumGoroutine())}
 }
