@@ -50,9 +50,9 @@ type Server struct {
 	Log     *slog.Logger
 	Members *member.Service
 	Catalog *catalog.Service
-	// KeyRotated is told of each store whose POS key an operator rotated
-	// (after the rotation is stored), so that sockets opened with the old
-	// key close; nil: no one is told.
+	// KeyRotated is told of each store whose POS key an operator asked to
+	// rotate (after the rotation, even one whose answer failed), so that
+	// sockets opened with the old key close; nil: no one is told.
 	KeyRotated func(storeID int64)
 	Orders     *order.Service
 	Payments   *payment.Service
