@@ -334,9 +334,10 @@ type pgCount struct{ xid, commits, wal int64 }
 // pgCounts reads, on db's database, the last transaction id the server
 // assigned (one per transaction that writes, on any database), the
 // commits reported (every transaction, reads included) and the position
-// in the write-ahead log (bytes written by every database: nothing else
-// writes during a bench). Its own reads take 1 transaction id, 3 commits
-// and a few dozen bytes of log.
+// in the write-ahead log (the server's, every database's: nothing else
+// writes during the pickup bench; in the orders bench, pgbench's tables,
+// written just before, may be vacuumed within surge's round). Its own
+// reads take 1 transaction id, 3 commits and a few dozen bytes of log.
 func pgCounts(ctx context.Context, db *sql.DB) (c pgCount, err error) {
 	if err := db.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&c.xid); err != nil {
 		return c, err
