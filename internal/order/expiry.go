@@ -75,14 +75,11 @@ func (s *Service) ConsumeTimers(ctx context.Context, b *bus.Bus) error {
 	})
 }
 
-// pendingCond is the condition of the orders_pending_expires index,
-// written as it is there: a partial index serves only a query that names
-// its condition.
-const pendingCond = `status = '` + string(PendingPayment) + `'`
-
 // dueOrders reads the unpaid orders whose time passed before $1, oldest
-// first, at most $2.
-const dueOrders = `SELECT id FROM orders WHERE ` + pendingCond + ` AND expires_at < $1 ORDER BY expires_at LIMIT $2`
+// first, at most $2. Its status condition is the orders_pending_expires
+// index's, written as it is there: a partial index serves only a query
+// that names its condition.
+const dueOrders = `SELECT id FROM orders WHERE status = '` + string(PendingPayment) + `' AND expires_at < $1 ORDER BY expires_at LIMIT $2`
 
 // ExpireDue is the backstop of the timers: it expires unpaid orders whose
 // time passed more than grace ago, from the index of unpaid orders of

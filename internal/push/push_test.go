@@ -511,6 +511,9 @@ func TestRotatedKeyClosesPOSSockets(t *testing.T) {
 			if got := websocket.CloseStatus(err); got != 4001 {
 				t.Fatalf("socket with the rotated key: %v (close status %d, messages %v); want closed with 4001", err, got, seen)
 			}
+			if r := n.Push.Stats().Revoked; r != 1 {
+				t.Errorf("push stats count %d sockets closed for a rotated key, want 1", r)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			var re *pushtest.RefusedError
