@@ -63,15 +63,15 @@ type Service struct {
 	kv     kv.Store
 	ids    *id.Generator
 	orders *order.Service
-	wake   func(gene int)
+	wake   outbox.Waker
 	news   Announcer
 	log    *slog.Logger
 	now    func() time.Time
 }
 
 // New returns the fulfilment service. wake tells the outbox relay about
-// new events; news may be nil.
-func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake func(int), news Announcer, log *slog.Logger) *Service {
+// new events (nil: nobody); news may be nil.
+func New(c *sqldb.Cluster, store kv.Store, ids *id.Generator, orders *order.Service, wake outbox.Waker, news Announcer, log *slog.Logger) *Service {
 	return &Service{c: c, kv: store, ids: ids, orders: orders, wake: wake, news: news, log: log, now: time.Now}
 }
 
@@ -300,6 +300,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 	day := s.now().UTC().Format(time.DateOnly)
 	for attempt := 0; ; attempt++ {
 		var give, pick string // the code accept gives; the order's code after the step
+		var written outbox.Event
 		if to == Accepted {
 			give = code
 			if give == "" {
@@ -333,7 +334,8 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 			e := order.Event{EventID: evID, Type: ev, OrderID: orderID, UserID: userID, StoreID: storeID,
 				PickupCode: pick, At: s.now().UTC()}
 			payload, _ := json.Marshal(e)
-			return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene, ev), Type: ev, Payload: payload}, s.now())
+			written = outbox.Event{ID: e.EventID, Subject: order.Subject(gene, ev), Type: ev, Payload: payload}
+			return outbox.Insert(ctx, tx, written, s.now())
 		})
 		if sqldb.IsUnique(err) && to == Accepted {
 			if code != "" {
@@ -366,9 +368,7 @@ func (s *Service) Step(ctx context.Context, storeID, orderID int64, to, code str
 		if err != nil {
 			return "", fmt.Errorf("%s order %d: %w", to, orderID, err)
 		}
-		if s.wake != nil {
-			s.wake(storeGene(storeID)) // the event is in the outbox of the store's database
-		}
+		outbox.Committed(ctx, s.wake, storeGene(storeID), written) // in the outbox of the store's database
 		return pick, nil
 	}
 }
@@ -400,6 +400,7 @@ func stepError(orderID int64, status, to, from string) error {
 func (s *Service) Withdraw(ctx context.Context, orderID, storeID, userID int64, by string) (bool, error) {
 	d := s.forStore(storeID)
 	changed := false
+	var written outbox.Event
 	err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
 		changed = false
 		now := s.now()
@@ -428,15 +429,14 @@ func (s *Service) Withdraw(ctx context.Context, orderID, storeID, userID int64, 
 		}
 		e := order.Event{EventID: evID, Type: order.EvWithdrawn, OrderID: orderID, UserID: userID, StoreID: storeID, By: by, At: now.UTC()}
 		payload, _ := json.Marshal(e)
-		return outbox.Insert(ctx, tx, outbox.Event{ID: e.EventID, Subject: order.Subject(gene, e.Type), Type: e.Type, Payload: payload}, now)
+		written = outbox.Event{ID: e.EventID, Subject: order.Subject(gene, e.Type), Type: e.Type, Payload: payload}
+		return outbox.Insert(ctx, tx, written, now)
 	})
 	if err != nil {
 		return false, fmt.Errorf("withdraw order %d: %w", orderID, err)
 	}
 	if changed {
-		if s.wake != nil {
-			s.wake(storeGene(storeID))
-		}
+		outbox.Committed(ctx, s.wake, storeGene(storeID), written)
 	} else {
 		var status string
 		if err := d.W.QueryRowContext(ctx, `SELECT status FROM fulfilments WHERE order_id = $1`, orderID).Scan(&status); err != nil {

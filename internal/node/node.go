@@ -394,7 +394,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		srv.Extra[notify.SinkPath] = n.Inbox.Handler()
 	}
 	if cfg.Has("fulfil") {
-		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, push.StoreAnnouncer{Bus: n.Bus}, log.With("role", "fulfil"))
+		n.Fulfil = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake, push.StoreAnnouncer{Bus: n.Bus}, log.With("role", "fulfil"))
 		srv.Fulfil = n.Fulfil
 		n.watch.Register("fulfil-queues", n.Fulfil.Rebuild)
 	}
@@ -430,7 +430,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (n *Node, err error)
 		// store accepted an order, and withdraw it when it has not.
 		var stores payment.Stores = n.Fulfil
 		if n.Fulfil == nil {
-			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake.Wake, nil, log.With("role", "refunds"))
+			stores = fulfil.New(n.DB, n.KV, n.IDs, n.Orders, wake, nil, log.With("role", "refunds"))
 		}
 		n.Payments = payment.New(n.DB, n.IDs, n.Orders, stores, channels, cfg.PayWeights, log,
 			payment.Config{NotifyBase: public, QueryAfter: cfg.PayQuery})

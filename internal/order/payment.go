@@ -92,6 +92,12 @@ func (s *Service) PayTx(ctx context.Context, tx *sql.Tx, orderID, paymentID int6
 // out and the stock reservation, if the order holds one, becomes a sale.
 func (s *Service) Paid(ctx context.Context, orderID int64, held bool) {
 	s.wake(id.Gene(orderID))
+	s.commitStock(ctx, orderID, held)
+}
+
+// commitStock makes the stock reservation of a paid order a sale, if the
+// order holds one.
+func (s *Service) commitStock(ctx context.Context, orderID int64, held bool) {
 	if !held {
 		return // nothing to read or write (the sweep would still commit a reservation)
 	}
@@ -123,32 +129,47 @@ func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, e
 // and $4 are the update's own). ok is false when nothing was paid: match
 // selected no payment, or its order is not here or no longer waits for
 // payment. The caller then rolls back and takes PayTx's way, which tells
-// those apart. After the commit, call Paid as after PayTx.
+// those apart. After the commit, call m.Paid.
 //
 // The update is a compare-and-set on the status, the version moving on
 // with it; on PostgreSQL it takes the order's row lock first, as PayTx
 // does (the subquery locks nothing).
-func (s *Service) PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (orderID int64, held, ok bool, err error) {
+func (s *Service) PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (m Matched, ok bool, err error) {
 	next, err := scanOrder(tx.QueryRowContext(ctx, `UPDATE orders SET status = $1, version = version + 1, updated_at = $2, payment_id = $3
 		WHERE id = (`+match+`) AND status = $4 RETURNING `+orderCols,
 		append([]any{string(Paid), s.now().UnixMilli(), paymentID, string(PendingPayment)}, args...)...))
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, false, nil
+		return Matched{}, false, nil
 	}
 	if err != nil {
-		return 0, false, false, fmt.Errorf("pay order of payment %d: %w", paymentID, err)
+		return Matched{}, false, fmt.Errorf("pay order of payment %d: %w", paymentID, err)
 	}
 	was := *next
 	was.Status, was.Version, was.PaymentID = PendingPayment, next.Version-1, 0
 	if err := s.effects(ctx, tx, &was, next); err != nil {
-		return 0, false, false, err
+		return Matched{}, false, err
 	}
 	ev, err := s.event(next, EvPaid)
 	if err != nil {
-		return 0, false, false, err
+		return Matched{}, false, err
 	}
 	if err := outbox.Insert(ctx, tx, ev, next.UpdatedAt); err != nil {
-		return 0, false, false, err
+		return Matched{}, false, err
 	}
-	return next.ID, next.StockHeld, true, nil
+	return Matched{OrderID: next.ID, Held: next.StockHeld, s: s, ev: ev}, true, nil
+}
+
+// Matched is an order PayMatched paid.
+type Matched struct {
+	OrderID int64
+	Held    bool // the order holds limited stock
+	s       *Service
+	ev      outbox.Event
+}
+
+// Paid finishes the PayMatched that paid m, once committed, as
+// Service.Paid does; the relay of this process takes the event over.
+func (m Matched) Paid(ctx context.Context) {
+	outbox.Committed(ctx, m.s.waker, id.Gene(m.OrderID), m.ev)
+	m.s.commitStock(ctx, m.OrderID, m.Held)
 }

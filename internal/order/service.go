@@ -28,7 +28,7 @@ import (
 
 // Waker is told after a commit that wrote an outbox row (the outbox relay,
 // here or in another process).
-type Waker interface{ Wake(gene int) }
+type Waker = outbox.Waker
 
 // Config tunes the service. The zero value uses the defaults.
 type Config struct {
@@ -454,7 +454,7 @@ func (s *Service) insert(ctx context.Context, o *Order, cl claim, c Created, p *
 	if err != nil {
 		return fmt.Errorf("insert order %d: %w", o.ID, err)
 	}
-	s.wake(gene)
+	outbox.Committed(ctx, s.waker, gene, ev, timer)
 	return nil
 }
 

@@ -66,7 +66,8 @@ type Orders interface {
 	Paid(ctx context.Context, orderID int64, held bool)
 	// PayMatched is PayTx's common case as one update of the order, picked
 	// through the payment by the subquery match.
-	PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (orderID int64, held, ok bool, err error)
+	// After the commit, call the result's Paid.
+	PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (m order.Matched, ok bool, err error)
 	// RefundTx and Recorded record a refund of an order's lines inside a
 	// transaction on the order's database, with the refund's ledger row;
 	// RefundedTx and RefundDone tell the order the channel made it, in
@@ -520,19 +521,18 @@ func (s *Service) markPaid(ctx context.Context, tx *sql.Tx, paymentID int64, st 
 // back and reports false, having changed nothing: the caller then takes
 // the full way (get, observe), which tells those apart.
 func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (bool, error) {
-	var orderID int64
-	var held bool
+	var m order.Matched
 	err := sqldb.Tx(ctx, s.db.ForID(st.PaymentID), func(tx *sql.Tx) error {
 		var paid bool
 		var err error
-		orderID, held, paid, err = s.orders.PayMatched(ctx, tx, st.PaymentID,
+		m, paid, err = s.orders.PayMatched(ctx, tx, st.PaymentID,
 			`SELECT order_id FROM payments WHERE id = $3 AND channel = $5 AND amount = $6 AND refunded = 0
 				AND state IN ($7, $8, $9, $10)`,
 			channel, st.Amount, stCreated, stPending, stClosed, stFailed)
 		switch {
 		case err != nil:
 			return err
-		case !paid || id.Gene(orderID) != id.Gene(st.PaymentID): // the latter not made by Pay: apply refuses it
+		case !paid || id.Gene(m.OrderID) != id.Gene(st.PaymentID): // the latter not made by Pay: apply refuses it
 			return errFullWay
 		}
 		// Settled, if still in a state payTx moves from and with no refund
@@ -546,7 +546,7 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 		return false, err
 	}
 	s.quick.Add(1)
-	s.orders.Paid(ctx, orderID, held)
+	m.Paid(ctx)
 	return true, nil
 }
 

@@ -1278,17 +1278,17 @@ func testPayMatched(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	ctx := f.ctx
 	pay := func(orderID, paymentID int64, match string) (int64, bool, bool) {
 		t.Helper()
-		var got int64
-		var held, ok bool
+		var m order.Matched
+		var ok bool
 		err := sqldb.Tx(ctx, f.c.ForID(orderID), func(tx *sql.Tx) error {
 			var err error
-			got, held, ok, err = f.ord.PayMatched(ctx, tx, paymentID, match, orderID)
+			m, ok, err = f.ord.PayMatched(ctx, tx, paymentID, match, orderID)
 			return err
 		})
 		if err != nil {
 			t.Fatalf("pay order %d: %v", orderID, err)
 		}
-		return got, held, ok
+		return m.OrderID, m.Held, ok
 	}
 	const pick, none = `SELECT CAST($5 AS BIGINT)`, `SELECT CAST($5 AS BIGINT) WHERE 1 = 0`
 	const by801 = `SELECT CAST($5 AS BIGINT) WHERE $3 = 801` // picks the order only for payment 801
