@@ -170,6 +170,9 @@ type Matched struct {
 // Paid finishes the PayMatched that paid m, once committed, as
 // Service.Paid does; the relay of this process takes the event over.
 func (m Matched) Paid(ctx context.Context) {
+	if m.s == nil {
+		return // not made by PayMatched
+	}
 	outbox.Committed(ctx, m.s.waker, id.Gene(m.OrderID), m.ev)
 	m.s.commitStock(ctx, m.OrderID, m.Held)
 }

@@ -24,10 +24,11 @@ import (
 // recorder is a bus that records what it is given; while down is set it
 // refuses every message.
 type recorder struct {
-	mu   sync.Mutex
-	msgs map[string][]bus.Msg // by message id
-	down atomic.Bool
-	sent atomic.Int64 // messages acknowledged, repeats included
+	mu      sync.Mutex
+	msgs    map[string][]bus.Msg // by message id
+	down    atomic.Bool
+	sent    atomic.Int64 // messages acknowledged, repeats included
+	refused atomic.Int64 // messages refused while down
 }
 
 func (p *recorder) PublishBatch(_ context.Context, msgs []bus.Msg) []error {
@@ -37,6 +38,7 @@ func (p *recorder) PublishBatch(_ context.Context, msgs []bus.Msg) []error {
 	for i, m := range msgs {
 		if p.down.Load() {
 			errs[i] = errors.New("bus down")
+			p.refused.Add(1)
 			continue
 		}
 		p.msgs[m.ID] = append(p.msgs[m.ID], m)
@@ -72,14 +74,24 @@ var nextID atomic.Int64
 // event, with a header of its own.
 func write(t *testing.T, ctx context.Context, c *sqldb.Cluster, gene int) Event {
 	t.Helper()
-	id := 1_000_000 + nextID.Add(1)
-	ev := Event{ID: id, Subject: "orders.events." + strconv.Itoa(gene%16) + ".order.paid", Type: "order.paid",
-		Payload: []byte(fmt.Sprintf(`{"event_id":"%d"}`, id)), Header: map[string]string{"Surge-Test": "x"}}
-	if err := sqldb.Tx(ctx, c.ForGene(gene), func(tx *sql.Tx) error { return Insert(ctx, tx, ev, time.Now()) }); err != nil {
+	ev, err := tryWrite(ctx, c, gene)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return ev
 }
+
+// tryWrite is write for another goroutine than the test's.
+func tryWrite(ctx context.Context, c *sqldb.Cluster, gene int) (Event, error) {
+	id := 1_000_000 + nextID.Add(1)
+	ev := Event{ID: id, Subject: "orders.events." + strconv.Itoa(gene%16) + ".order.paid", Type: "order.paid",
+		Payload: []byte(fmt.Sprintf(`{"event_id":"%d"}`, id)), Header: map[string]string{"Surge-Test": "x"}}
+	return ev, sqldb.Tx(ctx, c.ForGene(gene), func(tx *sql.Tx) error { return Insert(ctx, tx, ev, time.Now()) })
+}
+
+// spread is the i-th of a run of logical shards that falls on every
+// physical database (they map logical shards in ranges).
+func spread(i int) int { return i * 517 % 1024 }
 
 // left counts the rows still in every outbox of c.
 func left(t *testing.T, c *sqldb.Cluster) int {
@@ -138,25 +150,32 @@ func TestHandedRowsArePublishedOnce(t *testing.T) {
 			// Read at the start: a row left by an earlier process on each
 			// database.
 			old := write(t, ctx, c, 1)
-			write(t, ctx, c, 0)
+			write(t, ctx, c, 1023)
 			run(t, r)
 			waitFor(t, "the rows left before the start", func() bool { return pub.sent.Load() == 2 })
 
-			silent := write(t, ctx, c, 2)
+			silent := write(t, ctx, c, 1000) // by a node that tells nobody
 			const writers, each = 8, 40
 			handed := make([]Event, writers*each)
 			var wg sync.WaitGroup
 			for w := range writers {
 				wg.Go(func() {
 					for i := range each {
-						gene := w*each + i // every physical database
-						ev := write(t, ctx, c, gene)
+						gene := spread(w*each + i)
+						ev, err := tryWrite(ctx, c, gene)
+						if err != nil {
+							t.Error(err)
+							return
+						}
 						r.Handoff(ctx, gene, ev)
 						handed[w*each+i] = ev
 					}
 				})
 			}
 			wg.Wait()
+			if t.Failed() {
+				return
+			}
 			waitFor(t, "every handed row", func() bool { return pub.sent.Load() == 2+writers*each && left(t, c) == 1 })
 			time.Sleep(50 * time.Millisecond) // nothing more comes
 			got := pub.published()
@@ -181,7 +200,7 @@ func TestHandedRowsArePublishedOnce(t *testing.T) {
 			if read.Header["Surge-Type"] != "order.paid" || read.Header["Surge-Test"] != "x" || read.Header["traceparent"] == "" {
 				t.Fatalf("a read row's headers: %v", read.Header)
 			}
-			r.Wake(2) // the silent row's writer, late
+			r.Wake(1000) // the silent row's writer, late
 			waitFor(t, "the silent row", func() bool { return left(t, c) == 0 })
 			if n := len(pub.published()[strconv.FormatInt(silent.ID, 10)]); n != 1 {
 				t.Fatalf("the silent row published %d times after a wake-up, want 1", n)
@@ -202,12 +221,13 @@ func TestHandedRowsSurviveABusOutage(t *testing.T) {
 			ctx := context.Background()
 			pub.down.Store(true)
 			var evs []Event
-			for gene := range 30 {
+			for i := range 30 {
+				gene := spread(i)
 				ev := write(t, ctx, c, gene)
 				r.Handoff(ctx, gene, ev)
 				evs = append(evs, ev)
 			}
-			time.Sleep(300 * time.Millisecond) // the relay tries and fails
+			waitFor(t, "the relay to try each row", func() bool { return pub.refused.Load() >= 30 })
 			if pub.sent.Load() != 0 {
 				t.Fatal("published while the bus was down")
 			}
