@@ -1,14 +1,17 @@
 package fulfil
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"testing"
 
 	"github.com/surge-platform/surge/internal/order"
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/outbox"
 )
 
 // events returns the order events a store's steps wrote to the outbox of
@@ -259,5 +262,54 @@ func TestWithdrawBeforeTake(t *testing.T) {
 	if evs := events(t, s, 1002, oid); len(evs) != 1 || evs[0].Type != order.EvWithdrawn || evs[0].By != order.ByCustomer ||
 		evs[0].UserID != 7 || evs[0].StoreID != 1002 {
 		t.Fatalf("events %+v, want one order.withdrawn by the customer", evs)
+	}
+}
+
+// handed records what the service hands its relay (outbox.Committed).
+type handed struct {
+	mu  sync.Mutex
+	evs []outbox.Event
+}
+
+func (h *handed) Wake(int) {}
+
+func (h *handed) Handoff(_ context.Context, _ int, evs ...outbox.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.evs = append(h.evs, evs...)
+}
+
+// Each step and a withdrawal hand their relay the event they committed,
+// once; a repeated step hands nothing.
+func TestStepsHandOverTheirEvents(t *testing.T) {
+	t.Parallel()
+	s := newQueueService(t)
+	h := &handed{}
+	s.wake = h
+	ctx := t.Context()
+	oid := int64(id.GeneOf(7)) | 1<<20
+	mustTake(t, s, oid, 1001)
+	for _, to := range []string{Accepted, Accepted, Ready, Completed} {
+		if _, err := s.Step(ctx, 1001, oid, to, ""); err != nil {
+			t.Fatalf("%s: %v", to, err)
+		}
+	}
+	other := int64(id.GeneOf(7)) | 2<<20
+	mustTake(t, s, other, 1001)
+	if _, err := s.Withdraw(ctx, other, 1001, 7, order.ByCustomer); err != nil {
+		t.Fatal(err)
+	}
+	want := append(events(t, s, 1001, oid), events(t, s, 1001, other)...)
+	if len(h.evs) != len(want) || len(want) != 4 {
+		t.Fatalf("%d events handed, %d committed; want 4 of each", len(h.evs), len(want))
+	}
+	for i, ev := range h.evs {
+		var got order.Event
+		if err := json.Unmarshal(ev.Payload, &got); err != nil {
+			t.Fatal(err)
+		}
+		if ev.ID != want[i].EventID || ev.Type != want[i].Type || !reflect.DeepEqual(got, want[i]) {
+			t.Fatalf("handed %d: %s %+v; committed %+v", i, ev.Type, got, want[i])
+		}
 	}
 }

@@ -129,7 +129,7 @@ func (s *Service) Payable(ctx context.Context, userID, orderID int64) (*Order, e
 // and $4 are the update's own). ok is false when nothing was paid: match
 // selected no payment, or its order is not here or no longer waits for
 // payment. The caller then rolls back and takes PayTx's way, which tells
-// those apart. After the commit, call m.Paid.
+// those apart. After the commit, call PaidMatched.
 //
 // The update is a compare-and-set on the status, the version moving on
 // with it; on PostgreSQL it takes the order's row lock first, as PayTx
@@ -156,23 +156,19 @@ func (s *Service) PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, m
 	if err := outbox.Insert(ctx, tx, ev, next.UpdatedAt); err != nil {
 		return Matched{}, false, err
 	}
-	return Matched{OrderID: next.ID, Held: next.StockHeld, s: s, ev: ev}, true, nil
+	return Matched{OrderID: next.ID, Held: next.StockHeld, ev: ev}, true, nil
 }
 
 // Matched is an order PayMatched paid.
 type Matched struct {
 	OrderID int64
-	Held    bool // the order holds limited stock
-	s       *Service
-	ev      outbox.Event
+	Held    bool         // the order holds limited stock
+	ev      outbox.Event // its order.paid, as committed
 }
 
-// Paid finishes the PayMatched that paid m, once committed, as
-// Service.Paid does; the relay of this process takes the event over.
-func (m Matched) Paid(ctx context.Context) {
-	if m.s == nil {
-		return // not made by PayMatched
-	}
-	outbox.Committed(ctx, m.s.waker, id.Gene(m.OrderID), m.ev)
-	m.s.commitStock(ctx, m.OrderID, m.Held)
+// PaidMatched finishes the PayMatched that paid m, once committed, as Paid
+// does after PayTx; the relay of this process takes the event over.
+func (s *Service) PaidMatched(ctx context.Context, m Matched) {
+	outbox.Committed(ctx, s.waker, id.Gene(m.OrderID), m.ev)
+	s.commitStock(ctx, m.OrderID, m.Held)
 }

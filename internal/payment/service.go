@@ -66,8 +66,9 @@ type Orders interface {
 	Paid(ctx context.Context, orderID int64, held bool)
 	// PayMatched is PayTx's common case as one update of the order, picked
 	// through the payment by the subquery match.
-	// After the commit, call the result's Paid.
+	// PaidMatched finishes it after the commit.
 	PayMatched(ctx context.Context, tx *sql.Tx, paymentID int64, match string, args ...any) (m order.Matched, ok bool, err error)
+	PaidMatched(ctx context.Context, m order.Matched)
 	// RefundTx and Recorded record a refund of an order's lines inside a
 	// transaction on the order's database, with the refund's ledger row;
 	// RefundedTx and RefundDone tell the order the channel made it, in
@@ -546,7 +547,7 @@ func (s *Service) applyNotice(ctx context.Context, channel string, st Status) (b
 		return false, err
 	}
 	s.quick.Add(1)
-	m.Paid(ctx)
+	s.orders.PaidMatched(ctx, m)
 	return true, nil
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/surge-platform/surge/internal/platform/bus"
 	"github.com/surge-platform/surge/internal/platform/errkind"
 	"github.com/surge-platform/surge/internal/platform/id"
+	"github.com/surge-platform/surge/internal/platform/outbox"
 	"github.com/surge-platform/surge/internal/platform/sqldb"
 )
 
@@ -66,6 +67,7 @@ func Run(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 		{"MarkPaid", testMarkPaid},
 		{"PayTx", testPayTx},
 		{"PayMatched", testPayMatched},
+		{"Handoff", testHandoff},
 		{"SweepByFate", testSweepByFate},
 		{"RefundLineRace", testRefundLineRace},
 		{"RefundPartialThenFull", testRefundPartialThenFull},
@@ -89,6 +91,8 @@ type fixture struct {
 	cat *catalog.Service
 	ord *order.Service
 	ctx context.Context // bounds every call of the test
+	// handed is what the order service handed its relay.
+	handed *handoffs
 
 	store                catalog.Store
 	latte, bagel, muffin catalog.Item // unlimited
@@ -107,13 +111,13 @@ func newFixture(t *testing.T, open func(t testing.TB) *sqldb.Cluster, wrap func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{c: c, ids: ids, inv: inventory.New(c), ctx: testContext(t)}
+	f := &fixture{c: c, ids: ids, inv: inventory.New(c), ctx: testContext(t), handed: &handoffs{}}
 	f.cat = catalog.New(c, ids, f.inv, nil)
 	var stock order.Stock = f.inv
 	if wrap != nil {
 		stock = wrap(f.inv)
 	}
-	f.ord = order.New(c, ids, f.cat, stock, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{})
+	f.ord = order.New(c, ids, f.cat, stock, f.handed, slog.New(slog.NewTextHandler(io.Discard, nil)), order.Config{})
 
 	f.store = f.mustStore(t, "Peoples Square", true)
 	drinks := f.mustCategory(t, f.store.ID, "Drinks", 1)
@@ -1265,6 +1269,87 @@ func testPayTx(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
 	}
 	if o := f.mustGet(t, 32, plain.OrderID); o.Status != order.Paid || o.PaymentID != 701 {
 		t.Fatalf("order %s paid by %d, want paid by 701", o.Status, o.PaymentID)
+	}
+}
+
+// handoffs records what an order service hands its relay
+// (outbox.Committed), as a relay of the same process would take it.
+type handoffs struct {
+	mu  sync.Mutex
+	evs []outbox.Event
+}
+
+func (h *handoffs) Wake(int) {}
+
+func (h *handoffs) Handoff(_ context.Context, _ int, evs ...outbox.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.evs = append(h.evs, evs...)
+}
+
+// take returns what was handed since the last take.
+func (h *handoffs) take() []outbox.Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	evs := h.evs
+	h.evs = nil
+	return evs
+}
+
+// testHandoff: what the service hands its relay after a commit is the
+// rows that commit wrote, each once: the order's event and its timer for a
+// new order, its order.paid for a payment by PayMatched, once PaidMatched
+// is called; nothing for a payment its match did not pick.
+func testHandoff(t *testing.T, open func(t testing.TB) *sqldb.Cluster) {
+	f := newFixture(t, open, nil)
+	ctx := f.ctx
+	committed := func(evs []outbox.Event, want int) {
+		t.Helper()
+		if len(evs) != want {
+			t.Fatalf("%d rows handed, want %d", len(evs), want)
+		}
+		for _, ev := range evs {
+			var subject, typ, payload string
+			err := f.c.ForID(ev.ID).W.QueryRowContext(ctx, `SELECT subject, type, payload FROM outbox WHERE id = $1`, ev.ID).
+				Scan(&subject, &typ, &payload)
+			if err != nil {
+				t.Fatalf("handed row %d (%s): %v", ev.ID, ev.Type, err)
+			}
+			if subject != ev.Subject || typ != ev.Type || payload != string(ev.Payload) {
+				t.Fatalf("handed row %d: %s %s %s; committed %s %s %s", ev.ID, ev.Subject, ev.Type, ev.Payload, subject, typ, payload)
+			}
+		}
+	}
+	f.handed.take()
+	c := f.mustCreate(t, 34, "", f.req(line(f.latte, 1)))
+	evs := f.handed.take()
+	committed(evs, 2)
+	if evs[0].Type != order.EvCreated || evs[0].ID == evs[1].ID {
+		t.Fatalf("a new order handed %s and %s, ids %d and %d; want %s and its timer", evs[0].Type, evs[1].Type, evs[0].ID, evs[1].ID, order.EvCreated)
+	}
+	pay := func(paymentID int64, match string) {
+		t.Helper()
+		var m order.Matched
+		var ok bool
+		err := sqldb.Tx(ctx, f.c.ForID(c.OrderID), func(tx *sql.Tx) error {
+			var err error
+			m, ok, err = f.ord.PayMatched(ctx, tx, paymentID, match, c.OrderID)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("pay order %d: %v", c.OrderID, err)
+		}
+		if ok {
+			f.ord.PaidMatched(ctx, m)
+		}
+	}
+	pay(900, `SELECT CAST($5 AS BIGINT) WHERE 1 = 0`)
+	committed(f.handed.take(), 0)
+	pay(901, `SELECT CAST($5 AS BIGINT)`)
+	evs = f.handed.take()
+	committed(evs, 1)
+	if evs[0].Type != order.EvPaid {
+		t.Fatalf("a payment handed %s, want %s", evs[0].Type, order.EvPaid)
 	}
 }
 
