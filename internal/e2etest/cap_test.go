@@ -35,17 +35,28 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		start(t, addr, append(args, common...)...)
 		bases = append(bases, "http://"+addr)
 	}
-	mode := func(base string) string {
+	type capStats struct {
+		Mode                        string
+		Allowed, Refused, Fallbacks int64
+	}
+	stats := func(base string) (capStats, error) {
 		req, _ := http.NewRequest("GET", base+"/admin/v1/edge", nil)
 		req.Header.Set("Authorization", "Bearer e2e-admin")
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return err.Error()
+			return capStats{}, err
 		}
 		defer res.Body.Close()
-		var st struct{ Cap struct{ Mode string } }
-		json.NewDecoder(res.Body).Decode(&st)
-		return st.Cap.Mode
+		var st struct{ Cap capStats }
+		err = json.NewDecoder(res.Body).Decode(&st)
+		return st.Cap, err
+	}
+	mode := func(base string) string {
+		st, err := stats(base)
+		if err != nil {
+			return err.Error()
+		}
+		return st.Mode
 	}
 	// offer sends 2x the cap, spread over the nodes, for d and returns the
 	// rate admitted after the first half second.
@@ -55,6 +66,12 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 		var ok, other atomic.Int64
 		var wg sync.WaitGroup
+		var before [3]capStats
+		for j, b := range bases {
+			before[j], _ = stats(b)
+		}
+		var late, sent int
+		var maxLate time.Duration
 		t0 := time.Now()
 		from := t0.Add(500 * time.Millisecond)
 		// Sent by the clock, not by ticks: a ticker drops the ticks a busy
@@ -62,7 +79,11 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		for i := 0; time.Since(t0) < d; i++ {
 			if due := t0.Add(time.Duration(i) * time.Second / (2 * capRPS)); time.Until(due) > 0 {
 				time.Sleep(time.Until(due))
+			} else if l := -time.Until(due); l > 10*time.Millisecond {
+				late++
+				maxLate = max(maxLate, l)
 			}
+			sent++
 			wg.Go(func() {
 				res, err := client.Get(bases[i%3] + "/api/v1/stores")
 				if err != nil {
@@ -81,6 +102,13 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		for j, b := range bases {
+			st, _ := stats(b)
+			t.Logf("%s: %s, allowed %d, refused %d, fallbacks %d", b, st.Mode, st.Allowed-before[j].Allowed,
+				st.Refused-before[j].Refused, st.Fallbacks-before[j].Fallbacks)
+		}
+		// A stall of the machine shows here, or as fallbacks above.
+		t.Logf("sender: %d of %d sends more than 10ms late, the latest by %v", late, sent, maxLate)
 		if other.Load() > 0 {
 			t.Errorf("%d answers neither 200 nor 429", other.Load())
 		}

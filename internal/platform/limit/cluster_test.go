@@ -25,7 +25,7 @@ const capRate = 2000
 // take what it missed when it runs again. A larger burst loses less in a
 // stall but moves more permits across the edge of a measured window (up
 // to a burst each side): 100ms is at most 5% of a 2s window. The defaults
-// (50ms each) are for production. The tests that measure rates do not run
+// (a 50ms timeout, a 200ms burst) are for production. The tests that measure rates do not run
 // in parallel with each other, for the same reason.
 var busy = limit.ClusterOptions{Burst: capRate / 10, Timeout: time.Second}
 
@@ -196,7 +196,7 @@ func waitMode(t *testing.T, nodes []*limit.Cluster, mode string, want int64, wit
 
 // TestClusterAccuracy: 3 nodes sharing a cap through Redis, offered 2x and
 // 5x the cap, accept the cap within 5%. The rate is measured after the
-// first 500ms: the start is the GCRA's burst (50ms of the cap) on top of
+// first 500ms: the start is the GCRA's burst (100ms of the cap) on top of
 // the rate, by design, and each node's first lease.
 func TestClusterAccuracy(t *testing.T) {
 	for _, load := range []float64{2, 5} {
