@@ -1,0 +1,121 @@
+package sqldb_test
+
+import (
+	"context"
+	"database/sql"
+	"sync/atomic"
+	"testing"
+
+	"github.com/surge-platform/surge/internal/platform/sqldb"
+	"github.com/surge-platform/surge/internal/platform/sqldb/sqldbtest"
+)
+
+// BenchmarkRowWrite is what one row write costs on SQLite's writer, as
+// surge runs it (its pragmas, its cached statements): the order's paid
+// compare-and-set, in transactions of 100, on a table of 60,000 orders.
+// "update" writes only; "returning" reads the row back with RETURNING, as
+// the notice's transaction does; "returning id" reads one column back;
+// "update+select" reads the row with a second statement; "insert" writes
+// a new order's row instead (docs/capacity.md, "What a write costs on
+// SQLite").
+func BenchmarkRowWrite(b *testing.B) {
+	const rows = 60000
+	const cols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
+		created_at, updated_at, expires_at, discounts, refunded, sale_id, stock_held`
+	for _, way := range []string{"update", "returning", "returning id", "update+select", "insert"} {
+		b.Run(way, func(b *testing.B) {
+			ctx := context.Background()
+			w := sqldbtest.Open(b, sqldbtest.SQLiteURL(b, 1)).Main().W
+			insert := func(tx *sql.Tx, id int64) error {
+				_, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
+					created_at, updated_at, expires_at) VALUES ($1, $2, 3, 'pending_payment', 1, 100, 100, 1, 1, $1)`, id, id%200)
+				return err
+			}
+			tx, err := w.BeginTx(ctx, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range rows {
+				if err := insert(tx, int64(i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			var v [17]any
+			ptr := make([]any, len(v))
+			for j := range v {
+				ptr[j] = &v[j]
+			}
+			update := func(tx *sql.Tx, i int) error {
+				if way == "insert" {
+					return insert(tx, int64(rows+i))
+				}
+				i %= rows
+				const set = `UPDATE orders SET status = 'paid', version = version + 1, updated_at = $1, payment_id = $2
+					WHERE id = $3 AND status = 'pending_payment'`
+				if way == "returning id" {
+					return tx.QueryRowContext(ctx, set+` RETURNING id`, 5, 7, i).Scan(ptr[0])
+				}
+				if way == "returning" {
+					return tx.QueryRowContext(ctx, set+` RETURNING `+cols, 5, 7, i).Scan(ptr...)
+				}
+				if _, err := tx.ExecContext(ctx, set, 5, 7, i); err != nil || way == "update" {
+					return err
+				}
+				return tx.QueryRowContext(ctx, `SELECT `+cols+` FROM orders WHERE id = $1`, i).Scan(ptr...)
+			}
+			i := 0
+			for b.Loop() {
+				if i > 0 && i%rows == 0 && way != "insert" { // every order paid: all of them pending again, off the clock
+					b.StopTimer()
+					if _, err := w.ExecContext(ctx, `UPDATE orders SET status = 'pending_payment'`); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				if i%100 == 0 {
+					if tx, err = w.BeginTx(ctx, nil); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := update(tx, i); err != nil { // an update of no row fails the read back, or (update) shows as a faster row
+					b.Fatal(err)
+				}
+				if i++; i%100 == 0 {
+					if err := tx.Commit(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			if i%100 != 0 {
+				tx.Commit()
+			}
+		})
+	}
+	// The same update alone, each in a transaction of its own through the
+	// group commit (sqldb.Tx: a savepoint per member, a commit per batch),
+	// from 32 goroutines at once: what the flow's transactions pay on top
+	// of their statements.
+	b.Run("group commit", func(b *testing.B) {
+		ctx := context.Background()
+		d := sqldbtest.Open(b, sqldbtest.SQLiteURL(b, 1)).Main()
+		var next atomic.Int64
+		b.SetParallelism(16)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := next.Add(1)
+				err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
+					_, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
+						created_at, updated_at, expires_at) VALUES ($1, $2, 3, 'pending_payment', 1, 100, 100, 1, 1, $3)`, i, i%200, i)
+					return err
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
