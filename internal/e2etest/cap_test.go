@@ -1,7 +1,9 @@
 package e2etest
 
 import (
+	"cmp"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -39,14 +41,18 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		Mode                        string
 		Allowed, Refused, Fallbacks int64
 	}
+	admin := &http.Client{Timeout: 5 * time.Second}
 	stats := func(base string) (capStats, error) {
 		req, _ := http.NewRequest("GET", base+"/admin/v1/edge", nil)
 		req.Header.Set("Authorization", "Bearer e2e-admin")
-		res, err := http.DefaultClient.Do(req)
+		res, err := admin.Do(req)
 		if err != nil {
 			return capStats{}, err
 		}
 		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return capStats{}, fmt.Errorf("GET /admin/v1/edge: %s", res.Status)
+		}
 		var st struct{ Cap capStats }
 		err = json.NewDecoder(res.Body).Decode(&st)
 		return st.Cap, err
@@ -67,8 +73,9 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		var ok, other atomic.Int64
 		var wg sync.WaitGroup
 		var before [3]capStats
+		var beforeErr [3]error
 		for j, b := range bases {
-			before[j], _ = stats(b)
+			before[j], beforeErr[j] = stats(b)
 		}
 		var late, sent int
 		var maxLate time.Duration
@@ -77,9 +84,9 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 		// Sent by the clock, not by ticks: a ticker drops the ticks a busy
 		// machine did not take in time (a loaded make test admitted 211/s).
 		for i := 0; time.Since(t0) < d; i++ {
-			if due := t0.Add(time.Duration(i) * time.Second / (2 * capRPS)); time.Until(due) > 0 {
-				time.Sleep(time.Until(due))
-			} else if l := -time.Until(due); l > 10*time.Millisecond {
+			due := t0.Add(time.Duration(i) * time.Second / (2 * capRPS))
+			time.Sleep(time.Until(due))
+			if l := time.Since(due); l > 10*time.Millisecond {
 				late++
 				maxLate = max(maxLate, l)
 			}
@@ -102,17 +109,24 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		rate := float64(ok.Load()) / time.Since(from).Seconds()
+		// What each node did over the whole phase, its first half second
+		// included: a kv call slower than 50ms shows as a fallback, a
+		// stall of the sender as late sends.
 		for j, b := range bases {
-			st, _ := stats(b)
+			st, err := stats(b)
+			if err = cmp.Or(beforeErr[j], err); err != nil {
+				t.Logf("%s: no stats: %v", b, err)
+				continue
+			}
 			t.Logf("%s: %s, allowed %d, refused %d, fallbacks %d", b, st.Mode, st.Allowed-before[j].Allowed,
 				st.Refused-before[j].Refused, st.Fallbacks-before[j].Fallbacks)
 		}
-		// A stall of the machine shows here, or as fallbacks above.
 		t.Logf("sender: %d of %d sends more than 10ms late, the latest by %v", late, sent, maxLate)
 		if other.Load() > 0 {
 			t.Errorf("%d answers neither 200 nor 429", other.Load())
 		}
-		return float64(ok.Load()) / (time.Since(from).Seconds())
+		return rate
 	}
 	within := func(what string, got, want, tol float64) {
 		t.Helper()
@@ -126,11 +140,13 @@ func TestClusterCapAcrossNodes(t *testing.T) {
 			t.Fatalf("%s: cap mode %q at start, want shared", b, m)
 		}
 	}
-	// Each phase is measured over 7 s: the cap's burst (60 permits, 200 ms
-	// of it, and each node's 200 ms in local mode) is spent or lost when a
-	// loaded machine stalls the sender, and over 3.5 s that alone moved the
-	// rate by up to 9% (328/s shared; 261/s local in a clean-clone CI run).
-	// The bounds are the same.
+	// Each phase is measured over 7 s: a stall of a loaded machine longer
+	// than the cap's burst (200 ms of it: 60 permits shared, each node's 20
+	// in local mode) loses permits, and over 3.5 s one stall moved the rate
+	// by up to 9% (328/s shared; 261/s local in a clean-clone CI run; the
+	// burst was 50 ms then). Permits saved before a phase's first half
+	// second may land in its window: 60 of them, +3% at most. The bounds
+	// are the same.
 	const window = 7 * time.Second
 	within("shared, offered 2x", offer(window), capRPS, 0.05)
 

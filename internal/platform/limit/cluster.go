@@ -20,11 +20,12 @@ const (
 // ClusterOptions tune a Cluster. A zero field takes its default.
 type ClusterOptions struct {
 	// Burst is how many permits the whole cluster may take at once after
-	// a quiet spell. Default: 200ms of the rate. It is also what kv keeps
-	// for nodes that could not ask in time: a stall of every node longer
-	// than the burst (a busy machine, a slow kv) loses the rest of it for
-	// good (with 50ms, 3 processes on a loaded 2-core machine admitted
-	// 244/s of a 300/s cap). It is raised to at least 4 x Gap of the rate (20ms by
+	// a quiet spell, or on its return from local mode. Default: 200ms of
+	// the rate. It is also what kv keeps for nodes that could not ask in
+	// time: a stall of every node longer than the burst's time (a busy
+	// machine, a slow kv) loses the rest of the stall's permits for good
+	// (with 50ms, 3 processes on a loaded 2-core machine admitted 244/s of
+	// a 300/s cap). It is raised to at least 4 x Gap of the rate (20ms by
 	// default), so that nodes asking in turn lose no permits between two
 	// asks.
 	Burst int64

@@ -81,6 +81,21 @@ func TestClusterInProcess(t *testing.T) {
 	}
 }
 
+// TestClusterDefaultBurst: without Burst the cluster takes 200ms of its
+// rate at once (20 permits at 100/s), then a permit per emission interval.
+func TestClusterDefaultBurst(t *testing.T) {
+	t.Parallel()
+	c := limit.NewCluster(nil, "default", 100, limit.ClusterOptions{})
+	for i := range 20 {
+		if ok, wait := c.Allow(t0); !ok {
+			t.Fatalf("call %d at t0: refused (wait %v); want the burst of 20", i, wait)
+		}
+	}
+	if ok, wait := c.Allow(t0); ok || wait != 10*time.Millisecond {
+		t.Fatalf("call 21 at t0: %v, %v; want false, 10ms", ok, wait)
+	}
+}
+
 func TestRetryAfterSeconds(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
