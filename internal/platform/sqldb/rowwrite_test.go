@@ -28,27 +28,27 @@ func BenchmarkRowWrite(b *testing.B) {
 	const rows = 60000
 	const cols = `id, user_id, store_id, status, version, total, payable, pickup_code, payment_id, cancel_reason,
 		created_at, updated_at, expires_at, discounts, refunded, sale_id, stock_held`
+	ctx := context.Background()
+	// A fresh database of the migrations with orders 0..rows-1 in it.
+	open := func(b *testing.B) *sqldb.DB {
+		d := sqldbtest.Open(b, sqldbtest.SQLiteURL(b, 1)).Main()
+		if _, err := d.W.ExecContext(ctx, `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+			INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at)
+			SELECT i, i % 200, 3, 'pending_payment', 1, 100, 100, 1, 1, i FROM n`, rows-1); err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	insert := func(tx *sql.Tx, id int64) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
+			created_at, updated_at, expires_at) VALUES ($1, $2, 3, 'pending_payment', 1, 100, 100, 1, 1, $1)`, id, id%200)
+		return err
+	}
 	for _, way := range []string{"update", "returning", "returning id", "update+select", "insert", "insert in a savepoint"} {
 		b.Run(way, func(b *testing.B) {
-			ctx := context.Background()
-			w := sqldbtest.Open(b, sqldbtest.SQLiteURL(b, 1)).Main().W
-			insert := func(tx *sql.Tx, id int64) error {
-				_, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
-					created_at, updated_at, expires_at) VALUES ($1, $2, 3, 'pending_payment', 1, 100, 100, 1, 1, $1)`, id, id%200)
-				return err
-			}
-			tx, err := w.BeginTx(ctx, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for i := range rows {
-				if err := insert(tx, int64(i)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := tx.Commit(); err != nil {
-				b.Fatal(err)
-			}
+			w := open(b).W
+			var tx *sql.Tx
+			var err error
 			var v [17]any
 			ptr := make([]any, len(v))
 			for j := range v {
@@ -129,13 +129,7 @@ func BenchmarkRowWrite(b *testing.B) {
 	// 16 goroutines per core, on the same 60,000 orders: what the flow's
 	// transactions pay on top of their statements.
 	b.Run("group commit", func(b *testing.B) {
-		ctx := context.Background()
-		d := sqldbtest.Open(b, sqldbtest.SQLiteURL(b, 1)).Main()
-		if _, err := d.W.ExecContext(ctx, `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
-			INSERT INTO orders (id, user_id, store_id, status, version, total, payable, created_at, updated_at, expires_at)
-			SELECT i, i % 200, 3, 'pending_payment', 1, 100, 100, 1, 1, i FROM n`, rows-1); err != nil {
-			b.Fatal(err)
-		}
+		d := open(b)
 		var next atomic.Int64
 		next.Store(rows - 1)
 		b.SetParallelism(16)
@@ -145,11 +139,7 @@ func BenchmarkRowWrite(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				i := next.Add(1)
-				err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error {
-					_, err := tx.ExecContext(ctx, `INSERT INTO orders (id, user_id, store_id, status, version, total, payable,
-						created_at, updated_at, expires_at) VALUES ($1, $2, 3, 'pending_payment', 1, 100, 100, 1, 1, $3)`, i, i%200, i)
-					return err
-				})
+				err := sqldb.Tx(ctx, d, func(tx *sql.Tx) error { return insert(tx, i) })
 				if err != nil {
 					b.Error(err)
 					return
